@@ -1,0 +1,5 @@
+import sys
+
+from gridwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""The ``gridwatch`` command line.
+
+Each sub-command lives in ``gridwatch/commands/<name>.py`` and exposes
+``register(subparsers)``; it sets ``func`` on its parser. Errors a user can fix
+(:class:`gridwatch.errors.UserError`, a bad grid or config) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from gridwatch.errors import UserError
+
+# Order is the order in ``gridwatch --help``.
+COMMAND_MODULES = (
+    "replay",
+    "demo",
+    "serve",
+    "schema",
+    "grid",
+    "detect",
+    "detectors",
+    "edge",
+    "report",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gridwatch",
+        description="GridWatch: sensor and camera detections in, accountable work orders out.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-v info, -vv debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"gridwatch.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"gridwatch.commands.{name}":
+                continue  # a command not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = args.func(args)
+    except UserError as exc:
+        print(f"gridwatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
