@@ -1,0 +1,154 @@
+"""The stream stage: validated detection + cell in, incident events and hot-spot findings
+out. Event time throughout; out-of-order input within ``lateness_s`` is put back in order.
+
+The same processor runs in replay, in the embedded service and behind faust agents; it
+does no I/O and reads no clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+
+from detectors.schema import Detection
+from stream.dedup import EventIdFilter, OccurrenceDeduper, Verdict
+from stream.hotspot import HotspotEngine
+from stream.incidents import IncidentClusterer
+from stream.policy import Mode, PolicyBook, StreamSettings
+from stream.types import HotspotFinding, IncidentEvent
+
+StreamOutput = IncidentEvent | HotspotFinding
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """Counters for the replay summary and the service metrics."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    absorbed: int = 0
+    out_of_area: int = 0
+    self_tests: int = 0
+    late: int = 0
+    incidents: int = 0
+    occurrences: int = 0
+    hotspots: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "absorbed": self.absorbed,
+            "out_of_area": self.out_of_area,
+            "self_tests": self.self_tests,
+            "late": self.late,
+            "incidents": self.incidents,
+            "occurrences": self.occurrences,
+            "hotspots": self.hotspots,
+            "by_kind": dict(sorted(self.by_kind.items())),
+        }
+
+
+class StreamProcessor:
+    """Dedup, reorder, cluster and count. Feed with :meth:`push`, end with :meth:`flush`.
+
+    Example:
+        >>> proc = StreamProcessor(StreamSettings(), PolicyBook(), hotspot_engine)
+        >>> outputs = proc.push(detection, "C0001")  # cell id, or None if out of area
+    """
+
+    def __init__(
+        self,
+        settings: StreamSettings,
+        policies: PolicyBook,
+        hotspots: HotspotEngine,
+    ) -> None:
+        self.settings = settings
+        self.policies = policies
+        self.hotspots = hotspots
+        self.stats = StreamStats()
+        self._ids = EventIdFilter(settings.dedup_horizon_s)
+        all_policies = [*policies.kinds.values(), policies.default_kind]
+        self._window_max = max(p.window_s for p in all_policies)
+        self._occurrences = OccurrenceDeduper(horizon_s=max(
+            3600, *(max(p.track_ttl_s, p.source_cooldown_s, p.merge_across_sources_s)
+                    for p in all_policies)))
+        self._incidents = IncidentClusterer()
+        self._last_source: dict[tuple[str, str, str], float] = {}
+        self._buffer: list[tuple[float, int, Detection, str]] = []
+        self._seq = itertools.count()
+        self._max_ts = float("-inf")
+        self._released_ts = float("-inf")
+        self._since_expiry = 0
+
+    def push(self, detection: Detection, cell_id: str | None) -> list[StreamOutput]:
+        """Take one valid detection and the cell it falls in (``None``: out of area)."""
+        ts = detection.observed_at.timestamp()
+        if self._ids.seen(detection.event_id, ts):
+            self.stats.duplicates += 1
+            return []
+        if cell_id is None:
+            self.stats.out_of_area += 1
+            return []
+        if detection.is_self_test:
+            self.stats.self_tests += 1
+            return []
+        self.stats.accepted += 1
+        self.stats.by_kind[detection.kind] += 1
+        if ts < self._released_ts:
+            # later than the lateness tolerance: handle it now, out of order
+            self.stats.late += 1
+            return self._process(detection, cell_id, ts)
+        heapq.heappush(self._buffer, (ts, next(self._seq), detection, cell_id))
+        if ts > self._max_ts:
+            self._max_ts = ts
+        return self._release(self._max_ts - self.settings.lateness_s)
+
+    def flush(self) -> list[StreamOutput]:
+        """End of input: release everything buffered and close hot-spot windows."""
+        outputs = self._release(float("inf"))
+        findings = self.hotspots.flush()
+        self.stats.hotspots += len(findings)
+        outputs.extend(findings)
+        return outputs
+
+    def _release(self, watermark: float) -> list[StreamOutput]:
+        outputs: list[StreamOutput] = []
+        buffer = self._buffer
+        while buffer and buffer[0][0] <= watermark:
+            ts, _, detection, cell_id = heapq.heappop(buffer)
+            self._released_ts = ts
+            outputs.extend(self._process(detection, cell_id, ts))
+        return outputs
+
+    def _process(self, d: Detection, cell_id: str, ts: float) -> list[StreamOutput]:
+        policy = self.policies.for_kind(d.kind)
+        self._since_expiry += 1
+        if self._since_expiry >= 4096:
+            self._since_expiry = 0
+            self._incidents.expire(ts, self._window_max)
+        if policy.mode is Mode.HOTSPOT:
+            verdict, occurrence = self._occurrences.add(d, cell_id, ts, policy)
+            if verdict is Verdict.ABSORBED:
+                self.stats.absorbed += 1
+                return []
+            self.stats.occurrences += 1
+            findings = self.hotspots.observe(occurrence)
+            self.stats.hotspots += len(findings)
+            return list(findings)
+        counts = True
+        if policy.source_cooldown_s:
+            source_key = (d.station_id, d.source_id, d.kind)
+            last = self._last_source.get(source_key)
+            if last is not None and 0 <= ts - last <= policy.source_cooldown_s:
+                counts = False
+                self.stats.absorbed += 1
+            else:
+                self._last_source[source_key] = ts
+        event = self._incidents.add(d, cell_id, policy, counts_as_detection=counts)
+        if event.opened:
+            self.stats.incidents += 1
+        return [event]
