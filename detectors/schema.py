@@ -152,6 +152,8 @@ def _code_for(error: dict[str, Any]) -> RejectCode:
     loc = error.get("loc", ())
     if loc and loc[0] == "schema" and error["type"] == "literal_error":
         return RejectCode.WRONG_SCHEMA
+    if error["type"] == "missing" and loc and isinstance(loc[-1], int):
+        return RejectCode.WRONG_TYPE  # a too-short array, not a missing field
     code = _CODE_BY_ERROR_TYPE.get(error["type"])
     if code is not None:
         return code

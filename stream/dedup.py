@@ -47,6 +47,10 @@ class EventIdFilter:
             self._expire(ts - self.horizon_s)
         return False
 
+    def forget(self, event_id: str) -> None:
+        """Let ``event_id`` through again (its processing failed and will be retried)."""
+        self._seen.pop(event_id, None)
+
     def _expire(self, before: float) -> None:
         # ids arrive roughly in time order, so the deque front holds the oldest; an id
         # that arrived late and out of order simply lives a little longer.

@@ -1,0 +1,219 @@
+"""The embedded single-box pipeline: one process, an in-process queue between intake and
+the stream → ticketing core, tickets in SQLite. No external services.
+
+Intake (MQTT callbacks, HTTP handlers, the demo) calls :meth:`EmbeddedPipeline.submit_raw`
+from any thread. Validation and the event-id check happen at once, so the caller can
+dead-letter a bad message; valid detections go onto a bounded queue that one worker drains
+in batches. ``on_committed`` callbacks run after the batch holding that detection has been
+written to the store, so an MQTT ingest can acknowledge a message only when it is safe:
+nothing accepted is lost if the process dies.
+
+Live mode processes detections as they come (no reorder buffer): waiting ``lateness_s``
+for stragglers would delay every fire alarm by that long, and the incident clusterer joins
+out-of-order detections by their span anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from detectors.schema import Detection, DetectionRejected, parse_detection
+from geo.grid import Grid
+from gridwatch.config import GridWatchConfig
+from gridwatch.replay import Pipeline
+from stream.dedup import EventIdFilter
+from ticketing.store import TicketStore
+
+log = logging.getLogger(__name__)
+
+OnCommitted = Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """What happened to one submitted message.
+
+    ``accepted`` is true for a new valid detection (queued) and for a duplicate (already
+    had; safe to acknowledge). ``code``/``reason`` say why a message was refused.
+    """
+
+    accepted: bool
+    code: str | None = None
+    reason: str | None = None
+    duplicate: bool = False
+
+
+_STOP = object()
+
+
+class EmbeddedPipeline:
+    """Validate → queue → (cell, dedup, incidents, hot spots) → ticket store.
+
+    Example:
+        >>> pipeline = EmbeddedPipeline(config, grid, SqliteTicketStore("tickets.db"))
+        >>> pipeline.submit_raw(payload, origin="mqtt:gridwatch/v1/st1/smoke-3/detection")
+        >>> pipeline.drain()   # wait until everything queued is in the store
+        >>> pipeline.close()
+    """
+
+    def __init__(
+        self,
+        config: GridWatchConfig,
+        grid: Grid,
+        store: TicketStore,
+        *,
+        queue_max: int = 50_000,
+        batch_max: int = 500,
+    ) -> None:
+        live = config.model_copy(
+            update={"stream": config.stream.model_copy(update={"lateness_s": 0})})
+        self.config = config
+        self.grid = grid
+        self.store = store
+        self._core = Pipeline(live, grid, store)
+        self._ids = EventIdFilter(config.stream.dedup_horizon_s)
+        self._ids_lock = threading.Lock()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_max)
+        self._batch_max = batch_max
+        self._rejected: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
+        self._processed = 0
+        self._failed = 0
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._seed_seen_ids()
+        self._worker = threading.Thread(target=self._run, name="gridwatch-pipeline",
+                                        daemon=True)
+        self._worker.start()
+
+    def _seed_seen_ids(self) -> None:
+        # after a restart, detections redelivered by the broker must not be counted twice
+        for ticket in self.store.all():
+            for event_id in ticket.event_ids:
+                self._ids.seen(event_id, ticket.updated_at.timestamp())
+
+    # -- intake (any thread) --------------------------------------------------------------
+    def submit_raw(self, payload: bytes | str, *, origin: str,
+                   on_committed: OnCommitted | None = None) -> SubmitResult:
+        """Validate one wire message and queue it; never raises on bad input."""
+        try:
+            detection = parse_detection(payload)
+        except DetectionRejected as exc:
+            with self._counts_lock:
+                self._rejected[exc.code.value] += 1
+            log.info("rejected message from %s: %s", origin, exc)
+            return SubmitResult(False, exc.code.value, exc.reason)
+        return self.submit(detection, on_committed=on_committed)
+
+    def submit(self, detection: Detection, *,
+               on_committed: OnCommitted | None = None) -> SubmitResult:
+        """Queue a valid detection (blocks while the queue is full: back-pressure)."""
+        with self._ids_lock:
+            duplicate = self._ids.seen(detection.event_id, detection.observed_at.timestamp())
+        if duplicate:
+            with self._counts_lock:
+                self._counts["duplicates"] += 1
+            if on_committed is not None:
+                on_committed()
+            return SubmitResult(True, duplicate=True)
+        with self._idle:
+            self._pending += 1
+        self._queue.put((detection, on_committed))
+        with self._counts_lock:
+            self._counts["accepted"] += 1
+        return SubmitResult(True)
+
+    # -- the worker ------------------------------------------------------------------------
+    def _transaction(self) -> AbstractContextManager[Any]:
+        begin = getattr(self.store, "transaction", None)
+        return begin() if callable(begin) else nullcontext()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            while len(batch) < self._batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    self._queue.put(_STOP)
+                    break
+                batch.append(nxt)
+            self._process(batch)
+
+    def _process(self, batch: list[tuple[Detection, OnCommitted | None]]) -> None:
+        detections = [d for d, _ in batch]
+        try:
+            with self._transaction():
+                self._core.feed(detections)
+        except Exception:
+            # a store failure (disk full, database gone): do not acknowledge; the broker
+            # redelivers and the event-id filter lets the retry through
+            log.exception("pipeline batch of %d failed; not acknowledged", len(batch))
+            with self._ids_lock:
+                for d in detections:
+                    self._ids.forget(d.event_id)
+            self._failed += len(batch)
+        else:
+            self._processed += len(batch)
+            for _, callback in batch:
+                if callback is not None:
+                    try:
+                        callback()
+                    except Exception:
+                        log.exception("acknowledgement callback failed")
+        with self._idle:
+            self._pending -= len(batch)
+            if self._pending == 0:
+                self._idle.notify_all()
+
+    # -- control -----------------------------------------------------------------------
+    def drain(self, timeout: float | None = 30.0) -> bool:
+        """Wait until everything submitted so far has been processed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def flush(self) -> None:
+        """Close open hot-spot windows (end of a demo run)."""
+        self.drain()
+        with self._transaction():
+            self._core.finish()
+
+    def stats(self) -> dict[str, Any]:
+        stream = self._core.processor.stats.as_dict()
+        with self._counts_lock:
+            return {
+                "accepted": self._counts["accepted"],
+                "duplicates": self._counts["duplicates"] + int(stream["duplicates"]),  # type: ignore[call-overload]
+                "rejected": sum(self._rejected.values()),
+                "rejected_by_reason": dict(sorted(self._rejected.items())),
+                "processed": self._processed,
+                "failed": self._failed,
+                "queue_depth": self._queue.qsize(),
+                "stream": stream,
+                "tickets_opened": self._core.desk.stats.opened,
+            }
+
+    def close(self) -> None:
+        self.drain()
+        self._queue.put(_STOP)
+        self._worker.join(timeout=10)
