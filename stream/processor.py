@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import Counter
 from dataclasses import dataclass, field
 
 from detectors.schema import Detection
 from stream.dedup import EventIdFilter, OccurrenceDeduper, Verdict
 from stream.hotspot import HotspotEngine
 from stream.incidents import IncidentClusterer
-from stream.policy import Mode, PolicyBook, StreamSettings
+from stream.policy import KindPolicy, Mode, PolicyBook, StreamSettings
 from stream.types import HotspotFinding, IncidentEvent
 
 StreamOutput = IncidentEvent | HotspotFinding
@@ -35,7 +34,7 @@ class StreamStats:
     incidents: int = 0
     occurrences: int = 0
     hotspots: int = 0
-    by_kind: Counter[str] = field(default_factory=Counter)
+    by_kind: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -83,6 +82,7 @@ class StreamProcessor:
         self._max_ts = float("-inf")
         self._released_ts = float("-inf")
         self._since_expiry = 0
+        self._policy_cache: dict[str, tuple[KindPolicy, bool]] = {}
 
     def push(self, detection: Detection, cell_id: str | None) -> list[StreamOutput]:
         """Take one valid detection and the cell it falls in (``None``: out of area)."""
@@ -96,8 +96,9 @@ class StreamProcessor:
         if detection.is_self_test:
             self.stats.self_tests += 1
             return []
-        self.stats.accepted += 1
-        self.stats.by_kind[detection.kind] += 1
+        stats = self.stats
+        stats.accepted += 1
+        stats.by_kind[detection.kind] = stats.by_kind.get(detection.kind, 0) + 1
         if ts < self._released_ts:
             # later than the lateness tolerance: handle it now, out of order
             self.stats.late += 1
@@ -124,13 +125,20 @@ class StreamProcessor:
             outputs.extend(self._process(detection, cell_id, ts))
         return outputs
 
+    def _policy(self, kind: str) -> tuple[KindPolicy, bool]:
+        cached = self._policy_cache.get(kind)
+        if cached is None:
+            policy = self.policies.for_kind(kind)
+            cached = self._policy_cache[kind] = (policy, policy.mode is Mode.HOTSPOT)
+        return cached
+
     def _process(self, d: Detection, cell_id: str, ts: float) -> list[StreamOutput]:
-        policy = self.policies.for_kind(d.kind)
+        policy, hotspot = self._policy(d.kind)
         self._since_expiry += 1
         if self._since_expiry >= 4096:
             self._since_expiry = 0
             self._incidents.expire(ts, self._window_max)
-        if policy.mode is Mode.HOTSPOT:
+        if hotspot:
             verdict, occurrence = self._occurrences.add(d, cell_id, ts, policy)
             if verdict is Verdict.ABSORBED:
                 self.stats.absorbed += 1
