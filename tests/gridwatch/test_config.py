@@ -1,0 +1,67 @@
+"""Config: defaults documented in configs/default.yaml, merging, errors with paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from gridwatch.config import ConfigError, GridWatchConfig, deep_merge, load_config
+from stream.policy import Level, Mode
+
+
+def test_default_config_has_a_policy_for_every_builtin_kind():
+    config = load_config()
+    assert set(config.kinds) == {"smoke", "door_forced", "door_held_open",
+                                 "helmetless_rider", "wrong_way_ebike"}
+    assert config.kinds["smoke"].mode is Mode.INCIDENT
+    assert config.kinds["helmetless_rider"].mode is Mode.HOTSPOT
+    assert config.policies.for_kind("illegal_parking").auto_dispatch is False
+
+
+def test_a_user_file_is_merged_over_the_defaults(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text("kinds:\n  smoke:\n    window_s: 120\n    level: district\n")
+    config = load_config(path)
+    assert config.kinds["smoke"].window_s == 120
+    assert config.kinds["smoke"].level is Level.DISTRICT
+    assert config.kinds["smoke"].department == "fire_rescue"  # kept from the default
+    assert "door_forced" in config.kinds
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("kinds:\n  smoke:\n    priority: P9\n", "kinds.smoke.priority: Input should be"),
+        ("kinds:\n  smoke:\n    mode: sometimes\n", "kinds.smoke.mode: Input should be"),
+        ("stream:\n  lateness_s: -1\n", "stream.lateness_s: Input should be greater"),
+        ("streem: {}\n", "streem: Extra inputs are not permitted"),
+        ("- a\n- b\n", "expected a mapping at the top level, got list"),
+        ("kinds: {smoke: {window_s: 1\n", "invalid YAML"),
+    ],
+)
+def test_errors_name_the_file_and_the_field(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(str(path))
+    assert message in str(info.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_empty_file_means_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == load_config()
+
+
+def test_deep_merge_replaces_lists_and_merges_mappings():
+    assert deep_merge({"a": {"b": 1, "c": [1]}, "d": 1}, {"a": {"c": [2]}}) == \
+        {"a": {"b": 1, "c": [2]}, "d": 1}
+
+
+def test_model_defaults_are_valid_without_any_file():
+    assert GridWatchConfig().policies.for_kind("smoke").mode is Mode.INCIDENT
