@@ -1,0 +1,366 @@
+"""One camera: its config (YAML) and the pipeline the edge agent runs per frame.
+
+Example ``CAMERA.yaml``::
+
+    station_id: demo-station
+    source_id: cam-01
+    frame_rate: 10
+    ground:
+      pixel_lon_lat_pairs:          # or: fixed_lon_lat: [113.15, 23.04]
+        - [[0, 0], [113.1490, 23.0410]]
+        - [[320, 0], [113.1510, 23.0410]]
+        - [[320, 240], [113.1510, 23.0390]]
+        - [[0, 240], [113.1490, 23.0390]]
+    sampling: {every_n_frames: 1}
+    motion_gate: {enabled: true}
+    lanes:
+      - name: bike-lane-east
+        polygon_xy: [[0, 120], [320, 120], [320, 200], [0, 200]]
+        direction_xy: [[0, 160], [320, 160]]
+    detectors:
+      - type: wrong_way_ebike
+        backend: {type: motion}
+
+The edge agent calls::
+
+    pipeline = CameraPipeline(load_camera_config("CAMERA.yaml"))
+    for frame, observed_at in frames:
+        for detection in pipeline.process(frame, observed_at):
+            outbox.put(detection)
+    pipeline.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import typing
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import yaml
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import CoreSchema
+
+from detectors.api import (
+    DetectorConfigBase,
+    DetectorContext,
+    PluginRegistry,
+    load_plugins,
+)
+from detectors.ground import GroundMapper
+from detectors.lanes import Lane, LaneConfig
+from detectors.schema import Detection
+
+logger = logging.getLogger(__name__)
+
+Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _DetectorConfigUnion:
+    """Placeholder type: the discriminated union of every installed plug-in's config.
+
+    Its schema is generated when :class:`CameraConfig` is first used (``defer_build``), so
+    plug-ins are discovered at start-up, not at import.
+    """
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        models = [p.config_model for p in load_plugins().plugins.values()]
+        if len(models) == 1:
+            return handler.generate_schema(models[0])
+        union = Annotated[  # type: ignore[valid-type]
+            typing.Union[tuple(models)], Field(discriminator="type")  # noqa: UP007
+        ]
+        return handler.generate_schema(union)
+
+
+class GroundConfig(BaseModel):
+    """Where detections of this camera are on the ground: exactly one of the two.
+
+    Attributes:
+        pixel_lon_lat_pairs: 4+ ``[[x_px, y_px], [lon, lat]]`` pairs on the road plane.
+        fixed_lon_lat: the camera's own ``[lon, lat]`` for every detection.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pixel_lon_lat_pairs: list[tuple[tuple[float, float], tuple[float, float]]] | None = None
+    fixed_lon_lat: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> GroundConfig:
+        if (self.pixel_lon_lat_pairs is None) == (self.fixed_lon_lat is None):
+            raise ValueError("give exactly one of pixel_lon_lat_pairs or fixed_lon_lat")
+        points = [ll for _, ll in self.pixel_lon_lat_pairs or []]
+        for lon, lat in points + ([self.fixed_lon_lat] if self.fixed_lon_lat else []):
+            if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+                raise ValueError(f"lon/lat out of range: {[lon, lat]} (order is [lon, lat])")
+        if self.pixel_lon_lat_pairs is not None:
+            self.mapper()  # fit now so a degenerate layout fails at start-up
+        return self
+
+    def mapper(self) -> GroundMapper:
+        """The pixel → lon/lat mapper this config describes."""
+        if self.fixed_lon_lat is not None:
+            return GroundMapper.fixed(*self.fixed_lon_lat)
+        assert self.pixel_lon_lat_pairs is not None
+        return GroundMapper.from_pairs(self.pixel_lon_lat_pairs)
+
+
+class SamplingConfig(BaseModel):
+    """Which frames are analysed at all.
+
+    Attributes:
+        every_n_frames: analyse one frame in ``n`` handed to the pipeline.
+        max_fps: at most this many analysed frames per second of event time.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every_n_frames: int = Field(default=1, ge=1)
+    max_fps: float | None = Field(default=None, gt=0)
+
+
+class MotionGateConfig(BaseModel):
+    """Skip inference on static frames.
+
+    Attributes:
+        enabled: gate on or off.
+        pixel_threshold: change of any colour channel (0–255) for a pixel to count.
+        min_changed_fraction: share of changed pixels that makes a frame worth analysing.
+        max_skip_s: analyse at least one frame this often even if nothing moves.
+        process_width: the gate compares frames downscaled to this width.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    pixel_threshold: int = Field(default=20, ge=1, le=255)
+    min_changed_fraction: float = Field(default=0.002, ge=0, le=1)
+    max_skip_s: float = Field(default=2.0, gt=0)
+    process_width: int = Field(default=160, ge=16)
+
+
+class CameraConfig(BaseModel):
+    """One camera of one station (the root model of ``CAMERA.yaml``).
+
+    Attributes:
+        station_id: the edge box.
+        source_id: this camera, unique within the station.
+        frame_rate: frames per second the camera delivers.
+        ground: pixel → lon/lat.
+        sampling: which frames are analysed.
+        motion_gate: skip static frames.
+        lanes: image lanes with their allowed direction.
+        snapshot_dir: where JPEG evidence goes (no snapshots when omitted).
+        start: event time of the first frame for offline video (``gridwatch detect``).
+        detectors: the detectors to run; ``type`` picks the plug-in.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    station_id: Identifier
+    source_id: Identifier
+    frame_rate: float = Field(default=25.0, gt=0)
+    ground: GroundConfig
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    motion_gate: MotionGateConfig = Field(default_factory=MotionGateConfig)
+    lanes: list[LaneConfig] = Field(default_factory=list)
+    snapshot_dir: Path | None = None
+    start: AwareDatetime | None = None
+    detectors: list[_DetectorConfigUnion] = Field(min_length=1)  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _unique_lanes(self) -> CameraConfig:
+        names = [lane.name for lane in self.lanes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"lane names must be unique, got {names}")
+        return self
+
+    @property
+    def analysed_frame_rate(self) -> float:
+        """Analysed frames per second after sampling."""
+        rate = self.frame_rate / self.sampling.every_n_frames
+        if self.sampling.max_fps is not None:
+            rate = min(rate, self.sampling.max_fps)
+        return rate
+
+
+def refresh_plugins() -> PluginRegistry:
+    """Re-discover plug-ins and rebuild :class:`CameraConfig`'s union (after installs)."""
+    registry = load_plugins(refresh=True)
+    CameraConfig.model_rebuild(force=True)
+    return registry
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """``field.path: message`` for each error, joined with ``; ``."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in error.get("loc", ())) or "<root>"
+        parts.append(f"{loc}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def camera_config_from_dict(data: Any, *, origin: str = "<camera config>") -> CameraConfig:
+    """Validate a decoded camera config.
+
+    Raises:
+        ValueError: ``"<origin>: <field.path>: <message>"``.
+    """
+    try:
+        return CameraConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"{origin}: {format_validation_error(exc)}") from None
+
+
+def load_camera_config(path: str | Path) -> CameraConfig:
+    """Read and validate ``CAMERA.yaml``.
+
+    Raises:
+        ValueError: with the file and the field path, e.g.
+            ``cam.yaml: detectors.0.wrong_way_ebike.min_distanse_px: Extra inputs are not
+            permitted``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read camera config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return camera_config_from_dict(data, origin=str(path))
+
+
+class _MotionGate:
+    def __init__(self, config: MotionGateConfig) -> None:
+        self.config = config
+        self._previous: np.ndarray | None = None
+        self._last_pass: datetime | None = None
+
+    def moving(self, frame: np.ndarray, observed_at: datetime) -> bool:
+        import cv2
+
+        height, width = frame.shape[:2]
+        scale = min(1.0, self.config.process_width / width)
+        small = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+        # Colour, not grey: a red scooter on a green lane can have the lane's grey level.
+        small = cv2.GaussianBlur(small, (5, 5), 0)
+        previous, self._previous = self._previous, small
+        if previous is None or previous.shape != small.shape:
+            self._last_pass = observed_at
+            return True
+        diff = cv2.absdiff(small, previous).max(axis=2)
+        changed = float(np.mean(diff > self.config.pixel_threshold))
+        overdue = self._last_pass is None or (
+            observed_at - self._last_pass >= timedelta(seconds=self.config.max_skip_s)
+        )
+        if changed >= self.config.min_changed_fraction or overdue:
+            self._last_pass = observed_at
+            return True
+        return False
+
+
+class CameraPipeline:
+    """Sampling → motion gate → every configured detector, for one camera.
+
+    Attributes:
+        stats: counters ``frames_in``, ``frames_sampled_out``, ``frames_gated``,
+            ``frames_analysed``, ``detector_errors``, ``detections``.
+    """
+
+    def __init__(self, config: CameraConfig, *, registry: PluginRegistry | None = None) -> None:
+        """Build every detector; raises ``ValueError`` naming the detector on bad files."""
+        self.config = config
+        registry = registry or load_plugins()
+        self.context = DetectorContext(
+            station_id=config.station_id,
+            source_id=config.source_id,
+            ground=config.ground.mapper(),
+            lanes=[Lane(lane) for lane in config.lanes],
+            frame_rate=config.analysed_frame_rate,
+            snapshot_dir=config.snapshot_dir,
+        )
+        self.detectors: list[Any] = []
+        for index, detector_config in enumerate(config.detectors):
+            assert isinstance(detector_config, DetectorConfigBase)
+            try:
+                plugin = registry.get(detector_config.type)
+                self.detectors.append(plugin.build(detector_config, self.context))
+            except ValueError as exc:
+                self.close()
+                raise ValueError(
+                    f"camera {config.source_id}: detectors.{index} ({detector_config.type}): "
+                    f"{exc}"
+                ) from None
+        self._gate = _MotionGate(config.motion_gate) if config.motion_gate.enabled else None
+        self._frame_index = -1
+        self._last_analysed: datetime | None = None
+        self.stats = dict.fromkeys(
+            ("frames_in", "frames_sampled_out", "frames_gated", "frames_analysed",
+             "detector_errors", "detections"), 0)
+
+    def _sampled(self, observed_at: datetime) -> bool:
+        self._frame_index += 1
+        sampling = self.config.sampling
+        if self._frame_index % sampling.every_n_frames:
+            return False
+        if sampling.max_fps is not None and self._last_analysed is not None:
+            # A 1 % slack keeps e.g. 10 fps at max_fps 10 despite rounded timestamps.
+            if (observed_at - self._last_analysed).total_seconds() < 0.99 / sampling.max_fps:
+                return False
+        return True
+
+    def process(self, frame: np.ndarray, observed_at: datetime) -> list[Detection]:
+        """Handle one BGR frame seen at ``observed_at`` (timezone-aware).
+
+        Returns:
+            The detections decided on this frame (usually none).
+        """
+        self.stats["frames_in"] += 1
+        if not self._sampled(observed_at):
+            self.stats["frames_sampled_out"] += 1
+            return []
+        if self._gate is not None and not self._gate.moving(frame, observed_at):
+            self.stats["frames_gated"] += 1
+            return []
+        self._last_analysed = observed_at
+        self.stats["frames_analysed"] += 1
+        out: list[Detection] = []
+        for detector in self.detectors:
+            try:
+                out.extend(detector.process(frame, observed_at))
+            except Exception:  # one broken plug-in must not silence the camera's others
+                self.stats["detector_errors"] += 1
+                logger.exception("%s/%s: detector %s failed on a frame",
+                                 self.config.station_id, self.config.source_id,
+                                 type(detector).__name__)
+        self.stats["detections"] += len(out)
+        return out
+
+    def close(self) -> None:
+        """Close every detector (idempotent)."""
+        for detector in self.detectors:
+            try:
+                detector.close()
+            except Exception:
+                logger.exception("%s/%s: closing %s failed", self.config.station_id,
+                                 self.config.source_id, type(detector).__name__)
+        self.detectors = []
