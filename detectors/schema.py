@@ -148,7 +148,7 @@ _CODE_BY_ERROR_TYPE = {
 }
 
 
-def _code_for(error: dict[str, Any]) -> RejectCode:
+def _code_for(error: Any) -> RejectCode:
     loc = error.get("loc", ())
     if loc and loc[0] == "schema" and error["type"] == "literal_error":
         return RejectCode.WRONG_SCHEMA

@@ -148,10 +148,11 @@ class OccurrenceDeduper:
 
     def _expire(self, now_ts: float) -> None:
         horizon = self.horizon_s
-        for table in (self._tracks, self._sources):
-            stale = [k for k, r in table.items() if now_ts - r.last_ts > horizon]
-            for k in stale:
-                del table[k]
-        empty = [k for k, w in self._cells.items() if not w or now_ts - w[-1].last_ts > horizon]
-        for k in empty:
-            del self._cells[k]
+        for track_key in [k for k, r in self._tracks.items() if now_ts - r.last_ts > horizon]:
+            del self._tracks[track_key]
+        for source_key in [k for k, r in self._sources.items()
+                           if now_ts - r.last_ts > horizon]:
+            del self._sources[source_key]
+        for cell_key in [k for k, w in self._cells.items()
+                         if not w or now_ts - w[-1].last_ts > horizon]:
+            del self._cells[cell_key]
