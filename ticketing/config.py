@@ -1,4 +1,7 @@
-"""Ticketing settings: SLA deadlines by priority and routing overrides."""
+"""Ticketing settings: SLA deadlines, routing overrides, escalation, review, storage,
+webhooks and live updates. Secrets (API tokens, the webhook HMAC key, a Redis password)
+never live here: they come from environment variables (see ``ticketing.auth`` and
+``ticketing.webhooks``)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from stream.policy import Level, Priority
+
+DEFAULT_SLA_S: dict[Priority, int] = {"P1": 2 * 3600, "P2": 24 * 3600, "P3": 72 * 3600,
+                                      "P4": 7 * 86400}
+PositiveSeconds = Annotated[int, Field(gt=0, le=365 * 86400)]
 
 
 class RoutingOverride(BaseModel):
@@ -21,11 +28,55 @@ class RoutingOverride(BaseModel):
     level: Level | None = None
 
 
+class EscalationSettings(BaseModel):
+    """Deadline supervision: a reminder ``remind_before_s`` before ``due_at``, a yellow
+    card at ``due_at``, a red card (督办) at twice the time allowed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    remind_before_s: Annotated[int, Field(ge=0, le=7 * 86400)] = 600
+    interval_s: PositiveSeconds = 30  # how often the worker looks
+
+
+class ReviewSettings(BaseModel):
+    """A source whose dismissed share is above ``max_false_positive_rate`` after at least
+    ``min_reviewed`` reviewed tickets stops auto-dispatching: its tickets go to review."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_false_positive_rate: Annotated[float, Field(ge=0, le=1)] = 0.5
+    min_reviewed: Annotated[int, Field(ge=1)] = 5
+
+
+class WebhookSettings(BaseModel):
+    """The upstream work-order centre. The HMAC key comes from the environment variable
+    named by ``secret_env`` (never from this file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = None  # None: webhooks off (no outbox rows are written)
+    secret_env: str = "GRIDWATCH_WEBHOOK_SECRET"
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 10
+    backoff_base_s: Annotated[float, Field(gt=0)] = 5.0
+    backoff_max_s: Annotated[float, Field(gt=0)] = 3600.0
+    interval_s: Annotated[float, Field(gt=0)] = 5.0
+
+
 class TicketingSettings(BaseModel):
+    """The ``ticketing:`` section of the root config (documented in default.yaml)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sla_s: dict[Priority, Annotated[int, Field(gt=0)]] = Field(
-        default_factory=lambda: {"P1": 2 * 3600, "P2": 24 * 3600, "P3": 72 * 3600,
-                                 "P4": 7 * 86400}
-    )
+        default_factory=lambda: dict(DEFAULT_SLA_S))
     routing_overrides: list[RoutingOverride] = Field(default_factory=list)
+    # sqlite:///path, postgresql://user@host/db; None: the runtime's default SQLite file.
+    # A password belongs in GRIDWATCH_TICKETS_URL (environment), not here.
+    storage_url: str | None = None
+    escalation: EscalationSettings = EscalationSettings()
+    review: ReviewSettings = ReviewSettings()
+    webhook: WebhookSettings = WebhookSettings()
+    # Redis for live-update fan-out between API replicas; None: in-process only.
+    redis_url: str | None = None
+    max_page_size: Annotated[int, Field(ge=1, le=10000)] = 500

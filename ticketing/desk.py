@@ -6,7 +6,7 @@ writes comes from the events), so replay is deterministic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from geo.grid import Cell, Grid
 from stream.policy import KindPolicy, PolicyBook
@@ -14,9 +14,10 @@ from stream.types import HotspotFinding, IncidentEvent
 from ticketing.config import TicketingSettings
 from ticketing.models import Review, Ticket, TicketStatus, ticket_id_for
 from ticketing.routing import due_at, route_for
-from ticketing.store import TicketStore
+from ticketing.store import TicketStore, VersionConflict
 
 MAX_SNAPSHOTS = 10
+MAX_RETRIES = 3
 
 
 @dataclass(slots=True)
@@ -38,9 +39,35 @@ class TicketDesk:
         self.stats = DeskStats()
 
     def apply(self, output: IncidentEvent | HotspotFinding) -> Ticket:
-        if isinstance(output, IncidentEvent):
-            return self.on_incident(output)
-        return self.on_hotspot(output)
+        """Open or update the ticket for one stream output.
+
+        With a shared SQL store, an API change between the desk's read and write makes
+        the write stale (:class:`~ticketing.store.VersionConflict`); the desk then
+        re-reads and re-applies, up to ``MAX_RETRIES`` times.
+        """
+        for attempt in range(MAX_RETRIES + 1):
+            stats = replace(self.stats)
+            try:
+                if isinstance(output, IncidentEvent):
+                    return self.on_incident(output)
+                return self.on_hotspot(output)
+            except VersionConflict:
+                self.stats = stats
+                if attempt == MAX_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _suspended(self, source_ids: list[str]) -> bool:
+        """Whether any source has too many dismissed tickets to auto-dispatch (stores
+        without review records, like the replay's, suspend nothing)."""
+        lookup = getattr(self.store, "suspended_sources", None)
+        if lookup is None or not source_ids:
+            return False
+        review = self.settings.review
+        suspended: frozenset[str] = lookup(
+            max_false_positive_rate=review.max_false_positive_rate,
+            min_reviewed=review.min_reviewed)
+        return any(s in suspended for s in source_ids)
 
     # -- review ---------------------------------------------------------------------
     def _review_for(self, kind: str, policy: KindPolicy, confidence: float) -> Review:
@@ -94,6 +121,7 @@ class TicketDesk:
         policy = self.policies.for_kind(incident.kind)
         ticket = self.store.ticket_for_incident(incident.incident_id)
         link: str | None = None
+        is_new = False
         if ticket is None:
             ticket = self.store.open_ticket_for(incident.cell_id, incident.kind)
             link = incident.incident_id
@@ -103,6 +131,7 @@ class TicketDesk:
                     kind=incident.kind, cell=cell, seed=incident.incident_id, policy=policy,
                     opened_at=incident.opened_at, lon=incident.lon, lat=incident.lat,
                     confidence=event.confidence)
+                is_new = True
                 self.stats.opened += 1
             else:
                 self.stats.updated += 1
@@ -128,15 +157,37 @@ class TicketDesk:
         for url in incident.snapshot_urls:
             if url not in ticket.snapshot_urls and len(ticket.snapshot_urls) < MAX_SNAPSHOTS:
                 ticket.snapshot_urls.append(url)
-        self._maybe_auto_dispatch(ticket, policy)
+        if self._suspended(ticket.source_ids):
+            # a source with a high false-positive rate: an operator looks first
+            if is_new and ticket.review is Review.AUTO_DISPATCHED:
+                ticket.review = Review.PENDING_REVIEW
+                ticket.status = TicketStatus.PENDING_REVIEW
+        else:
+            self._maybe_auto_dispatch(ticket, policy)
         self.store.save(ticket, incident_id=link)
         return ticket
 
     # -- hot spots ------------------------------------------------------------------
     def on_hotspot(self, finding: HotspotFinding) -> Ticket:
+        """Open a ticket for a new hot spot, or update the open one of its centre cell and
+        kind. After a ticket was closed, dismissed or resolved, findings within
+        ``finding.realert_cooldown_s`` of its last update do not open a new one (the
+        closed ticket is returned unchanged)."""
         policy = self.policies.for_kind(finding.kind)
         ticket = self.store.open_ticket_for(finding.cell_id, finding.kind)
         if ticket is None:
+            if finding.realert_cooldown_s > 0:
+                from ticketing.store import TicketFilter
+
+                recent = [t for t in self.store.list(
+                              TicketFilter(cell_id=finding.cell_id, kind=finding.kind),
+                              limit=1_000_000)
+                          if t.hotspot is not None and not t.is_open]
+                if recent:
+                    last = max(recent, key=lambda t: (t.updated_at, t.ticket_id))
+                    quiet_s = (finding.window_end - last.updated_at).total_seconds()
+                    if quiet_s < finding.realert_cooldown_s:
+                        return last
             cell = self.grid[finding.cell_id]
             ticket = self._new_ticket(
                 kind=finding.kind, cell=cell,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -9,7 +10,7 @@ from enum import Enum
 from typing import Any
 
 
-class TicketStatus(str, Enum):
+class TicketStatus(str, Enum):  # noqa: UP042 (CONVENTIONS 10)
     PENDING_REVIEW = "pending_review"
     DISPATCHED = "dispatched"
     ACCEPTED = "accepted"
@@ -26,9 +27,32 @@ OPEN_STATUSES = frozenset({
 })
 
 
-class Review(str, Enum):
+class Review(str, Enum):  # noqa: UP042 (CONVENTIONS 10)
     AUTO_DISPATCHED = "auto_dispatched"
     PENDING_REVIEW = "pending_review"
+
+
+class Escalation(str, Enum):  # noqa: UP042 (CONVENTIONS 10)
+    """Supervision of a deadline, in order: a reminder before it, a yellow card at it and
+    a red card (督办) at twice the allowed time."""
+
+    NONE = "none"
+    DUE_SOON = "due_soon"
+    YELLOW = "yellow"
+    RED = "red"
+
+    @property
+    def rank(self) -> int:
+        return _ESCALATION_ORDER.index(self)
+
+
+_ESCALATION_ORDER = list(Escalation)
+
+
+class Origin(str, Enum):  # noqa: UP042 (CONVENTIONS 10)
+    DETECTION = "detection"  # the desk, from sensors and cameras
+    OPEN311 = "open311"  # a report from another system (GeoReport v2)
+    API = "api"  # created through POST /tickets
 
 
 def ticket_id_for(kind: str, cell_id: str, seed: str) -> str:
@@ -42,6 +66,10 @@ def rfc3339(value: datetime) -> str:
     """UTC, second precision or finer, with ``Z``: one spelling for every output."""
     text = value.astimezone(UTC).isoformat()
     return text.replace("+00:00", "Z")
+
+
+_TIME_FIELDS = ("opened_at", "due_at", "updated_at")
+_OPTIONAL_TIME_FIELDS = ("accepted_at", "resolved_at", "closed_at")
 
 
 @dataclass(slots=True)
@@ -75,6 +103,21 @@ class Ticket:
     hotspot: dict[str, Any] | None = None
     label: str | None = None
     version: int = 1
+    # lifecycle (changed by ticketing.lifecycle / the escalator, never by the desk)
+    escalation: Escalation = Escalation.NONE
+    returned_count: int = 0
+    accepted_at: datetime | None = None
+    resolved_at: datetime | None = None
+    closed_at: datetime | None = None
+    dismiss_reason: str | None = None
+    merged_into: str | None = None
+    origin: Origin = Origin.DETECTION
+    description: str | None = None
+
+    @property
+    def red_at(self) -> datetime:
+        """When the red card is due: twice the time allowed (``due_at - opened_at``)."""
+        return self.due_at + (self.due_at - self.opened_at)
 
     @property
     def is_open(self) -> bool:
@@ -85,8 +128,13 @@ class Ticket:
         out = asdict(self)
         out["status"] = self.status.value
         out["review"] = self.review.value
-        for key in ("opened_at", "due_at", "updated_at"):
+        out["escalation"] = self.escalation.value
+        out["origin"] = self.origin.value
+        for key in _TIME_FIELDS:
             out[key] = rfc3339(out[key])
+        for key in _OPTIONAL_TIME_FIELDS:
+            if out[key] is not None:
+                out[key] = rfc3339(out[key])
         if self.hotspot is not None:
             out["hotspot"] = {k: rfc3339(v) if isinstance(v, datetime) else v
                               for k, v in self.hotspot.items()}
@@ -97,7 +145,16 @@ class Ticket:
         values = dict(data)
         values["status"] = TicketStatus(values["status"])
         values["review"] = Review(values["review"])
-        for key in ("opened_at", "due_at", "updated_at"):
+        values["escalation"] = Escalation(values.get("escalation", "none"))
+        values["origin"] = Origin(values.get("origin", "detection"))
+        for key in _TIME_FIELDS:
             values[key] = datetime.fromisoformat(values[key])
+        for key in _OPTIONAL_TIME_FIELDS:
+            if values.get(key) is not None:
+                values[key] = datetime.fromisoformat(values[key])
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in known})
+
+    def copy(self) -> Ticket:
+        """A deep copy (lists and the hot-spot dict are not shared)."""
+        return copy.deepcopy(self)

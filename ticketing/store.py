@@ -1,21 +1,41 @@
-"""Ticket stores: in memory (replay) and SQLite (the embedded service).
+"""Ticket stores: in memory (replay) and SQL (SQLite by default, PostgreSQL by config).
 
 Both keep the two indexes the desk needs: the open ticket of a (cell, kind), and the
-ticket an incident already belongs to. Writes are upserts keyed by ``ticket_id``.
+ticket an incident already belongs to. Desk writes are upserts keyed by ``ticket_id``.
+
+:class:`SqlTicketStore` is also the service store: lifecycle changes (:meth:`modify`) run
+in one transaction that locks the row, checks the version (optimistic concurrency),
+writes the ticket, its audit entries, the source review counts, the escalation record
+and the webhook outbox together, so two API replicas or two escalators on one database
+never apply the same change twice.
+
+>>> store = SqliteTicketStore(":memory:")
+>>> store.count()
+0
 """
 
 from __future__ import annotations
 
+import builtins
 import json
-import sqlite3
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from ticketing.models import OPEN_STATUSES, Ticket, rfc3339
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+
+from ticketing.lifecycle import AuditEntry
+from ticketing.migrations import migrate
+from ticketing.models import OPEN_STATUSES, Review, Ticket, rfc3339
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +50,8 @@ class TicketFilter:
     review: str | None = None
     opened_from: datetime | None = None
     opened_to: datetime | None = None
+    escalation: str | None = None
+    origin: str | None = None
 
 
 class TicketStore(Protocol):
@@ -52,6 +74,8 @@ def _matches(t: Ticket, f: TicketFilter) -> bool:
             and (f.village is None or t.village == f.village)
             and (f.department is None or t.department == f.department)
             and (f.review is None or t.review.value == f.review)
+            and (f.escalation is None or t.escalation.value == f.escalation)
+            and (f.origin is None or t.origin.value == f.origin)
             and (f.opened_from is None or t.opened_at >= f.opened_from)
             and (f.opened_to is None or t.opened_at < f.opened_to))
 
@@ -101,132 +125,612 @@ class MemoryTicketStore:
         return iter(sorted(self._tickets.values(), key=lambda t: (t.opened_at, t.ticket_id)))
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tickets (
-    ticket_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    cell_id TEXT NOT NULL,
-    district TEXT, town TEXT, village TEXT,
-    department TEXT NOT NULL,
-    status TEXT NOT NULL,
-    review TEXT NOT NULL,
-    priority TEXT NOT NULL,
-    opened_at TEXT NOT NULL,
-    due_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tickets_open ON tickets (cell_id, kind, status);
-CREATE INDEX IF NOT EXISTS tickets_opened ON tickets (opened_at, ticket_id);
-CREATE TABLE IF NOT EXISTS incident_tickets (
-    incident_id TEXT PRIMARY KEY,
-    ticket_id TEXT NOT NULL REFERENCES tickets (ticket_id)
-);
-"""
+# -- SQL ----------------------------------------------------------------------------------
 
-_OPEN_VALUES = tuple(s.value for s in OPEN_STATUSES)
+class TicketNotFound(KeyError):
+    """No ticket with that id."""
 
 
-class SqliteTicketStore:
-    """SQLite-backed (WAL); the embedded single-box default. Thread-safe."""
+class VersionConflict(Exception):
+    """The ticket changed since the caller read it (optimistic concurrency; HTTP 409)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.RLock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
+    def __init__(self, ticket_id: str, *, expected: int | None, current: int) -> None:
+        super().__init__(f"ticket {ticket_id} is at version {current}, "
+                         f"not {expected}; re-read it and try again")
+        self.ticket_id = ticket_id
+        self.expected = expected
+        self.current = current
 
+
+class AlreadyEscalated(Exception):
+    """Another worker recorded this escalation first (the unique row exists)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStats:
+    """Review outcomes of one source (``station/source``)."""
+
+    source_id: str
+    confirmed: int
+    dismissed: int
+
+    @property
+    def reviewed(self) -> int:
+        return self.confirmed + self.dismissed
+
+    @property
+    def false_positive_rate(self) -> float | None:
+        return None if self.reviewed == 0 else self.dismissed / self.reviewed
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one committed write did to one ticket; given to change listeners."""
+
+    type: str  # created | updated | an action (accept, dismiss, ...) | escalate
+    ticket: Ticket
+    entries: tuple[AuditEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    event_key: str
+    event_type: str
+    ticket_id: str
+    payload: str
+    attempts: int
+
+
+def sortable(value: datetime) -> str:
+    """A fixed-width UTC timestamp; compares correctly as text in both databases."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _normalise_url(url: str) -> str:
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+ChangeListener = Callable[[Change], None]
+Mutation = Callable[[Ticket, Callable[[str], Ticket]], list[AuditEntry]]
+
+_TICKET_COLUMNS = ("ticket_id, kind, cell_id, district, town, village, department, status,"
+                   " review, priority, opened_at, due_at, red_at, updated_at, version,"
+                   " escalation, origin, level, body")
+
+
+def _ticket_row(ticket: Ticket) -> dict[str, object]:
+    body = ticket.to_public()
+    return {
+        "ticket_id": ticket.ticket_id, "kind": ticket.kind, "cell_id": ticket.cell_id,
+        "district": ticket.district, "town": ticket.town, "village": ticket.village,
+        "department": ticket.department, "status": ticket.status.value,
+        "review": ticket.review.value, "priority": ticket.priority,
+        "opened_at": sortable(ticket.opened_at), "due_at": sortable(ticket.due_at),
+        "red_at": sortable(ticket.red_at), "updated_at": sortable(ticket.updated_at),
+        "version": ticket.version, "escalation": ticket.escalation.value,
+        "origin": ticket.origin.value, "level": ticket.level,
+        "body": json.dumps(body, sort_keys=True, ensure_ascii=False),
+    }
+
+
+def _audit_from_row(row: Any) -> AuditEntry:
+    return AuditEntry(ticket_id=row.ticket_id, at=datetime.fromisoformat(row.at),
+                      actor=row.actor, action=row.action, from_status=row.from_status,
+                      to_status=row.to_status, note=row.note, data=json.loads(row.data))
+
+
+class SqlTicketStore:
+    """Tickets in SQLite or PostgreSQL through SQLAlchemy Core; thread-safe.
+
+    Args:
+        url: ``sqlite:///path/tickets.db``, ``sqlite://`` (memory) or
+            ``postgresql://user@host/db`` (psycopg 3).
+        schema: PostgreSQL only: keep the tables in this schema (created if missing).
+        outbox: also write every change to the webhook outbox (same transaction).
+        pool_size: PostgreSQL connection pool size.
+
+    The schema is migrated on construction (see :mod:`ticketing.migrations`).
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None, outbox: bool = False,
+                 pool_size: int = 10) -> None:
+        self.url = _normalise_url(url)
+        self.outbox = outbox
+        self._listeners: builtins.list[ChangeListener] = []
+        self.engine: Engine
+        memory = self.url in ("sqlite://", "sqlite:///:memory:")
+        self._lock: threading.RLock | None = threading.RLock() if memory else None
+        if self.url.startswith("sqlite"):
+            self.dialect = "sqlite"
+            if schema is not None:
+                raise ValueError(f"expected schema=None for SQLite, got {schema!r}")
+            kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False,
+                                                       "timeout": 30}}
+            if memory:
+                kwargs["poolclass"] = StaticPool
+            else:
+                db = self.url.split("sqlite:///", 1)[-1]
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(self.url, **kwargs)
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        elif self.url.startswith("postgresql"):
+            self.dialect = "postgresql"
+            self.engine = create_engine(self.url, pool_size=pool_size, max_overflow=pool_size)
+            if schema is not None:
+                if not schema.replace("_", "").isalnum():
+                    raise ValueError(f"expected a plain schema name, got {schema!r}")
+                with self.engine.begin() as conn:
+                    conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+
+                def _search_path(dbapi_conn: Any, _record: Any) -> None:
+                    with dbapi_conn.cursor() as cur:
+                        cur.execute(f'SET search_path TO "{schema}"')
+                    dbapi_conn.commit()
+
+                event.listen(self.engine, "connect", _search_path)
+                self.engine.dispose()
+        else:
+            raise ValueError(f"expected a sqlite:// or postgresql:// URL, got {url!r}")
+        self._for_update = " FOR UPDATE" if self.dialect == "postgresql" else ""
+        self.schema = schema
+        with self._write() as conn:
+            self.applied_migrations = migrate(conn, dialect=self.dialect,
+                                              lock_name=f"gridwatch:{schema or ''}")
+
+    # -- plumbing -------------------------------------------------------------------
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.engine.dispose()
 
-    def _one(self, sql: str, params: tuple[object, ...]) -> Ticket | None:
-        with self._lock:
-            row = self._conn.execute(sql, params).fetchone()
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Call ``listener(change)`` after every committed change (in the writer's
+        thread; keep it quick and do not raise)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: ChangeListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _notify(self, changes: builtins.list[Change]) -> None:
+        for change in changes:
+            for listener in list(self._listeners):
+                try:
+                    listener(change)
+                except Exception:  # a listener must not undo a committed write
+                    log.exception("change listener failed for %s", change.ticket.ticket_id)
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._locked(), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._locked(), self.engine.connect() as conn:
+            conn.execution_options(gridwatch_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._lock is None:
+            yield
+        else:
+            with self._lock:
+                yield
+
+    def schema_version(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(text("SELECT max(version) FROM schema_migrations"))
+                       .scalar_one())
+
+    def ping(self) -> bool:
+        with self._read() as conn:
+            return conn.execute(text("SELECT 1")).scalar_one() == 1
+
+    # -- reads ----------------------------------------------------------------------
+    def _one(self, sql: str, params: dict[str, object]) -> Ticket | None:
+        with self._read() as conn:
+            row = conn.execute(text(sql), params).first()
         return None if row is None else Ticket.from_public(json.loads(row[0]))
 
     def get(self, ticket_id: str) -> Ticket | None:
-        return self._one("SELECT body FROM tickets WHERE ticket_id = ?", (ticket_id,))
+        return self._one("SELECT body FROM tickets WHERE ticket_id = :id", {"id": ticket_id})
 
     def open_ticket_for(self, cell_id: str, kind: str) -> Ticket | None:
-        marks = ",".join("?" * len(_OPEN_VALUES))
         return self._one(
-            f"SELECT body FROM tickets WHERE cell_id = ? AND kind = ? AND status IN ({marks})"
-            " ORDER BY opened_at DESC, ticket_id LIMIT 1",
-            (cell_id, kind, *_OPEN_VALUES),
-        )
+            f"SELECT body FROM tickets WHERE cell_id = :cell AND kind = :kind"
+            f" AND status IN ({_OPEN_SQL}) ORDER BY opened_at DESC, ticket_id LIMIT 1",
+            {"cell": cell_id, "kind": kind})
 
     def ticket_for_incident(self, incident_id: str) -> Ticket | None:
         return self._one(
-            "SELECT t.body FROM incident_tickets i JOIN tickets t USING (ticket_id)"
-            " WHERE i.incident_id = ?", (incident_id,))
+            "SELECT t.body FROM incident_tickets i JOIN tickets t"
+            " ON t.ticket_id = i.ticket_id WHERE i.incident_id = :id", {"id": incident_id})
 
-    def save(self, ticket: Ticket, *, incident_id: str | None = None) -> None:
-        body = ticket.to_public()
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute(
-                    "INSERT INTO tickets (ticket_id, kind, cell_id, district, town, village,"
-                    " department, status, review, priority, opened_at, due_at, updated_at,"
-                    " body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT (ticket_id) DO UPDATE SET status = excluded.status,"
-                    " review = excluded.review, department = excluded.department,"
-                    " priority = excluded.priority, due_at = excluded.due_at,"
-                    " opened_at = excluded.opened_at,"
-                    " updated_at = excluded.updated_at, body = excluded.body",
-                    (ticket.ticket_id, ticket.kind, ticket.cell_id, ticket.district,
-                     ticket.town, ticket.village, ticket.department, body["status"],
-                     body["review"], ticket.priority, body["opened_at"], body["due_at"],
-                     body["updated_at"], json.dumps(body, sort_keys=True)),
-                )
-                if incident_id is not None:
-                    self._conn.execute(
-                        "INSERT OR IGNORE INTO incident_tickets VALUES (?, ?)",
-                        (incident_id, ticket.ticket_id))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-
-    def _where(self, f: TicketFilter) -> tuple[str, list[object]]:
-        clauses, params = [], []
+    def _where(self, f: TicketFilter) -> tuple[str, dict[str, object]]:
+        clauses, params = [], {}
         for column in ("status", "kind", "cell_id", "district", "town", "village",
-                       "department", "review"):
+                       "department", "review", "escalation", "origin"):
             value = getattr(f, column)
             if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
+                clauses.append(f"{column} = :{column}")
+                params[column] = value
         if f.opened_from is not None:
-            clauses.append("opened_at >= ?")
-            params.append(rfc3339(f.opened_from))
+            clauses.append("opened_at >= :opened_from")
+            params["opened_from"] = sortable(f.opened_from)
         if f.opened_to is not None:
-            clauses.append("opened_at < ?")
-            params.append(rfc3339(f.opened_to))
+            clauses.append("opened_at < :opened_to")
+            params["opened_to"] = sortable(f.opened_to)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def list(self, flt: TicketFilter = TicketFilter(), *, limit: int = 100,
-             offset: int = 0) -> list[Ticket]:
+             offset: int = 0) -> builtins.list[Ticket]:
         where, params = self._where(flt)
-        with self._lock:
-            rows = self._conn.execute(
+        with self._read() as conn:
+            rows = conn.execute(text(
                 f"SELECT body FROM tickets{where} ORDER BY opened_at, ticket_id"
-                " LIMIT ? OFFSET ?", (*params, limit, offset)).fetchall()
-        return [Ticket.from_public(json.loads(r[0])) for r in rows]
+                " LIMIT :limit OFFSET :offset"), {**params, "limit": limit, "offset": offset})
+            return [Ticket.from_public(json.loads(r[0])) for r in rows]
 
     def count(self, flt: TicketFilter = TicketFilter()) -> int:
         where, params = self._where(flt)
-        with self._lock:
-            return int(self._conn.execute(f"SELECT count(*) FROM tickets{where}",
-                                          params).fetchone()[0])
+        with self._read() as conn:
+            return int(conn.execute(text(f"SELECT count(*) FROM tickets{where}"), params)
+                       .scalar_one())
 
     def all(self) -> Iterator[Ticket]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT body FROM tickets ORDER BY opened_at, ticket_id").fetchall()
+        with self._read() as conn:
+            rows = conn.execute(text(
+                "SELECT body FROM tickets ORDER BY opened_at, ticket_id")).fetchall()
         return (Ticket.from_public(json.loads(r[0])) for r in rows)
+
+    def audit(self, ticket_id: str) -> builtins.list[AuditEntry]:
+        """The ticket's audit log, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(text(
+                "SELECT * FROM ticket_events WHERE ticket_id = :id ORDER BY id"),
+                {"id": ticket_id}).fetchall()
+        return [_audit_from_row(r) for r in rows]
+
+    def audit_between(self, *, start: datetime, end: datetime,
+                      action: str | None = None) -> builtins.list[AuditEntry]:
+        """Audit entries with ``start <= at < end`` (optionally of one action)."""
+        sql = "SELECT * FROM ticket_events WHERE at >= :start AND at < :end"
+        params: dict[str, object] = {"start": sortable(start), "end": sortable(end)}
+        if action is not None:
+            sql += " AND action = :action"
+            params["action"] = action
+        with self._read() as conn:
+            rows = conn.execute(text(sql + " ORDER BY id"), params).fetchall()
+        return [_audit_from_row(r) for r in rows]
+
+    def source_stats(self) -> builtins.list[SourceStats]:
+        with self._read() as conn:
+            rows = conn.execute(text("SELECT source_id, confirmed, dismissed"
+                                     " FROM source_reviews ORDER BY source_id")).fetchall()
+        return [SourceStats(r[0], int(r[1]), int(r[2])) for r in rows]
+
+    def suspended_sources(self, *, max_false_positive_rate: float,
+                          min_reviewed: int) -> frozenset[str]:
+        """Sources whose false-positive rate is above the threshold (with enough
+        reviews to judge): their tickets go to review instead of auto-dispatch."""
+        with self._read() as conn:
+            rows = conn.execute(text(
+                "SELECT source_id FROM source_reviews"
+                " WHERE confirmed + dismissed >= :n"
+                " AND dismissed > :rate * (confirmed + dismissed)"),
+                {"n": min_reviewed, "rate": max_false_positive_rate}).fetchall()
+        return frozenset(r[0] for r in rows)
+
+    def escalation_candidates(self, *, now: datetime, remind_before_s: int,
+                              limit: int = 500) -> builtins.list[Ticket]:
+        """Open tickets with a supervision step due at ``now`` (reminder, yellow, red)."""
+        params = {"now": sortable(now),
+                  "soon": sortable(now + timedelta(seconds=remind_before_s)),
+                  "limit": limit}
+        with self._read() as conn:
+            rows = conn.execute(text(
+                f"SELECT body FROM tickets WHERE status IN ({_OPEN_SQL}) AND ("
+                " (escalation = 'none' AND due_at <= :soon)"
+                " OR (escalation = 'due_soon' AND due_at <= :now)"
+                " OR (escalation = 'yellow' AND red_at <= :now))"
+                " ORDER BY due_at, ticket_id LIMIT :limit"), params).fetchall()
+        return [Ticket.from_public(json.loads(r[0])) for r in rows]
+
+    # -- writes -----------------------------------------------------------------------
+    def save(self, ticket: Ticket, *, incident_id: str | None = None) -> None:
+        """The desk's upsert. A new ticket is inserted; an existing one is replaced only
+        if ``ticket.version`` is newer than the stored one, else :class:`VersionConflict`
+        (the desk re-reads and re-applies)."""
+        at = ticket.updated_at
+        changes: builtins.list[Change] = []
+        with self._write() as conn:
+            row = conn.execute(text(
+                f"SELECT version, status FROM tickets WHERE ticket_id = :id{self._for_update}"),
+                {"id": ticket.ticket_id}).first()
+            values = _ticket_row(ticket)
+            if row is None:
+                inserted = conn.execute(text(
+                    f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES ("
+                    + ", ".join(f":{c.strip()}" for c in _TICKET_COLUMNS.split(","))
+                    + ") ON CONFLICT (ticket_id) DO NOTHING"), values).rowcount
+                if inserted != 1:
+                    raise VersionConflict(ticket.ticket_id, expected=None, current=0)
+                entry = AuditEntry(ticket_id=ticket.ticket_id, at=at, actor="system:desk",
+                                   action="create", from_status=None,
+                                   to_status=ticket.status.value,
+                                   note=f"opened ({ticket.review.value})",
+                                   data={"origin": ticket.origin.value})
+                changes.append(Change("created", ticket, (entry,)))
+            else:
+                if int(row.version) >= ticket.version:
+                    raise VersionConflict(ticket.ticket_id, expected=ticket.version - 1,
+                                          current=int(row.version))
+                self._update_row(conn, ticket, expected_version=int(row.version))
+                entries: tuple[AuditEntry, ...] = ()
+                if row.status != ticket.status.value:
+                    entries = (AuditEntry(
+                        ticket_id=ticket.ticket_id, at=at, actor="system:desk",
+                        action="auto_dispatch", from_status=row.status,
+                        to_status=ticket.status.value,
+                        note="a confident detection confirmed it"),)
+                changes.append(Change("updated", ticket, entries))
+            if incident_id is not None:
+                conn.execute(text(
+                    "INSERT INTO incident_tickets (incident_id, ticket_id) VALUES (:i, :t)"
+                    " ON CONFLICT (incident_id) DO NOTHING"),
+                    {"i": incident_id, "t": ticket.ticket_id})
+            self._record(conn, changes)
+        self._notify(changes)
+
+    def create(self, ticket: Ticket, *, actor: str, note: str | None = None) -> tuple[
+            Ticket, bool]:
+        """Insert a ticket made outside the desk (API, Open311). Idempotent on
+        ``ticket_id``: an existing ticket is returned unchanged with ``False``."""
+        with self._write() as conn:
+            inserted = conn.execute(text(
+                f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES ("
+                + ", ".join(f":{c.strip()}" for c in _TICKET_COLUMNS.split(","))
+                + ") ON CONFLICT (ticket_id) DO NOTHING"), _ticket_row(ticket)).rowcount
+            if inserted != 1:
+                existing = conn.execute(text("SELECT body FROM tickets WHERE ticket_id = :id"),
+                                        {"id": ticket.ticket_id}).scalar_one()
+                return Ticket.from_public(json.loads(existing)), False
+            entry = AuditEntry(ticket_id=ticket.ticket_id, at=ticket.opened_at, actor=actor,
+                               action="create", from_status=None,
+                               to_status=ticket.status.value, note=note,
+                               data={"origin": ticket.origin.value})
+            changes = [Change("created", ticket, (entry,))]
+            self._record(conn, changes)
+        self._notify(changes)
+        return ticket, True
+
+    def modify(self, ticket_id: str, mutate: Mutation, *,
+               expected_version: int | None) -> Ticket:
+        """Lock the ticket, check its version, ``mutate`` it and commit with its audit
+        entries; all or nothing.
+
+        ``mutate(ticket, load)`` changes the ticket in place and returns audit entries;
+        ``load(other_id)`` locks another ticket that the mutation also changes (merge).
+        Raises :class:`TicketNotFound`, :class:`VersionConflict`, or whatever ``mutate``
+        raises (nothing is written then).
+        """
+        changes: builtins.list[Change] = []
+        with self._write() as conn:
+            loaded: dict[str, tuple[Ticket, int]] = {}
+
+            def load(other_id: str) -> Ticket:
+                if other_id not in loaded:
+                    body = conn.execute(text(
+                        f"SELECT body FROM tickets WHERE ticket_id = :id{self._for_update}"),
+                        {"id": other_id}).scalar()
+                    if body is None:
+                        raise TicketNotFound(other_id)
+                    ticket = Ticket.from_public(json.loads(body))
+                    loaded[other_id] = (ticket, ticket.version)
+                return loaded[other_id][0]
+
+            ticket = load(ticket_id)
+            if expected_version is not None and ticket.version != expected_version:
+                raise VersionConflict(ticket_id, expected=expected_version,
+                                      current=ticket.version)
+            entries = mutate(ticket, load)
+            by_ticket: dict[str, builtins.list[AuditEntry]] = {}
+            for entry in entries:
+                by_ticket.setdefault(entry.ticket_id, []).append(entry)
+            for other_id, (other, version) in loaded.items():
+                if other_id not in by_ticket:
+                    continue
+                other.version = version + 1
+                self._update_row(conn, other, expected_version=version)
+                ticket_entries = by_ticket[other_id]
+                changes.append(Change(ticket_entries[0].action, other, tuple(ticket_entries)))
+                if any(e.action == "merge" for e in ticket_entries) and other.merged_into:
+                    conn.execute(text("UPDATE incident_tickets SET ticket_id = :into"
+                                      " WHERE ticket_id = :id"),
+                                 {"into": other.merged_into, "id": other_id})
+            self._record(conn, changes)
+        self._notify(changes)
+        return ticket
+
+    def _update_row(self, conn: Connection, ticket: Ticket, *, expected_version: int) -> None:
+        values = _ticket_row(ticket)
+        sets = ", ".join(f"{c.strip()} = :{c.strip()}" for c in _TICKET_COLUMNS.split(",")
+                         if c.strip() != "ticket_id")
+        updated = conn.execute(text(
+            f"UPDATE tickets SET {sets} WHERE ticket_id = :ticket_id AND version = :expected"),
+            {**values, "expected": expected_version}).rowcount
+        if updated != 1:
+            raise VersionConflict(ticket.ticket_id, expected=expected_version,
+                                  current=-1)
+
+    def _record(self, conn: Connection, changes: builtins.list[Change]) -> None:
+        for change in changes:
+            ticket = change.ticket
+            for entry in change.entries:
+                conn.execute(text(
+                    "INSERT INTO ticket_events (ticket_id, at, actor, action, from_status,"
+                    " to_status, note, data) VALUES (:t, :at, :actor, :action, :f, :to,"
+                    " :note, :data)"),
+                    {"t": entry.ticket_id, "at": sortable(entry.at), "actor": entry.actor,
+                     "action": entry.action, "f": entry.from_status, "to": entry.to_status,
+                     "note": entry.note,
+                     "data": json.dumps(entry.data, sort_keys=True, ensure_ascii=False)})
+                self._record_review(conn, ticket, entry)
+                if entry.action == "escalate":
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(text(
+                                "INSERT INTO escalations (ticket_id, stage, at, actor)"
+                                " VALUES (:t, :stage, :at, :actor)"),
+                                {"t": entry.ticket_id, "stage": entry.data["stage"],
+                                 "at": sortable(entry.at), "actor": entry.actor})
+                    except IntegrityError:
+                        raise AlreadyEscalated(
+                            f"{entry.ticket_id} already has {entry.data['stage']}") from None
+            if self.outbox:
+                payload = {
+                    "event_key": f"{ticket.ticket_id}:{ticket.version}:{change.type}",
+                    "type": f"ticket.{change.type}",
+                    "ticket": ticket.to_public(),
+                    "audit": [audit_public(e) for e in change.entries],
+                }
+                at = change.entries[0].at if change.entries else ticket.updated_at
+                conn.execute(text(
+                    "INSERT INTO outbox (event_key, event_type, ticket_id, payload, created_at,"
+                    " next_attempt_at) VALUES (:k, :type, :t, :p, :at, :at)"
+                    " ON CONFLICT (event_key) DO NOTHING"),
+                    {"k": payload["event_key"], "type": payload["type"],
+                     "t": ticket.ticket_id,
+                     "p": json.dumps(payload, sort_keys=True, ensure_ascii=False),
+                     "at": sortable(at)})
+
+    def _record_review(self, conn: Connection, ticket: Ticket, entry: AuditEntry) -> None:
+        confirmed = dismissed = 0
+        if entry.action == "confirm":
+            confirmed = 1
+        elif entry.action == "dismiss":
+            dismissed = 1
+        elif entry.action == "resolve" and ticket.review is Review.AUTO_DISPATCHED:
+            confirmed = 1  # an auto-dispatched ticket that was real
+        else:
+            return
+        for source in ticket.source_ids:
+            conn.execute(text(
+                "INSERT INTO source_reviews (source_id, confirmed, dismissed)"
+                " VALUES (:s, :c, :d) ON CONFLICT (source_id) DO UPDATE SET"
+                " confirmed = source_reviews.confirmed + excluded.confirmed,"
+                " dismissed = source_reviews.dismissed + excluded.dismissed"),
+                {"s": source, "c": confirmed, "d": dismissed})
+
+    # -- webhook outbox -------------------------------------------------------------
+    def claim_outbox(self, *, now: datetime, lease_s: float, worker: str,
+                     limit: int = 50) -> builtins.list[OutboxItem]:
+        """Claim due outbox items for ``lease_s`` (another worker skips them meanwhile)."""
+        claimed = []
+        with self._write() as conn:
+            rows = conn.execute(text(
+                "SELECT id, event_key, event_type, ticket_id, payload, attempts FROM outbox"
+                " WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= :now"
+                " AND (claimed_until IS NULL OR claimed_until <= :now)"
+                " ORDER BY id LIMIT :limit" + (" FOR UPDATE SKIP LOCKED"
+                                               if self.dialect == "postgresql" else "")),
+                {"now": sortable(now), "limit": limit}).fetchall()
+            until = sortable(now + timedelta(seconds=lease_s))
+            for r in rows:
+                conn.execute(text("UPDATE outbox SET claimed_until = :until, claimed_by = :w"
+                                  " WHERE id = :id"), {"until": until, "w": worker, "id": r.id})
+                claimed.append(OutboxItem(int(r.id), r.event_key, r.event_type, r.ticket_id,
+                                          r.payload, int(r.attempts)))
+        return claimed
+
+    def finish_outbox(self, item_id: int, *, at: datetime, delivered: bool,
+                      error: str | None = None, retry_at: datetime | None = None) -> None:
+        """Record one delivery attempt: delivered, to retry at ``retry_at``, or given up
+        (``retry_at`` None and not delivered)."""
+        with self._write() as conn:
+            conn.execute(text(
+                "UPDATE outbox SET attempts = attempts + 1, claimed_until = NULL,"
+                " claimed_by = NULL, last_error = :err, delivered_at = :delivered,"
+                " failed_at = :failed, next_attempt_at = coalesce(:retry, next_attempt_at)"
+                " WHERE id = :id"),
+                {"err": error, "id": item_id,
+                 "delivered": sortable(at) if delivered else None,
+                 "failed": sortable(at) if not delivered and retry_at is None else None,
+                 "retry": sortable(retry_at) if retry_at is not None else None})
+
+    def outbox_status(self) -> dict[str, int]:
+        """Counts of outbox items: pending, delivered, failed."""
+        with self._read() as conn:
+            row = conn.execute(text(
+                "SELECT count(*) FILTER (WHERE delivered_at IS NULL AND failed_at IS NULL),"
+                " count(*) FILTER (WHERE delivered_at IS NOT NULL),"
+                " count(*) FILTER (WHERE failed_at IS NOT NULL) FROM outbox")).one()
+        return {"pending": int(row[0]), "delivered": int(row[1]), "failed": int(row[2])}
+
+
+def audit_public(entry: AuditEntry) -> dict[str, Any]:
+    """JSON-ready audit entry."""
+    return {"ticket_id": entry.ticket_id, "at": rfc3339(entry.at), "actor": entry.actor,
+            "action": entry.action, "from_status": entry.from_status,
+            "to_status": entry.to_status, "note": entry.note, "data": entry.data}
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # let SQLAlchemy's "begin" event issue BEGIN itself (IMMEDIATE for writers)
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # a writer takes the write lock up front, so two writers queue (busy timeout)
+    # instead of failing with SQLITE_BUSY when a read lock would have to be upgraded
+    if conn.get_execution_options().get("gridwatch_write"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+_OPEN_SQL = ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATUSES, key=lambda s: s.value))
+
+
+class SqliteTicketStore(SqlTicketStore):
+    """The embedded single-box store: a SQLite file (WAL), or ``":memory:"``.
+
+    Args:
+        path: the database file (its folder is created) or ``":memory:"``.
+        outbox: also write changes to the webhook outbox.
+    """
+
+    def __init__(self, path: str | Path, *, outbox: bool = False) -> None:
+        self.path = str(path)
+        url = "sqlite://" if self.path == ":memory:" else f"sqlite:///{self.path}"
+        super().__init__(url, outbox=outbox)
+
+
+def open_store(url: str, *, schema: str | None = None, outbox: bool = False) -> SqlTicketStore:
+    """A store for a URL from config (``ticketing.storage_url``) or a plain path."""
+    if "://" not in url:
+        return SqliteTicketStore(url, outbox=outbox)
+    return SqlTicketStore(url, schema=schema, outbox=outbox)
+
+
+
+TICKETS_URL_ENV = "GRIDWATCH_TICKETS_URL"
+
+
+def configured_url(storage_url: str | None, *, default: str,
+                   environ: dict[str, str] | None = None) -> str:
+    """The store URL: ``$GRIDWATCH_TICKETS_URL`` (may carry a password), else
+    ``ticketing.storage_url``, else ``default`` (the runtime's SQLite file)."""
+    import os
+
+    env = os.environ if environ is None else environ
+    return env.get(TICKETS_URL_ENV) or storage_url or default

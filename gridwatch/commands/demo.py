@@ -104,15 +104,25 @@ def run(args: argparse.Namespace) -> int:
     pipeline.close()
     if args.once:
         return 0
-    return _serve(store, args.host, args.port)
+    return _serve(store, config, grid, args.host, args.port)
 
 
-def _serve(store: Any, host: str, port: int) -> int:
+def _serve(store: Any, config: Any, grid: Any, host: str, port: int) -> int:
     import uvicorn
 
     from ticketing.api.app import create_app
+    from ticketing.auth import TokenAuth
 
-    app = create_app(store=store)
-    print(f"\nAPI: http://{host}:{port}/tickets  (docs at /docs; Ctrl-C to stop)")
+    # the local demo lets anyone on this machine read; every change still needs a token
+    try:
+        auth = TokenAuth.from_env(anonymous_read=True)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    token = auth.ensure_admin_token()
+    app = create_app(store=store, settings=config.ticketing, policies=config.policies,
+                     grid=grid, auth=auth, run_workers=True)
+    print(f"\nAPI: http://{host}:{port}/tickets  (OpenAPI docs at /docs; Ctrl-C to stop)")
+    if token:
+        print(f"admin token for changes (Authorization: Bearer ...): {token}")
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

@@ -1,0 +1,60 @@
+"""Builders for ticketing tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from stream.policy import KindPolicy, Level, PolicyBook
+from ticketing.auth import Principal, Role, TokenAuth
+from ticketing.models import Origin, Review, Ticket, TicketStatus, ticket_id_for
+
+T0 = datetime(2026, 5, 4, 6, 0, tzinfo=UTC)
+_seq = iter(range(1, 10**9))
+
+TOKENS = {
+    "admin": "tok-admin", "operator": "tok-ops", "fire": "tok-fire",
+    "security": "tok-security", "ingest": "tok-ingest", "integrator": "tok-int",
+}
+
+
+def make_auth(*, anonymous_read: bool = False) -> TokenAuth:
+    return TokenAuth.from_mapping({
+        TOKENS["admin"]: Principal("admin", Role.ADMIN),
+        TOKENS["operator"]: Principal("ops", Role.OPERATOR),
+        TOKENS["fire"]: Principal("department/fire_rescue", Role.DEPARTMENT, "fire_rescue"),
+        TOKENS["security"]: Principal("department/community_security", Role.DEPARTMENT,
+                                      "community_security"),
+        TOKENS["ingest"]: Principal("ingest", Role.INGEST),
+        TOKENS["integrator"]: Principal("upstream", Role.INTEGRATOR),
+    }, anonymous_read=anonymous_read)
+
+
+def make_policies() -> PolicyBook:
+    return PolicyBook(kinds={
+        "smoke": KindPolicy(label="Smoke alarm", level=Level.TOWN, department="fire_rescue",
+                            priority="P1", sla_s=1800, auto_dispatch=True),
+        "door_forced": KindPolicy(label="Door forced open", level=Level.VILLAGE,
+                                  department="community_security", priority="P2",
+                                  auto_dispatch=True),
+    })
+
+
+def make_ticket(*, status: TicketStatus = TicketStatus.DISPATCHED,
+                opened_at: datetime | timedelta = T0, sla: timedelta = timedelta(minutes=30),
+                **overrides: Any) -> Ticket:
+    """A village-level smoke ticket for fire_rescue in cell C00 (TownA, V0)."""
+    if isinstance(opened_at, timedelta):
+        opened_at = T0 + opened_at
+    n = next(_seq)
+    values: dict[str, Any] = dict(
+        ticket_id=ticket_id_for("smoke", "C00", f"test{n}"), kind="smoke", cell_id="C00",
+        district="D1", town="TownA", village="V0", level="village", unit="V0",
+        department="fire_rescue", status=status,
+        review=Review.AUTO_DISPATCHED if status is not TicketStatus.PENDING_REVIEW
+        else Review.PENDING_REVIEW,
+        priority="P1", opened_at=opened_at, due_at=opened_at + sla, updated_at=opened_at,
+        lon=0.5, lat=0.5, max_confidence=0.9, incident_count=1, detection_count=1,
+        event_ids=[f"e{n}"], source_ids=[f"st1/smoke-{n}"], origin=Origin.DETECTION)
+    values.update(overrides)
+    return Ticket(**values)

@@ -1,0 +1,152 @@
+"""The API factory.
+
+>>> from ticketing.store import SqliteTicketStore
+>>> from ticketing.auth import TokenAuth, Principal, Role
+>>> app = create_app(store=SqliteTicketStore(":memory:"),
+...                  auth=TokenAuth.from_mapping({"s3cret": Principal("ops", Role.OPERATOR)}))
+>>> app.title
+'GridWatch ticketing'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from fastapi import FastAPI
+
+from geo.grid import Grid
+from stream.policy import PolicyBook
+from ticketing.api.deps import AppState
+from ticketing.api.routes import events, health, open311, reports, review, tickets
+from ticketing.auth import TokenAuth
+from ticketing.config import TicketingSettings
+from ticketing.escalation import Escalator
+from ticketing.events import EventBus, LocalBus, RedisBus, change_message
+from ticketing.store import Change, SqlTicketStore
+from ticketing.webhooks import WebhookDispatcher
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = None,
+               policies: PolicyBook | None = None, grid: Grid | None = None,
+               auth: TokenAuth | None = None, bus: EventBus | None = None,
+               clock: Callable[[], datetime] = utc_now,
+               run_workers: bool = False) -> FastAPI:
+    """Build the ticketing API over ``store``.
+
+    Args:
+        store: a :class:`~ticketing.store.SqlTicketStore` (``SqliteTicketStore(path)`` for
+            the embedded box, ``SqlTicketStore("postgresql://...")`` in production).
+            The in-memory replay store is not accepted: the API needs transactions.
+        settings: the ``ticketing:`` section of the root config (defaults if None).
+        policies: the per-kind policies (``GridWatchConfig.policies``); needed to route
+            and list Open311 services. Defaults to an empty book (everything → review).
+        grid: the cell grid; needed to place reports (``POST /tickets``, Open311 POST).
+            Without it those routes answer 422.
+        auth: who may do what. None reads ``GRIDWATCH_ADMIN_TOKEN`` /
+            ``GRIDWATCH_API_TOKENS``; if neither is set, a random admin token is made for
+            this process and logged once at WARNING (the local demo's default). Every
+            route except ``/healthz`` and the Open311 discovery needs a token, unless
+            ``TokenAuth(..., anonymous_read=True)`` is passed explicitly (GETs only).
+        bus: live-update fan-out. None: Redis if ``settings.redis_url`` is set, else
+            in-process.
+        clock: "now" for changes made through the API (tests pass a fixed clock).
+        run_workers: also run the escalation worker and (if ``settings.webhook.url``)
+            the webhook dispatcher inside this process, in background threads. Any
+            number of replicas may do so on one database: each escalation and delivery
+            still happens once.
+
+    Returns:
+        The FastAPI application (serve it with uvicorn).
+
+    Example (what ``gridwatch demo`` / ``serve`` do)::
+
+        store = SqliteTicketStore(data_dir / "tickets.db",
+                                  outbox=cfg.ticketing.webhook.url is not None)
+        app = create_app(store=store, settings=cfg.ticketing, policies=cfg.policies,
+                         grid=grid, run_workers=True)
+        uvicorn.run(app, host="127.0.0.1", port=8080)
+    """
+    if not isinstance(store, SqlTicketStore):
+        raise TypeError(f"expected a SqlTicketStore (e.g. SqliteTicketStore(':memory:')), "
+                        f"got {type(store).__name__}")
+    settings = settings or TicketingSettings()
+    if auth is None:
+        auth = TokenAuth.from_env()
+    auth.ensure_admin_token()
+    if bus is None:
+        bus = RedisBus(settings.redis_url) if settings.redis_url else LocalBus()
+    state = AppState(store=store, settings=settings, auth=auth,
+                     policies=policies or PolicyBook(), grid=grid, bus=bus, clock=clock)
+
+    def publish(change: Change) -> None:
+        state.bus.publish(change_message(change))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await state.bus.start()
+        store.add_listener(publish)
+        workers: list[_Loop] = []
+        if run_workers:
+            escalator = Escalator(store=store, settings=settings.escalation)
+            workers.append(_Loop("escalator", settings.escalation.interval_s,
+                                 lambda: escalator.run_once(now=clock())))
+            if settings.webhook.url:
+                dispatcher = WebhookDispatcher.from_settings(store=store,
+                                                             settings=settings.webhook)
+                workers.append(_Loop("webhooks", settings.webhook.interval_s,
+                                     lambda: dispatcher.run_once(now=clock())))
+        for worker in workers:
+            worker.start()
+        try:
+            yield
+        finally:
+            for worker in workers:
+                await worker.stop()
+            store.remove_listener(publish)
+            await state.bus.stop()
+
+    app = FastAPI(title="GridWatch ticketing", version="1.0.0", lifespan=lifespan,
+                  description="Work orders from sensors and cameras: lifecycle, deadlines, "
+                              "review, evaluation, Open311 GeoReport v2, live updates.")
+    app.state.gridwatch = state
+    for module in (health, tickets, review, reports, events, open311):
+        app.include_router(module.router)
+    return app
+
+
+class _Loop:
+    """Runs ``step`` every ``interval_s`` seconds in a thread until stopped."""
+
+    def __init__(self, name: str, interval_s: float, step: Callable[[], object]) -> None:
+        self.name = name
+        self.interval_s = interval_s
+        self.step = step
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.step)
+            except Exception:  # a worker outlives one failed round
+                log.exception("%s round failed; retrying in %.0f s", self.name,
+                              self.interval_s)
+            await asyncio.sleep(self.interval_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,113 @@
+"""Dependencies: the app's state, the caller (bearer token → principal) and role checks.
+
+HTTP errors for authentication and authorisation are raised here; the routes raise the
+rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from geo.grid import Grid
+from stream.policy import PolicyBook
+from ticketing.auth import ANONYMOUS_READER, CREATE, READ, SUPERVISE, Principal, Role, TokenAuth
+from ticketing.config import TicketingSettings
+from ticketing.events import EventBus
+from ticketing.models import Ticket
+from ticketing.store import SqlTicketStore
+
+
+@dataclass(slots=True)
+class AppState:
+    """Everything the routes need; built once by ``create_app``."""
+
+    store: SqlTicketStore
+    settings: TicketingSettings
+    auth: TokenAuth
+    policies: PolicyBook
+    grid: Grid | None
+    bus: EventBus
+    clock: Callable[[], datetime]
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.gridwatch
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+bearer = HTTPBearer(auto_error=False, description="An API token (see ticketing.auth)")
+
+
+def get_principal(request: Request, state: StateDep,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                         Depends(bearer)] = None) -> Principal:
+    """The caller, from ``Authorization: Bearer <token>``; 401 without a valid one."""
+    token = credentials.credentials if credentials is not None else None
+    principal = state.auth.authenticate(token)
+    if principal is not None:
+        return principal
+    if token is None and state.auth.anonymous_read and request.method in ("GET", "HEAD"):
+        return ANONYMOUS_READER
+    raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                        "missing or unknown API token" if token is None or token
+                        else "missing API token",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require(roles: frozenset[Role], what: str) -> Callable[[Principal], Principal]:
+    """A dependency that lets only ``roles`` through (403 otherwise)."""
+
+    def check(principal: PrincipalDep) -> Principal:
+        if principal.role not in roles:
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"role {principal.role.value} may not {what}")
+        return principal
+
+    return check
+
+
+Reader = Annotated[Principal, Depends(require(READ, "read tickets"))]
+Creator = Annotated[Principal, Depends(require(CREATE, "create tickets"))]
+Supervisor = Annotated[Principal, Depends(require(SUPERVISE, "supervise tickets"))]
+
+
+def visibility(principal: Principal) -> Callable[[Ticket], bool]:
+    """The predicate for tickets ``principal`` may see."""
+    return lambda ticket: principal.can_see(ticket.department)
+
+
+def require_grid(state: StateDep) -> Grid:
+    if state.grid is None:
+        raise unprocessable(("body",), "this service has no grid, so it cannot place reports")
+    return state.grid
+
+
+GridDep = Annotated[Grid, Depends(require_grid)]
+
+
+def get_optional_principal(state: StateDep, credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Principal | None:
+    """The caller if a valid bearer token came, else None (Open311 also takes api_key)."""
+    return state.auth.authenticate(credentials.credentials if credentials else None)
+
+
+OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]
+
+
+def unprocessable(loc: tuple[str, ...], message: str) -> RequestValidationError:
+    """A 422 in FastAPI's own validation-error shape, for checks pydantic cannot make
+    (a position outside the grid, an action without its reason)."""
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message,
+                                    "input": None}])

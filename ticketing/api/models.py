@@ -1,0 +1,155 @@
+"""Request and response models of the API (Create / Update / Public)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from stream.policy import Level, Priority
+from ticketing.lifecycle import Action
+from ticketing.models import Escalation, Origin, Review, Ticket, TicketStatus
+
+Text = Field(default=None, min_length=1, max_length=2000)
+
+
+class TicketPublic(BaseModel):
+    """A ticket as the API shows it (the same fields as the replay output)."""
+
+    ticket_id: str
+    kind: str
+    cell_id: str
+    district: str | None
+    town: str | None
+    village: str | None
+    level: str
+    unit: str | None
+    department: str
+    status: TicketStatus
+    review: Review
+    priority: str
+    opened_at: AwareDatetime
+    due_at: AwareDatetime
+    updated_at: AwareDatetime
+    lon: float
+    lat: float
+    max_confidence: float
+    incident_count: int
+    detection_count: int
+    event_ids: list[str]
+    incident_ids: list[str]
+    source_ids: list[str]
+    snapshot_urls: list[str]
+    hotspot: dict[str, Any] | None
+    label: str | None
+    version: int
+    escalation: Escalation
+    returned_count: int
+    accepted_at: AwareDatetime | None
+    resolved_at: AwareDatetime | None
+    closed_at: AwareDatetime | None
+    dismiss_reason: str | None
+    merged_into: str | None
+    origin: Origin
+    description: str | None
+
+    @classmethod
+    def of(cls, ticket: Ticket) -> TicketPublic:
+        return cls.model_validate(ticket.to_public())
+
+
+class TicketList(BaseModel):
+    items: list[TicketPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class TicketCreate(BaseModel):
+    """A report from a person or another system; it joins the same store and is routed
+    like a detection's ticket (by kind and the cell at ``lon``/``lat``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
+    lon: float = Field(ge=-180, le=180)
+    lat: float = Field(ge=-90, le=90)
+    description: str | None = Text
+    observed_at: AwareDatetime | None = None
+    external_id: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="The caller's id; posting the same one again returns the same ticket")
+    source_id: str | None = Field(default=None, min_length=1, max_length=128)
+    media_url: str | None = Field(default=None, min_length=1, max_length=2000)
+
+
+class TicketUpdate(BaseModel):
+    """Edit fields that are not lifecycle state; ``version`` must be the current one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    description: str | None = Text
+    priority: Priority | None = None
+    note: str | None = Text
+
+
+class TicketAction(BaseModel):
+    """A lifecycle action. ``version`` must be the ticket's current version (optimistic
+    concurrency); a stale one is 409 with the current version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Action
+    version: int = Field(ge=1)
+    note: str | None = Text
+    reason: str | None = Text
+    department: str | None = Field(default=None, min_length=1, max_length=64)
+    level: Level | None = None
+    into: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class AuditEntryPublic(BaseModel):
+    ticket_id: str
+    at: AwareDatetime
+    actor: str
+    action: str
+    from_status: str | None
+    to_status: str
+    note: str | None
+    data: dict[str, Any]
+
+
+class SourcePublic(BaseModel):
+    source_id: str
+    confirmed: int
+    dismissed: int
+    reviewed: int
+    false_positive_rate: float | None
+    auto_dispatch_suspended: bool
+
+
+class ReviewItem(BaseModel):
+    """A pending ticket with its evidence and what is known about its sources."""
+
+    ticket: TicketPublic
+    sources: list[SourcePublic]
+
+
+class ReviewQueue(BaseModel):
+    items: list[ReviewItem]
+    total: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    storage: str
+    schema_version: int
+    tickets: int
+
+
+class Problem(BaseModel):
+    """An error body."""
+
+    detail: str
+    current_version: int | None = None

@@ -1,0 +1,154 @@
+"""Webhooks to the upstream work-order centre, from a transactional outbox.
+
+Every committed change writes an outbox row in the same transaction as the change (when
+the store is built with ``outbox=True``), so no change is lost between "saved" and
+"sent". :class:`WebhookDispatcher` claims due rows (a lease, so two replicas do not send
+the same row at once), POSTs each as JSON and records the outcome: delivered, retry later
+with exponential backoff, or given up after ``max_attempts``.
+
+Each request carries:
+
+* ``Idempotency-Key``: ``<ticket_id>:<version>:<type>``, the same on every retry; the
+  receiver drops a key it has seen (a retry after a lost response is delivered twice).
+* ``X-GridWatch-Timestamp``: Unix seconds when sent.
+* ``X-GridWatch-Signature``: ``sha256=`` HMAC-SHA256 over ``<timestamp>.<body>`` with the
+  key from the environment variable named by ``webhook.secret_env``
+  (``GRIDWATCH_WEBHOOK_SECRET`` by default). Check it with :func:`verify_signature`.
+
+Retries can reorder events of one ticket; the payload's ``ticket.version`` orders them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx
+
+from ticketing.config import WebhookSettings
+from ticketing.store import OutboxItem, SqlTicketStore
+
+log = logging.getLogger(__name__)
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The ``X-GridWatch-Signature`` value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify_signature(secret: bytes, timestamp: str, body: bytes, signature: str) -> bool:
+    """Whether ``signature`` is ours for ``body`` and ``timestamp`` (constant time)."""
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def backoff_s(attempt: int, *, base_s: float, max_s: float, key: str) -> float:
+    """Delay before retry number ``attempt`` (1-based): ``base * 2**(attempt-1)``, capped,
+    plus up to 10 % jitter derived from ``key`` (deterministic, spreads a burst)."""
+    delay = min(max_s, base_s * 2 ** (attempt - 1))
+    jitter = int(hashlib.sha256(f"{key}:{attempt}".encode()).hexdigest()[:4], 16) / 0xFFFF
+    return delay * (1 + 0.1 * jitter)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    event_key: str
+    delivered: bool
+    attempt: int
+    status_code: int | None
+    error: str | None
+    retry_at: datetime | None
+
+
+class WebhookDispatcher:
+    """Delivers outbox items to ``url``.
+
+    Args:
+        store: the store whose outbox to drain (built with ``outbox=True``).
+        url: the receiver.
+        secret: the HMAC key (from the environment).
+        client: an ``httpx.Client`` (tests may pass one); made from ``timeout_s`` if None.
+    """
+
+    def __init__(self, *, store: SqlTicketStore, url: str, secret: bytes,
+                 timeout_s: float = 10.0, max_attempts: int = 10,
+                 backoff_base_s: float = 5.0, backoff_max_s: float = 3600.0,
+                 lease_s: float | None = None, worker: str | None = None,
+                 client: httpx.Client | None = None) -> None:
+        if not secret:
+            raise ValueError("expected a non-empty webhook secret, got an empty one")
+        self.store = store
+        self.url = url
+        self.secret = secret
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.lease_s = lease_s if lease_s is not None else 3 * timeout_s + 5
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.client = client or httpx.Client(timeout=timeout_s)
+
+    @classmethod
+    def from_settings(cls, *, store: SqlTicketStore, settings: WebhookSettings,
+                      environ: dict[str, str] | None = None) -> WebhookDispatcher:
+        """From ``ticketing.webhook``; the key from ``os.environ[settings.secret_env]``.
+
+        Raises:
+            ValueError: no URL configured, or the secret's variable unset/empty.
+        """
+        if not settings.url:
+            raise ValueError("expected ticketing.webhook.url to be set, got none")
+        env = os.environ if environ is None else environ
+        secret = env.get(settings.secret_env, "")
+        if not secret:
+            raise ValueError(f"expected the webhook HMAC key in ${settings.secret_env}, "
+                             f"but it is unset or empty")
+        return cls(store=store, url=settings.url, secret=secret.encode(),
+                   timeout_s=settings.timeout_s, max_attempts=settings.max_attempts,
+                   backoff_base_s=settings.backoff_base_s,
+                   backoff_max_s=settings.backoff_max_s)
+
+    def run_once(self, *, now: datetime, limit: int = 50) -> list[DeliveryResult]:
+        """Claim the due items at ``now`` and try each once."""
+        items = self.store.claim_outbox(now=now, lease_s=self.lease_s, worker=self.worker,
+                                        limit=limit)
+        return [self._deliver(item, now=now) for item in items]
+
+    def _deliver(self, item: OutboxItem, *, now: datetime) -> DeliveryResult:
+        body = item.payload.encode()
+        timestamp = str(int(now.timestamp()))
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": item.event_key,
+            "X-GridWatch-Event": item.event_type,
+            "X-GridWatch-Timestamp": timestamp,
+            "X-GridWatch-Signature": sign(self.secret, timestamp, body),
+        }
+        attempt = item.attempts + 1
+        status_code: int | None = None
+        try:
+            response = self.client.post(self.url, content=body, headers=headers)
+            status_code = response.status_code
+            error = None if response.is_success else f"HTTP {status_code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if error is None:
+            self.store.finish_outbox(item.id, at=now, delivered=True)
+            return DeliveryResult(item.event_key, True, attempt, status_code, None, None)
+        retry_at = None
+        if attempt < self.max_attempts:
+            retry_at = now + timedelta(seconds=backoff_s(
+                attempt, base_s=self.backoff_base_s, max_s=self.backoff_max_s,
+                key=item.event_key))
+            log.warning("webhook %s attempt %d failed (%s); retry at %s", item.event_key,
+                        attempt, error, retry_at.isoformat())
+        else:
+            log.error("webhook %s gave up after %d attempts (%s)", item.event_key, attempt,
+                      error)
+        self.store.finish_outbox(item.id, at=now, delivered=False, error=error,
+                                 retry_at=retry_at)
+        return DeliveryResult(item.event_key, False, attempt, status_code, error, retry_at)
