@@ -86,6 +86,9 @@ class HotspotFinding:
     snapshot_urls: tuple[str, ...] = ()
     hourly_profile: tuple[tuple[int, int, float], ...] = ()  # (hour, observed, expected)
     extra: dict[str, Any] = field(default_factory=dict)
+    # after a ticket for this (cell, kind) was closed or dismissed, findings within this
+    # many seconds of its last update do not open a new one (0: off)
+    realert_cooldown_s: int = 0
 
     def as_ticket_hotspot(self) -> dict[str, Any]:
         """The ``hotspot`` object of the replay contract (plus evidence fields)."""

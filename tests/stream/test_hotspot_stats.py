@@ -1,0 +1,133 @@
+"""Pure hot-spot statistics, the scenario generator and the scorer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from scipy.stats import nbinom, poisson
+
+from stream.hotspot_scenarios import Scenario, ScenarioSpec
+from stream.hotspot_scoring import NaiveThresholdEngine, score, tickets_from_findings
+from stream.hotspot_stats import (
+    benjamini_hochberg,
+    nb_upper_tail,
+    neighbour_matrix,
+    scan_zones,
+    winsorise,
+)
+from stream.types import HotspotFinding
+
+
+@pytest.mark.parametrize(("observed", "mean", "phi"), [
+    (3, 1.0, 0.0), (10, 4.0, 0.3), (1, 0.2, 0.05), (50, 20.0, 0.02), (200, 180.0, 0.1),
+])
+def test_nb_upper_tail_matches_scipy(observed: int, mean: float, phi: float) -> None:
+    got = float(nb_upper_tail(np.array([observed]), np.array([mean]), np.array([phi]))[0])
+    if phi == 0:
+        want = poisson.sf(observed - 1, mean)
+    else:
+        n = 1.0 / phi
+        want = nbinom.sf(observed - 1, n, n / (n + mean))
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_nb_upper_tail_edges() -> None:
+    p = nb_upper_tail(np.array([0.0, 2.0, 5.0]), np.array([3.0, 0.0, 5.0]),
+                      np.array([0.1, 0.1, 0.1]))
+    assert p[0] == 1.0 and p[1] == 0.0 and 0.3 < p[2] < 0.7
+
+
+@pytest.mark.parametrize(("p", "q", "m", "expected"), [
+    ([0.001, 0.02, 0.5], 0.05, None, [True, True, False]),
+    ([0.0001, 0.02, 0.5], 0.05, 100, [True, False, False]),
+    ([0.04, 0.03, 0.02], 0.05, None, [True, True, True]),  # step-up
+    ([], 0.05, 10, []),
+])
+def test_benjamini_hochberg(p: list[float], q: float, m: int | None,
+                            expected: list[bool]) -> None:
+    assert benjamini_hochberg(np.array(p, dtype=float), q, m).tolist() == expected
+
+
+def test_scan_finds_three_cell_zone_on_a_line() -> None:
+    # cells 0-1-2-3-4-5-6 on a line; 2, 3, 4 have an excess
+    nbrs = neighbour_matrix([[1], [0, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5]])
+    observed = np.array([10, 11, 30, 32, 29, 9, 10], dtype=float)
+    expected = np.full(7, 10.0)
+    variance = expected + 0.02 * expected**2
+    scan = scan_zones(observed, expected, variance, np.ones(7, dtype=bool), nbrs,
+                      min_count=5, min_ratio=1.5, member_min_ratio=1.5, max_members=9)
+    row = int(np.argmin(scan.p_value))
+    assert int(scan.centres[row]) == 3
+    assert sorted(scan.members[row, : scan.size[row]].tolist()) == [2, 3, 4]
+    assert scan.observed[row] == 91 and scan.expected[row] == 30
+    assert scan.p_value[row] < 1e-10
+
+
+def test_scan_ignores_cells_that_are_not_eligible_and_respects_min_count() -> None:
+    nbrs = neighbour_matrix([[1], [0]])
+    scan = scan_zones(np.array([4.0, 40.0]), np.array([0.5, 10.0]),
+                      np.array([0.6, 12.0]), np.array([True, False]), nbrs,
+                      min_count=5, min_ratio=1.5, member_min_ratio=1.5, max_members=9)
+    assert scan.centres.tolist() == [0]
+    assert scan.p_value.tolist() == [1.0]  # 4 < min_count, and cell 1 may not join
+
+
+def test_winsorise_caps_bursts_only() -> None:
+    out = winsorise(np.array([3.0, 50.0]), np.array([3.0, 3.0]), 0.0, 3.0)
+    assert out[0] == 3.0 and out[1] == pytest.approx(3 + 3 * np.sqrt(3) + 1)
+
+
+def test_scenario_is_deterministic_and_has_the_truth() -> None:
+    spec = ScenarioSpec(rows=8, cols=8, days=14, n_clusters=3, seed=9)
+    a, b = Scenario.generate(spec), Scenario.generate(spec)
+    assert np.array_equal(a.counts, b.counts)
+    assert a.truth() == b.truth()
+    assert len(a.clusters) == 3
+    for c in a.clusters:
+        assert c.start_s >= a.start_s + spec.cluster_earliest_day * 86400
+        assert 1 <= len(c.cells) <= 5
+    first = next(a.occurrences())
+    assert first.event_ids and first.snapshot_url
+
+
+def _finding(cell: str, end_h: int, members: tuple[str, ...] = ()) -> HotspotFinding:
+    t0 = 1_710_000_000
+    return HotspotFinding(
+        kind="helmetless_rider", cell_id=cell, member_cells=members or (cell,),
+        window_start=datetime.fromtimestamp(t0 + (end_h - 24) * 3600, UTC),
+        window_end=datetime.fromtimestamp(t0 + end_h * 3600, UTC),
+        observed=10, expected=2.0, p_value=1e-6, lon=0.0, lat=0.0)
+
+
+def test_tickets_from_findings_split_on_quiet_gaps() -> None:
+    fs = [_finding("A", 10), _finding("A", 11), _finding("A", 60), _finding("B", 10)]
+    tickets = tickets_from_findings(fs, ticket_gap_s=86400)
+    assert [(t.cell_id, len(t.findings)) for t in tickets] == [("A", 2), ("B", 1), ("A", 1)]
+
+
+def test_score_counts_detection_false_tickets_and_delay() -> None:
+    sc = Scenario.generate(ScenarioSpec(rows=6, cols=6, days=14, n_clusters=1, seed=2))
+    c = sc.clusters[0]
+    end_h = (c.start_s - 1_710_000_000) // 3600 + 5
+    hit = _finding(c.cells[0], int(end_h))
+    stray = _finding("H00000000" if "H00000000" not in c.cells else "H00050005", 400)
+    s = score("x", [hit, stray], sc.clusters, n_cells=36, days=14, warmup_days=7)
+    assert s.detection_rate() == 1.0
+    assert s.clusters[0].hours_to_detect == pytest.approx(5.0)
+    assert s.false_tickets == 1 and s.tickets == 2
+    assert s.false_per_1000_cell_days == pytest.approx(1000 / (36 * 7))
+
+
+def test_naive_threshold_flags_busy_cells_for_being_busy() -> None:
+    rates = np.full((10 * 24, 4), 0.5)
+    rates[:, 0] = 20.0
+    spec = ScenarioSpec(rows=2, cols=2, days=10, n_clusters=0)
+    base = Scenario.generate(spec)
+    sc = Scenario(spec=spec, grid=base.grid, start_s=base.start_s, rates=rates,
+                  counts=np.random.default_rng(1).poisson(rates), clusters=[],
+                  sources=base.sources)
+    engine = NaiveThresholdEngine(sc.grid, threshold=100, warmup_s=86400)
+    found = [f for o in sc.occurrences() for f in engine.observe(o)] + engine.flush()
+    assert found and {f.cell_id for f in found} == {sc.grid.cells[0].cell_id}
