@@ -21,7 +21,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,10 @@ from geo.grid import Grid
 from gridwatch.config import GridWatchConfig
 from gridwatch.replay import Pipeline
 from stream.dedup import EventIdFilter
-from ticketing.store import TicketStore
+from stream.processor import StreamOutput
+from ticketing.batch import BatchingStore
+from ticketing.desk import TicketDesk
+from ticketing.store import SqlTicketStore, TicketStore, VersionConflict
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,12 @@ class EmbeddedPipeline:
         self.config = config
         self.grid = grid
         self.store = store
-        self._core = Pipeline(live, grid, store)
+        # the desk works on a write-behind copy per batch: each touched ticket is written
+        # once per batch, in one transaction, instead of once per detection
+        self._batching = BatchingStore(store) if isinstance(store, SqlTicketStore) else None
+        self._core = Pipeline(live, grid, self._batching or store)
+        self._direct_desk = TicketDesk(policies=live.policies, settings=live.ticketing,
+                                       grid=grid, store=store)
         self._ids = EventIdFilter(config.stream.dedup_horizon_s)
         self._ids_lock = threading.Lock()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_max)
@@ -133,9 +140,21 @@ class EmbeddedPipeline:
         return SubmitResult(True)
 
     # -- the worker ------------------------------------------------------------------------
-    def _transaction(self) -> AbstractContextManager[Any]:
-        begin = getattr(self.store, "transaction", None)
-        return begin() if callable(begin) else nullcontext()
+    def _apply(self, outputs: list[StreamOutput]) -> None:
+        """Apply stream outputs to tickets: batched, or one by one after a conflict."""
+        if self._batching is None:
+            self._core.apply(outputs)
+            return
+        try:
+            with self._batching.batch():
+                self._core.apply(outputs)
+        except VersionConflict:
+            # an operator changed a ticket meanwhile: nothing of the batch was written;
+            # apply output by output, the desk re-reading and retrying each
+            log.info("batch of %d outputs met a concurrent change; applying one by one",
+                     len(outputs))
+            for output in outputs:
+                self._direct_desk.apply(output)
 
     def _run(self) -> None:
         while True:
@@ -157,8 +176,7 @@ class EmbeddedPipeline:
     def _process(self, batch: list[tuple[Detection, OnCommitted | None]]) -> None:
         detections = [d for d, _ in batch]
         try:
-            with self._transaction():
-                self._core.feed(detections)
+            self._apply(self._core.stream(detections))
         except Exception:
             # a store failure (disk full, database gone): do not acknowledge; the broker
             # redelivers and the event-id filter lets the retry through
@@ -195,8 +213,7 @@ class EmbeddedPipeline:
     def flush(self) -> None:
         """Close open hot-spot windows (end of a demo run)."""
         self.drain()
-        with self._transaction():
-            self._core.finish()
+        self._apply(self._core.processor.flush())
 
     def stats(self) -> dict[str, Any]:
         stream = self._core.processor.stats.as_dict()

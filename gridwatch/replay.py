@@ -25,7 +25,7 @@ from geo.grid import Grid
 from gridwatch.config import GridWatchConfig
 from gridwatch.errors import UserError
 from stream.hotspot import HotspotEngine
-from stream.processor import StreamProcessor
+from stream.processor import StreamOutput, StreamProcessor
 from ticketing.desk import TicketDesk
 from ticketing.models import Ticket
 from ticketing.store import MemoryTicketStore, TicketStore
@@ -125,16 +125,25 @@ class Pipeline:
         cells = self.grid.cells
         return [cells[i].cell_id if i >= 0 else None for i in idx.tolist()]
 
-    def feed(self, detections: list[Detection]) -> None:
-        apply = self.desk.apply
+    def stream(self, detections: list[Detection]) -> list[StreamOutput]:
+        """The stream stage only: what the detections produce (incident events, hot-spot
+        findings), in order."""
         push = self.processor.push
+        outputs: list[StreamOutput] = []
         for detection, cell_id in zip(detections, self.cells_for(detections), strict=True):
-            for output in push(detection, cell_id):
-                apply(output)
+            outputs.extend(push(detection, cell_id))
+        return outputs
+
+    def apply(self, outputs: list[StreamOutput]) -> None:
+        apply = self.desk.apply
+        for output in outputs:
+            apply(output)
+
+    def feed(self, detections: list[Detection]) -> None:
+        self.apply(self.stream(detections))
 
     def finish(self) -> None:
-        for output in self.processor.flush():
-            self.desk.apply(output)
+        self.apply(self.processor.flush())
 
 
 def _batches(lines: Iterable[bytes | str]) -> Iterator[list[tuple[int, bytes | str]]]:

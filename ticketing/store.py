@@ -446,46 +446,70 @@ class SqlTicketStore:
         """The desk's upsert. A new ticket is inserted; an existing one is replaced only
         if ``ticket.version`` is newer than the stored one, else :class:`VersionConflict`
         (the desk re-reads and re-applies)."""
-        at = ticket.updated_at
+        self.save_many([(ticket, [incident_id] if incident_id is not None else [])])
+
+    def save_many(self, items: builtins.list[tuple[Ticket, builtins.list[str]]], *,
+                  read_versions: dict[str, int] | None = None) -> None:
+        """Several desk upserts (each with the incident ids it newly absorbed) in one
+        transaction: all are written or, on a :class:`VersionConflict`, none.
+
+        ``read_versions`` (ticket id → the version the caller read) makes the check
+        exact for a caller that changed a ticket several times before saving it: the
+        stored version must still be the one read, and a ticket missing from it must not
+        exist yet."""
         changes: builtins.list[Change] = []
         with self._write() as conn:
-            row = conn.execute(text(
-                f"SELECT version, status FROM tickets WHERE ticket_id = :id{self._for_update}"),
-                {"id": ticket.ticket_id}).first()
-            values = _ticket_row(ticket)
-            if row is None:
-                inserted = conn.execute(text(
-                    f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES ("
-                    + ", ".join(f":{c.strip()}" for c in _TICKET_COLUMNS.split(","))
-                    + ") ON CONFLICT (ticket_id) DO NOTHING"), values).rowcount
-                if inserted != 1:
-                    raise VersionConflict(ticket.ticket_id, expected=None, current=0)
-                entry = AuditEntry(ticket_id=ticket.ticket_id, at=at, actor="system:desk",
-                                   action="create", from_status=None,
-                                   to_status=ticket.status.value,
-                                   note=f"opened ({ticket.review.value})",
-                                   data={"origin": ticket.origin.value})
-                changes.append(Change("created", ticket, (entry,)))
-            else:
-                if int(row.version) >= ticket.version:
-                    raise VersionConflict(ticket.ticket_id, expected=ticket.version - 1,
-                                          current=int(row.version))
-                self._update_row(conn, ticket, expected_version=int(row.version))
-                entries: tuple[AuditEntry, ...] = ()
-                if row.status != ticket.status.value:
-                    entries = (AuditEntry(
-                        ticket_id=ticket.ticket_id, at=at, actor="system:desk",
-                        action="auto_dispatch", from_status=row.status,
-                        to_status=ticket.status.value,
-                        note="a confident detection confirmed it"),)
-                changes.append(Change("updated", ticket, entries))
-            if incident_id is not None:
-                conn.execute(text(
-                    "INSERT INTO incident_tickets (incident_id, ticket_id) VALUES (:i, :t)"
-                    " ON CONFLICT (incident_id) DO NOTHING"),
-                    {"i": incident_id, "t": ticket.ticket_id})
+            for ticket, incident_ids in items:
+                read = None if read_versions is None else read_versions.get(
+                    ticket.ticket_id, 0)
+                changes.append(self._upsert(conn, ticket, incident_ids, read_version=read))
             self._record(conn, changes)
         self._notify(changes)
+
+    def _upsert(self, conn: Connection, ticket: Ticket, incident_ids: builtins.list[str],
+                *, read_version: int | None = None) -> Change:
+        at = ticket.updated_at
+        row = conn.execute(text(
+            f"SELECT version, status FROM tickets WHERE ticket_id = :id{self._for_update}"),
+            {"id": ticket.ticket_id}).first()
+        if read_version is not None:
+            current = 0 if row is None else int(row.version)
+            if current != read_version:
+                raise VersionConflict(ticket.ticket_id, expected=read_version,
+                                      current=current)
+        values = _ticket_row(ticket)
+        if row is None:
+            inserted = conn.execute(text(
+                f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES ("
+                + ", ".join(f":{c.strip()}" for c in _TICKET_COLUMNS.split(","))
+                + ") ON CONFLICT (ticket_id) DO NOTHING"), values).rowcount
+            if inserted != 1:
+                raise VersionConflict(ticket.ticket_id, expected=None, current=0)
+            entry = AuditEntry(ticket_id=ticket.ticket_id, at=at, actor="system:desk",
+                               action="create", from_status=None,
+                               to_status=ticket.status.value,
+                               note=f"opened ({ticket.review.value})",
+                               data={"origin": ticket.origin.value})
+            change = Change("created", ticket, (entry,))
+        else:
+            if int(row.version) >= ticket.version:
+                raise VersionConflict(ticket.ticket_id, expected=ticket.version - 1,
+                                      current=int(row.version))
+            self._update_row(conn, ticket, expected_version=int(row.version))
+            entries: tuple[AuditEntry, ...] = ()
+            if row.status != ticket.status.value:
+                entries = (AuditEntry(
+                    ticket_id=ticket.ticket_id, at=at, actor="system:desk",
+                    action="auto_dispatch", from_status=row.status,
+                    to_status=ticket.status.value,
+                    note="a confident detection confirmed it"),)
+            change = Change("updated", ticket, entries)
+        for incident_id in incident_ids:
+            conn.execute(text(
+                "INSERT INTO incident_tickets (incident_id, ticket_id) VALUES (:i, :t)"
+                " ON CONFLICT (incident_id) DO NOTHING"),
+                {"i": incident_id, "t": ticket.ticket_id})
+        return change
 
     def create(self, ticket: Ticket, *, actor: str, note: str | None = None) -> tuple[
             Ticket, bool]:

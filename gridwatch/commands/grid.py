@@ -15,7 +15,8 @@ def _bbox(text: str) -> tuple[float, float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MINLON,MINLAT,MAXLON,MAXLAT, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected MINLON,MINLAT,MAXLON,MAXLAT, got {text!r}") from None
     if len(values) != 4 or values[0] >= values[2] or values[1] >= values[3]:
         raise argparse.ArgumentTypeError(
             f"expected MINLON,MINLAT,MAXLON,MAXLAT with min < max, got {text!r}")
