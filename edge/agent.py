@@ -1,0 +1,196 @@
+"""The edge agent: sources → outbox → publisher, owned by a supervisor.
+
+>>> agent = EdgeAgent(load_station_config("station.yaml"))
+>>> agent.start()      # workers run in threads; dead ones are restarted
+>>> agent.status()     # what ``gridwatch edge status`` prints
+>>> agent.stop()       # says "offline", closes the outbox
+
+Workers: ``publisher`` (outbox → MQTT), ``local-mqtt`` (sensor topics), ``ticker`` (alarm
+timers), ``webhook`` (door events over HTTP), ``camera-<id>-reader`` and
+``camera-<id>-detector`` per camera (joined by a drop-oldest frame queue), and ``status``
+(writes ``status.json`` for ``gridwatch edge status``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from detectors.schema import Detection
+from edge.config import CameraSource, StationConfig
+from edge.metrics import EdgeMetrics
+from edge.outbox import Outbox
+from edge.publisher import Publisher, detection_topic
+from edge.sources import CameraWorkers, LocalMqttInput, SensorHub, Ticker, WebhookServer
+from edge.supervisor import Supervisor
+from gridwatch.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 2.0
+
+
+WorkerRun = Callable[[threading.Event], None]
+
+
+def _const(run: WorkerRun) -> Callable[[], WorkerRun]:
+    return lambda: run
+
+
+class EdgeAgent:
+    """One community-station box. Build from a :class:`StationConfig`; ``start``/``stop``."""
+
+    def __init__(self, config: StationConfig, *,
+                 camera_pipeline_factory: Callable[[CameraSource], Any] | None = None) -> None:
+        self.config = config
+        self.station_id = config.station_id
+        self._preflight(camera_pipeline_factory is None)
+        ob = config.outbox
+        self.outbox = Outbox(config.outbox_path, max_bytes=ob.max_bytes,
+                             when_full=ob.when_full, synchronous=ob.synchronous)
+        self.metrics = EdgeMetrics(self.station_id)
+        self.metrics.bind_outbox(lambda: self.outbox.depth, lambda: self.outbox.bytes_used,
+                                 lambda: self.outbox.dropped)
+        self.hub = SensorHub(config, started_at=time.time(), metrics=self.metrics)
+        self.supervisor = Supervisor(
+            on_restart=lambda name: self.metrics.worker_restarts.labels(name).inc())
+        self.publisher: Publisher | None = None
+        self.webhook: WebhookServer | None = None
+        self._metrics_server: Any = None
+        self._started_at = time.time()
+
+        self.supervisor.add("publisher", self._new_publisher)
+        if self.hub.by_topic:
+            self.supervisor.add("local-mqtt",
+                                lambda: LocalMqttInput(config, self.hub, self.sink).run)
+        if self.hub.sources:
+            self.supervisor.add("ticker",
+                                lambda: Ticker(self.hub, self.sink, config.tick_s).run)
+        if config.webhook is not None:
+            self.webhook = WebhookServer(config.webhook, self.hub, self.sink, self.station_id)
+            webhook = self.webhook
+            self.supervisor.add("webhook", lambda: webhook.run)
+        for source in config.sources:
+            if isinstance(source, CameraSource):
+                cam = CameraWorkers(source, self.station_id, self.sink, self.metrics,
+                                    camera_pipeline_factory)
+                self.supervisor.add(f"camera-{source.id}-reader", _const(cam.run_reader))
+                self.supervisor.add(f"camera-{source.id}-detector", _const(cam.run_detector))
+        self.supervisor.add("status", lambda: self._write_status_forever)
+
+    def _preflight(self, real_cameras: bool) -> None:
+        cameras = [s for s in self.config.sources if isinstance(s, CameraSource)]
+        if not cameras or not real_cameras:
+            return
+        try:
+            import cv2  # noqa: F401
+        except ImportError:
+            raise UserError("cameras are configured but OpenCV is not installed "
+                            "(pip install 'gridwatch[vision]')") from None
+        try:
+            from detectors.camera import load_camera_config
+        except ImportError as exc:
+            raise UserError(f"cameras are configured but detectors.camera is unavailable: "
+                            f"{exc}") from None
+        for cam in cameras:
+            if not cam.camera_config.exists():
+                raise UserError(f"sources.{cam.id}.camera_config: {cam.camera_config} "
+                                "does not exist")
+            cam_config = load_camera_config(cam.camera_config)  # fails now, with its message
+            if (cam_config.station_id, cam_config.source_id) != (self.station_id, cam.id):
+                raise UserError(
+                    f"{cam.camera_config}: station_id/source_id are "
+                    f"{cam_config.station_id}/{cam_config.source_id}, but station.yaml has "
+                    f"{self.station_id}/{cam.id}")
+
+    def _new_publisher(self) -> Callable[[threading.Event], None]:
+        self.publisher = Publisher(self.config.uplink, self.station_id, self.outbox,
+                                   self.metrics)
+        return self.publisher.run
+
+    # -- the sink every source writes to ----------------------------------------------
+    def sink(self, detections: list[Detection]) -> None:
+        """Commit detections to the outbox (durable before this returns), wake the publisher."""
+        prefix = self.config.uplink.topic_prefix
+        items = [(detection_topic(prefix, d.station_id, d.source_id), d.event_id,
+                  d.to_json().encode(), d.is_self_test) for d in detections]
+        stored = self.outbox.put_many(items)
+        for d in detections:
+            self.metrics.enqueued.labels(d.source_id).inc()
+        if stored < len(detections):
+            logger.info("station %s: %d of %d detections not stored (repeat event ids or "
+                        "outbox full)", self.station_id, len(detections) - stored,
+                        len(detections))
+        if self.publisher is not None:
+            self.publisher.wake.set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the metrics endpoint (if configured) and every worker."""
+        m = self.config.metrics
+        if m.port:
+            from prometheus_client import start_http_server
+
+            try:
+                self._metrics_server = start_http_server(m.port, addr=m.host,
+                                                         registry=self.metrics.registry)
+            except OSError as exc:
+                raise UserError(f"metrics.port: cannot listen on {m.host}:{m.port}: "
+                                f"{exc.strerror or exc}") from None
+        logger.info("station %s: edge agent starting, %d sources, outbox %s holds %d",
+                    self.station_id, len(self.config.sources), self.config.outbox_path,
+                    self.outbox.depth)
+        self.supervisor.start()
+
+    def stop(self) -> None:
+        """Stop every worker (the publisher says ``offline``), then close the outbox."""
+        self.supervisor.stop()
+        self._write_status(running=False)
+        if self._metrics_server is not None:
+            server, thread = self._metrics_server
+            server.shutdown()
+            thread.join(timeout=2)
+        self.outbox.close()
+        logger.info("station %s: edge agent stopped", self.station_id)
+
+    # -- status -------------------------------------------------------------------------
+    def status(self, *, running: bool = True) -> dict[str, Any]:
+        """A JSON-ready snapshot: uplink, outbox, sources, workers."""
+        last_seen: dict[str, float | None] = {s.id: None for s in self.config.sources}
+        for metric in self.metrics.last_seen.collect():
+            for sample in metric.samples:
+                last_seen[sample.labels["source"]] = sample.value
+        pub = self.publisher
+        return {
+            "station_id": self.station_id,
+            "pid": os.getpid(),
+            "running": running,
+            "started_at": self._started_at,
+            "updated_at": time.time(),
+            "uplink": {"host": self.config.uplink.host, "port": self.config.uplink.port,
+                       "connected": bool(pub and pub.connected)},
+            "outbox": {"depth": self.outbox.depth, "bytes": self.outbox.bytes_used,
+                       "max_bytes": self.outbox.max_bytes, "dropped": self.outbox.dropped},
+            "sources": last_seen,
+            "workers": self.supervisor.alive(),
+            "restarts": self.supervisor.restarts(),
+        }
+
+    def _write_status(self, *, running: bool = True) -> None:
+        path: Path = self.config.status_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(running=running), indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _write_status_forever(self, stop: threading.Event) -> None:
+        while True:
+            self._write_status()
+            if stop.wait(STATUS_INTERVAL_S):
+                return

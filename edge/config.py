@@ -1,0 +1,293 @@
+"""The root config of an edge agent (``station.yaml``): one pydantic model, ``extra="forbid"``.
+
+Everything the agent does comes from here and is passed into constructors. Secrets (the
+MQTT password) are never written in the file: the file names an environment variable
+(``password_env``) and the agent reads it at start-up. Errors name the file and the field
+path, e.g. ``station.yaml: sources.2.held_open_limit_s: Input should be greater than 0``.
+
+Example (``configs/station.example.yaml`` is the documented version)::
+
+    station_id: st-guicheng-07
+    state_dir: /var/lib/gridwatch-edge
+    uplink: {host: centre.example.org, port: 8883, tls: {enabled: true}}
+    sources:
+      - {type: zigbee2mqtt_smoke, id: smoke-b3-2f, device: b3_2f_smoke, lon: 113.15, lat: 23.03}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gridwatch.errors import UserError
+
+Seconds = Annotated[float, Field(gt=0, le=30 * 86400)]
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+Lon = Annotated[float, Field(ge=-180.0, le=180.0)]
+Lat = Annotated[float, Field(ge=-90.0, le=90.0)]
+
+# paho-mqtt keeps QoS 1 messages in memory only and message ids wrap at 65,535; a window
+# well below that keeps every in-flight message addressable and the memory bounded.
+MAX_INFLIGHT_LIMIT = 20_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsSettings(_Strict):
+    """TLS to the broker. ``ca_file`` unset with ``enabled`` uses the system CAs."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False  # skip hostname verification (test rigs only)
+
+
+class MqttConnection(_Strict):
+    """One MQTT broker connection. The password comes from the env var ``password_env``."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    client_id: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+    tls: TlsSettings = TlsSettings()
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    reconnect_min_s: Seconds = 1.0
+    reconnect_max_s: Seconds = 60.0
+
+    def password(self) -> str | None:
+        """The password from the environment (``None`` when no ``password_env``)."""
+        if self.password_env is None:
+            return None
+        value = os.environ.get(self.password_env)
+        if value is None:
+            raise UserError(
+                f"MQTT password: environment variable {self.password_env} is not set "
+                f"(named by password_env for {self.host}:{self.port})"
+            )
+        return value
+
+
+class UplinkSettings(MqttConnection):
+    """The connection to the centre's broker, plus the publisher's flow control."""
+
+    max_inflight: Annotated[int, Field(ge=1, le=MAX_INFLIGHT_LIMIT)] = 1000
+    topic_prefix: str = "gridwatch/v1"
+
+
+class OutboxSettings(_Strict):
+    """The durable SQLite outbox. ``when_full`` is the disk-budget policy.
+
+    - ``drop_oldest`` (default): make room by deleting the oldest self-tests first, then the
+      oldest detections; the newest alarms always get in.
+    - ``reject_new``: keep what is queued, refuse the new detection.
+    Either way ``gridwatch_edge_outbox_dropped_total`` counts every detection lost.
+    """
+
+    max_bytes: Annotated[int, Field(ge=64 * 1024)] = 256 * 1024 * 1024
+    when_full: Literal["drop_oldest", "reject_new"] = "drop_oldest"
+    # "normal" survives a crash of the process (kill -9); "full" also a power cut.
+    synchronous: Literal["normal", "full"] = "normal"
+
+
+class AlarmSettings(_Strict):
+    """Alarm semantics of one sensor (defaults; each source may override)."""
+
+    reaffirm_s: Seconds = 300.0  # re-send while the alarm stays active
+    debounce_s: Seconds = 30.0  # an alarm that clears and returns within this is one alarm
+    stuck_after_s: Seconds | None = 3600.0  # in alarm this long: report sensor_stuck
+    silent_after_s: Seconds | None = 7200.0  # no message this long: report sensor_silent
+
+
+class Z2mSmokeSource(_Strict):
+    """A Zigbee2MQTT smoke sensor: ``<base_topic>/<device>`` with ``smoke``, ``test`` ..."""
+
+    type: Literal["zigbee2mqtt_smoke"]
+    id: Identifier
+    lon: Lon
+    lat: Lat
+    device: str = Field(min_length=1)
+    base_topic: str = "zigbee2mqtt"
+    alarm: AlarmSettings | None = None
+
+    @property
+    def topic(self) -> str:
+        return f"{self.base_topic}/{self.device}"
+
+
+class JsonMapping(_Strict):
+    """Where another vendor's JSON keeps the alarm fields (dotted paths, e.g. ``state.fire``).
+
+    A field matches when its value is in the matching ``*_values`` list (case-insensitive
+    for strings); a missing field means "not reported", not "false".
+    """
+
+    alarm_field: str = "alarm"
+    alarm_values: list[Any] = Field(default_factory=lambda: [True, 1, "alarm", "on", "fire"])
+    test_field: str | None = "test"
+    test_values: list[Any] = Field(default_factory=lambda: [True, 1, "test"])
+    battery_low_field: str | None = None
+    tamper_field: str | None = None
+
+
+class JsonSmokeSource(_Strict):
+    """A smoke sensor on any MQTT topic, decoded through a :class:`JsonMapping`."""
+
+    type: Literal["mqtt_json_smoke"]
+    id: Identifier
+    lon: Lon
+    lat: Lat
+    topic: str = Field(min_length=1)
+    mapping: JsonMapping = JsonMapping()
+    alarm: AlarmSettings | None = None
+
+
+class DoorMapping(_Strict):
+    """How a controller names its events (field ``event_field``, values per event)."""
+
+    event_field: str = "event"
+    forced: list[str] = Field(default_factory=lambda: ["forced", "door_forced", "forced_open"])
+    opened: list[str] = Field(default_factory=lambda: ["open", "opened", "door_open"])
+    closed: list[str] = Field(default_factory=lambda: ["close", "closed", "door_closed"])
+    invalid_card: list[str] = Field(
+        default_factory=lambda: ["invalid_card", "card_denied", "access_denied"])
+    test_field: str | None = "test"
+
+
+class InvalidCardBurst(_Strict):
+    """``count`` invalid cards within ``window_s`` are one ``invalid_card_burst``."""
+
+    count: Annotated[int, Field(ge=2)] = 5
+    window_s: Seconds = 60.0
+
+
+class AccessControlSource(_Strict):
+    """A door controller, over MQTT (``topic``) or the agent's HTTP webhook."""
+
+    type: Literal["access_control"]
+    id: Identifier
+    lon: Lon
+    lat: Lat
+    transport: Literal["mqtt", "webhook"] = "mqtt"
+    topic: str | None = None
+    mapping: DoorMapping = DoorMapping()
+    held_open_limit_s: Seconds = 120.0
+    invalid_card_burst: InvalidCardBurst = InvalidCardBurst()
+    reaffirm_s: Seconds = 300.0
+    debounce_s: Seconds = 10.0
+    silent_after_s: Seconds | None = None
+
+    @model_validator(mode="after")
+    def _topic_for_mqtt(self) -> AccessControlSource:
+        if self.transport == "mqtt" and not self.topic:
+            raise ValueError("transport mqtt needs a topic")
+        return self
+
+
+class CameraSource(_Strict):
+    """A camera: frames read with OpenCV, run through ``detectors.camera.CameraPipeline``.
+
+    ``camera_config`` is the detectors' own camera YAML (plug-ins, ground mapping, lanes),
+    relative paths resolved against the station file.
+    """
+
+    type: Literal["camera"]
+    id: Identifier
+    lon: Lon
+    lat: Lat
+    url: str = Field(min_length=1)  # rtsp://..., a device index ("0") or a video file
+    camera_config: Path
+    max_fps: Annotated[float, Field(gt=0, le=60)] = 5.0
+    frame_queue: Annotated[int, Field(ge=1, le=64)] = 2  # drop-oldest buffer between threads
+    loop_file: bool = False  # replay a video file forever (demos)
+
+
+SourceConfig = Annotated[
+    Z2mSmokeSource | JsonSmokeSource | AccessControlSource | CameraSource,
+    Field(discriminator="type"),
+]
+
+
+class WebhookSettings(_Strict):
+    """The HTTP webhook for door controllers: ``POST /webhook/<source_id>`` with JSON."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8088
+    token_env: str | None = None  # if set, require ``Authorization: Bearer <value>``
+
+
+class MetricsSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9108  # 0 turns the endpoint off
+
+
+class StationConfig(_Strict):
+    """Everything one edge agent needs (the root of ``station.yaml``)."""
+
+    station_id: Identifier
+    state_dir: Path = Path("./edge-state")
+    uplink: UplinkSettings = UplinkSettings()
+    local_mqtt: MqttConnection = MqttConnection()
+    outbox: OutboxSettings = OutboxSettings()
+    alarm: AlarmSettings = AlarmSettings()
+    webhook: WebhookSettings | None = None
+    metrics: MetricsSettings = MetricsSettings()
+    tick_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    sources: list[SourceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> StationConfig:
+        seen: set[str] = set()
+        for source in self.sources:
+            if source.id in seen:
+                raise ValueError(f"source id {source.id!r} is used twice")
+            seen.add(source.id)
+        needs_webhook = any(isinstance(s, AccessControlSource) and s.transport == "webhook"
+                            for s in self.sources)
+        if needs_webhook and self.webhook is None:
+            raise ValueError("a source uses transport webhook but there is no webhook: block")
+        return self
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.state_dir / "outbox.sqlite"
+
+    @property
+    def status_path(self) -> Path:
+        return self.state_dir / "status.json"
+
+    def alarm_for(self, source: Z2mSmokeSource | JsonSmokeSource) -> AlarmSettings:
+        return source.alarm or self.alarm
+
+
+def load_station_config(path: str | Path) -> StationConfig:
+    """Read and validate ``station.yaml``; relative paths resolve against its folder.
+
+    Raises:
+        UserError: naming the file and the field path of every problem.
+    """
+    from gridwatch.config import format_validation_error, read_yaml_mapping
+
+    path = Path(path)
+    data = read_yaml_mapping(path)
+    try:
+        config = StationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(str(path), exc)) from None
+    base = path.resolve().parent
+    updates: dict[str, Any] = {}
+    if not config.state_dir.is_absolute():
+        updates["state_dir"] = base / config.state_dir
+    sources = []
+    for source in config.sources:
+        if isinstance(source, CameraSource) and not source.camera_config.is_absolute():
+            source = source.model_copy(update={"camera_config": base / source.camera_config})
+        sources.append(source)
+    updates["sources"] = sources
+    return config.model_copy(update=updates)

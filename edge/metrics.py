@@ -1,0 +1,60 @@
+"""Prometheus metrics of the edge agent, on a registry of its own (no module-level state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class EdgeMetrics:
+    """The agent's counters and gauges; ``registry`` is what the HTTP endpoint serves.
+
+    Names: ``gridwatch_edge_published_total``, ``gridwatch_edge_outbox_depth``,
+    ``gridwatch_edge_outbox_dropped_total``, ``gridwatch_edge_source_last_seen_timestamp_seconds``
+    and friends (see ``docs/edge.md``).
+    """
+
+    def __init__(self, station_id: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.station_id = station_id
+        self.published = Counter("gridwatch_edge_published", "Detections acknowledged by the "
+                                 "broker (PUBACK) and removed from the outbox", registry=r)
+        self.enqueued = Counter("gridwatch_edge_enqueued", "Detections committed to the outbox",
+                                ["source"], registry=r)
+        self.detections = Counter("gridwatch_edge_detections", "Detections produced",
+                                  ["source", "kind"], registry=r)
+        self.outbox_depth = Gauge("gridwatch_edge_outbox_depth",
+                                  "Detections in the outbox waiting for a PUBACK", registry=r)
+        self.outbox_bytes = Gauge("gridwatch_edge_outbox_bytes",
+                                  "Bytes held by the outbox (the disk budget's measure)",
+                                  registry=r)
+        self.dropped = Gauge("gridwatch_edge_outbox_dropped_total",
+                             "Detections lost to the outbox disk budget (persistent total)",
+                             registry=r)
+        self.inflight = Gauge("gridwatch_edge_inflight", "Messages handed to MQTT, no PUBACK yet",
+                              registry=r)
+        self.connected = Gauge("gridwatch_edge_uplink_connected",
+                               "1 while connected to the centre's broker", registry=r)
+        self.reconnects = Counter("gridwatch_edge_uplink_connects", "Successful connections "
+                                  "to the centre's broker", registry=r)
+        self.last_seen = Gauge("gridwatch_edge_source_last_seen_timestamp_seconds",
+                               "When a source last sent anything (Unix time)", ["source"],
+                               registry=r)
+        self.bad_payloads = Counter("gridwatch_edge_bad_payloads", "Sensor messages that could "
+                                    "not be decoded", ["source"], registry=r)
+        self.frames = Counter("gridwatch_edge_camera_frames", "Camera frames processed",
+                              ["source"], registry=r)
+        self.frames_dropped = Counter("gridwatch_edge_camera_frames_dropped", "Camera frames "
+                                      "dropped because the detector was busy", ["source"],
+                                      registry=r)
+        self.worker_restarts = Counter("gridwatch_edge_worker_restarts", "Workers restarted by "
+                                       "the supervisor after dying", ["worker"], registry=r)
+
+    def bind_outbox(self, depth: Callable[[], float], size: Callable[[], float],
+                    dropped: Callable[[], float]) -> None:
+        """Read the outbox gauges at scrape time (always current, no update calls)."""
+        self.outbox_depth.set_function(depth)
+        self.outbox_bytes.set_function(size)
+        self.dropped.set_function(dropped)

@@ -1,0 +1,135 @@
+"""``gridwatch edge run|status --config station.yaml``: the community-station agent."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import threading
+import time
+from typing import Any
+
+from gridwatch.errors import UserError
+
+STALE_AFTER_S = 10.0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("edge", help="run or inspect the edge agent of a station")
+    sub = parser.add_subparsers(dest="edge_command", metavar="ACTION", required=True)
+    run_p = sub.add_parser("run", help="run the agent until SIGINT/SIGTERM")
+    run_p.add_argument("--config", required=True, help="station YAML (station.example.yaml)")
+    run_p.set_defaults(func=run)
+    status_p = sub.add_parser("status", help="outbox depth, uplink, sources of a station")
+    status_p.add_argument("--config", required=True, help="station YAML")
+    status_p.add_argument("--json", action="store_true", help="print JSON")
+    status_p.set_defaults(func=status)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge.agent import EdgeAgent
+    from edge.config import load_station_config
+
+    config = load_station_config(args.config)
+    config.uplink.password()  # a missing secret fails now, not in a worker
+    config.local_mqtt.password()
+    agent = EdgeAgent(config)
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.start()
+    try:
+        while not done.wait(1.0):
+            pass
+    finally:
+        agent.stop()
+    return 0
+
+
+def _outbox_snapshot(path: str) -> dict[str, Any]:
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.OperationalError as exc:
+        raise UserError(f"{path}: cannot open the outbox: {exc}") from None
+    try:
+        depth, oldest = db.execute("SELECT COUNT(*), MIN(created_at) FROM outbox").fetchone()
+        counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{path}: not an edge outbox: {exc}") from None
+    finally:
+        db.close()
+    return {"depth": int(depth),
+            "oldest_age_s": None if oldest is None else round(time.time() - oldest, 1),
+            "enqueued": int(counters.get("enqueued", 0)),
+            "published": int(counters.get("published", 0)),
+            "dropped": int(counters.get("dropped", 0))}
+
+
+def _pid_alive(pid: object) -> bool:
+    """Whether the agent's process still exists (the status file is on the same box)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def status(args: argparse.Namespace) -> int:
+    from edge.config import load_station_config
+
+    config = load_station_config(args.config)
+    report: dict[str, Any] = {"station_id": config.station_id, "agent": None}
+    if config.outbox_path.exists():
+        report["outbox"] = _outbox_snapshot(str(config.outbox_path))
+    else:
+        report["outbox"] = None
+    if config.status_path.exists():
+        try:
+            agent = json.loads(config.status_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{config.status_path}: unreadable status file: {exc}") from None
+        age = time.time() - float(agent.get("updated_at", 0))
+        agent["alive"] = (bool(agent.get("running")) and age < STALE_AFTER_S
+                          and _pid_alive(agent.get("pid")))
+        agent["age_s"] = round(age, 1)
+        report["agent"] = agent
+    alive = bool(report["agent"] and report["agent"]["alive"])
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if alive else 1
+    print(f"station {config.station_id}")
+    agent = report["agent"]
+    if agent is None:
+        print("  agent: never ran here (no status file)")
+    else:
+        state = "running" if alive else f"NOT RUNNING (last update {agent['age_s']}s ago)"
+        print(f"  agent: {state}, pid {agent.get('pid')}")
+        up = agent.get("uplink", {})
+        print(f"  uplink: {up.get('host')}:{up.get('port')} "
+              f"{'connected' if up.get('connected') and alive else 'disconnected'}")
+    ob = report["outbox"]
+    if ob is None:
+        print(f"  outbox: none yet at {config.outbox_path}")
+    else:
+        oldest = "" if ob["oldest_age_s"] is None else f", oldest {ob['oldest_age_s']}s"
+        print(f"  outbox: {ob['depth']} waiting{oldest}; enqueued {ob['enqueued']}, "
+              f"published {ob['published']}, dropped {ob['dropped']}")
+    if agent is not None:
+        now = time.time()
+        for source_id, seen in sorted(agent.get("sources", {}).items()):
+            when = "never" if seen is None else f"{now - seen:.0f}s ago"
+            print(f"  source {source_id}: last seen {when}")
+        dead = [name for name, ok in agent.get("workers", {}).items() if not ok]
+        if dead and alive:
+            print(f"  workers down (restarting): {', '.join(sorted(dead))}")
+    return 0 if alive else 1

@@ -1,0 +1,139 @@
+"""``gridwatch serve``: the centre on one box — MQTT ingest + embedded pipeline + the API.
+
+Subscribes to ``gridwatch/v1/+/+/detection`` with a persistent session, feeds valid
+detections through stream → ticketing into SQLite (or ``ticketing.storage_url``),
+dead-letters the rest to ``gridwatch/v1/deadletter``, and serves the ticketing API with
+uvicorn. Prometheus metrics are at ``/metrics`` on the same port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gridwatch.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="run the centre: MQTT ingest, pipeline, ticketing API")
+    parser.add_argument("--grid", required=True, help="grid GeoJSON (cells with cell_id)")
+    parser.add_argument("--config", help="YAML merged over configs/default.yaml")
+    parser.add_argument("--db", default="gridwatch-data/tickets.db",
+                        help="SQLite ticket store, unless ticketing.storage_url is set "
+                             "(default: %(default)s)")
+    parser.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883",
+                        help="broker (mqtt://host:port or mqtts://host:port; "
+                             "default: %(default)s)")
+    parser.add_argument("--mqtt-username", help="broker user name")
+    parser.add_argument("--mqtt-password-env", metavar="VAR",
+                        help="environment variable that holds the broker password")
+    parser.add_argument("--mqtt-ca-file", help="CA bundle for mqtts:// (default: system CAs)")
+    parser.add_argument("--client-id", default="gridwatch-centre-ingest",
+                        help="MQTT client id of the persistent session (default: %(default)s)")
+    parser.add_argument("--no-mqtt", action="store_true", help="API only, no MQTT ingest")
+    parser.add_argument("--host", default="127.0.0.1", help="API address (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="API port (default: %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def mqtt_connection(args: argparse.Namespace) -> Any:
+    """The broker connection from the command line (password from the environment)."""
+    from edge.config import MqttConnection, TlsSettings
+
+    parts = urlsplit(args.mqtt_url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise UserError(f"--mqtt-url: expected mqtt://host:port or mqtts://host:port, "
+                        f"got {args.mqtt_url!r}")
+    tls = TlsSettings(enabled=parts.scheme == "mqtts",
+                      ca_file=Path(args.mqtt_ca_file) if args.mqtt_ca_file else None)
+    conn = MqttConnection(host=parts.hostname,
+                          port=parts.port or (8883 if parts.scheme == "mqtts" else 1883),
+                          username=args.mqtt_username, password_env=args.mqtt_password_env,
+                          tls=tls)
+    conn.password()  # a missing secret fails now with its variable name
+    return conn
+
+
+class PipelineCollector:
+    """Exports :meth:`EmbeddedPipeline.stats` at scrape time."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self.pipeline.stats()
+        yield GaugeMetricFamily("gridwatch_pipeline_queue_depth",
+                                "Detections accepted but not yet in the ticket store",
+                                value=stats.get("queue_depth", 0))
+        yield CounterMetricFamily("gridwatch_pipeline_processed",
+                                  "Detections written through to the ticket store",
+                                  value=stats.get("processed", 0))
+        yield CounterMetricFamily("gridwatch_pipeline_failed",
+                                  "Detections whose batch failed (redelivered later)",
+                                  value=stats.get("failed", 0))
+        yield CounterMetricFamily("gridwatch_pipeline_tickets_opened", "Tickets opened",
+                                  value=stats.get("tickets_opened", 0))
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from geo.grid import Grid, GridError
+    from gridwatch.config import load_config
+    from gridwatch.embedded import EmbeddedPipeline
+    from gridwatch.ingest import IngestMetrics, MqttIngest
+    from ticketing.api.app import create_app
+    from ticketing.store import open_store
+
+    config = load_config(args.config)
+    try:
+        grid = Grid.from_file(args.grid)
+    except (OSError, GridError) as exc:
+        raise UserError(f"{args.grid}: {exc}") from None
+    connection = None if args.no_mqtt else mqtt_connection(args)
+    outbox = config.ticketing.webhook.url is not None
+    url = config.ticketing.storage_url or args.db
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+    store = open_store(url, outbox=outbox)
+    pipeline = EmbeddedPipeline(config, grid, store)
+    metrics = IngestMetrics()
+    metrics.registry.register(PipelineCollector(pipeline))  # type: ignore[arg-type]
+    ingest = None
+    if connection is not None:
+        ingest = MqttIngest(connection, pipeline, client_id=args.client_id, metrics=metrics)
+    app = create_app(store=store, settings=config.ticketing, policies=config.policies,
+                     grid=grid, run_workers=True)
+
+    def metrics_endpoint(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_route("/metrics", metrics_endpoint, methods=["GET"])
+    if ingest is not None and connection is not None:
+        ingest.start()
+        log.info("serve: ingesting %s from %s:%s as %s", ingest.detection_filter,
+                 connection.host, connection.port, args.client_id)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        # stop receiving first; what is still queued is committed by close(), and anything
+        # received but not acknowledged is redelivered to the next run (dropped by event id)
+        if ingest is not None:
+            ingest.stop()
+        pipeline.close()
+        close = getattr(store, "close", None)
+        if callable(close):
+            close()
+    return 0

@@ -1,0 +1,271 @@
+"""Centre ingest: MQTT ``gridwatch/v1/+/+/detection`` → validate → the embedded pipeline.
+
+The subscription lives in a persistent session (fixed client id, ``clean_session=False``)
+so detections published while the centre is down wait in the broker. Acknowledgement is
+manual: a valid detection's PUBACK goes out only after the pipeline has committed it to the
+ticket store (``on_committed``), so a crash between receipt and commit means a re-delivery,
+which the pipeline drops by ``event_id`` — never a loss.
+
+Invalid messages (bad JSON, schema violations, a payload whose station/source disagree with
+its topic) are published to ``gridwatch/v1/deadletter`` with the reason, counted by reason
+code, and acknowledged. Nothing a message contains can crash the ingest: every callback
+catches, logs with the topic, and carries on.
+
+Broker requirements (``docs/edge.md``): for a persistent subscriber Mosquitto's
+``max_queued_messages`` (default 1000!) must be 0 or large, or it drops queued QoS 1
+messages while the centre is behind or away; ``max_inflight_messages`` sets how many
+unacknowledged messages it sends at once (the ingest's batch size; default 20).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections import Counter as TallyCounter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from prometheus_client import CollectorRegistry, Gauge
+
+from detectors.schema import DetectionRejected, parse_detection
+from edge.config import MqttConnection
+from edge.publisher import make_client
+
+if TYPE_CHECKING:
+    from gridwatch.embedded import EmbeddedPipeline
+
+logger = logging.getLogger(__name__)
+
+DETECTION_FILTER = "gridwatch/v1/+/+/detection"
+DEADLETTER_TOPIC = "gridwatch/v1/deadletter"
+TOPIC_MISMATCH = "topic_mismatch"
+
+
+class IngestMetrics:
+    """Prometheus metrics of the centre ingest, on a registry of its own.
+
+    The per-message counters are plain integers kept by :class:`MqttIngest` and read at
+    scrape time (:class:`_IngestCollector`), so the hot path calls no metrics code.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.connected = Gauge("gridwatch_ingest_connected", "1 while connected to the broker",
+                               registry=r)
+        self.station_online = Gauge("gridwatch_ingest_station_online", "Last availability "
+                                    "message of a station (1 online, 0 offline)", ["station"],
+                                    registry=r)
+
+    def bind(self, ingest: MqttIngest) -> None:
+        """Export ``ingest``'s counters and per-source last-seen times."""
+        self.registry.register(_IngestCollector(ingest))  # type: ignore[arg-type]
+
+
+class _IngestCollector:
+    def __init__(self, ingest: MqttIngest) -> None:
+        self.ingest = ingest
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self.ingest.stats()
+        for name, key, help_text in (
+            ("gridwatch_ingest_received", "received", "Detection messages received"),
+            ("gridwatch_ingest_accepted", "accepted", "New valid detections handed to the "
+             "pipeline"),
+            ("gridwatch_ingest_duplicates", "duplicates", "Valid detections already seen "
+             "(same event_id)"),
+            ("gridwatch_ingest_committed", "committed", "Detections committed to the ticket "
+             "store and acknowledged to the broker"),
+        ):
+            yield CounterMetricFamily(name, help_text, value=stats[key])
+        dead = CounterMetricFamily("gridwatch_ingest_deadlettered", "Invalid messages sent to "
+                                   "the dead-letter topic", labels=["code"])
+        for code, value in stats["deadlettered_by_code"].items():
+            dead.add_metric([code], value)
+        yield dead
+        seen = GaugeMetricFamily("gridwatch_ingest_source_last_seen_timestamp_seconds",
+                                 "When a station's source last delivered a valid detection",
+                                 labels=["station", "source"])
+        for (station, source), at in sorted(dict(self.ingest.last_seen).items()):
+            seen.add_metric([station, source], at)
+        yield seen
+
+
+def deadletter_message(*, topic: str, payload: bytes | bytearray, code: str, reason: str,
+                       received_at: datetime) -> bytes:
+    """The dead-letter record: reason, where it came from, and the payload itself."""
+    record: dict[str, Any] = {"code": code, "reason": reason, "topic": topic,
+                              "received_at": received_at.isoformat().replace("+00:00", "Z")}
+    try:
+        record["payload"] = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        record["payload"] = base64.b64encode(bytes(payload)).decode("ascii")
+        record["payload_encoding"] = "base64"
+    return json.dumps(record, ensure_ascii=False).encode("utf-8")
+
+
+class MqttIngest:
+    """Subscribes the centre to every station's detections and feeds the pipeline.
+
+    Example:
+        >>> ingest = MqttIngest(MqttConnection(host="127.0.0.1"), pipeline)
+        >>> ingest.start(); ...; ingest.stop()
+    """
+
+    def __init__(
+        self,
+        connection: MqttConnection,
+        pipeline: EmbeddedPipeline,
+        *,
+        client_id: str = "gridwatch-centre-ingest",
+        topic_prefix: str = "gridwatch/v1",
+        metrics: IngestMetrics | None = None,
+    ) -> None:
+        self.connection = connection
+        self.pipeline = pipeline
+        self.client_id = client_id
+        self.prefix = topic_prefix
+        self.detection_filter = f"{topic_prefix}/+/+/detection"
+        self.status_filter = f"{topic_prefix}/+/status"
+        self.deadletter_topic = f"{topic_prefix}/deadletter"
+        self.metrics = metrics or IngestMetrics()
+        self.metrics.bind(self)
+        # plain ints, each written by one thread only (the hot path takes no lock)
+        self._received = 0
+        self._accepted = 0
+        self._duplicates = 0
+        self._committed = 0
+        self._deadlettered: TallyCounter[str] = TallyCounter()
+        self.last_seen: dict[tuple[str, str], float] = {}
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._client: mqtt.Client | None = None
+
+    # -- counters -------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counts since start: received, accepted, duplicates, committed, deadlettered."""
+        out: dict[str, Any] = {"received": self._received, "accepted": self._accepted,
+                               "duplicates": self._duplicates, "committed": self._committed,
+                               "deadlettered": sum(self._deadlettered.values())}
+        out["deadlettered_by_code"] = dict(sorted(self._deadlettered.items()))
+        return out
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed.is_set()
+
+    # -- paho callbacks (network thread) ----------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            logger.warning("ingest: broker %s:%s refused: %s", self.connection.host,
+                           self.connection.port, reason)
+            return
+        self._connected.set()
+        self.metrics.connected.set(1)
+        client.subscribe([(self.detection_filter, 1), (self.status_filter, 1)])
+        logger.info("ingest: connected to %s:%s (session present: %s)", self.connection.host,
+                    self.connection.port, getattr(flags, "session_present", None))
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        self._subscribed.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        self._connected.clear()
+        self._subscribed.clear()
+        self.metrics.connected.set(0)
+        logger.warning("ingest: disconnected from %s:%s (%s); paho reconnects with back-off",
+                       self.connection.host, self.connection.port, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._handle(client, msg)
+        except Exception:
+            # a bug of ours must not stop the ingest; the message stays unacknowledged and
+            # comes back after a reconnect
+            logger.exception("ingest: failed on a message from %s", msg.topic)
+
+    def _handle(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
+        parts = topic.split("/")
+        if topic.endswith("/status"):
+            station = parts[-2] if len(parts) >= 2 else "?"
+            self.metrics.station_online.labels(station).set(1 if msg.payload == b"online" else 0)
+            client.ack(msg.mid, msg.qos)
+            return
+        self._received += 1
+        payload = msg.payload
+        try:
+            detection = parse_detection(payload)
+        except DetectionRejected as exc:
+            self._deadletter(client, msg, payload, exc.code.value, exc.reason)
+            return
+        station, source = parts[-3], parts[-2]
+        if detection.station_id != station or detection.source_id != source:
+            self._deadletter(client, msg, payload, TOPIC_MISMATCH,
+                             f"topic names station {station!r} source {source!r} but the "
+                             f"detection says station {detection.station_id!r} source "
+                             f"{detection.source_id!r}")
+            return
+        mid, qos = msg.mid, msg.qos
+
+        def committed() -> None:
+            client.ack(mid, qos)
+            self._committed += 1  # only the pipeline's worker (or this thread) runs this
+
+        result = self.pipeline.submit(detection, on_committed=committed)
+        if result.duplicate:
+            self._duplicates += 1
+        elif result.accepted:
+            self._accepted += 1
+            self.last_seen[(station, source)] = time.time()
+        else:  # refused by the pipeline itself: dead-letter with its reason
+            self._deadletter(client, msg, payload, result.code or "refused",
+                             result.reason or "refused by the pipeline")
+
+    def _deadletter(self, client: mqtt.Client, msg: mqtt.MQTTMessage,
+                    payload: bytes | bytearray,
+                    code: str, reason: str) -> None:
+        record = deadletter_message(topic=msg.topic, payload=payload, code=code, reason=reason,
+                                    received_at=datetime.now(UTC))
+        client.publish(self.deadletter_topic, record, qos=1)
+        client.ack(msg.mid, msg.qos)
+        self._deadlettered[code] += 1
+        logger.info("ingest: dead-lettered a message from %s: %s: %s", msg.topic, code, reason)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect (in the background, with back-off) and start receiving."""
+        client = make_client(self.connection, client_id=self.client_id, clean_session=False,
+                             manual_ack=True)
+        client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(1000)  # for the dead letters we publish
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.connect_async(self.connection.host, self.connection.port,
+                             keepalive=self.connection.keepalive_s)
+        client.loop_start()
+        self._client = client
+
+    def wait_subscribed(self, timeout_s: float = 10.0) -> bool:
+        """Block until the subscription is confirmed (tests, benchmarks)."""
+        return self._subscribed.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Disconnect; the broker keeps the session and queues for the next start."""
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+        self.metrics.connected.set(0)

@@ -1,0 +1,72 @@
+"""The durable outbox: ordering, acknowledgement, persistence, and the disk budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.outbox import ROW_OVERHEAD_BYTES, Outbox
+
+
+def fill(box: Outbox, n: int, *, size: int = 100, test_every: int = 0, start: int = 0) -> None:
+    for i in range(start, start + n):
+        is_test = bool(test_every) and i % test_every == 0
+        box.put(topic="t", event_id=f"e{i}", payload=b"x" * size, is_test=is_test)
+
+
+def test_rows_come_back_in_order_and_leave_on_ack() -> None:
+    box = Outbox(":memory:")
+    fill(box, 5)
+    rows = box.fetch_after(0, limit=3)
+    assert [r.event_id for r in rows] == ["e0", "e1", "e2"]
+    assert [r.event_id for r in box.fetch_after(rows[-1].seq, limit=10)] == ["e3", "e4"]
+    assert box.ack([rows[0].seq, rows[2].seq]) == 2
+    assert box.ack([rows[0].seq]) == 0  # a second PUBACK for the same row is harmless
+    assert [r.event_id for r in box.fetch_after(0, limit=10)] == ["e1", "e3", "e4"]
+    assert box.depth == 3
+    assert box.counters()["published"] == 2
+
+
+def test_a_repeated_event_id_is_stored_once() -> None:
+    box = Outbox(":memory:")
+    assert box.put(topic="t", event_id="same", payload=b"1")
+    assert not box.put(topic="t", event_id="same", payload=b"2")
+    assert box.depth == 1
+
+
+def test_contents_and_counters_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "outbox.sqlite"
+    box = Outbox(path, max_bytes=10 * (100 + ROW_OVERHEAD_BYTES))
+    fill(box, 12)  # two dropped
+    box.close()
+    again = Outbox(path, max_bytes=10 * (100 + ROW_OVERHEAD_BYTES))
+    assert again.depth == 10
+    assert again.dropped == 2
+    assert again.bytes_used == 10 * (100 + ROW_OVERHEAD_BYTES)
+
+
+def test_drop_oldest_sheds_self_tests_first_then_oldest() -> None:
+    box = Outbox(":memory:", max_bytes=10 * (100 + ROW_OVERHEAD_BYTES))
+    fill(box, 10, test_every=3)  # e0, e3, e6, e9 are self-tests
+    fill(box, 5, start=10)
+    kept = [r.event_id for r in box.fetch_after(0, limit=100)]
+    assert kept == ["e1", "e2", "e4", "e5", "e7", "e8", "e10", "e11", "e12", "e13", "e14"][-10:]
+    assert "e14" in kept and box.dropped == 5
+    assert box.bytes_used <= box.max_bytes
+
+
+def test_reject_new_keeps_the_backlog() -> None:
+    box = Outbox(":memory:", max_bytes=3 * (100 + ROW_OVERHEAD_BYTES), when_full="reject_new")
+    fill(box, 5)
+    assert [r.event_id for r in box.fetch_after(0, limit=10)] == ["e0", "e1", "e2"]
+    assert box.dropped == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"when_full": "drop_newest"}, "when_full"), ({"synchronous": "off"}, "synchronous")],
+)
+def test_bad_policies_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Outbox(":memory:", **kwargs)
