@@ -119,7 +119,10 @@ class TicketDesk:
     def on_incident(self, event: IncidentEvent) -> Ticket:
         incident = event.incident
         policy = self.policies.for_kind(incident.kind)
-        ticket = self.store.ticket_for_incident(incident.incident_id)
+        # a just-opened incident has no ticket yet (re-delivered detections are dropped
+        # as duplicates before the stream), so only a growing one is looked up
+        ticket = (None if event.opened
+                  else self.store.ticket_for_incident(incident.incident_id))
         link: str | None = None
         is_new = False
         if ticket is None:
