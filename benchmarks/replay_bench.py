@@ -64,11 +64,7 @@ def generate(path: Path, n: int, seed: int = 1) -> None:
     with path.open("w", encoding="utf-8") as out:
         while written < n:
             seq += 1
-            r = rng.random()
-            for kind, source_type, share in kinds:
-                if r < share:
-                    break
-                r -= share
+            kind, source_type, _ = rng.choices(kinds, weights=[k[2] for k in kinds])[0]
             cell = rng.randrange(len(points))
             lon, lat = points[cell]
             station = f"st-{cell:04d}"

@@ -59,7 +59,8 @@ def test_bulk_lookup_matches_point_lookup():
     rng = np.random.default_rng(7)
     lon, lat = rng.uniform(-0.5, 3.5, 500), rng.uniform(-0.5, 3.5, 500)
     bulk = grid.lookup_ids(lon, lat)
-    one_by_one = [(c.cell_id if (c := grid.cell_at(x, y)) else None) for x, y in zip(lon, lat)]
+    one_by_one = [(c.cell_id if (c := grid.cell_at(x, y)) else None)
+                  for x, y in zip(lon, lat, strict=True)]
     assert bulk == one_by_one
     assert None in bulk and "C11" in bulk
 

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 from gridwatch.config import load_config
 from gridwatch.embedded import EmbeddedPipeline
-from ticketing.store import SqliteTicketStore
 from tests.builders import T0, line, make_grid
+from ticketing.store import SqliteTicketStore
 
 
 def _pipeline(tmp_path, name="t.sqlite3"):

@@ -110,8 +110,8 @@ def test_routing_override_for_a_town(tmp_path):
 
 
 def test_rejects_are_reported_with_line_reason_and_raw_text():
-    lines = [line(event_id="ok1"), "{oops", "", line(confidence=3), line(event_id="ok2",
-                                                                          observed_at=_at(hours=2))]
+    lines = [line(event_id="ok1"), "{oops", "", line(confidence=3),
+             line(event_id="ok2", observed_at=_at(hours=2))]
     result = _replay(lines)
     assert result.summary.read == 4  # the blank line is not a record
     assert [(r.line, r.code) for r in result.rejects] == [(2, "invalid_json"),
@@ -167,7 +167,8 @@ def test_summary_json_counts_the_sample(tmp_path):
          "kinds.smoke.window_s: Input should be a valid integer"),
         ("typo", ["{det}", "--grid", "{grid}", "--config", "{bad}"],
          "kinds.smoke.windows_s: Extra inputs are not permitted"),
-        ("yaml", ["{det}", "--grid", "{grid}", "--config", "{bad}"], "(line 3, column 1): invalid YAML"),
+        ("yaml", ["{det}", "--grid", "{grid}", "--config", "{bad}"],
+         "(line 3, column 1): invalid YAML"),
     ],
 )
 def test_bad_inputs_give_one_line_errors(tmp_path, setup, args, message):

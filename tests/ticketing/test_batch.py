@@ -9,13 +9,13 @@ import pytest
 
 from gridwatch.config import load_config
 from stream.incidents import IncidentClusterer
+from tests.builders import make_detection, make_grid
 from ticketing.batch import BatchingStore
 from ticketing.desk import TicketDesk
 from ticketing.lifecycle import Action, ActionRequest
 from ticketing.models import TicketStatus
 from ticketing.service import act
 from ticketing.store import SqliteTicketStore, VersionConflict
-from tests.builders import make_detection, make_grid
 
 
 @pytest.fixture()
