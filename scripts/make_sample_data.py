@@ -2,12 +2,15 @@
 
     python scripts/make_sample_data.py [--out sample_data]
 
-The grid is a plausible district (an irregular outline with a lake cut out, about 330
+The grid is a plausible district (an irregular outline with a lake cut out, about 350
 cells of 500 m in four towns and their villages). The detections exercise every built-in
 kind and every awkward case: multi-sensor fires, a second fire in the same cell, sensor
 self-tests, low confidence, an unknown plug-in kind, re-sent duplicates, malformed lines,
 points outside the district, events delivered late (within and beyond the tolerance), and
-a week of camera traffic with a burst of wrong-way riders on one road.
+two weeks of camera traffic (the first week warms the hot-spot baselines up) with a burst
+of wrong-way riders on the Lishui bridge on Friday of the second week (road works closed
+one side). The demo camera (sample_data/cameras/demo_camera.yaml) watches that bridge
+during the burst, so the demo's video detection joins the hot-spot ticket.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ OUTLINE = Polygon([
 ])
 LAKE = Point(113.160, 23.030).buffer(0.006)  # a hole: no cell covers the lake
 START = datetime(2026, 5, 4, 0, 0, tzinfo=UTC)  # a Monday, 08:00 in Foshan
+DAYS = 21
+BURST_DAY = 18  # Friday 22 May
 TZ8 = timedelta(hours=8)
 
 
@@ -131,14 +136,14 @@ def make_detections(rng: random.Random) -> list[str]:
     hourly = [0.1, 0.05, 0.05, 0.05, 0.1, 0.3, 0.8, 1.6, 2.0, 1.2, 0.9, 1.0,
               1.2, 1.0, 0.9, 1.0, 1.3, 1.9, 2.0, 1.4, 1.0, 0.7, 0.4, 0.2]
     track = 0
-    for day in range(7):
+    for day in range(DAYS):
         for hour in range(24):
             base_t = START + timedelta(days=day, hours=hour) - TZ8  # local hour
             for station, cam, lon, lat, rate_h, rate_w in cameras:
                 for kind, rate in (("helmetless_rider", rate_h), ("wrong_way_ebike", rate_w)):
-                    scale = hourly[hour] * (0.7 if day >= 5 else 1.0)
+                    scale = hourly[hour] * (0.7 if day % 7 >= 5 else 1.0)
                     if cam == "cam-lishui-bridge" and kind == "wrong_way_ebike" and \
-                            day == 5 and 7 <= hour <= 19:
+                            day == BURST_DAY and 7 <= hour <= 19:
                         scale *= 8  # road works closed one side: riders go against traffic
                     n = _poisson(rng, rate * scale)
                     for _ in range(n):

@@ -9,8 +9,10 @@ printed and served by the read API on 127.0.0.1 until Ctrl-C (``--once``: print 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,14 @@ def _video_detections(data_dir: Path) -> list[Any]:
     return detections
 
 
+def _observed_at(raw: bytes) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(json.loads(raw)["observed_at"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a malformed line: the pipeline will say why
+    return at if at.tzinfo is not None else None
+
+
 def run(args: argparse.Namespace) -> int:
     from gridwatch.embedded import EmbeddedPipeline
     from ticketing.store import SqliteTicketStore
@@ -77,17 +87,24 @@ def run(args: argparse.Namespace) -> int:
         lines = args.detections.read_bytes().splitlines()
     except OSError as exc:
         raise UserError(f"{args.detections}: cannot read: {exc.strerror or exc}") from None
+    # the camera reports as it sees, so its detections go in among the file's lines at
+    # their event time (the file is in delivery order)
+    video = [] if args.no_video else sorted(_video_detections(data_dir),
+                                            key=lambda d: d.observed_at)
+    pending = list(video)
     rejected = 0
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
+        at = _observed_at(raw)
+        while pending and at is not None and pending[0].observed_at <= at:
+            pipeline.submit(pending.pop(0))
         result = pipeline.submit_raw(raw, origin=f"{args.detections}:{number}")
         if not result.accepted:
             rejected += 1
             print(f"rejected line {number}: {result.code}: {result.reason}")
-    if not args.no_video:
-        for detection in _video_detections(data_dir):
-            pipeline.submit(detection)
+    for detection in pending:
+        pipeline.submit(detection)
     pipeline.flush()
     stats = pipeline.stats()
     stream = stats["stream"]
@@ -101,6 +118,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {t.ticket_id}  {t.kind:<17} {t.cell_id:<11} {t.town or '-':<9} "
               f"{t.status.value:<15} {t.department:<20} due {t.due_at:%Y-%m-%d %H:%M}Z  "
               f"{len(t.event_ids)} detection(s)")
+    holders = {e: t for t in tickets for e in t.event_ids}
+    for detection in video:
+        ticket = holders.get(detection.event_id)
+        where = (f"is evidence on ticket {ticket.ticket_id} ({ticket.kind}, "
+                 f"{ticket.cell_id})" if ticket else "is in no ticket (not significant alone)")
+        print(f"video detection {detection.event_id} {where}")
     pipeline.close()
     if args.once:
         return 0

@@ -18,7 +18,7 @@ def sample_video(tmp_path_factory) -> Path:
 
 def test_demo_camera_finds_exactly_the_wrong_way_rider(sample_video) -> None:
     config = load_camera_config(DEMO_CAMERA)
-    assert config.station_id == "demo-station"
+    assert config.station_id == "st-lishui-01"
     first = [d.to_json() for d in run_video(sample_video, config)]
     again = [d.to_json() for d in run_video(sample_video, config)]
     assert first == again and len(first) == 1  # deterministic; the right-way rider is fine
@@ -26,7 +26,7 @@ def test_demo_camera_finds_exactly_the_wrong_way_rider(sample_video) -> None:
     assert detection.kind == "wrong_way_ebike"
     assert 113.10 <= detection.lon <= 113.20 and 23.00 <= detection.lat <= 23.08
     # the wrong-way rider enters at frame 48 (4.8 s) and is judged within a second
-    assert detection.observed_at.isoformat().startswith("2026-01-01T08:00:05")
+    assert detection.observed_at.isoformat().startswith("2026-05-22T12:00:05")
     assert detection.evidence.bbox_xyxy[3] >= 185
 
 
