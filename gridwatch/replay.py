@@ -25,7 +25,7 @@ from geo.grid import Grid
 from gridwatch.config import GridWatchConfig
 from gridwatch.errors import UserError
 from stream.hotspot import HotspotEngine
-from stream.processor import StreamOutput, StreamProcessor
+from stream.processor import StreamOutput, StreamProcessor, StreamStats
 from ticketing.desk import TicketDesk
 from ticketing.models import Ticket
 from ticketing.store import MemoryTicketStore, TicketStore
@@ -47,31 +47,22 @@ class Reject:
 
 @dataclass(slots=True)
 class ReplaySummary:
+    """What a replay read, refused and produced; the stream stage's own counters are
+    :class:`~stream.processor.StreamStats`."""
+
     read: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-    duplicates: int = 0
-    absorbed: int = 0
-    out_of_area: int = 0
-    self_tests: int = 0
-    late: int = 0
-    incidents: int = 0
-    occurrences: int = 0
-    hotspots: int = 0
+    stream: StreamStats = field(default_factory=StreamStats)
     tickets: int = 0
 
     def as_dict(self) -> dict[str, Any]:
+        counts = self.stream.as_dict()
+        del counts["accepted"], counts["by_kind"]
         return {
             "read": self.read,
             "rejected": sum(self.rejected.values()),
             "rejected_by_reason": dict(sorted(self.rejected.items())),
-            "duplicates": self.duplicates,
-            "absorbed": self.absorbed,
-            "out_of_area": self.out_of_area,
-            "self_tests": self.self_tests,
-            "late": self.late,
-            "incidents": self.incidents,
-            "occurrences": self.occurrences,
-            "hotspots": self.hotspots,
+            **counts,
             "tickets": self.tickets,
         }
 
@@ -193,15 +184,7 @@ def _replay(lines: Iterable[bytes | str], grid: Grid, config: GridWatchConfig,
                     rejects.append(Reject(number, exc.code.value, exc.reason, raw))
         pipeline.feed(valid)
     pipeline.finish()
-    stats = pipeline.processor.stats
-    summary.duplicates = stats.duplicates
-    summary.absorbed = stats.absorbed
-    summary.out_of_area = stats.out_of_area
-    summary.self_tests = stats.self_tests
-    summary.late = stats.late
-    summary.incidents = stats.incidents
-    summary.occurrences = stats.occurrences
-    summary.hotspots = stats.hotspots
+    summary.stream = pipeline.processor.stats
     tickets = list(store.all())
     summary.tickets = len(tickets)
     return ReplayResult(tickets=tickets, rejects=rejects, summary=summary)

@@ -33,7 +33,7 @@ def test_three_smoke_sensors_in_one_building_are_one_ticket():
     lines = [line(event_id=f"s{i}", source_id=f"smoke-{i % 3}", observed_at=_at(seconds=s))
              for i, s in enumerate([0, 60, 120, 300, 450, 600])]
     result = _replay(lines)
-    assert result.summary.incidents == 1
+    assert result.summary.stream.incidents == 1
     [ticket] = result.ticket_dicts()
     assert REQUIRED <= ticket.keys()
     assert ticket["incident_count"] == 1
@@ -51,7 +51,7 @@ def test_two_fires_an_hour_apart_in_one_cell_join_the_open_ticket():
              line(event_id="f1b", observed_at=_at(minutes=3)),
              line(event_id="f2a", observed_at=_at(hours=1))]
     result = _replay(lines)
-    assert result.summary.incidents == 2
+    assert result.summary.stream.incidents == 2
     [ticket] = result.ticket_dicts()
     assert ticket["incident_count"] == 2
     assert ticket["event_ids"] == ["f1a", "f1b", "f2a"]
@@ -61,12 +61,12 @@ def test_two_fires_an_hour_apart_in_one_cell_join_the_open_ticket():
 def test_a_self_test_makes_no_ticket():
     result = _replay([line(attributes={"test": True})])
     assert result.tickets == []
-    assert result.summary.self_tests == 1
+    assert result.summary.stream.self_tests == 1
 
 
 def test_out_of_area_is_counted_not_ticketed():
     result = _replay([line(lon=50.0, lat=50.0)])
-    assert result.tickets == [] and result.summary.out_of_area == 1
+    assert result.tickets == [] and result.summary.stream.out_of_area == 1
 
 
 @pytest.mark.parametrize(
