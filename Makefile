@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= vision,report,postgres,dev
+EXTRAS ?= vision,report,postgres,kafka,dev
 
 .PHONY: setup demo test services lint bench
 

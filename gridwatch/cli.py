@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "detectors",
     "edge",
     "report",
+    "worker",
 )
 
 

@@ -1,0 +1,215 @@
+"""``gridwatch worker``: a scale-out faust worker on Kafka (needs the ``kafka`` extra).
+
+Consumes ``gridwatch.detections.v1``, re-keys valid detections by cell onto
+``gridwatch.detections.by_cell``, dead-letters the rest to ``gridwatch.deadletter``, and
+turns each cell's detections into tickets in the SQL store (see ``docs/scaleout.md``).
+Start as many workers as you like with the same ``--app-id``: Kafka shares the partitions
+among them. Settings come from flags, else ``GRIDWATCH_*`` environment variables; a store
+password only from ``$GRIDWATCH_TICKETS_URL``.
+
+This module is also the wiring of the scale-out runtime: the faust agents
+(``stream/faust_app.py``) know only the stream core; the ticket side — an idempotent
+desk over a SQL store — is built here, like ``gridwatch/embedded.py`` wires the embedded
+service. faust's own CLI finds the app here too: ``faust -A gridwatch.commands.worker
+worker`` (the ``app`` attribute is built from the environment on first access, never at
+import time). Importing this module does not import faust; building a worker does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from geo.grid import Grid
+from gridwatch.config import GridWatchConfig
+from gridwatch.errors import UserError
+from stream.processor import StreamOutput
+from ticketing.desk import TicketDesk
+from ticketing.idempotent import IdempotentDesk
+from ticketing.store import TicketFilter, TicketStore, configured_url
+
+if TYPE_CHECKING:
+    from stream.faust_app import Scaleout, ScaleoutSettings, Sender
+
+DEFAULT_STORE_URL = "var/scaleout/tickets.sqlite3"
+# per cell, the newest tickets whose event ids a worker remembers when it first sees it
+SEED_TICKETS_PER_CELL = 200
+
+
+# -- the ticket side: the idempotent desk over the store ---------------------------------
+
+class StoreSink:
+    """The scale-out runtime's :class:`~stream.faust_app.TicketSink`: the idempotent desk
+    over a ticket store; store outages surface as
+    :class:`~stream.faust_app.StoreUnavailable` so the agent retries."""
+
+    def __init__(self, config: GridWatchConfig, grid: Grid, store: TicketStore) -> None:
+        self.store = store
+        self.desk = IdempotentDesk(TicketDesk(policies=config.policies,
+                                              settings=config.ticketing, grid=grid,
+                                              store=store))
+
+    def apply(self, outputs: Sequence[StreamOutput]) -> list[str]:
+        from stream.faust_app import StoreUnavailable
+
+        try:
+            return [t.ticket_id for t in map(self.desk.apply, outputs) if t is not None]
+        except (OSError, OperationalError, InterfaceError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    def held_event_ids(self, cell_id: str) -> Iterable[tuple[str, float]]:
+        from stream.faust_app import StoreUnavailable
+
+        flt = TicketFilter(cell_id=cell_id)
+        try:
+            total = self.store.count(flt)
+            newest = self.store.list(flt, limit=SEED_TICKETS_PER_CELL,
+                                     offset=max(0, total - SEED_TICKETS_PER_CELL))
+        except (OSError, OperationalError, InterfaceError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return [(event_id, t.updated_at.timestamp()) for t in newest
+                for event_id in t.event_ids]
+
+
+# -- construction -------------------------------------------------------------------------
+
+def resolved_store_url(settings: ScaleoutSettings, config: GridWatchConfig,
+                       environ: Mapping[str, str] | None = None) -> str:
+    """``$GRIDWATCH_TICKETS_URL``, else ``--store-url``, else ``ticketing.storage_url``,
+    else the default SQLite file."""
+    return configured_url(settings.store_url or config.ticketing.storage_url,
+                          default=DEFAULT_STORE_URL,
+                          environ=None if environ is None else dict(environ))
+
+
+def scaleout_for(settings: ScaleoutSettings, config: GridWatchConfig, grid: Grid,
+                 store: TicketStore, *, sender: Sender | None = None) -> Scaleout:
+    """The faust app over the stream core and an idempotent desk on ``store``."""
+    from stream.faust_app import CellWorker, Scaleout
+
+    worker = CellWorker(stream=config.stream, policies=config.policies,
+                        hotspot=config.hotspot, grid=grid,
+                        sink=StoreSink(config, grid, store))
+    return Scaleout(settings, grid=grid, worker=worker, sender=sender)
+
+
+def build_scaleout(settings: ScaleoutSettings, *,
+                   environ: Mapping[str, str] | None = None) -> Scaleout:
+    """Load the grid and config the settings name, open the store, build the app."""
+    from gridwatch.commands._common import load_grid, load_gridwatch_config
+    from ticketing.store import open_store
+
+    if settings.grid is None:
+        raise UserError("the worker needs a grid: --grid FILE or $GRIDWATCH_GRID")
+    grid = load_grid(settings.grid)
+    config = load_gridwatch_config(settings.config)
+    store = open_store(resolved_store_url(settings, config, environ),
+                       schema=settings.store_schema)
+    return scaleout_for(settings, config, grid, store)
+
+
+_built: Scaleout | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # ``faust -A gridwatch.commands.worker worker`` asks for ``app``: build it then, from
+    # the environment, never at import time
+    global _built
+    if name == "app":
+        if _built is None:
+            from stream.faust_app import ScaleoutSettings
+
+            _built = build_scaleout(ScaleoutSettings.from_env())
+        return _built.app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- the command ----------------------------------------------------------------------------
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "worker", help="run a scale-out faust worker on Kafka (pip install 'gridwatch[kafka]')",
+        description="Cell-partitioned stream processing on Kafka with faust-streaming. "
+                    "Flags override GRIDWATCH_* environment variables.")
+    parser.add_argument("--grid", type=Path, metavar="GRID.geojson",
+                        help="the cell grid (or $GRIDWATCH_GRID)")
+    parser.add_argument("--config", type=Path, metavar="FILE.yaml",
+                        help="merged over configs/default.yaml (or $GRIDWATCH_CONFIG)")
+    parser.add_argument("--broker", dest="broker_url", metavar="URL",
+                        help="kafka://host:port[;kafka://host2:port] "
+                             "(or $GRIDWATCH_KAFKA_BROKER; default kafka://localhost:9092)")
+    parser.add_argument("--partitions", type=int,
+                        help="partitions of the by-cell topic when it is created "
+                             "(or $GRIDWATCH_KAFKA_PARTITIONS; default 8)")
+    parser.add_argument("--app-id", help="consumer group / app id shared by all workers "
+                                         "(or $GRIDWATCH_KAFKA_APP_ID)")
+    parser.add_argument("--store-url", metavar="URL",
+                        help="ticket store without a password (sqlite path or "
+                             "postgresql://user@host/db); $GRIDWATCH_TICKETS_URL wins")
+    parser.add_argument("--store-schema", help="PostgreSQL schema for the tables")
+    parser.add_argument("--web-port", type=int,
+                        help="serve faust's web endpoints on this port (default: off)")
+    parser.add_argument("--loglevel", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--check", action="store_true",
+                        help="load settings, grid, config and store, print what the worker "
+                             "would run, and exit without connecting to Kafka")
+    parser.set_defaults(func=run)
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port
+                                                          else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from stream.faust_app import (
+            TOPIC_BY_CELL,
+            TOPIC_DEADLETTER,
+            TOPIC_DETECTIONS,
+            ScaleoutSettings,
+        )
+    except ModuleNotFoundError as exc:
+        if exc.name in ("faust", "aiokafka", "mode"):
+            raise UserError("the worker needs faust-streaming: "
+                            "pip install 'gridwatch[kafka]'") from None
+        raise
+    from pydantic import ValidationError
+
+    from gridwatch.config import format_validation_error
+
+    try:
+        settings = ScaleoutSettings.from_env(
+            grid=args.grid, config=args.config, broker_url=args.broker_url,
+            partitions=args.partitions, app_id=args.app_id, store_url=args.store_url,
+            store_schema=args.store_schema, web_port=args.web_port)
+    except ValidationError as exc:
+        raise UserError(format_validation_error("worker settings", exc)) from None
+    scaleout = build_scaleout(settings)
+    if args.check:
+        store_url = getattr(scaleout.worker.sink, "store", None)
+        store_url = getattr(store_url, "url", "?")
+        print(f"app id        {settings.app_id}")
+        print(f"broker        {settings.broker_url}")
+        print(f"consumes      {TOPIC_DETECTIONS}")
+        print(f"by cell       {TOPIC_BY_CELL} ({settings.partitions} partitions, "
+              f"key = cell id)")
+        print(f"dead letters  {TOPIC_DEADLETTER}")
+        print(f"grid          {len(scaleout.grid)} cells")
+        print(f"ticket store  {redact(str(store_url))}")
+        return 0
+    from faust import Worker
+
+    worker = Worker(scaleout.app, loglevel=args.loglevel)
+    worker.execute_from_commandline()  # runs until a signal stops it
+    return 0

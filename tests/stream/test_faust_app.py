@@ -1,0 +1,424 @@
+"""The scale-out runtime's faust agents, driven with ``agent.test_context()``.
+
+faust has no in-memory broker and no Kafka is installable here, so each agent is run in
+its test context and what it publishes is recorded by the ``sender`` hook; the records the
+ingest agent publishes to the by-cell topic are then fed to the cell agent, on the
+partition Kafka's key partitioner would give them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from faust.types import TP
+from pydantic import ValidationError
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from gridwatch.cli import main as cli_main
+from gridwatch.commands import worker as worker_command
+from gridwatch.commands.worker import resolved_store_url, scaleout_for
+from gridwatch.config import load_config
+from gridwatch.replay import replay_lines
+from stream.faust_app import (
+    TOPIC_BY_CELL,
+    TOPIC_DEADLETTER,
+    TOPIC_DETECTIONS,
+    Scaleout,
+    ScaleoutSettings,
+    partition_for,
+)
+from tests.builders import T0, line, make_grid, make_grid_geojson
+from ticketing.models import TicketStatus
+from ticketing.store import SqliteTicketStore, SqlTicketStore, _normalise_url
+
+PARTITIONS = 4
+Record = tuple[str, bytes | None, bytes]
+
+
+class Recorder:
+    """Stands in for the Kafka producer: remembers (topic, key, value)."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    async def __call__(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self.records.append((topic, key, value))
+
+    def on(self, topic: str) -> list[Record]:
+        return [r for r in self.records if r[0] == topic]
+
+
+def make_scaleout(store: SqlTicketStore, recorder: Recorder | None = None) -> Scaleout:
+    return scaleout_for(ScaleoutSettings(partitions=PARTITIONS), load_config(), make_grid(),
+                        store, sender=recorder or Recorder())
+
+
+async def ingest(scaleout: Scaleout, lines: list[str | bytes]) -> dict[int, Any]:
+    async with scaleout.ingest_agent.test_context() as agent:
+        for i, raw in enumerate(lines):
+            value = raw.encode() if isinstance(raw, str) else raw
+            await agent.put(value, key=f"st/{i}".encode())
+        return dict(agent.results)
+
+
+async def cells(scaleout: Scaleout, records: list[Record]) -> dict[int, Any]:
+    async with scaleout.cell_agent.test_context() as agent:
+        for _, key, value in records:
+            assert key is not None
+            await agent.put(value, key=key,
+                            partition=partition_for(key.decode(), PARTITIONS))
+        return dict(agent.results)
+
+
+def run_through(store: SqlTicketStore, lines: list[str | bytes]) -> Recorder:
+    """Both agents, as a Kafka deployment would chain them."""
+    recorder = Recorder()
+    scaleout = make_scaleout(store, recorder)
+    asyncio.run(ingest(scaleout, lines))
+    asyncio.run(cells(scaleout, recorder.on(TOPIC_BY_CELL)))
+    return recorder
+
+
+def tickets(store: SqlTicketStore) -> dict[str, dict[str, Any]]:
+    return {t.ticket_id: t.to_public() for t in store.all()}
+
+
+def incident_input() -> list[str]:
+    """Smoke and forced doors in three cells: joins within a window, a second incident
+    joining the open ticket hours later, plus an invalid line, a duplicate, an
+    out-of-area detection and a self-test. In event-time order."""
+    spots = {"C00": (0.5, 0.5), "C11": (1.5, 1.5), "C21": (2.5, 1.5)}
+    rows: list[tuple[timedelta, str]] = []
+    for n, (cell, (lon, lat)) in enumerate(spots.items()):
+        for burst in (timedelta(0), timedelta(hours=3)):
+            for i in range(4):
+                at = burst + timedelta(minutes=n, seconds=50 * i)
+                rows.append((at, line(event_id=f"{cell}-smoke-{burst.seconds}-{i}",
+                                      observed_at=T0 + at, lon=lon, lat=lat,
+                                      source_id=f"smoke-{i % 2}")))
+        at = timedelta(minutes=30 + n)
+        rows.append((at, line(event_id=f"{cell}-door", observed_at=T0 + at, lon=lon,
+                              lat=lat, kind="door_forced", source_type="access_control",
+                              source_id="door-1", confidence=0.6)))
+    rows.append((timedelta(minutes=5), line(event_id="far", observed_at=T0, lon=10.0)))
+    rows.append((timedelta(minutes=6), line(event_id="selftest", observed_at=T0,
+                                            attributes={"test": True})))
+    rows.sort(key=lambda r: r[0])
+    out = [r[1] for r in rows]
+    out.insert(3, out[2])  # a re-sent detection
+    out.insert(5, '{"schema": "gridwatch.detection/1", "event_id": 7}')
+    return out
+
+
+# -- ingest ------------------------------------------------------------------------------------
+
+def test_a_valid_detection_becomes_a_ticket(tmp_path: Path) -> None:
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    raw = line(event_id="smoke-1")
+    recorder = Recorder()
+    scaleout = make_scaleout(store, recorder)
+
+    results = asyncio.run(ingest(scaleout, [raw]))
+    assert results == {0: {"outcome": "routed", "cell_id": "C00", "code": None,
+                           "reason": None}}
+    assert recorder.records == [(TOPIC_BY_CELL, b"C00", raw.encode())]
+
+    results = asyncio.run(cells(scaleout, recorder.on(TOPIC_BY_CELL)))
+    [ticket] = store.all()
+    assert results[0] == {"outcome": "processed", "cell_id": "C00",
+                          "tickets": [ticket.ticket_id]}
+    assert (ticket.kind, ticket.cell_id, ticket.event_ids) == ("smoke", "C00", ["smoke-1"])
+    assert ticket.status is TicketStatus.DISPATCHED
+
+
+@pytest.mark.parametrize(("raw", "code", "in_reason"), [
+    (b"not json", "invalid_json", ""),
+    (b"[1, 2]", "not_an_object", ""),
+    (b'{"schema": "gridwatch.detection/2"}', "wrong_schema", "schema"),
+    (line(observed_at="2026-05-04T06:00:00").encode(), "naive_timestamp", "observed_at"),
+    (line(confidence=1.5).encode(), "out_of_range", "confidence"),
+    (line(colour="red").encode(), "unknown_field", "colour"),
+    (None, "empty", "no value"),
+])
+def test_an_invalid_message_is_dead_lettered_with_its_reason(
+        tmp_path: Path, raw: bytes | None, code: str, in_reason: str) -> None:
+    recorder = Recorder()
+    scaleout = make_scaleout(SqliteTicketStore(tmp_path / "t.sqlite3"), recorder)
+
+    async def go() -> dict[int, Any]:
+        async with scaleout.ingest_agent.test_context() as agent:
+            await agent.put(raw, key=b"st1/smoke-1")
+            return dict(agent.results)
+
+    results = asyncio.run(go())
+    assert results[0]["outcome"] == "rejected" and results[0]["code"] == code
+    assert recorder.on(TOPIC_BY_CELL) == []
+    [(topic, key, value)] = recorder.records
+    assert (topic, key) == (TOPIC_DEADLETTER, b"st1/smoke-1")
+    letter = json.loads(value)
+    assert letter["code"] == code
+    assert in_reason in letter["reason"] and letter["reason"]
+    assert letter["raw"] == (None if raw is None else raw.decode())
+    assert (letter["topic"], letter["partition"], letter["offset"]) == (
+        TOPIC_DETECTIONS, 0, 0)
+
+
+def test_out_of_area_detections_are_counted_not_forwarded(tmp_path: Path) -> None:
+    recorder = Recorder()
+    scaleout = make_scaleout(SqliteTicketStore(tmp_path / "t.sqlite3"), recorder)
+    results = asyncio.run(ingest(scaleout, [line(lon=10.0, lat=10.0)]))
+    assert results[0]["outcome"] == "out_of_area"
+    assert recorder.records == []
+    assert scaleout.counts["out_of_area"] == 1
+
+
+def test_the_cell_id_is_the_partition_key(tmp_path: Path) -> None:
+    recorder = Recorder()
+    scaleout = make_scaleout(SqliteTicketStore(tmp_path / "t.sqlite3"), recorder)
+    points = {"C00": (0.5, 0.5), "C12": (1.5, 2.5), "C20": (2.2, 0.7), "C21": (2.5, 1.5)}
+    lines = [line(lon=lon, lat=lat, station_id=f"st{i}", source_id=f"s{j}")
+             for i, (lon, lat) in enumerate(points.values()) for j in range(3)]
+    asyncio.run(ingest(scaleout, lines))
+
+    keys = [key for _, key, _ in recorder.on(TOPIC_BY_CELL)]
+    assert keys == [cell.encode() for cell in points for _ in range(3)]
+    assert scaleout.by_cell_topic.partitions == PARTITIONS
+    # the same partition the producer's default partitioner picks for that key
+    partitioner = DefaultPartitioner()
+    every = list(range(PARTITIONS))
+    for cell in points:
+        assert partition_for(cell, PARTITIONS) == partitioner(cell.encode(), every, every)
+
+    # the cell agent keeps state per partition it was given, and drops it on revoke
+    asyncio.run(cells(scaleout, recorder.on(TOPIC_BY_CELL)))
+    owned = sorted({partition_for(c, PARTITIONS) for c in points})
+    assert scaleout.worker.partitions == owned
+    asyncio.run(scaleout._on_revoked(scaleout.app, {TP(TOPIC_BY_CELL, owned[0]),
+                                                    TP(TOPIC_DETECTIONS, owned[-1])}))
+    assert scaleout.worker.partitions == owned[1:]
+
+
+def test_the_cell_agent_dead_letters_a_record_keyed_by_no_cell(tmp_path: Path) -> None:
+    recorder = Recorder()
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    scaleout = make_scaleout(store, recorder)
+    results = asyncio.run(cells(scaleout, [(TOPIC_BY_CELL, b"NOPE", line().encode())]))
+    assert results[0] == {"outcome": "rejected", "code": "unknown_cell"}
+    [(topic, _, value)] = recorder.records
+    assert topic == TOPIC_DEADLETTER and "NOPE" in json.loads(value)["reason"]
+    assert store.count() == 0
+
+
+# -- idempotency -------------------------------------------------------------------------------
+
+def _by_cell_records(lines: list[str]) -> list[Record]:
+    recorder = Recorder()
+    asyncio.run(ingest(make_scaleout(SqliteTicketStore(":memory:"), recorder), lines))
+    return recorder.on(TOPIC_BY_CELL)
+
+
+@pytest.fixture(params=["seeded", "desk_guard_only"])
+def seeding(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Redelivery is caught twice: a fresh worker's event-id filter is seeded from the
+    store, and the desk skips event ids a ticket already holds. Test each alone."""
+    if request.param == "desk_guard_only":
+        monkeypatch.setattr(worker_command, "SEED_TICKETS_PER_CELL", 0)
+    return str(request.param)
+
+
+def assert_no_duplicate_event_ids(store: SqlTicketStore) -> None:
+    held = Counter(e for t in store.all() for e in t.event_ids)
+    assert held and max(held.values()) == 1
+
+
+@pytest.mark.parametrize("resume_at", [0, 5, 17])
+def test_redelivery_through_a_fresh_agent_duplicates_nothing(
+        tmp_path: Path, seeding: str, resume_at: int) -> None:
+    """A restart or rebalance: a fresh agent instance gets the partition again from an
+    uncommitted offset (here: from the start, or mid-incident) against the same store."""
+    records = _by_cell_records(incident_input())
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    asyncio.run(cells(make_scaleout(store), records))
+    before = tickets(store)
+    assert len(before) >= 4
+    assert_no_duplicate_event_ids(store)
+
+    again = make_scaleout(SqliteTicketStore(tmp_path / "t.sqlite3"))
+    asyncio.run(cells(again, records[resume_at:]))
+
+    after = tickets(store)
+    assert set(after) == set(before)
+    for ticket_id, ticket in after.items():
+        assert ticket["event_ids"] == before[ticket_id]["event_ids"]
+    assert_no_duplicate_event_ids(store)
+    if resume_at == 0:
+        assert after == before  # not even a version bump
+
+
+def test_redelivery_to_the_same_agent_duplicates_nothing(tmp_path: Path) -> None:
+    records = _by_cell_records(incident_input())
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    scaleout = make_scaleout(store)
+    asyncio.run(cells(scaleout, records))
+    before, resent = tickets(store), scaleout.worker.counts["duplicates"]
+    assert resent == 1  # the re-sent detection in the input
+    asyncio.run(cells(scaleout, records))
+    assert tickets(store) == before
+    assert scaleout.worker.counts["duplicates"] == resent + len(records)
+
+
+def test_redelivery_leaves_a_closed_ticket_closed(tmp_path: Path, seeding: str) -> None:
+    """An operator closed a ticket; then its detections are redelivered. The redelivered
+    incident must neither re-create the ticket under its deterministic id (a version
+    conflict loop) nor add to it."""
+    records = _by_cell_records(incident_input())
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    asyncio.run(cells(make_scaleout(store), records))
+    [closing] = [t for t in store.all() if t.cell_id == "C11" and t.kind == "smoke"]
+    closing.status = TicketStatus.CLOSED
+    closing.version += 1
+    store.save(closing)
+    before = tickets(store)
+
+    asyncio.run(cells(make_scaleout(SqliteTicketStore(tmp_path / "t.sqlite3")), records))
+    assert tickets(store) == before
+    assert_no_duplicate_event_ids(store)
+
+
+@pytest.fixture
+def pg_store_url(postgres_url: str) -> Iterator[tuple[str, str]]:
+    schema = f"gwt_{uuid.uuid4().hex[:12]}"
+    yield postgres_url, schema
+    engine = create_engine(_normalise_url(postgres_url))
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.mark.services
+def test_redelivery_on_postgresql_duplicates_nothing(pg_store_url: tuple[str, str]) -> None:
+    """The production store: two worker instances (a rebalance) on one database."""
+    url, schema = pg_store_url
+    records = _by_cell_records(incident_input())
+    first = SqlTicketStore(url, schema=schema, pool_size=2)
+    asyncio.run(cells(make_scaleout(first), records))
+    before = tickets(first)
+    second = SqlTicketStore(url, schema=schema, pool_size=2)
+    asyncio.run(cells(make_scaleout(second), records[7:]))
+    assert tickets(second) == before
+    assert_no_duplicate_event_ids(second)
+    first.close()
+    second.close()
+
+
+class FlakyStore:
+    """A store whose first ``failures`` writes fail as a lost database connection."""
+
+    def __init__(self, inner: SqlTicketStore, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def save(self, ticket: Any, *, incident_id: str | None = None) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OperationalError("INSERT ...", {}, ConnectionError("server closed"))
+        self.inner.save(ticket, incident_id=incident_id)
+
+
+def test_a_store_outage_is_retried_not_skipped(tmp_path: Path) -> None:
+    """The agent must not move past (and later commit) a detection whose ticket write
+    failed; it retries, and the retry does not duplicate what was already written."""
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    records = _by_cell_records(incident_input())
+    flaky = FlakyStore(store, failures=3)
+    scaleout = make_scaleout(flaky)  # type: ignore[arg-type]
+    scaleout.retry_delay_s = 0.01
+    results = asyncio.run(cells(scaleout, records))
+    assert flaky.failures == 0  # the outage happened and was retried through
+    assert all(r["outcome"] == "processed" for r in results.values())
+
+    expected = SqliteTicketStore(tmp_path / "expected.sqlite3")
+    asyncio.run(cells(make_scaleout(expected), records))
+    assert tickets(store) == tickets(expected)
+
+
+# -- the same answer as replay -------------------------------------------------------------------
+
+def test_the_agents_give_the_tickets_replay_gives(tmp_path: Path) -> None:
+    lines = incident_input()
+    replayed = replay_lines(lines, make_grid(), load_config())
+    expected = {t.ticket_id: t.to_public() for t in replayed.tickets}
+    assert len(expected) >= 4
+
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    recorder = run_through(store, lines)
+
+    got = tickets(store)
+    assert {k: v["event_ids"] for k, v in got.items()} == \
+        {k: v["event_ids"] for k, v in expected.items()}
+    assert got == expected  # every field, not only the event ids
+    letters = [json.loads(v)["code"] for _, _, v in recorder.on(TOPIC_DEADLETTER)]
+    assert Counter(letters) == replayed.summary.rejected
+
+
+# -- settings and the command -------------------------------------------------------------------
+
+def test_settings_come_from_the_environment_and_keep_secrets_there() -> None:
+    env = {"GRIDWATCH_KAFKA_BROKER": "kafka://k1:9092;kafka://k2:9092",
+           "GRIDWATCH_KAFKA_PARTITIONS": "12", "GRIDWATCH_GRID": "g.geojson",
+           "GRIDWATCH_TICKETS_URL": "postgresql://gw:s3cret@db/gridwatch"}
+    settings = ScaleoutSettings.from_env(env, app_id="gw-test", partitions=None)
+    assert (settings.broker_url, settings.partitions, settings.grid, settings.app_id) == (
+        "kafka://k1:9092;kafka://k2:9092", 12, Path("g.geojson"), "gw-test")
+    assert resolved_store_url(settings, load_config(), env) == \
+        "postgresql://gw:s3cret@db/gridwatch"
+    assert resolved_store_url(ScaleoutSettings(), load_config(), {}) == \
+        worker_command.DEFAULT_STORE_URL
+
+
+@pytest.mark.parametrize(("fields", "error"), [
+    ({"store_url": "postgresql://gw:s3cret@db/gridwatch"}, "GRIDWATCH_TICKETS_URL"),
+    ({"broker_url": "localhost:9092"}, "kafka://"),
+    ({"partitions": 0}, "partitions"),
+    ({"brokers": "kafka://x:1"}, "brokers"),
+])
+def test_bad_settings_fail_with_the_field(fields: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValidationError, match=error):
+        ScaleoutSettings(**fields)
+
+
+def test_worker_check_prints_the_plan_without_kafka(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = tmp_path / "grid.geojson"
+    grid.write_text(json.dumps(make_grid_geojson()))
+    monkeypatch.delenv("GRIDWATCH_TICKETS_URL", raising=False)
+    code = cli_main(["worker", "--grid", str(grid), "--partitions", "6", "--check",
+                     "--store-url", f"sqlite:///{tmp_path / 'w.sqlite3'}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"{TOPIC_BY_CELL} (6 partitions, key = cell id)" in out
+    assert "9 cells" in out and "w.sqlite3" in out
+    assert (tmp_path / "w.sqlite3").exists()
+
+
+def test_worker_refuses_a_password_on_the_command_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli_main(["worker", "--grid", "g.geojson", "--check",
+                     "--store-url", "postgresql://gw:s3cret@db/gw"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "GRIDWATCH_TICKETS_URL" in err and "s3cret" not in err

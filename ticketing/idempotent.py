@@ -1,0 +1,71 @@
+"""A desk that is safe for re-delivered stream outputs (at-least-once runtimes).
+
+The scale-out runtime replays a partition after a restart or rebalance through a fresh
+stream processor; its outputs may repeat what the store already holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from stream.processor import StreamOutput
+from stream.types import HotspotFinding, IncidentEvent
+from ticketing.desk import TicketDesk
+from ticketing.models import Ticket, ticket_id_for
+from ticketing.store import TicketStore
+
+
+class IdempotentDesk:
+    """:class:`TicketDesk` made safe for re-delivered stream outputs.
+
+    A partition replayed after a restart or rebalance runs through a fresh
+    :class:`StreamProcessor`, which re-opens incidents the store already has tickets for.
+    Before the desk sees an output, event ids a matching ticket already holds are dropped;
+    an output with nothing new is skipped. Without this, a re-opened incident would append
+    its event ids to the open ticket a second time, and one whose ticket an operator has
+    closed would try to re-create it under the same deterministic id.
+    """
+
+    def __init__(self, desk: TicketDesk) -> None:
+        self.desk = desk
+        self.store: TicketStore = desk.store
+        self.skipped = 0
+
+    def apply(self, output: StreamOutput) -> Ticket | None:
+        """Apply one output; ``None`` when it was a redelivery with nothing new."""
+        fresh: StreamOutput | None = (self._fresh_incident_event(output)
+                                      if isinstance(output, IncidentEvent)
+                                      else self._fresh_finding(output))
+        if fresh is None:
+            self.skipped += 1
+            return None
+        return self.desk.apply(fresh)
+
+    def _fresh_incident_event(self, event: IncidentEvent) -> IncidentEvent | None:
+        incident = event.incident
+        linked = self.store.ticket_for_incident(incident.incident_id)
+        held: set[str] = set()
+        for ticket in (linked, self.store.open_ticket_for(incident.cell_id, incident.kind)):
+            if ticket is not None:
+                held.update(ticket.event_ids)
+        new_ids = tuple(e for e in event.new_event_ids if e not in held)
+        if not new_ids:
+            return None
+        if new_ids != event.new_event_ids:
+            event = replace(event, new_event_ids=new_ids)
+        if event.opened and linked is not None:
+            # the incident re-opened after a restart: join the ticket it already has
+            event = replace(event, opened=False)
+        return event
+
+    def _fresh_finding(self, finding: HotspotFinding) -> HotspotFinding | None:
+        own_id = ticket_id_for(finding.kind, finding.cell_id,
+                               f"hotspot:{finding.window_start.isoformat()}")
+        own = self.store.get(own_id)
+        if own is not None and not own.is_open:
+            return None  # this window's ticket exists and was closed: already handled
+        current = self.store.open_ticket_for(finding.cell_id, finding.kind)
+        if (current is not None and current.updated_at >= finding.window_end
+                and set(finding.event_ids) <= set(current.event_ids)):
+            return None  # the same window again
+        return finding
