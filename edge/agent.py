@@ -50,7 +50,7 @@ class EdgeAgent:
                  camera_pipeline_factory: Callable[[CameraSource], Any] | None = None) -> None:
         self.config = config
         self.station_id = config.station_id
-        self._preflight(camera_pipeline_factory is None)
+        prepared = self._preflight(camera_pipeline_factory is None)
         ob = config.outbox
         self.outbox = Outbox(config.outbox_path, max_bytes=ob.max_bytes,
                              when_full=ob.when_full, synchronous=ob.synchronous)
@@ -64,6 +64,7 @@ class EdgeAgent:
         self.webhook: WebhookServer | None = None
         self._metrics_server: Any = None
         self._started_at = time.time()
+        self.cameras: dict[str, CameraWorkers] = {}
 
         self.supervisor.add("publisher", self._new_publisher)
         if self.hub.by_topic:
@@ -79,35 +80,58 @@ class EdgeAgent:
         for source in config.sources:
             if isinstance(source, CameraSource):
                 cam = CameraWorkers(source, self.station_id, self.sink, self.metrics,
-                                    camera_pipeline_factory)
+                                    camera_pipeline_factory, **prepared.get(source.id, {}))
+                self.cameras[source.id] = cam
                 self.supervisor.add(f"camera-{source.id}-reader", _const(cam.run_reader))
                 self.supervisor.add(f"camera-{source.id}-detector", _const(cam.run_detector))
         self.supervisor.add("status", lambda: self._write_status_forever)
 
-    def _preflight(self, real_cameras: bool) -> None:
+    def _preflight(self, real_cameras: bool) -> dict[str, dict[str, Any]]:
+        """Check every camera now, so a mistake stops the agent with its message.
+
+        Returns, per camera id, what its :class:`CameraWorkers` takes from the camera
+        YAML: the pipeline built here (its models loaded and checked), the file start
+        time and frame rate.
+        """
         cameras = [s for s in self.config.sources if isinstance(s, CameraSource)]
         if not cameras or not real_cameras:
-            return
+            return {}
         try:
             import cv2  # noqa: F401
         except ImportError:
             raise UserError("cameras are configured but OpenCV is not installed "
                             "(pip install 'gridwatch[vision]')") from None
         try:
-            from detectors.camera import load_camera_config
+            from detectors.camera import CameraPipeline, load_camera_config
         except ImportError as exc:
             raise UserError(f"cameras are configured but detectors.camera is unavailable: "
                             f"{exc}") from None
-        for cam in cameras:
-            if not cam.camera_config.exists():
-                raise UserError(f"sources.{cam.id}.camera_config: {cam.camera_config} "
-                                "does not exist")
-            cam_config = load_camera_config(cam.camera_config)  # fails now, with its message
-            if (cam_config.station_id, cam_config.source_id) != (self.station_id, cam.id):
-                raise UserError(
-                    f"{cam.camera_config}: station_id/source_id are "
-                    f"{cam_config.station_id}/{cam_config.source_id}, but station.yaml has "
-                    f"{self.station_id}/{cam.id}")
+        prepared: dict[str, dict[str, Any]] = {}
+        try:
+            for cam in cameras:
+                if not cam.camera_config.exists():
+                    raise UserError(f"sources.{cam.id}.camera_config: {cam.camera_config} "
+                                    "does not exist")
+                try:
+                    cam_config = load_camera_config(cam.camera_config)
+                except ValueError as exc:
+                    raise UserError(str(exc)) from None
+                if (cam_config.station_id, cam_config.source_id) != (self.station_id, cam.id):
+                    raise UserError(
+                        f"{cam.camera_config}: station_id/source_id are "
+                        f"{cam_config.station_id}/{cam_config.source_id}, but station.yaml "
+                        f"has {self.station_id}/{cam.id}")
+                try:
+                    pipeline = CameraPipeline(cam_config)
+                except ValueError as exc:  # a missing model file, a bad class map ...
+                    raise UserError(f"{cam.camera_config}: {exc}") from None
+                prepared[cam.id] = {"pipeline": pipeline, "file_start": cam_config.start,
+                                    "file_fps": cam_config.frame_rate}
+        except BaseException:
+            for item in prepared.values():
+                item["pipeline"].close()
+            raise
+        return prepared
 
     def _new_publisher(self) -> Callable[[threading.Event], None]:
         self.publisher = Publisher(self.config.uplink, self.station_id, self.outbox,
@@ -178,6 +202,13 @@ class EdgeAgent:
             "outbox": {"depth": self.outbox.depth, "bytes": self.outbox.bytes_used,
                        "max_bytes": self.outbox.max_bytes, "dropped": self.outbox.dropped},
             "sources": last_seen,
+            "cameras": {cid: {"frames_read": cam.frames_read,
+                              "frames_processed": cam.frames_processed,
+                              "frames_dropped": cam.frames_dropped,
+                              "detector_errors": cam.errors,
+                              "open_failures": cam.open_failures,
+                              "end_of_file": cam.finished.is_set()}
+                        for cid, cam in self.cameras.items()},
             "workers": self.supervisor.alive(),
             "restarts": self.supervisor.restarts(),
         }

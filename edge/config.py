@@ -20,7 +20,14 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from gridwatch.errors import UserError
 
@@ -194,7 +201,14 @@ class CameraSource(_Strict):
     """A camera: frames read with OpenCV, run through ``detectors.camera.CameraPipeline``.
 
     ``camera_config`` is the detectors' own camera YAML (plug-ins, ground mapping, lanes),
-    relative paths resolved against the station file.
+    relative paths resolved against the station file; its ``station_id``/``source_id`` must
+    be this station's and this source's ids.
+
+    ``url`` is a live stream (``rtsp://``, ``http(s)://``: event time is the wall clock at
+    read), a USB device index (``"0"``, also live), or a video file path (relative to the
+    station file). A file's frame ``i`` is observed at ``start + i / fps`` (``start`` here,
+    else the camera YAML's ``start``, else 2026-01-01T08:00:00+08:00), so a file gives the
+    same detections on every run.
     """
 
     type: Literal["camera"]
@@ -203,9 +217,28 @@ class CameraSource(_Strict):
     lat: Lat
     url: str = Field(min_length=1)  # rtsp://..., a device index ("0") or a video file
     camera_config: Path
-    max_fps: Annotated[float, Field(gt=0, le=60)] = 5.0
+    max_fps: Annotated[float, Field(gt=0, le=60)] = 5.0  # frames handed to the detectors
     frame_queue: Annotated[int, Field(ge=1, le=64)] = 2  # drop-oldest buffer between threads
-    loop_file: bool = False  # replay a video file forever (demos)
+    # Files only. realtime: played at their own frame rate, like a camera (a slow detector
+    # loses the oldest queued frames); fast: as fast as the detectors take them, no frame
+    # lost (tests, back-filling recorded video).
+    file_pace: Literal["realtime", "fast"] = "realtime"
+    loop_file: bool = False  # at the end of a file: start again (demos) instead of stopping
+    start: AwareDatetime | None = None  # files only: event time of the first frame
+    reopen_min_s: Seconds = 1.0  # back-off between attempts to open the camera ...
+    reopen_max_s: Seconds = 60.0  # ... doubling up to this
+
+    @property
+    def is_file(self) -> bool:
+        """A video file rather than a live stream or a device index."""
+        return "://" not in self.url and not self.url.isdigit()
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> CameraSource:
+        if self.reopen_min_s > self.reopen_max_s:
+            raise ValueError(f"reopen_min_s ({self.reopen_min_s}) must not exceed "
+                             f"reopen_max_s ({self.reopen_max_s})")
+        return self
 
 
 SourceConfig = Annotated[
@@ -286,8 +319,14 @@ def load_station_config(path: str | Path) -> StationConfig:
         updates["state_dir"] = base / config.state_dir
     sources = []
     for source in config.sources:
-        if isinstance(source, CameraSource) and not source.camera_config.is_absolute():
-            source = source.model_copy(update={"camera_config": base / source.camera_config})
+        if isinstance(source, CameraSource):
+            cam_updates: dict[str, Any] = {}
+            if not source.camera_config.is_absolute():
+                cam_updates["camera_config"] = base / source.camera_config
+            if source.is_file and not Path(source.url).is_absolute():
+                cam_updates["url"] = str(base / source.url)
+            if cam_updates:
+                source = source.model_copy(update=cam_updates)
         sources.append(source)
     updates["sources"] = sources
     return config.model_copy(update=updates)

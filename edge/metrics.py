@@ -49,6 +49,12 @@ class EdgeMetrics:
         self.frames_dropped = Counter("gridwatch_edge_camera_frames_dropped", "Camera frames "
                                       "dropped because the detector was busy", ["source"],
                                       registry=r)
+        self.camera_errors = Counter("gridwatch_edge_camera_errors", "Frames on which a "
+                                     "camera's detectors raised (the worker carries on)",
+                                     ["source"], registry=r)
+        self.camera_open_failures = Counter("gridwatch_edge_camera_open_failures", "Failed "
+                                            "attempts to open a camera (retried with back-off)",
+                                            ["source"], registry=r)
         self.worker_restarts = Counter("gridwatch_edge_worker_restarts", "Workers restarted by "
                                        "the supervisor after dying", ["worker"], registry=r)
 

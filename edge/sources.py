@@ -14,9 +14,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -287,18 +288,44 @@ class WebhookServer:
             server.server_close()
 
 
+#: Event time of a video file's first frame when neither station.yaml nor the camera YAML
+#: gives ``start`` (the same default as ``gridwatch detect``).
+DEFAULT_FILE_START = datetime.fromisoformat("2026-01-01T08:00:00+08:00")
+#: Frame rate assumed for a file whose header has none and whose camera YAML is unknown.
+DEFAULT_FILE_FPS = 25.0
+#: Live streams: give up opening / reading after this long (OpenCV's FFmpeg backend).
+STREAM_TIMEOUT_MS = 10_000
+#: A detector that keeps failing is logged once, then at most once per this many seconds.
+ERROR_LOG_INTERVAL_S = 60.0
+
+
 class CameraWorkers:
     """A camera's reader and detector workers, joined by a drop-oldest frame queue.
 
-    The reader grabs frames with OpenCV at up to ``max_fps``; the detector runs
-    ``detectors.camera.CameraPipeline`` on the newest frame and sinks its detections. A
-    busy detector costs frames (counted), never detections. OpenCV and the detector
-    modules are imported here, lazily, so a station without cameras needs neither.
+    The reader grabs frames with OpenCV, at most ``max_fps`` of them; the detector runs
+    ``detectors.camera.CameraPipeline`` on them and sinks its detections. A busy detector
+    costs the oldest queued frames (counted), never a committed detection. A frame on which
+    the pipeline raises is counted and logged, and the worker carries on. OpenCV and the
+    detector modules are imported lazily, so a station without cameras needs neither.
+
+    Args:
+        source: the camera's ``station.yaml`` entry.
+        station_id: the edge box.
+        sink: commits detections (the agent's outbox).
+        metrics: the agent's metrics (optional).
+        pipeline_factory: builds a fresh pipeline for each (re)start of the detector
+            worker; default :func:`default_pipeline_factory`.
+        pipeline: a pipeline already built (at start-up, to fail early); the first
+            detector run uses it instead of calling the factory.
+        file_start: event time of a file's first frame when ``source.start`` is unset.
+        file_fps: frame rate of a file whose header has none.
     """
 
     def __init__(self, source: CameraSource, station_id: str, sink: Sink,
                  metrics: EdgeMetrics | None = None,
-                 pipeline_factory: Callable[[CameraSource], Any] | None = None) -> None:
+                 pipeline_factory: Callable[[CameraSource], Any] | None = None, *,
+                 pipeline: Any = None, file_start: datetime | None = None,
+                 file_fps: float | None = None) -> None:
         self.source = source
         self.station_id = station_id
         self.sink = sink
@@ -306,73 +333,231 @@ class CameraWorkers:
         self.frames: DropOldestQueue[tuple[np.ndarray, datetime]] = DropOldestQueue(
             source.frame_queue)
         self.pipeline_factory = pipeline_factory or default_pipeline_factory
+        self._pipeline = pipeline
+        self.file_start = source.start or file_start or DEFAULT_FILE_START
+        self.file_fps = file_fps
+        #: set when a file (without ``loop_file``) has been read to its end
+        self.finished = threading.Event()
+        # plain counters (also in metrics when given), read by tests and status
+        self.frames_read = 0
+        self.frames_dropped = 0
+        self.frames_processed = 0
+        self.errors = 0
+        self.open_failures = 0
+        self._last_error_log = -float("inf")
+        self._errors_at_last_log = 0
 
+    # -- reader -------------------------------------------------------------------------
     def run_reader(self, stop: threading.Event) -> None:
-        """Open the stream, read frames, re-open with back-off when it fails or ends."""
+        """Open the camera and queue frames until ``stop``.
+
+        A camera that cannot be opened, or a live stream that ends, is retried after a
+        back-off doubling from ``reopen_min_s`` to ``reopen_max_s``. A file that ends is
+        read again from the start with ``loop_file`` (event time keeps counting up);
+        otherwise the reader sets :attr:`finished` and idles until ``stop``.
+        """
         import cv2  # lazily: only stations with cameras need OpenCV
 
         src = self.source
-        is_file = "://" not in src.url and not src.url.isdigit()
-        target: str | int = int(src.url) if src.url.isdigit() else src.url
-        backoff = 1.0
-        period = 1.0 / src.max_fps
+        backoff = src.reopen_min_s
+        file_frame_index = 0  # frames of a file read so far, over every loop: event time
         while not stop.is_set():
-            cap = cv2.VideoCapture(target)
-            if not cap.isOpened():
-                logger.warning("station %s camera %s: cannot open %s; retrying in %.0fs",
-                               self.station_id, src.id, src.url, backoff)
+            cap, reason = self._open(cv2)
+            if cap is None:
+                self.open_failures += 1
+                if self.metrics is not None:
+                    self.metrics.camera_open_failures.labels(src.id).inc()
+                logger.warning("station %s camera %s: cannot open %s (%s); attempt %d, "
+                               "retrying in %.2fs", self.station_id, src.id, src.url, reason,
+                               self.open_failures, backoff)
                 stop.wait(backoff)
-                backoff = min(backoff * 2, 60.0)
+                backoff = min(backoff * 2, src.reopen_max_s)
                 continue
-            backoff = 1.0
-            next_at = 0.0
             try:
-                while not stop.is_set():
-                    ok, frame = cap.read()
-                    if not ok:
-                        break
-                    now = time.monotonic()
-                    if now < next_at:
-                        if not is_file:
-                            continue  # a live stream: skip frames above max_fps
-                        stop.wait(next_at - now)  # a file: pace it like a live stream
-                    next_at = max(time.monotonic(), next_at) + period
-                    dropped = self.frames.put((frame, datetime.now(UTC)))
-                    if dropped and self.metrics is not None:
-                        self.metrics.frames_dropped.labels(src.id).inc(dropped)
+                if src.is_file:
+                    before = file_frame_index
+                    file_frame_index = self._read_file(cv2, cap, stop, file_frame_index)
+                    got_frames = file_frame_index > before
+                else:
+                    got_frames = self._read_live(cap, stop)
             finally:
                 cap.release()
-            if is_file and not src.loop_file:
-                logger.info("station %s camera %s: end of file %s", self.station_id, src.id,
-                            src.url)
+            if stop.is_set():
+                return
+            if got_frames:
+                backoff = src.reopen_min_s
+            if src.is_file and got_frames and not src.loop_file:
+                logger.info("station %s camera %s: end of file %s after %d frames; the "
+                            "camera stays idle (loop_file: true replays it)",
+                            self.station_id, src.id, src.url, file_frame_index)
+                self.finished.set()
                 stop.wait()
                 return
-            if not is_file:
-                logger.warning("station %s camera %s: stream ended; re-opening",
-                               self.station_id, src.id)
+            if src.is_file and got_frames:
+                logger.info("station %s camera %s: end of file %s; looping",
+                            self.station_id, src.id, src.url)
+                continue
+            what = "file has no readable frames" if src.is_file else "stream ended"
+            logger.warning("station %s camera %s: %s (%s); re-opening in %.1fs",
+                           self.station_id, src.id, what, src.url, backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, src.reopen_max_s)
 
+    def _open(self, cv2: Any) -> tuple[Any, str]:
+        """``(capture, "")``, or ``(None, why)`` when the camera cannot be opened."""
+        src = self.source
+        try:
+            if src.url.isdigit():
+                cap = cv2.VideoCapture(int(src.url))
+            elif src.is_file:
+                if not Path(src.url).is_file():
+                    return None, "no such file"
+                cap = cv2.VideoCapture(src.url)
+            else:
+                cap = self._open_stream(cv2, src.url)
+        except Exception as exc:  # cv2.error and friends: a camera problem, not a crash
+            return None, f"{type(exc).__name__}: {exc}"
+        if not cap.isOpened():
+            cap.release()
+            return None, "OpenCV could not open it"
+        return cap, ""
+
+    @staticmethod
+    def _open_stream(cv2: Any, url: str) -> Any:
+        # Without timeouts a dead RTSP camera blocks the reader (and agent shutdown) for
+        # as long as FFmpeg's default, which can be minutes.
+        open_timeout = getattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC", None)
+        read_timeout = getattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC", None)
+        if open_timeout is None or read_timeout is None:
+            return cv2.VideoCapture(url)
+        return cv2.VideoCapture(url, cv2.CAP_ANY, [open_timeout, STREAM_TIMEOUT_MS,
+                                                   read_timeout, STREAM_TIMEOUT_MS])
+
+    def _read_file(self, cv2: Any, cap: Any, stop: threading.Event, frame_index: int) -> int:
+        """Queue a file's frames from the start; returns the running frame index at its end.
+
+        Frames are thinned to ``max_fps`` by their event time (not the wall clock), so the
+        same file always hands the detectors the same frames.
+        """
+        src = self.source
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        if not 0 < fps < 1000:
+            fps = self.file_fps or DEFAULT_FILE_FPS
+        period_s = 1.0 / src.max_fps
+        next_keep_s = frame_index / fps
+        wall_origin = time.monotonic() - frame_index / fps
+        while not stop.is_set():
+            ok, frame = cap.read()
+            if not ok:
+                return frame_index
+            offset_s = frame_index / fps
+            frame_index += 1
+            if offset_s < next_keep_s - 1e-6:
+                continue  # above max_fps
+            next_keep_s += period_s
+            if next_keep_s <= offset_s:
+                next_keep_s = offset_s + period_s
+            observed_at = self.file_start + timedelta(seconds=offset_s)
+            if src.file_pace == "realtime":
+                delay = wall_origin + offset_s - time.monotonic()
+                if delay > 0 and stop.wait(delay):
+                    return frame_index
+                self._offer(frame, observed_at)
+            elif not self.frames.put_wait((frame, observed_at), stop):
+                return frame_index
+            else:
+                self._count_read()
+        return frame_index
+
+    def _read_live(self, cap: Any, stop: threading.Event) -> bool:
+        """Queue a live camera's frames (wall-clock event time) until it ends or ``stop``."""
+        period_s = 1.0 / self.source.max_fps
+        next_at = 0.0
+        got_frames = False
+        while not stop.is_set():
+            ok, frame = cap.read()
+            if not ok:
+                return got_frames
+            observed_at = datetime.now(UTC)
+            got_frames = True
+            now = time.monotonic()
+            if now < next_at:
+                continue  # above max_fps: skip, the camera does not wait for us
+            next_at = now + period_s if now - next_at > period_s else next_at + period_s
+            self._offer(frame, observed_at)
+        return got_frames
+
+    def _offer(self, frame: np.ndarray, observed_at: datetime) -> None:
+        dropped = self.frames.put((frame, observed_at))
+        self._count_read()
+        if dropped:
+            self.frames_dropped += dropped
+            if self.metrics is not None:
+                self.metrics.frames_dropped.labels(self.source.id).inc(dropped)
+
+    def _count_read(self) -> None:
+        self.frames_read += 1
+        if self.metrics is not None:
+            self.metrics.last_seen.labels(self.source.id).set(time.time())
+
+    # -- detector -----------------------------------------------------------------------
     def run_detector(self, stop: threading.Event) -> None:
-        """Run the detector pipeline on frames until ``stop``; close it on the way out."""
-        pipeline = self.pipeline_factory(self.source)
+        """Run the detector pipeline on queued frames until ``stop``; close it on the way out.
+
+        A frame on which the pipeline raises is counted (``gridwatch_edge_camera_errors``)
+        and logged with station and camera id; the worker goes on with the next frame, so
+        the tracks it has built up survive. Errors the pipeline catches itself (one
+        plug-in failing among several) are counted the same way.
+        """
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is None:
+            try:
+                pipeline = self.pipeline_factory(self.source)
+            except Exception:
+                logger.exception("station %s camera %s: cannot start the detectors",
+                                 self.station_id, self.source.id)
+                raise  # the supervisor restarts this worker with back-off
+        inner_errors = _pipeline_errors(pipeline)
         try:
             while not stop.is_set():
                 item = self.frames.get(timeout_s=0.2)
                 if item is None:
                     continue
                 frame, observed_at = item
-                detections = pipeline.process(frame, observed_at)
-                if self.metrics is not None:
-                    self.metrics.frames.labels(self.source.id).inc()
-                    if detections:
-                        self.metrics.last_seen.labels(self.source.id).set(time.time())
+                try:
+                    detections = list(pipeline.process(frame, observed_at))
+                except Exception:
+                    detections = []
+                    self._count_errors(1, observed_at, exc_info=True)
+                now_errors = _pipeline_errors(pipeline)
+                if now_errors > inner_errors:
+                    self._count_errors(now_errors - inner_errors, observed_at, exc_info=False)
+                inner_errors = now_errors
                 if detections:
                     detections = [self._own(d) for d in detections]
+                    self.sink(detections)  # committed before the frame counts as processed
                     if self.metrics is not None:
                         for d in detections:
                             self.metrics.detections.labels(self.source.id, d.kind).inc()
-                    self.sink(detections)
+                self.frames_processed += 1
+                if self.metrics is not None:
+                    self.metrics.frames.labels(self.source.id).inc()
         finally:
             pipeline.close()
+
+    def _count_errors(self, n: int, observed_at: datetime, *, exc_info: bool) -> None:
+        self.errors += n
+        if self.metrics is not None:
+            self.metrics.camera_errors.labels(self.source.id).inc(n)
+        now = time.monotonic()
+        if now - self._last_error_log < ERROR_LOG_INTERVAL_S:
+            return  # a detector failing on every frame must not flood the log
+        logger.error("station %s camera %s: detector failed on the frame at %s "
+                     "(%d failures in all, %d since the last report)", self.station_id,
+                     self.source.id, observed_at.isoformat(), self.errors,
+                     self.errors - self._errors_at_last_log, exc_info=exc_info)
+        self._last_error_log = now
+        self._errors_at_last_log = self.errors
 
     def _own(self, detection: Detection) -> Detection:
         """Stamp this station's and camera's ids (the camera YAML may not know them)."""
@@ -383,6 +568,13 @@ class CameraWorkers:
         wire.pop("schema", None)
         wire.update(station_id=self.station_id, source_id=self.source.id)
         return Detection.new(**wire)
+
+
+def _pipeline_errors(pipeline: Any) -> int:
+    """Errors a ``CameraPipeline`` caught itself (``stats["detector_errors"]``), else 0."""
+    stats = getattr(pipeline, "stats", None)
+    value = stats.get("detector_errors", 0) if isinstance(stats, dict) else 0
+    return value if isinstance(value, int) else 0
 
 
 def default_pipeline_factory(source: CameraSource) -> Any:

@@ -125,15 +125,26 @@ class Supervisor:
 class DropOldestQueue(Generic[T]):
     """A bounded queue that makes room by discarding the oldest item (camera frames).
 
-    ``put`` never blocks and returns how many items it discarded.
+    A live camera must not fall behind: when the detector is slower than the camera, the
+    frames waiting longest are the least useful, so ``put`` discards them and never blocks.
+    ``put_wait`` is for sources that cannot go stale (a video file read as fast as the
+    detector takes it): it waits for room instead and loses nothing.
+
+    >>> q = DropOldestQueue[int](2)
+    >>> q.put(1), q.put(2), q.put(3)      # 1 is discarded to make room for 3
+    (0, 0, 1)
+    >>> q.get(0.1), q.get(0.1), q.get(0.1)
+    (2, 3, None)
     """
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize: expected >= 1, got {maxsize}")
+        self.maxsize = maxsize
         self._queue: Queue[T] = Queue(maxsize)
 
     def put(self, item: T) -> int:
+        """Add ``item`` at once, discarding the oldest items if full; returns how many."""
         dropped = 0
         while True:
             try:
@@ -146,8 +157,22 @@ class DropOldestQueue(Generic[T]):
                 except Empty:
                     pass
 
+    def put_wait(self, item: T, stop: threading.Event, poll_s: float = 0.2) -> bool:
+        """Add ``item`` once there is room; ``False`` (not added) if ``stop`` is set first."""
+        while not stop.is_set():
+            try:
+                self._queue.put(item, timeout=poll_s)
+                return True
+            except Full:
+                continue
+        return False
+
     def get(self, timeout_s: float) -> T | None:
+        """The oldest item, or ``None`` if none arrives within ``timeout_s``."""
         try:
             return self._queue.get(timeout=timeout_s)
         except Empty:
             return None
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
