@@ -39,14 +39,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-import yaml
 from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
-    ValidationError,
     model_validator,
 )
 from pydantic_core import CoreSchema
@@ -57,6 +55,7 @@ from detectors.api import (
     PluginRegistry,
     load_plugins,
 )
+from detectors.configfile import read_yaml_mapping, validate_config
 from detectors.ground import GroundMapper
 from detectors.lanes import Lane, LaneConfig
 from detectors.schema import Detection
@@ -205,47 +204,25 @@ def refresh_plugins() -> PluginRegistry:
     return registry
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """``field.path: message`` for each error, joined with ``; ``."""
-    parts = []
-    for error in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in error.get("loc", ())) or "<root>"
-        parts.append(f"{loc}: {error['msg']}")
-    return "; ".join(parts)
-
-
 def camera_config_from_dict(data: Any, *, origin: str = "<camera config>") -> CameraConfig:
     """Validate a decoded camera config.
 
     Raises:
-        ValueError: ``"<origin>: <field.path>: <message>"``.
+        ConfigFileError: ``"<origin>: <field.path>: <message>"`` (a ``ValueError``).
     """
-    try:
-        return CameraConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ValueError(f"{origin}: {format_validation_error(exc)}") from None
+    return validate_config(CameraConfig, data, origin)
 
 
 def load_camera_config(path: str | Path) -> CameraConfig:
     """Read and validate ``CAMERA.yaml``.
 
     Raises:
-        ValueError: with the file and the field path, e.g.
+        ConfigFileError: a ``ValueError`` with the file and the field path, e.g.
             ``cam.yaml: detectors.0.wrong_way_ebike.min_distanse_px: Extra inputs are not
             permitted``.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read camera config: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return camera_config_from_dict(data, origin=str(path))
+    return camera_config_from_dict(read_yaml_mapping(path), origin=str(path))
 
 
 class _MotionGate:

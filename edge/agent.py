@@ -29,7 +29,6 @@ from edge.outbox import Outbox
 from edge.publisher import Publisher, detection_topic
 from edge.sources import CameraWorkers, LocalMqttInput, SensorHub, Ticker, WebhookServer
 from edge.supervisor import Supervisor
-from gridwatch.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +41,11 @@ WorkerRun = Callable[[threading.Event], None]
 def _const(run: WorkerRun) -> Callable[[], WorkerRun]:
     return lambda: run
 
+
+
+class AgentStartupError(ValueError):
+    """The agent cannot start as configured (cameras without OpenCV, a camera config that
+    does not match the station, a port in use); the message says what and where."""
 
 class EdgeAgent:
     """One community-station box. Build from a :class:`StationConfig`; ``start``/``stop``."""
@@ -99,32 +103,32 @@ class EdgeAgent:
         try:
             import cv2  # noqa: F401
         except ImportError:
-            raise UserError("cameras are configured but OpenCV is not installed "
+            raise AgentStartupError("cameras are configured but OpenCV is not installed "
                             "(pip install 'gridwatch[vision]')") from None
         try:
             from detectors.camera import CameraPipeline, load_camera_config
         except ImportError as exc:
-            raise UserError(f"cameras are configured but detectors.camera is unavailable: "
+            raise AgentStartupError(f"cameras are configured but detectors.camera is unavailable: "
                             f"{exc}") from None
         prepared: dict[str, dict[str, Any]] = {}
         try:
             for cam in cameras:
                 if not cam.camera_config.exists():
-                    raise UserError(f"sources.{cam.id}.camera_config: {cam.camera_config} "
+                    raise AgentStartupError(f"sources.{cam.id}.camera_config: {cam.camera_config} "
                                     "does not exist")
                 try:
                     cam_config = load_camera_config(cam.camera_config)
                 except ValueError as exc:
-                    raise UserError(str(exc)) from None
+                    raise AgentStartupError(str(exc)) from None
                 if (cam_config.station_id, cam_config.source_id) != (self.station_id, cam.id):
-                    raise UserError(
+                    raise AgentStartupError(
                         f"{cam.camera_config}: station_id/source_id are "
                         f"{cam_config.station_id}/{cam_config.source_id}, but station.yaml "
                         f"has {self.station_id}/{cam.id}")
                 try:
                     pipeline = CameraPipeline(cam_config)
                 except ValueError as exc:  # a missing model file, a bad class map ...
-                    raise UserError(f"{cam.camera_config}: {exc}") from None
+                    raise AgentStartupError(f"{cam.camera_config}: {exc}") from None
                 prepared[cam.id] = {"pipeline": pipeline, "file_start": cam_config.start,
                                     "file_fps": cam_config.frame_rate}
         except BaseException:
@@ -165,7 +169,7 @@ class EdgeAgent:
                 self._metrics_server = start_http_server(m.port, addr=m.host,
                                                          registry=self.metrics.registry)
             except OSError as exc:
-                raise UserError(f"metrics.port: cannot listen on {m.host}:{m.port}: "
+                raise AgentStartupError(f"metrics.port: cannot listen on {m.host}:{m.port}: "
                                 f"{exc.strerror or exc}") from None
         logger.info("station %s: edge agent starting, %d sources, outbox %s holds %d",
                     self.station_id, len(self.config.sources), self.config.outbox_path,

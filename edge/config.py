@@ -25,11 +25,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     model_validator,
 )
 
-from gridwatch.errors import UserError
+from detectors.configfile import ConfigFileError, read_yaml_mapping, validate_config
 
 Seconds = Annotated[float, Field(gt=0, le=30 * 86400)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
@@ -74,7 +73,7 @@ class MqttConnection(_Strict):
             return None
         value = os.environ.get(self.password_env)
         if value is None:
-            raise UserError(
+            raise ConfigFileError(
                 f"MQTT password: environment variable {self.password_env} is not set "
                 f"(named by password_env for {self.host}:{self.port})"
             )
@@ -303,16 +302,10 @@ def load_station_config(path: str | Path) -> StationConfig:
     """Read and validate ``station.yaml``; relative paths resolve against its folder.
 
     Raises:
-        UserError: naming the file and the field path of every problem.
+        ConfigFileError: naming the file and the field path of every problem.
     """
-    from gridwatch.config import format_validation_error, read_yaml_mapping
-
     path = Path(path)
-    data = read_yaml_mapping(path)
-    try:
-        config = StationConfig.model_validate(data)
-    except ValidationError as exc:
-        raise UserError(format_validation_error(str(path), exc)) from None
+    config = validate_config(StationConfig, read_yaml_mapping(path), str(path))
     base = path.resolve().parent
     updates: dict[str, Any] = {}
     if not config.state_dir.is_absolute():

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from detectors.configfile import ConfigFileError
 from gridwatch.errors import UserError
 
 # Order is the order in ``gridwatch --help``.
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = args.func(args)
-    except UserError as exc:
+    except (UserError, ConfigFileError) as exc:
         print(f"gridwatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

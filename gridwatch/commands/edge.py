@@ -29,13 +29,16 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge.agent import EdgeAgent
+    from edge.agent import AgentStartupError, EdgeAgent
     from edge.config import load_station_config
 
     config = load_station_config(args.config)
     config.uplink.password()  # a missing secret fails now, not in a worker
     config.local_mqtt.password()
-    agent = EdgeAgent(config)
+    try:
+        agent = EdgeAgent(config)
+    except AgentStartupError as exc:
+        raise UserError(str(exc)) from None
     done = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -43,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent.start()
+    try:
+        agent.start()
+    except AgentStartupError as exc:
+        raise UserError(str(exc)) from None
     try:
         while not done.wait(1.0):
             pass

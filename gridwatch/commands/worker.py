@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     from pydantic import ValidationError
 
-    from gridwatch.config import format_validation_error
+    from detectors.configfile import format_validation_error
 
     try:
         settings = ScaleoutSettings.from_env(

@@ -22,13 +22,13 @@ import pytest
 import yaml
 
 from detectors.camera import load_camera_config
+from detectors.configfile import ConfigFileError
 from detectors.sample import render_sample_video, run_video
 from detectors.schema import parse_detection
-from edge.agent import EdgeAgent
+from edge.agent import AgentStartupError, EdgeAgent
 from edge.config import load_station_config
 from edge.publisher import wait_until
 from edge.testing import MosquittoProcess
-from gridwatch.errors import UserError
 from tests.edge.helpers import listening, unique
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,5 +160,5 @@ def test_a_bad_camera_stops_the_agent_at_start_up(tmp_path: Path, changes: dict[
     config_path = station_yaml(tmp_path, station, 1883, (
         "  - {type: camera, id: cam-1, url: none.avi, camera_config: cameras/cam-1.yaml,"
         " lon: 113.15, lat: 23.04}\n"))
-    with pytest.raises(UserError, match=message):
+    with pytest.raises((AgentStartupError, ConfigFileError), match=message):
         EdgeAgent(load_station_config(config_path))

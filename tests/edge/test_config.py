@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from detectors.configfile import ConfigFileError
 from edge.config import CameraSource, load_station_config
-from gridwatch.errors import UserError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "station.example.yaml"
 
@@ -60,7 +60,7 @@ def test_camera_config_path_is_relative_to_the_station_file(tmp_path: Path) -> N
 )
 def test_errors_name_file_and_field(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(UserError) as err:
+    with pytest.raises(ConfigFileError) as err:
         load_station_config(path)
     assert str(path) in str(err.value)
     assert message in str(err.value)
@@ -71,7 +71,7 @@ def test_password_comes_from_the_environment(tmp_path: Path,
     path = write(tmp_path, "station_id: s1\nuplink: {username: u, password_env: GW_TEST_PW}\n")
     config = load_station_config(path)
     monkeypatch.delenv("GW_TEST_PW", raising=False)
-    with pytest.raises(UserError, match="GW_TEST_PW is not set"):
+    with pytest.raises(ConfigFileError, match="GW_TEST_PW is not set"):
         config.uplink.password()
     monkeypatch.setenv("GW_TEST_PW", "s3cret")
     assert config.uplink.password() == "s3cret"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from detectors.configfile import ConfigFileError
 from edge.config import CameraSource, load_station_config
-from gridwatch.errors import UserError
 
 
 def load_camera(tmp_path: Path, fields: str) -> CameraSource:
@@ -62,7 +62,7 @@ def test_camera_start_is_read_with_its_offset(tmp_path: Path) -> None:
     ],
 )
 def test_camera_mistakes_name_the_field(tmp_path: Path, fields: str, message: str) -> None:
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ConfigFileError, match=message):
         load_camera(tmp_path, fields)
 
 
