@@ -27,6 +27,7 @@ test: setup services
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/replay_bench.py
