@@ -66,7 +66,8 @@ class HotspotSettings(BaseModel):
     utc_offset_s: int = Field(default=8 * HOUR_S, ge=-14 * HOUR_S, le=14 * HOUR_S)
     warmup_s: int = Field(default=7 * 86400, ge=0)
     baseline_half_life_s: int = Field(default=21 * 86400, ge=86400)
-    profile_prior_weeks: float = Field(default=1.0, gt=0)
+    profile_prior_weeks: float = Field(default=0.25, ge=0)
+    profile_prior_count: float = Field(default=10.0, gt=0)
     level_prior_count: float = Field(default=10.0, gt=0)
     group_level: Literal["town", "district", "none"] = "town"
     min_group_cells: int = Field(default=5, ge=1)
@@ -74,6 +75,7 @@ class HotspotSettings(BaseModel):
     dispersion_floor: float = Field(default=0.02, ge=0)
     dispersion_half_life_s: int = Field(default=3 * 86400, ge=3600)
     fdr_q: float = Field(default=0.01, gt=0, lt=1)
+    cell_alarm_rate_per_day: float = Field(default=0.005, ge=0, lt=1)
     min_count: int = Field(default=5, ge=1)
     min_ratio: float = Field(default=1.5, ge=1)
     member_min_ratio: float = Field(default=1.5, ge=1)
@@ -271,27 +273,57 @@ class HotspotEngine:
             self._hour += 1
         return findings
 
-    def _predict(self, state: _KindState, slot: int) -> tuple[FloatArray, FloatArray]:
-        """Expected count per cell for an hour-of-week slot, and the group rate per cell."""
+    def _predict(self, state: _KindState, slot: int
+                 ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Expected count per cell for an hour-of-week slot, its variance (the baseline's
+        own uncertainty), and the group rate per cell.
+
+        Every step is a gamma-Poisson shrinkage whose prior weight is a number of
+        *occurrences* (``profile_prior_count``), not of weeks: one week of a slot holds
+        ~60 occurrences on a busy road (its own history soon wins) but less than one on a
+        quiet one, where a single empty or lucky hour must not become the slot's normal.
+        The prior of a slot is multiplicative, hour of day x day of week, each pooled so
+        it rests on many occurrences: for the group, its hour of day (over the 7 days,
+        shrunk toward its overall rate) x its weekday/weekend ratio (over all the hours of
+        the 5 or 2 days: one unlucky Friday must not lower every Friday); for the cell,
+        its level x the group's slot x the cell's own weekday/weekend ratio x its own hour
+        of day (each a ratio of the cell's counts to what that prior expected, shrunk
+        toward 1).
+        """
         s = self.settings
+        a = s.profile_prior_count
         g_sum, g_weight = state.group_sum, state.group_weight
+        n_groups = g_sum.shape[1]
         overall = g_sum.sum(axis=0) / np.maximum(g_weight.sum(axis=0), 1e-9)
-        group_rate = (g_sum[slot] + overall) / (g_weight[slot] + 1.0)
-        cell_group_rate = group_rate[self._group]
+        g_sum7 = g_sum.reshape(7, 24, n_groups)
+        g_weight7 = g_weight.reshape(7, 24, n_groups)
+        hod_rate = _shrink(g_sum7.sum(axis=0), g_weight7.sum(axis=0), overall, a)
+        day_ratio = _day_type_ratio(g_sum7, g_weight7 * hod_rate, a)
+        group_rate = _shrink(g_sum, g_weight,
+                             (day_ratio[:, None, :] * hod_rate[None]).reshape(WEEK_H, -1), a)
         level = (state.level_count + s.level_prior_count) / \
                 (state.level_exposure + s.level_prior_count)
-        prior = level * cell_group_rate
-        k = s.profile_prior_weeks
-        mu = (state.slot_sum[slot] + k * prior) / (state.slot_weight[slot] + k)
-        return np.maximum(mu, 1e-6), cell_group_rate
+        n = level.shape[0]
+        base = (level * group_rate[:, self._group]).reshape(7, 24, n)
+        own_sum = state.slot_sum.reshape(7, 24, n)
+        own_weight = state.slot_weight.reshape(7, 24, n)
+        cell_day = _day_type_ratio(own_sum, own_weight * base, a)
+        base *= cell_day[:, None, :]
+        cell_hod = (own_sum.sum(axis=0) + a) / ((own_weight * base).sum(axis=0) + a)
+        day, hod = divmod(slot, 24)
+        prior = np.maximum(base[day, hod] * cell_hod[hod], 1e-6)
+        # prior weight in weeks: profile_prior_weeks plus profile_prior_count occurrences
+        k = s.profile_prior_weeks + a / prior
+        weeks = state.slot_weight[slot] + k
+        mu = np.maximum((state.slot_sum[slot] + k * prior) / weeks, 1e-6)
+        # gamma posterior variance of the slot's rate (prior shape k * prior, rate k)
+        return mu, mu / weeks, group_rate[slot][self._group]
 
     def _close_hour(self, kind: str, state: _KindState, hour: int) -> list[HotspotFinding]:
         s = self.settings
         slot = (hour + 72) % WEEK_H  # local hour-of-week, Monday 00:00 = 0 (1970-01-01: Thu)
         learn = state.active & (state.first_hour < hour)
-        mu, cell_group_rate = self._predict(state, slot)
-        own = state.slot_weight[slot]
-        mu_var = own * mu / (own + self.settings.profile_prior_weeks) ** 2
+        mu, mu_var, cell_group_rate = self._predict(state, slot)
         counts = state.current.copy()
         state.current[:] = 0
         pos = hour % self._ring_h
@@ -346,10 +378,11 @@ class HotspotEngine:
             observed = state.observed_ring[rows].sum(axis=0).astype(np.float64)
             expected = state.expected_ring[rows].sum(axis=0)
             phi = float(state.phi[wi])
-            variance = expected + (phi + level_var) * expected * expected + \
+            baseline_var = level_var * expected * expected + \
                 state.expected_var_ring[rows].sum(axis=0)
+            variance = expected + phi * expected * expected + baseline_var
             window_counts.append((observed, expected))
-            self._update_dispersion(state, wi, observed, expected, variance,
+            self._update_dispersion(state, wi, observed, expected, variance, baseline_var,
                                     active & (age >= wh) & ~in_hotspot)
             if not eligible.any():
                 scans.append(None)
@@ -376,6 +409,12 @@ class HotspotEngine:
         fresh = candidates[~following]
         m_fresh = max(m - int((eligible & in_hotspot).sum()), 1)
         new = fresh[benjamini_hochberg(best_p[fresh], s.fdr_q, m_fresh)]
+        if s.cell_alarm_rate_per_day > 0:
+            # each cell is tested every hour: where few cells share the BH family (a town
+            # with a handful of cameras), BH alone would let each of them raise a false
+            # alarm every few weeks; this caps the per-cell rate (nominally: the hourly
+            # tests overlap, so the real rate is lower)
+            new = new[best_p[new] <= s.cell_alarm_rate_per_day / 24.0]
         chosen = np.concatenate([keep_on, new])
         order = np.lexsort((chosen, best_p[chosen]))
         taken: set[int] = set()
@@ -410,15 +449,17 @@ class HotspotEngine:
 
     def _update_dispersion(self, state: _KindState, wi: int, observed: FloatArray,
                            expected: FloatArray, variance: FloatArray,
-                           usable: BoolArray) -> None:
-        """Method-of-moments over-dispersion ``E[(O-mu)^2 - O] = phi mu^2``, exponentially
-        weighted in event time; outliers (|z| > 5, mostly real hot spots) are left out."""
+                           baseline_var: FloatArray, usable: BoolArray) -> None:
+        """Method-of-moments over-dispersion ``E[(O-mu)^2 - O - b] = phi mu^2``, where
+        ``b`` is the baseline's own variance (added to the test's variance separately, so
+        it must not be counted twice), exponentially weighted in event time; outliers
+        (|z| > 5, mostly real hot spots) are left out."""
         if not usable.any():
             return
         o, e, v = observed[usable], expected[usable], variance[usable]
         resid = o - e
         keep = np.abs(resid) <= 5.0 * np.sqrt(v)
-        num = float(np.sum(resid[keep] ** 2 - o[keep]))
+        num = float(np.sum(resid[keep] ** 2 - o[keep] - baseline_var[usable][keep]))
         den = float(np.sum(e[keep] ** 2))
         d = self._decay_phi
         state.phi_num[wi] = d * state.phi_num[wi] + num
@@ -532,12 +573,35 @@ class HotspotEngine:
         state = self._kinds.get(kind)
         if state is None or self._hour is None:
             return 0.0
-        mu, _ = self._predict(state, (self._hour + 72) % WEEK_H)
+        mu, _, _ = self._predict(state, (self._hour + 72) % WEEK_H)
         return float(mu[self._index[cell_id]])
 
     def kinds(self) -> list[str]:
         """Kinds seen so far, sorted."""
         return sorted(self._kinds)
+
+
+def _day_type_ratio(total: FloatArray, expected: FloatArray, prior_count: float
+                    ) -> FloatArray:
+    """Per day of week (rows of ``(7, 24, n)`` arrays), observed / expected of its day
+    type (Monday-Friday or Saturday-Sunday), pooled over the type's days and hours and
+    shrunk toward 1 with ``prior_count`` occurrences: a ``(7, n)`` array."""
+    day_total = total.sum(axis=1)
+    day_expected = expected.sum(axis=1)
+    weekday = (day_total[:5].sum(axis=0) + prior_count) / \
+        (day_expected[:5].sum(axis=0) + prior_count)
+    weekend = (day_total[5:].sum(axis=0) + prior_count) / \
+        (day_expected[5:].sum(axis=0) + prior_count)
+    return np.vstack([np.broadcast_to(weekday, (5, weekday.shape[0])),
+                      np.broadcast_to(weekend, (2, weekend.shape[0]))])
+
+
+def _shrink(total: FloatArray, weight: FloatArray, prior: FloatArray,
+            prior_count: float) -> FloatArray:
+    """Gamma-Poisson posterior mean of a rate: ``total`` occurrences over ``weight`` units
+    of exposure, with a prior of mean ``prior`` worth ``prior_count`` occurrences."""
+    prior = np.maximum(prior, 1e-9)
+    return (total + prior_count) / (weight + prior_count / prior)
 
 
 def _spread(items: list[_Seen], k: int) -> list[_Seen]:

@@ -62,6 +62,33 @@ class ScenarioSpec:
     cell_size_m: float = 200.0
     town_block: int = 10  # towns are blocks of town_block x town_block cells
     sources_per_cell: tuple[int, int] = (1, 3)
+    # share of cells with a camera at all (the others never see an occurrence); injected
+    # clusters only cover cells with one
+    camera_share: float = 1.0
+
+
+# Scenario families (``ScenarioSpec`` overrides). "mixed": quiet lanes to busy roads, 12 to
+# 1,500 occurrences per cell and day, a camera in every cell. "quiet": quiet, realistic
+# roads like the sample data's cameras: 2 to 40 a day, a camera in one cell of ten (about
+# ten per town), so one week of a cell's hour-of-week slot holds less than one occurrence,
+# a town's profile rests on a few cameras and few cells share the multiple-testing family;
+# clusters of one or two cells.
+FAMILIES: dict[str, dict[str, object]] = {
+    "mixed": {},
+    "quiet": {
+        "rate_bands": ((0.5, 2.0, 8.0), (0.35, 8.0, 20.0), (0.15, 20.0, 40.0)),
+        "camera_share": 0.1,
+        "n_clusters": 12,
+        "cluster_sizes": (1, 2),
+    },
+}
+
+
+def family_spec(family: str, **overrides: object) -> ScenarioSpec:
+    """The spec of a scenario family (``FAMILIES``) with ``overrides`` on top."""
+    if family not in FAMILIES:
+        raise ValueError(f"expected a family in {sorted(FAMILIES)}, got {family!r}")
+    return ScenarioSpec(**{**FAMILIES[family], **overrides})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +144,10 @@ class Scenario:
         low = np.array([spec.rate_bands[b][1] for b in band])
         high = np.array([spec.rate_bands[b][2] for b in band])
         daily = np.exp(rng.uniform(np.log(low), np.log(high)))
+        if spec.camera_share < 1.0:
+            # drawn from a generator of its own, so the default family is unchanged
+            cam_rng = np.random.default_rng([spec.seed, 7])
+            daily = np.where(cam_rng.random(n) < spec.camera_share, daily, 0.0)
 
         rhythm = _weekly_rhythm(rng, n)  # (168, n), mean 1 per cell
         local_hour0 = (start_s + spec.utc_offset_s) // HOUR_S
@@ -261,8 +292,8 @@ def _inject(rng: np.random.Generator, grid: Grid, spec: ScenarioSpec,
         rest = [j for j in nbrs if j not in rook]
         rng.shuffle(rook)
         rng.shuffle(rest)
-        members = [centre, *rook, *rest][:size]
-        if len(members) < size:
+        members = [j for j in [centre, *rook, *rest] if rates[:, j].any()][:size]
+        if len(members) < size or members[0] != centre:
             continue
         ring = set(members)
         for j in members:
