@@ -79,7 +79,7 @@ class ReplaySummary:
             ("late (past tolerance)", d["late"]),
             ("incidents", d["incidents"]),
             ("occurrences (hot-spot kinds)", d["occurrences"]),
-            ("hot spots", d["hotspots"]),
+            ("hot spots", f"{d['hotspots']}  ({d['hotspot_reports']} hourly reports)"),
             ("tickets", d["tickets"]),
         ]
         width = max(len(k) for k, _ in rows)

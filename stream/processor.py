@@ -33,7 +33,8 @@ class StreamStats:
     late: int = 0
     incidents: int = 0
     occurrences: int = 0
-    hotspots: int = 0
+    hotspots: int = 0  # distinct hot spots (a persisting one is re-reported hourly)
+    hotspot_reports: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
@@ -47,6 +48,7 @@ class StreamStats:
             "incidents": self.incidents,
             "occurrences": self.occurrences,
             "hotspots": self.hotspots,
+            "hotspot_reports": self.hotspot_reports,
             "by_kind": dict(sorted(self.by_kind.items())),
         }
 
@@ -83,6 +85,7 @@ class StreamProcessor:
         self._released_ts = float("-inf")
         self._since_expiry = 0
         self._policy_cache: dict[str, tuple[KindPolicy, bool]] = {}
+        self._episodes: set[tuple[str, str, str]] = set()
 
     def push(self, detection: Detection, cell_id: str | None) -> list[StreamOutput]:
         """Take one valid detection and the cell it falls in (``None``: out of area)."""
@@ -112,9 +115,17 @@ class StreamProcessor:
         """End of input: release everything buffered and close hot-spot windows."""
         outputs = self._release(float("inf"))
         findings = self.hotspots.flush()
-        self.stats.hotspots += len(findings)
+        self._count_hotspots(findings)
         outputs.extend(findings)
         return outputs
+
+    def _count_hotspots(self, findings: list[HotspotFinding]) -> None:
+        for finding in findings:
+            self.stats.hotspot_reports += 1
+            episode = (finding.kind, finding.cell_id, str(finding.extra.get("cluster_since")))
+            if episode not in self._episodes:
+                self._episodes.add(episode)
+                self.stats.hotspots += 1
 
     def _release(self, watermark: float) -> list[StreamOutput]:
         outputs: list[StreamOutput] = []
@@ -145,7 +156,8 @@ class StreamProcessor:
                 return []
             self.stats.occurrences += 1
             findings = self.hotspots.observe(occurrence)
-            self.stats.hotspots += len(findings)
+            if findings:
+                self._count_hotspots(findings)
             return list(findings)
         counts = True
         if policy.source_cooldown_s:

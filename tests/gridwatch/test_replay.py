@@ -154,6 +154,8 @@ def test_summary_json_counts_the_sample(tmp_path):
     assert summary["rejected"] == 8 and summary["duplicates"] == 2
     assert summary["out_of_area"] == 3 and summary["self_tests"] == 1
     assert summary["late"] == 1
+    # one hot spot (the Lishui bridge road works), re-reported hour by hour while it lasts
+    assert summary["hotspots"] == 1 and summary["hotspot_reports"] > 1
     assert summary["tickets"] == len((tmp_path / "t.jsonl").read_text().splitlines())
 
 
