@@ -282,6 +282,9 @@ def test_a_camera_that_appears_later_is_picked_up(tmp_path: Path,
     rig.wait(lambda: cam.open_failures >= 1)
     make_video(tmp_path, n_frames=5, name="tmp.avi").rename(video)
     rig.wait(lambda: cam.finished.is_set() and len(pipeline.seen) == 5)
+    assert cam.open_failures >= 1  # it was retried while the file was missing ...
+    assert len(pipeline.seen) == 5  # ... and read in full once it appeared
+    assert set(rig.supervisor.restarts().values()) == {0}
 
 
 def test_a_detector_exception_is_counted_and_the_worker_carries_on(
