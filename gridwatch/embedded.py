@@ -103,7 +103,14 @@ class EmbeddedPipeline:
         self._worker.start()
 
     def _seed_seen_ids(self) -> None:
-        # after a restart, detections redelivered by the broker must not be counted twice
+        # after a restart, detections redelivered by the broker must not be counted twice;
+        # a SQL store reads only the last dedup horizon of ids (not every ticket)
+        if isinstance(self.store, SqlTicketStore):
+            recent = self.store.recent_event_ids(
+                horizon_s=self.config.stream.dedup_horizon_s)
+            for event_id, added_ts in recent:
+                self._ids.seen(event_id, added_ts)
+            return
         for ticket in self.store.all():
             for event_id in ticket.event_ids:
                 self._ids.seen(event_id, ticket.updated_at.timestamp())

@@ -1,10 +1,12 @@
 """Write-behind batching for the desk over a SQL store.
 
 A live pipeline applies hundreds of detections a second, most of them to a few open
-tickets. Reading and rewriting a ticket (and its growing ``event_ids``) once per
-detection is what limits throughput; :class:`BatchingStore` lets the desk work on an
-in-memory copy for one batch and writes each touched ticket once, all in one transaction
-(:meth:`~ticketing.store.SqlTicketStore.save_many`).
+tickets. Reading and rewriting a ticket once per detection is what limits throughput;
+:class:`BatchingStore` lets the desk work on an in-memory copy for one batch and writes
+each touched ticket once, all in one transaction
+(:meth:`~ticketing.store.SqlTicketStore.save_many`). The ticket's ``event_ids`` are not
+rewritten: the store appends only the ids past those it holds (the version read, checked
+on write, guarantees the stored ids are a prefix of the batch's copy).
 
 >>> batching = BatchingStore(sql_store)
 >>> desk = TicketDesk(policies=..., settings=..., grid=..., store=batching)

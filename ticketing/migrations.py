@@ -4,15 +4,19 @@ Each migration is applied once, in order, inside one transaction, and recorded i
 ``schema_migrations``. Two processes starting together do not race: PostgreSQL takes a
 transaction-scoped advisory lock, SQLite a ``BEGIN IMMEDIATE`` write lock. Version 1 is
 the foundation schema (``IF NOT EXISTS``, so a database written by the first
-``SqliteTicketStore`` upgrades in place); version 2 adds the lifecycle.
+``SqliteTicketStore`` upgrades in place); version 2 adds the lifecycle; version 3 moves
+each ticket's ``event_ids`` out of the JSON ``body`` into the append-only
+``ticket_event_ids`` table (a Python step, :func:`_move_event_ids`, runs after its DDL).
 
 To change the schema, append a migration; never edit one that has shipped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,7 +29,33 @@ log = logging.getLogger(__name__)
 class Migration:
     version: int
     name: str
-    statements: tuple[str, ...]  # ``{serial}`` becomes the dialect's auto-increment key
+    # ``{serial}`` becomes the dialect's auto-increment key; ``{without_rowid}`` is SQLite's
+    # WITHOUT ROWID (the table is its primary key's B-tree) and nothing on PostgreSQL
+    statements: tuple[str, ...]
+    # a data step after the statements, in the same transaction: ``run(conn, dialect)``
+    run: Callable[[Connection, str], None] | None = None
+
+
+def _move_event_ids(conn: Connection, dialect: str) -> None:
+    """Version 3: copy every body's ``event_ids`` into ``ticket_event_ids`` (order kept as
+    ``seq``; a repeated id keeps its first position) and drop them from the body."""
+    rows = conn.execute(text("SELECT ticket_id, updated_at, body FROM tickets")).fetchall()
+    for row in rows:
+        body = json.loads(row.body)
+        event_ids = body.pop("event_ids", None) or []
+        first: dict[str, int] = {}
+        for seq, event_id in enumerate(event_ids):
+            first.setdefault(event_id, seq)
+        if first:
+            conn.execute(text(
+                "INSERT INTO ticket_event_ids (ticket_id, event_id, seq, added_at)"
+                " VALUES (:t, :e, :s, :at)"),
+                [{"t": row.ticket_id, "e": e, "s": s, "at": row.updated_at}
+                 for e, s in first.items()])
+        conn.execute(text("UPDATE tickets SET body = :body, event_count = :n"
+                          " WHERE ticket_id = :t"),
+                     {"body": json.dumps(body, sort_keys=True, ensure_ascii=False),
+                      "n": len(event_ids), "t": row.ticket_id})
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -95,6 +125,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             last_error TEXT)""",
         "CREATE INDEX outbox_due ON outbox (delivered_at, failed_at, next_attempt_at)",
     )),
+    # A long-open ticket gathers thousands of event ids; kept in the body, every desk
+    # write re-serialised them all. Here a write appends only the new ones. The key is
+    # (ticket_id, event_id), not event_id alone: a merge copies the absorbed ticket's ids
+    # to the target while the merged ticket keeps its own list.
+    Migration(3, "ticket_event_ids: event ids out of the ticket body, append-only", (
+        """CREATE TABLE ticket_event_ids (
+            ticket_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            added_at TEXT NOT NULL,
+            PRIMARY KEY (ticket_id, event_id)){without_rowid}""",
+        "CREATE UNIQUE INDEX ticket_event_ids_seq ON ticket_event_ids (ticket_id, seq)",
+        "CREATE INDEX ticket_event_ids_added ON ticket_event_ids (added_at)",
+        "ALTER TABLE tickets ADD COLUMN event_count INTEGER NOT NULL DEFAULT 0",
+    ), run=_move_event_ids),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -119,7 +164,10 @@ def migrate(conn: Connection, *, dialect: str, lock_name: str = "gridwatch") -> 
         if migration.version in done:
             continue
         for statement in migration.statements:
-            conn.execute(text(statement.replace("{serial}", serial)))
+            conn.execute(text(statement.replace("{serial}", serial).replace(
+                "{without_rowid}", " WITHOUT ROWID" if dialect == "sqlite" else "")))
+        if migration.run is not None:
+            migration.run(conn, dialect)
         conn.execute(text("INSERT INTO schema_migrations (version, name, applied_at) "
                           "VALUES (:v, :n, :at)"),
                      {"v": migration.version, "n": migration.name,

@@ -20,6 +20,7 @@ import builtins
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
@@ -198,11 +199,23 @@ Mutation = Callable[[Ticket, Callable[[str], Ticket]], list[AuditEntry]]
 
 _TICKET_COLUMNS = ("ticket_id, kind, cell_id, district, town, village, department, status,"
                    " review, priority, opened_at, due_at, red_at, updated_at, version,"
-                   " escalation, origin, level, body")
+                   " escalation, origin, level, event_count, body")
+
+# a ticket row and how many of its ``ticket_event_ids`` it has (see :meth:`_hydrate`)
+_BODY = "ticket_id, event_count, body"
+_IN_CHUNK = 500  # ticket ids per ``IN (...)`` (SQLite caps bound parameters)
+# the event ids of recently read tickets are kept between reads (see :meth:`_hydrate`),
+# up to this many ids in all (least recently read tickets dropped first)
+_IDS_CACHE_BUDGET = 250_000
+_IDS_FROM = text("SELECT event_id FROM ticket_event_ids WHERE ticket_id = :id"
+                 " AND seq >= :upto AND seq < :n ORDER BY seq")
+_IDS_APPEND = text("INSERT INTO ticket_event_ids (ticket_id, event_id, seq, added_at)"
+                   " VALUES (:t, :e, :s, :at) ON CONFLICT (ticket_id, event_id) DO NOTHING")
 
 
-def _ticket_row(ticket: Ticket) -> dict[str, object]:
+def _ticket_row(ticket: Ticket, *, event_count: int) -> dict[str, object]:
     body = ticket.to_public()
+    del body["event_ids"]  # in ticket_event_ids, appended to, never rewritten
     return {
         "ticket_id": ticket.ticket_id, "kind": ticket.kind, "cell_id": ticket.cell_id,
         "district": ticket.district, "town": ticket.town, "village": ticket.village,
@@ -212,8 +225,16 @@ def _ticket_row(ticket: Ticket) -> dict[str, object]:
         "red_at": sortable(ticket.red_at), "updated_at": sortable(ticket.updated_at),
         "version": ticket.version, "escalation": ticket.escalation.value,
         "origin": ticket.origin.value, "level": ticket.level,
+        "event_count": event_count,
         "body": json.dumps(body, sort_keys=True, ensure_ascii=False),
     }
+
+
+def _new_event_ids(ticket: Ticket, *, stored: int) -> list[dict[str, object]]:
+    """Rows for ``ticket.event_ids[stored:]`` (``seq`` = position in the list)."""
+    at = sortable(ticket.updated_at)
+    return [{"t": ticket.ticket_id, "e": event_id, "s": stored + i, "at": at}
+            for i, event_id in enumerate(ticket.event_ids[stored:])]
 
 
 def _audit_from_row(row: Any) -> AuditEntry:
@@ -243,6 +264,11 @@ class SqlTicketStore:
         self.engine: Engine
         memory = self.url in ("sqlite://", "sqlite:///:memory:")
         self._lock: threading.RLock | None = threading.RLock() if memory else None
+        # ticket id -> (event_count covered, its first event_count ids): rows are only
+        # ever appended, so a cached prefix stays true and a read fetches only the rest
+        self._ids_cache: OrderedDict[str, tuple[int, tuple[str, ...]]] = OrderedDict()
+        self._ids_cached = 0  # ids held in _ids_cache
+        self._ids_cache_lock = threading.Lock()
         if self.url.startswith("sqlite"):
             self.dialect = "sqlite"
             if schema is not None:
@@ -332,23 +358,93 @@ class SqlTicketStore:
             return conn.execute(text("SELECT 1")).scalar_one() == 1
 
     # -- reads ----------------------------------------------------------------------
+    def _hydrate(self, conn: Connection, rows: Any, *,
+                 every: bool = False) -> builtins.list[Ticket]:
+        """Tickets from ``(ticket_id, event_count, body)`` rows with their ``event_ids``
+        (in the order absorbed). Only ids with ``seq < event_count`` are taken: ids are
+        appended in the transaction that raises ``event_count``, so the list matches the
+        body even where a writer commits between the two reads (READ COMMITTED).
+        ``every``: the rows are all tickets (read the id table whole, not by ticket).
+
+        Rows are never updated or deleted, so the ids of a long-open ticket are cached
+        and the next read fetches only ``seq`` from the cached count on: the desk reads
+        its hot tickets once per batch without reading their whole history again."""
+        tickets: builtins.list[Ticket] = []
+        counts: dict[str, int] = {}
+        for row in rows:
+            ticket = Ticket.from_public(json.loads(row.body))
+            tickets.append(ticket)
+            counts[ticket.ticket_id] = int(row.event_count)
+        ids: dict[str, builtins.list[str]] = {}
+        uncached: builtins.list[str] = []
+        for ticket_id, count in counts.items():
+            if count == 0:
+                continue
+            with self._ids_cache_lock:
+                cached = None if every else self._ids_cache.get(ticket_id)
+            if cached is None or cached[0] > count:
+                uncached.append(ticket_id)
+                continue
+            upto, prefix = cached
+            ids[ticket_id] = list(prefix)
+            if upto < count:
+                ids[ticket_id] += [r[0] for r in conn.execute(
+                    _IDS_FROM, {"id": ticket_id, "upto": upto, "n": count})]
+        if every and uncached:
+            batches = [conn.execute(text(
+                "SELECT ticket_id, event_id, seq FROM ticket_event_ids"
+                " ORDER BY ticket_id, seq"))]
+        elif len(uncached) == 1:
+            batches = [conn.execute(text(
+                "SELECT ticket_id, event_id, seq FROM ticket_event_ids"
+                " WHERE ticket_id = :id AND seq < :n ORDER BY seq"),
+                {"id": uncached[0], "n": counts[uncached[0]]})]
+        else:
+            query = text("SELECT ticket_id, event_id, seq FROM ticket_event_ids"
+                         " WHERE ticket_id IN :ids ORDER BY ticket_id, seq").bindparams(
+                bindparam("ids", expanding=True))
+            batches = [conn.execute(query, {"ids": uncached[i:i + _IN_CHUNK]})
+                       for i in range(0, len(uncached), _IN_CHUNK)]
+        for result in batches:
+            for ticket_id, event_id, seq in result:
+                if seq < counts.get(ticket_id, 0):
+                    ids.setdefault(ticket_id, []).append(event_id)
+        for ticket in tickets:
+            ticket.event_ids = ids.get(ticket.ticket_id, [])
+            if not every and ticket.event_ids:
+                self._cache_ids(ticket.ticket_id, counts[ticket.ticket_id],
+                                tuple(ticket.event_ids))
+        return tickets
+
+    def _cache_ids(self, ticket_id: str, count: int, event_ids: tuple[str, ...]) -> None:
+        with self._ids_cache_lock:
+            old = self._ids_cache.pop(ticket_id, None)
+            if old is not None:
+                self._ids_cached -= len(old[1])
+            self._ids_cache[ticket_id] = (count, event_ids)
+            self._ids_cached += len(event_ids)
+            while self._ids_cached > _IDS_CACHE_BUDGET and self._ids_cache:
+                _, (_, dropped) = self._ids_cache.popitem(last=False)
+                self._ids_cached -= len(dropped)
+
     def _one(self, sql: str, params: dict[str, object]) -> Ticket | None:
         with self._read() as conn:
             row = conn.execute(text(sql), params).first()
-        return None if row is None else Ticket.from_public(json.loads(row[0]))
+            return None if row is None else self._hydrate(conn, [row])[0]
 
     def get(self, ticket_id: str) -> Ticket | None:
-        return self._one("SELECT body FROM tickets WHERE ticket_id = :id", {"id": ticket_id})
+        return self._one(f"SELECT {_BODY} FROM tickets WHERE ticket_id = :id",
+                         {"id": ticket_id})
 
     def open_ticket_for(self, cell_id: str, kind: str) -> Ticket | None:
         return self._one(
-            f"SELECT body FROM tickets WHERE cell_id = :cell AND kind = :kind"
+            f"SELECT {_BODY} FROM tickets WHERE cell_id = :cell AND kind = :kind"
             f" AND status IN ({_OPEN_SQL}) ORDER BY opened_at DESC, ticket_id LIMIT 1",
             {"cell": cell_id, "kind": kind})
 
     def ticket_for_incident(self, incident_id: str) -> Ticket | None:
         return self._one(
-            "SELECT t.body FROM incident_tickets i JOIN tickets t"
+            "SELECT t.ticket_id, t.event_count, t.body FROM incident_tickets i JOIN tickets t"
             " ON t.ticket_id = i.ticket_id WHERE i.incident_id = :id", {"id": incident_id})
 
     def _where(self, f: TicketFilter) -> tuple[str, dict[str, object]]:
@@ -372,9 +468,9 @@ class SqlTicketStore:
         where, params = self._where(flt)
         with self._read() as conn:
             rows = conn.execute(text(
-                f"SELECT body FROM tickets{where} ORDER BY opened_at, ticket_id"
+                f"SELECT {_BODY} FROM tickets{where} ORDER BY opened_at, ticket_id"
                 " LIMIT :limit OFFSET :offset"), {**params, "limit": limit, "offset": offset})
-            return [Ticket.from_public(json.loads(r[0])) for r in rows]
+            return self._hydrate(conn, rows.fetchall())
 
     def count(self, flt: TicketFilter = TicketFilter()) -> int:
         where, params = self._where(flt)
@@ -385,8 +481,25 @@ class SqlTicketStore:
     def all(self) -> Iterator[Ticket]:
         with self._read() as conn:
             rows = conn.execute(text(
-                "SELECT body FROM tickets ORDER BY opened_at, ticket_id")).fetchall()
-        return (Ticket.from_public(json.loads(r[0])) for r in rows)
+                f"SELECT {_BODY} FROM tickets ORDER BY opened_at, ticket_id")).fetchall()
+            return iter(self._hydrate(conn, rows, every=True))
+
+    def recent_event_ids(self, *, horizon_s: float) -> builtins.list[tuple[str, float]]:
+        """``(event_id, added_at timestamp)`` of the ids added to tickets within
+        ``horizon_s`` of the newest one, oldest first: what a restarted pipeline needs to
+        recognise redelivered detections without loading every ticket. ``added_at`` is
+        the ticket's ``updated_at`` (event time) of the write that added the id."""
+        with self._read() as conn:
+            newest = conn.execute(text("SELECT max(added_at) FROM ticket_event_ids")).scalar()
+            if newest is None:
+                return []
+            since = datetime.strptime(newest, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=UTC) - timedelta(seconds=horizon_s)
+            rows = conn.execute(text(
+                "SELECT event_id, added_at FROM ticket_event_ids WHERE added_at >= :since"
+                " ORDER BY added_at, ticket_id, seq"), {"since": sortable(since)}).fetchall()
+        return [(r[0], datetime.strptime(r[1], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=UTC).timestamp()) for r in rows]
 
     def audit(self, ticket_id: str) -> builtins.list[AuditEntry]:
         """The ticket's audit log, oldest first."""
@@ -434,12 +547,12 @@ class SqlTicketStore:
                   "limit": limit}
         with self._read() as conn:
             rows = conn.execute(text(
-                f"SELECT body FROM tickets WHERE status IN ({_OPEN_SQL}) AND ("
+                f"SELECT {_BODY} FROM tickets WHERE status IN ({_OPEN_SQL}) AND ("
                 " (escalation = 'none' AND due_at <= :soon)"
                 " OR (escalation = 'due_soon' AND due_at <= :now)"
                 " OR (escalation = 'yellow' AND red_at <= :now))"
                 " ORDER BY due_at, ticket_id LIMIT :limit"), params).fetchall()
-        return [Ticket.from_public(json.loads(r[0])) for r in rows]
+            return self._hydrate(conn, rows)
 
     # -- writes -----------------------------------------------------------------------
     def save(self, ticket: Ticket, *, incident_id: str | None = None) -> None:
@@ -458,33 +571,39 @@ class SqlTicketStore:
         stored version must still be the one read, and a ticket missing from it must not
         exist yet."""
         changes: builtins.list[Change] = []
+        new_ids: builtins.list[dict[str, object]] = []  # all tickets', one statement
         with self._write() as conn:
             for ticket, incident_ids in items:
                 read = None if read_versions is None else read_versions.get(
                     ticket.ticket_id, 0)
-                changes.append(self._upsert(conn, ticket, incident_ids, read_version=read))
+                changes.append(self._upsert(conn, ticket, incident_ids, read_version=read,
+                                            new_ids=new_ids))
+            self._insert_event_ids(conn, new_ids)
             self._record(conn, changes)
         self._notify(changes)
 
     def _upsert(self, conn: Connection, ticket: Ticket, incident_ids: builtins.list[str],
-                *, read_version: int | None = None) -> Change:
+                *, read_version: int | None = None,
+                new_ids: builtins.list[dict[str, object]]) -> Change:
         at = ticket.updated_at
         row = conn.execute(text(
-            f"SELECT version, status FROM tickets WHERE ticket_id = :id{self._for_update}"),
+            f"SELECT version, status, event_count FROM tickets WHERE ticket_id = :id"
+            f"{self._for_update}"),
             {"id": ticket.ticket_id}).first()
         if read_version is not None:
             current = 0 if row is None else int(row.version)
             if current != read_version:
                 raise VersionConflict(ticket.ticket_id, expected=read_version,
                                       current=current)
-        values = _ticket_row(ticket)
         if row is None:
+            values = _ticket_row(ticket, event_count=len(ticket.event_ids))
             inserted = conn.execute(text(
                 f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES ("
                 + ", ".join(f":{c.strip()}" for c in _TICKET_COLUMNS.split(","))
                 + ") ON CONFLICT (ticket_id) DO NOTHING"), values).rowcount
             if inserted != 1:
                 raise VersionConflict(ticket.ticket_id, expected=None, current=0)
+            new_ids += _new_event_ids(ticket, stored=0)
             entry = AuditEntry(ticket_id=ticket.ticket_id, at=at, actor="system:desk",
                                action="create", from_status=None,
                                to_status=ticket.status.value,
@@ -495,7 +614,8 @@ class SqlTicketStore:
             if int(row.version) >= ticket.version:
                 raise VersionConflict(ticket.ticket_id, expected=ticket.version - 1,
                                       current=int(row.version))
-            self._update_row(conn, ticket, expected_version=int(row.version))
+            self._update_row(conn, ticket, expected_version=int(row.version),
+                             stored_events=int(row.event_count), new_ids=new_ids)
             entries: tuple[AuditEntry, ...] = ()
             if row.status != ticket.status.value:
                 entries = (AuditEntry(
@@ -519,11 +639,14 @@ class SqlTicketStore:
             inserted = conn.execute(text(
                 f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES ("
                 + ", ".join(f":{c.strip()}" for c in _TICKET_COLUMNS.split(","))
-                + ") ON CONFLICT (ticket_id) DO NOTHING"), _ticket_row(ticket)).rowcount
+                + ") ON CONFLICT (ticket_id) DO NOTHING"),
+                _ticket_row(ticket, event_count=len(ticket.event_ids))).rowcount
             if inserted != 1:
-                existing = conn.execute(text("SELECT body FROM tickets WHERE ticket_id = :id"),
-                                        {"id": ticket.ticket_id}).scalar_one()
-                return Ticket.from_public(json.loads(existing)), False
+                existing = conn.execute(text(
+                    f"SELECT {_BODY} FROM tickets WHERE ticket_id = :id"),
+                    {"id": ticket.ticket_id}).one()
+                return self._hydrate(conn, [existing])[0], False
+            self._insert_event_ids(conn, _new_event_ids(ticket, stored=0))
             entry = AuditEntry(ticket_id=ticket.ticket_id, at=ticket.opened_at, actor=actor,
                                action="create", from_status=None,
                                to_status=ticket.status.value, note=note,
@@ -545,17 +668,18 @@ class SqlTicketStore:
         """
         changes: builtins.list[Change] = []
         with self._write() as conn:
-            loaded: dict[str, tuple[Ticket, int]] = {}
+            loaded: dict[str, tuple[Ticket, int, int]] = {}  # ticket, version, event_count
+            new_ids: builtins.list[dict[str, object]] = []
 
             def load(other_id: str) -> Ticket:
                 if other_id not in loaded:
-                    body = conn.execute(text(
-                        f"SELECT body FROM tickets WHERE ticket_id = :id{self._for_update}"),
-                        {"id": other_id}).scalar()
-                    if body is None:
+                    row = conn.execute(text(
+                        f"SELECT {_BODY} FROM tickets WHERE ticket_id = :id"
+                        f"{self._for_update}"), {"id": other_id}).first()
+                    if row is None:
                         raise TicketNotFound(other_id)
-                    ticket = Ticket.from_public(json.loads(body))
-                    loaded[other_id] = (ticket, ticket.version)
+                    ticket = self._hydrate(conn, [row])[0]
+                    loaded[other_id] = (ticket, ticket.version, int(row.event_count))
                 return loaded[other_id][0]
 
             ticket = load(ticket_id)
@@ -566,23 +690,32 @@ class SqlTicketStore:
             by_ticket: dict[str, builtins.list[AuditEntry]] = {}
             for entry in entries:
                 by_ticket.setdefault(entry.ticket_id, []).append(entry)
-            for other_id, (other, version) in loaded.items():
+            for other_id, (other, version, stored_events) in loaded.items():
                 if other_id not in by_ticket:
                     continue
                 other.version = version + 1
-                self._update_row(conn, other, expected_version=version)
+                # a merge's target gets the absorbed ticket's ids appended (copied: the
+                # merged ticket keeps its own list)
+                self._update_row(conn, other, expected_version=version,
+                                 stored_events=stored_events, new_ids=new_ids)
                 ticket_entries = by_ticket[other_id]
                 changes.append(Change(ticket_entries[0].action, other, tuple(ticket_entries)))
                 if any(e.action == "merge" for e in ticket_entries) and other.merged_into:
                     conn.execute(text("UPDATE incident_tickets SET ticket_id = :into"
                                       " WHERE ticket_id = :id"),
                                  {"into": other.merged_into, "id": other_id})
+            self._insert_event_ids(conn, new_ids)
             self._record(conn, changes)
         self._notify(changes)
         return ticket
 
-    def _update_row(self, conn: Connection, ticket: Ticket, *, expected_version: int) -> None:
-        values = _ticket_row(ticket)
+    def _update_row(self, conn: Connection, ticket: Ticket, *, expected_version: int,
+                    stored_events: int, new_ids: builtins.list[dict[str, object]]) -> None:
+        """Rewrite the ticket row (not its event ids); the ids past ``stored_events`` go
+        to ``new_ids`` for :meth:`_insert_event_ids`. The caller holds the row at
+        ``expected_version``, which the ticket was read at, so the stored ids are a
+        prefix of ``ticket.event_ids``."""
+        values = _ticket_row(ticket, event_count=max(stored_events, len(ticket.event_ids)))
         sets = ", ".join(f"{c.strip()} = :{c.strip()}" for c in _TICKET_COLUMNS.split(",")
                          if c.strip() != "ticket_id")
         updated = conn.execute(text(
@@ -591,6 +724,14 @@ class SqlTicketStore:
         if updated != 1:
             raise VersionConflict(ticket.ticket_id, expected=expected_version,
                                   current=-1)
+        new_ids += _new_event_ids(ticket, stored=stored_events)
+
+    @staticmethod
+    def _insert_event_ids(conn: Connection, rows: builtins.list[dict[str, object]]) -> None:
+        """Append event-id rows; an id the ticket already has is skipped, so a list with
+        a repeat keeps its first place."""
+        if rows:
+            conn.execute(_IDS_APPEND, rows)
 
     def _record(self, conn: Connection, changes: builtins.list[Change]) -> None:
         for change in changes:

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.ticketing.builders import T0, make_ticket
+from ticketing.migrations import LATEST
 from ticketing.models import TicketStatus
 
 S = TicketStatus
@@ -36,7 +37,7 @@ def test_healthz(client: TestClient, backend: str) -> None:
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "storage": backend.replace("postgres",
                                                                          "postgresql"),
-                               "schema_version": 2, "tickets": 0}
+                               "schema_version": LATEST, "tickets": 0}
 
 
 def test_create_is_routed_and_idempotent(client: TestClient, as_role: Headers) -> None:
