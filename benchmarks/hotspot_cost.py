@@ -7,13 +7,16 @@ Each size runs in its own process (so its peak RSS is its own). The engine is dr
 the scenario's occurrences directly (what the stream stage emits after dedup); the time
 to build the Occurrence objects is measured in a separate pass and subtracted, so
 "engine" is the hot-spot statistics alone. Times are CPU seconds of the process (the
-machine is shared; wall time is in the JSON too). Traffic: quiet lanes to busy roads, on average
-~50 occurrences per cell per day (``--traffic`` scales it).
+machine is shared; wall time is in the JSON too, and ``gc_s`` / ``gc_full_s`` /
+``gc_full_collections``: CPU seconds of the engine pass spent in Python's cyclic garbage
+collector, the part that grows faster than linearly in cells). Traffic: quiet lanes to
+busy roads, on average ~50 occurrences per cell per day (``--traffic`` scales it).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import subprocess
@@ -38,9 +41,16 @@ def rss_mib(field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def measure(cells: int, days: int, traffic: float) -> dict[str, float]:
-    """Run one size in this process; returns the figures."""
+def measure(cells: int, days: int, traffic: float, gc_mode: str = "replay"
+            ) -> dict[str, float]:
+    """Run one size in this process; returns the figures.
+
+    ``gc_mode``: ``replay`` runs with the cyclic GC off, as ``gridwatch replay`` does (it
+    holds millions of small acyclic objects); ``on`` leaves it on (the live services)."""
     import numpy as np
+
+    if gc_mode == "replay":
+        gc.disable()
 
     from stream.hotspot import HotspotEngine, HotspotSettings
     from stream.hotspot_scenarios import Scenario, ScenarioSpec
@@ -59,6 +69,22 @@ def measure(cells: int, days: int, traffic: float) -> dict[str, float]:
     t_build = time.process_time() - t0
 
     engine = HotspotEngine(HotspotSettings(), sc.grid)
+    # time in Python's cyclic garbage collector (it walks the evidence the engine holds,
+    # see docs/hotspots.md, Cost): full collections and all collections
+    gc_time = [0.0, 0.0, 0.0]  # start, all, full (generation 2)
+    gc_full = [0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_time[0] = time.process_time()
+            return
+        spent = time.process_time() - gc_time[0]
+        gc_time[1] += spent
+        if info["generation"] == 2:
+            gc_time[2] += spent
+            gc_full[0] += 1
+
+    gc.callbacks.append(on_gc)
     t0 = time.process_time()
     w0 = time.perf_counter()
     findings = 0
@@ -68,6 +94,7 @@ def measure(cells: int, days: int, traffic: float) -> dict[str, float]:
             findings += len(out)
     findings += len(engine.flush())
     t_total = time.process_time() - t0
+    gc.callbacks.remove(on_gc)
     wall = time.perf_counter() - w0
     rss_after = rss_mib()
     t_engine = max(t_total - t_build, 0.0)
@@ -84,6 +111,9 @@ def measure(cells: int, days: int, traffic: float) -> dict[str, float]:
         "build_occurrences_s": t_build,
         "scenario_s": t_gen,
         "engine_numpy_state_mib": state_bytes / 2**20,
+        "gc_s": gc_time[1],
+        "gc_full_collections": float(gc_full[0]),
+        "gc_full_s": gc_time[2],
         "wall_s_incl_building_occurrences": wall,
         "rss_before_engine_mib": rss_before,
         "engine_rss_growth_mib": rss_after - rss_before,
@@ -99,18 +129,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--traffic", type=float, default=1.0)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--gc", choices=("replay", "on"), default="replay",
+                        help="replay (default): cyclic GC off as in gridwatch replay; "
+                             "on: as in the live services")
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(measure(args.cells[0], args.days, args.traffic)))
+        print(json.dumps(measure(args.cells[0], args.days, args.traffic, args.gc)))
         return 0
     rows = []
     for n in args.cells:
         done = subprocess.run([sys.executable, __file__, "--one", "--cells", str(n),
-                               "--days", str(args.days), "--traffic", str(args.traffic)],
+                               "--days", str(args.days), "--traffic", str(args.traffic),
+                               "--gc", args.gc],
                               capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"  {n} cells done", file=sys.stderr)
-    print(f"## Hot-spot engine cost ({args.days} simulated days, occurrences fed directly)\n")
+    print(f"## Hot-spot engine cost ({args.days} simulated days, occurrences fed directly, "
+          f"cyclic GC {'off as in replay' if args.gc == 'replay' else 'on'})\n")
     print("| cells | occurrences | engine CPU s | CPU s / simulated day | us / occurrence | "
           "engine RSS growth MiB | of which numpy state | peak RSS MiB (whole process) |")
     print("|---|---|---|---|---|---|---|---|")

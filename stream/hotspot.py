@@ -128,6 +128,47 @@ class _Active:
 _Seen = tuple[int, str, list[str], str | None]
 
 
+class _Trail:
+    """A cell's evidence of the longest window, one column per field of :data:`_Seen`
+    (aligned deques, oldest first).
+
+    Columns, not one tuple per occurrence: the only per-occurrence object kept that the
+    cyclic garbage collector tracks is the event-id list itself (it must be the same list,
+    dedup may still grow it). A tuple per occurrence doubled the tracked objects that
+    every full collection walks; with millions held for 72 h at 10,000 cells those walks
+    are a large share of the engine's time and what grows faster than linearly in cells
+    (``docs/hotspots.md``, Cost).
+    """
+
+    __slots__ = ("hours", "sources", "ids", "snaps")
+
+    def __init__(self) -> None:
+        self.hours: deque[int] = deque()
+        self.sources: deque[str] = deque()
+        self.ids: deque[list[str]] = deque()
+        self.snaps: deque[str | None] = deque()
+
+    def drop_until(self, oldest: int) -> None:
+        """Forget the occurrences of hours up to ``oldest`` at the front."""
+        hours = self.hours
+        while hours and hours[0] <= oldest:
+            hours.popleft()
+            self.sources.popleft()
+            self.ids.popleft()
+            self.snaps.popleft()
+
+    def append(self, hour: int, source: str, ids: list[str], snap: str | None) -> None:
+        self.hours.append(hour)
+        self.sources.append(source)
+        self.ids.append(ids)
+        self.snaps.append(snap)
+
+    def between(self, first: int, last: int) -> list[_Seen]:
+        """The occurrences of hours ``first`` to ``last``, in arrival order."""
+        return [e for e in zip(self.hours, self.sources, self.ids, self.snaps, strict=True)
+                if first <= e[0] <= last]
+
+
 class _KindState:
     """All the numbers kept for one kind: O(cells x 168) floats plus two short rings."""
 
@@ -148,7 +189,7 @@ class _KindState:
         self.phi = np.full(n_windows, phi0)
         self.phi_num = np.full(n_windows, phi0)
         self.phi_den = np.ones(n_windows)
-        self.evidence: dict[int, deque[_Seen]] = {}
+        self.evidence: dict[int, _Trail] = {}
         # since each cell's warm-up ended: for maps of excess (observed vs expected)
         self.total_observed = np.zeros(n_cells)
         self.total_expected = np.zeros(n_cells)
@@ -230,7 +271,7 @@ class HotspotEngine:
                 self.settings.dispersion_init)
         trail = state.evidence.get(idx)
         if trail is None:
-            trail = state.evidence[idx] = deque()
+            trail = state.evidence[idx] = _Trail()
         key = (occurrence.station_id, occurrence.source_id)
         source = self._source_keys.get(key)
         if source is None:
@@ -240,10 +281,9 @@ class HotspotEngine:
             if not state.active[idx]:
                 state.active[idx] = True
                 state.first_hour[idx] = hour
-            first = not trail or trail[-1][0] != hour
-            oldest = hour - self._ring_h
-            while trail and trail[0][0] <= oldest:
-                trail.popleft()
+            hours = trail.hours
+            first = not hours or hours[-1] != hour
+            trail.drop_until(hour - self._ring_h)
         else:
             if self._hour - hour >= self._ring_h or not state.active[idx] or \
                     hour < state.first_hour[idx]:
@@ -252,8 +292,8 @@ class HotspotEngine:
             # late beyond the stream's tolerance: counts in its windows, not in baselines
             state.observed_ring[hour % self._ring_h, idx] += 1
             first = False
-        trail.append((hour, source, occurrence.event_ids,
-                      (occurrence.snapshot_url or "") if first else None))
+        trail.append(hour, source, occurrence.event_ids,
+                     (occurrence.snapshot_url or "") if first else None)
         return findings
 
     def flush(self) -> list[HotspotFinding]:
@@ -501,7 +541,9 @@ class HotspotEngine:
         member_ids = sorted(members, key=lambda i: self.cell_ids[i])
         seen: list[_Seen] = []
         for idx in member_ids:
-            seen.extend(e for e in state.evidence.get(idx, ()) if first_h <= e[0] <= hour)
+            trail = state.evidence.get(idx)
+            if trail is not None:
+                seen.extend(trail.between(first_h, hour))
         seen.sort(key=itemgetter(0))  # stable: cell order, then arrival, within an hour
         sources = Counter(e[1] for e in seen)
         event_ids: list[str] = []

@@ -275,3 +275,43 @@ def test_grid_with_no_neighbours_still_scans_single_cells() -> None:
                                       [113.1, 23.001], [113.1, 23.0]]]}}]})
     engine = HotspotEngine(HotspotSettings(), grid)
     assert engine.flush() == []
+
+
+# -- cost: the evidence kept for the longest window ------------------------------------------
+def test_evidence_sees_event_ids_a_track_adds_after_its_occurrence_was_counted() -> None:
+    # dedup keeps appending to the occurrence's own event-id list while the track lasts:
+    # the evidence must hold that list, not a copy
+    rates = flat(1.0)
+    rates[8 * 24:11 * 24, cell(2, 2)] = 5.0
+    engine = HotspotEngine(HotspotSettings(), GRID)
+    extra = "late-frame-of-a-long-track"
+    grown = None
+    findings: list[HotspotFinding] = []
+    for occ in make_scenario(rates).occurrences():
+        findings.extend(engine.observe(occ))
+        if grown is None and occ.cell_id == IDS[cell(2, 2)] and \
+                occ.observed_at.timestamp() >= START_S + (8 * 24 + 12) * 3600:
+            grown = occ
+            occ.event_ids.append(extra)  # after observe, as dedup does
+    findings.extend(engine.flush())
+    assert grown is not None
+    ids = [e for f in findings if f.cell_id == IDS[cell(2, 2)] for e in f.event_ids]
+    assert extra in ids
+
+
+def test_evidence_tracks_one_gc_object_per_occurrence() -> None:
+    # every full collection of the cyclic GC walks all tracked objects; the evidence of
+    # 72 h at 10,000 cells is millions of occurrences, so it keeps only the event-id list
+    # (which it must keep) per occurrence, no tuple around it (docs/hotspots.md, Cost)
+    import gc
+
+    engine = HotspotEngine(HotspotSettings(), GRID)
+    occs = list(make_scenario(flat(20.0, days=2)).occurrences())[:20_000]
+    gc.collect()
+    before = len(gc.get_objects())  # the occurrences and their event-id lists included
+    for occ in occs:
+        engine.observe(occ)
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    assert len(occs) == 20_000
+    assert grown < 0.05 * len(occs)  # per cell and kind, not per occurrence
