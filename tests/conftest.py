@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -56,3 +58,18 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     return require_service("postgres")
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str) -> Iterator[tuple[str, str]]:
+    """``(postgres_url, schema)``: a fresh schema for one test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    from ticketing.store import _normalise_url
+
+    schema = f"gwt_{uuid.uuid4().hex[:12]}"
+    yield postgres_url, schema
+    engine = create_engine(_normalise_url(postgres_url))
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP
 from pydantic import ValidationError
-from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from gridwatch.cli import main as cli_main
@@ -39,7 +36,7 @@ from stream.faust_app import (
 )
 from tests.builders import T0, line, make_grid, make_grid_geojson
 from ticketing.models import TicketStatus
-from ticketing.store import SqliteTicketStore, SqlTicketStore, _normalise_url
+from ticketing.store import SqliteTicketStore, SqlTicketStore
 
 PARTITIONS = 4
 Record = tuple[str, bytes | None, bytes]
@@ -295,20 +292,10 @@ def test_redelivery_leaves_a_closed_ticket_closed(tmp_path: Path, seeding: str) 
     assert_no_duplicate_event_ids(store)
 
 
-@pytest.fixture
-def pg_store_url(postgres_url: str) -> Iterator[tuple[str, str]]:
-    schema = f"gwt_{uuid.uuid4().hex[:12]}"
-    yield postgres_url, schema
-    engine = create_engine(_normalise_url(postgres_url))
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
-
-
 @pytest.mark.services
-def test_redelivery_on_postgresql_duplicates_nothing(pg_store_url: tuple[str, str]) -> None:
+def test_redelivery_on_postgresql_duplicates_nothing(pg_schema: tuple[str, str]) -> None:
     """The production store: two worker instances (a rebalance) on one database."""
-    url, schema = pg_store_url
+    url, schema = pg_schema
     records = _by_cell_records(incident_input())
     first = SqlTicketStore(url, schema=schema, pool_size=2)
     asyncio.run(cells(make_scaleout(first), records))

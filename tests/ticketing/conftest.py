@@ -3,19 +3,17 @@ schema per test), and an API client with one token per role and a settable clock
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
 from tests.builders import make_grid
 from tests.ticketing.builders import T0, TOKENS, make_auth, make_policies
 from ticketing.api.app import create_app
 from ticketing.config import TicketingSettings
-from ticketing.store import SqliteTicketStore, SqlTicketStore, _normalise_url
+from ticketing.store import SqliteTicketStore, SqlTicketStore
 
 
 class Clock:
@@ -26,17 +24,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-def pg_schema(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
-    url = request.getfixturevalue("postgres_url")
-    schema = f"gwt_{uuid.uuid4().hex[:12]}"
-    yield url, schema
-    engine = create_engine(_normalise_url(url))
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    engine.dispose()
 
 
 def _open(backend: str, request: pytest.FixtureRequest, *, outbox: bool) -> SqlTicketStore:
