@@ -37,6 +37,7 @@ from ticketing.store import SqlTicketStore, TicketStore, VersionConflict
 log = logging.getLogger(__name__)
 
 OnCommitted = Callable[[], None]
+OnFailed = Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,8 @@ class EmbeddedPipeline:
         *,
         queue_max: int = 50_000,
         batch_max: int = 500,
+        retry_delay_s: float = 0.5,
+        retry_max_s: float = 30.0,
     ) -> None:
         live = config.model_copy(
             update={"stream": config.stream.model_copy(update={"lateness_s": 0})})
@@ -88,6 +91,9 @@ class EmbeddedPipeline:
                                        grid=grid, store=store)
         self._ids = EventIdFilter(config.stream.dedup_horizon_s)
         self._ids_lock = threading.Lock()
+        # event id -> callbacks of its repeats, while the first copy is queued and not yet
+        # committed: a repeat is acknowledged only when the first copy is safe
+        self._waiting: dict[str, list[OnCommitted]] = {}
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_max)
         self._batch_max = batch_max
         self._rejected: Counter[str] = Counter()
@@ -95,6 +101,10 @@ class EmbeddedPipeline:
         self._counts_lock = threading.Lock()
         self._processed = 0
         self._failed = 0
+        self._store_errors = 0
+        self.retry_delay_s = retry_delay_s
+        self.retry_max_s = retry_max_s
+        self._closing = threading.Event()
         self._idle = threading.Condition()
         self._pending = 0
         self._seed_seen_ids()
@@ -117,7 +127,8 @@ class EmbeddedPipeline:
 
     # -- intake (any thread) --------------------------------------------------------------
     def submit_raw(self, payload: bytes | str, *, origin: str,
-                   on_committed: OnCommitted | None = None) -> SubmitResult:
+                   on_committed: OnCommitted | None = None,
+                   on_failed: OnFailed | None = None) -> SubmitResult:
         """Validate one wire message and queue it; never raises on bad input."""
         try:
             detection = parse_detection(payload)
@@ -126,42 +137,80 @@ class EmbeddedPipeline:
                 self._rejected[exc.code.value] += 1
             log.info("rejected message from %s: %s", origin, exc)
             return SubmitResult(False, exc.code.value, exc.reason)
-        return self.submit(detection, on_committed=on_committed)
+        return self.submit(detection, on_committed=on_committed, on_failed=on_failed)
 
-    def submit(self, detection: Detection, *,
-               on_committed: OnCommitted | None = None) -> SubmitResult:
-        """Queue a valid detection (blocks while the queue is full: back-pressure)."""
+    def submit(self, detection: Detection, *, on_committed: OnCommitted | None = None,
+               on_failed: OnFailed | None = None) -> SubmitResult:
+        """Queue a valid detection (blocks while the queue is full: back-pressure).
+
+        ``on_committed`` runs once the detection is in the ticket store; for a repeat of
+        one still queued, once that first copy is. ``on_failed`` runs if its batch could
+        not be written (the detection is then forgotten, so a re-delivery is taken)."""
+        event_id = detection.event_id
         with self._ids_lock:
-            duplicate = self._ids.seen(detection.event_id, detection.observed_at.timestamp())
+            duplicate = self._ids.seen(event_id, detection.observed_at.timestamp())
+            waiting = self._waiting.get(event_id) if duplicate else None
+            if waiting is not None and on_committed is not None:
+                waiting.append(on_committed)
+            elif not duplicate:
+                self._waiting[event_id] = []
         if duplicate:
             with self._counts_lock:
                 self._counts["duplicates"] += 1
-            if on_committed is not None:
+            if waiting is None and on_committed is not None:
                 on_committed()
             return SubmitResult(True, duplicate=True)
         with self._idle:
             self._pending += 1
-        self._queue.put((detection, on_committed))
+        self._queue.put((detection, on_committed, on_failed))
         with self._counts_lock:
             self._counts["accepted"] += 1
         return SubmitResult(True)
 
     # -- the worker ------------------------------------------------------------------------
     def _apply(self, outputs: list[StreamOutput]) -> None:
-        """Apply stream outputs to tickets: batched, or one by one after a conflict."""
-        if self._batching is None:
-            self._core.apply(outputs)
-            return
-        try:
-            with self._batching.batch():
-                self._core.apply(outputs)
-        except VersionConflict:
-            # an operator changed a ticket meanwhile: nothing of the batch was written;
-            # apply output by output, the desk re-reading and retrying each
-            log.info("batch of %d outputs met a concurrent change; applying one by one",
-                     len(outputs))
-            for output in outputs:
-                self._direct_desk.apply(output)
+        """Apply stream outputs to tickets: batched, or one by one after a conflict.
+
+        On an error, ``outputs`` is left holding what is not written yet (a batch is
+        written whole or not at all; one by one, the written ones are removed), so a retry
+        applies nothing twice."""
+        if self._batching is not None:
+            try:
+                with self._batching.batch():
+                    self._core.apply(outputs)
+                outputs.clear()
+                return
+            except VersionConflict:
+                # an operator changed a ticket meanwhile: nothing of the batch was written;
+                # apply output by output, the desk re-reading and retrying each
+                log.info("batch of %d outputs met a concurrent change; applying one by one",
+                         len(outputs))
+        while outputs:
+            self._direct_desk.apply(outputs[0])
+            del outputs[0]
+
+    def _write(self, outputs: list[StreamOutput], size: int) -> bool:
+        """Apply ``outputs``, retrying a failing store (disk full, database gone) with
+        back-off until it works or the pipeline closes. While it retries, the queue fills
+        and intake blocks: the broker holds what is not acknowledged. Returns whether
+        everything was written."""
+        delay = self.retry_delay_s
+        while True:
+            try:
+                self._apply(outputs)
+                return True
+            except Exception as exc:
+                self._store_errors += 1
+                if self._closing.is_set():
+                    log.error("closing with a batch of %d detections not written to the "
+                              "ticket store (%s); they are not acknowledged, so the broker "
+                              "re-delivers them at the next start", size, exc)
+                    return False
+                log.exception("writing a batch of %d detections to the ticket store "
+                              "failed; retrying in %.1f s (intake waits meanwhile)", size,
+                              delay)
+                self._closing.wait(delay)
+                delay = min(delay * 2, self.retry_max_s)
 
     def _run(self) -> None:
         while True:
@@ -180,26 +229,32 @@ class EmbeddedPipeline:
                 batch.append(nxt)
             self._process(batch)
 
-    def _process(self, batch: list[tuple[Detection, OnCommitted | None]]) -> None:
-        detections = [d for d, _ in batch]
+    def _process(self, batch: list[tuple[Detection, OnCommitted | None,
+                                         OnFailed | None]]) -> None:
+        detections = [item[0] for item in batch]
         try:
-            self._apply(self._core.stream(detections))
+            outputs = self._core.stream(detections)
         except Exception:
-            # a store failure (disk full, database gone): do not acknowledge; the broker
-            # redelivers and the event-id filter lets the retry through
-            log.exception("pipeline batch of %d failed; not acknowledged", len(batch))
+            # a bug in the stream core: nothing was written; forget the ids so that the
+            # broker's re-delivery (on_failed makes the ingest reconnect) is taken again
+            log.exception("the stream core failed on a batch of %d; not acknowledged",
+                          len(batch))
+            written = False
+        else:
+            written = self._write(outputs, len(batch))
+        if written:
+            self._processed += len(batch)
+            with self._ids_lock:
+                repeats: list[OnCommitted | None] = [
+                    cb for d in detections for cb in self._waiting.pop(d.event_id, ())]
+            _run_each([item[1] for item in batch] + repeats, "acknowledgement")
+        else:
             with self._ids_lock:
                 for d in detections:
                     self._ids.forget(d.event_id)
+                    self._waiting.pop(d.event_id, None)
             self._failed += len(batch)
-        else:
-            self._processed += len(batch)
-            for _, callback in batch:
-                if callback is not None:
-                    try:
-                        callback()
-                    except Exception:
-                        log.exception("acknowledgement callback failed")
+            _run_each([item[2] for item in batch], "failure")
         with self._idle:
             self._pending -= len(batch)
             if self._pending == 0:
@@ -232,12 +287,25 @@ class EmbeddedPipeline:
                 "rejected_by_reason": dict(sorted(self._rejected.items())),
                 "processed": self._processed,
                 "failed": self._failed,
+                "store_errors": self._store_errors,
                 "queue_depth": self._queue.qsize(),
                 "stream": stream,
                 "tickets_opened": self._core.desk.stats.opened,
             }
 
-    def close(self) -> None:
-        self.drain()
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued (waiting up to ``timeout`` s for a failing store), then
+        stop the worker."""
+        if not self.drain(timeout):
+            self._closing.set()  # a store still failing: give up retrying
         self._queue.put(_STOP)
         self._worker.join(timeout=10)
+
+
+def _run_each(callbacks: list[Callable[[], None] | None], what: str) -> None:
+    for callback in callbacks:
+        if callback is not None:
+            try:
+                callback()
+            except Exception:
+                log.exception("%s callback failed", what)

@@ -4,7 +4,14 @@ The subscription lives in a persistent session (fixed client id, ``clean_session
 so detections published while the centre is down wait in the broker. Acknowledgement is
 manual: a valid detection's PUBACK goes out only after the pipeline has committed it to the
 ticket store (``on_committed``), so a crash between receipt and commit means a re-delivery,
-which the pipeline drops by ``event_id`` — never a loss.
+which the pipeline drops by ``event_id`` — never a loss. A batch that fails to commit
+(store down, disk full) stays unacknowledged, and the ingest reconnects after
+``retry_after_s`` so the broker re-sends it.
+
+By default the MQTT client runs in a child process of its own
+(:class:`~gridwatch.mqtt_link.ProcessLink`): paho's packet handling alone keeps a core
+busy, and sharing a GIL with validation and the pipeline was what held the ingest below a
+bare client's rate. ``isolate=False`` keeps it in a thread of this process.
 
 Invalid messages (bad JSON, schema violations, a payload whose station/source disagree with
 its topic) are published to ``gridwatch/v1/deadletter`` with the reason, counted by reason
@@ -29,12 +36,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import paho.mqtt.client as mqtt
 from prometheus_client import CollectorRegistry, Gauge
 
 from detectors.schema import DetectionRejected, parse_detection
 from edge.config import MqttConnection
-from edge.publisher import make_client
+from gridwatch.mqtt_link import ProcessLink, ThreadLink, Token
 
 if TYPE_CHECKING:
     from gridwatch.embedded import EmbeddedPipeline
@@ -114,6 +120,10 @@ def deadletter_message(*, topic: str, payload: bytes | bytearray, code: str, rea
 class MqttIngest:
     """Subscribes the centre to every station's detections and feeds the pipeline.
 
+    Validation, the topic check, dead letters, counters and the pipeline run in this
+    process, on the link's receiving thread; only the MQTT client is in the child
+    (``isolate=True``).
+
     Example:
         >>> ingest = MqttIngest(MqttConnection(host="127.0.0.1"), pipeline)
         >>> ingest.start(); ...; ingest.stop()
@@ -127,6 +137,8 @@ class MqttIngest:
         client_id: str = "gridwatch-centre-ingest",
         topic_prefix: str = "gridwatch/v1",
         metrics: IngestMetrics | None = None,
+        isolate: bool = True,
+        retry_after_s: float = 5.0,
     ) -> None:
         self.connection = connection
         self.pipeline = pipeline
@@ -144,16 +156,22 @@ class MqttIngest:
         self._committed = 0
         self._deadlettered: TallyCounter[str] = TallyCounter()
         self.last_seen: dict[tuple[str, str], float] = {}
+        self._reconnects = 0
         self._connected = threading.Event()
         self._subscribed = threading.Event()
-        self._client: mqtt.Client | None = None
+        self.isolate = isolate
+        self.retry_after_s = retry_after_s
+        self._retry_lock = threading.Lock()
+        self._retry_timer: threading.Timer | None = None
+        self._link: ProcessLink | ThreadLink | None = None
 
     # -- counters -------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Counts since start: received, accepted, duplicates, committed, deadlettered."""
         out: dict[str, Any] = {"received": self._received, "accepted": self._accepted,
                                "duplicates": self._duplicates, "committed": self._committed,
-                               "deadlettered": sum(self._deadlettered.values())}
+                               "deadlettered": sum(self._deadlettered.values()),
+                               "reconnects_for_redelivery": self._reconnects}
         out["deadlettered_by_code"] = dict(sorted(self._deadlettered.items()))
         return out
 
@@ -161,102 +179,108 @@ class MqttIngest:
     def subscribed(self) -> bool:
         return self._subscribed.is_set()
 
-    # -- paho callbacks (network thread) ----------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
-        if reason.is_failure:
-            logger.warning("ingest: broker %s:%s refused: %s", self.connection.host,
-                           self.connection.port, reason)
-            return
+    # -- link callbacks (the link's receiving thread) ---------------------------------------
+    def on_link_connected(self, session_present: bool | None) -> None:
         self._connected.set()
         self.metrics.connected.set(1)
-        client.subscribe([(self.detection_filter, 1), (self.status_filter, 1)])
         logger.info("ingest: connected to %s:%s (session present: %s)", self.connection.host,
-                    self.connection.port, getattr(flags, "session_present", None))
+                    self.connection.port, session_present)
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
-                      properties: Any) -> None:
+    def on_link_subscribed(self) -> None:
         self._subscribed.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
+    def on_link_disconnected(self, reason: str) -> None:
         self._connected.clear()
         self._subscribed.clear()
         self.metrics.connected.set(0)
-        logger.warning("ingest: disconnected from %s:%s (%s); paho reconnects with back-off",
+        logger.warning("ingest: disconnected from %s:%s (%s); reconnecting with back-off",
                        self.connection.host, self.connection.port, reason)
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def on_link_message(self, topic: str, payload: bytes | bytearray,
+                        token: Token) -> None:
         try:
-            self._handle(client, msg)
+            self._handle(topic, payload, token)
         except Exception:
             # a bug of ours must not stop the ingest; the message stays unacknowledged and
             # comes back after a reconnect
-            logger.exception("ingest: failed on a message from %s", msg.topic)
+            logger.exception("ingest: failed on a message from %s", topic)
 
-    def _handle(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
-        topic = msg.topic
+    def _handle(self, topic: str, payload: bytes | bytearray, token: Token) -> None:
+        link = self._link
+        assert link is not None
         parts = topic.split("/")
         if topic.endswith("/status"):
             station = parts[-2] if len(parts) >= 2 else "?"
-            self.metrics.station_online.labels(station).set(1 if msg.payload == b"online" else 0)
-            client.ack(msg.mid, msg.qos)
+            self.metrics.station_online.labels(station).set(1 if payload == b"online" else 0)
+            link.ack(token)
             return
         self._received += 1
-        payload = msg.payload
         try:
             detection = parse_detection(payload)
         except DetectionRejected as exc:
-            self._deadletter(client, msg, payload, exc.code.value, exc.reason)
+            self._deadletter(topic, payload, token, exc.code.value, exc.reason)
             return
         station, source = parts[-3], parts[-2]
         if detection.station_id != station or detection.source_id != source:
-            self._deadletter(client, msg, payload, TOPIC_MISMATCH,
+            self._deadletter(topic, payload, token, TOPIC_MISMATCH,
                              f"topic names station {station!r} source {source!r} but the "
                              f"detection says station {detection.station_id!r} source "
                              f"{detection.source_id!r}")
             return
-        mid, qos = msg.mid, msg.qos
 
         def committed() -> None:
-            client.ack(mid, qos)
+            link.ack(token)
             self._committed += 1  # only the pipeline's worker (or this thread) runs this
 
-        result = self.pipeline.submit(detection, on_committed=committed)
+        result = self.pipeline.submit(detection, on_committed=committed,
+                                      on_failed=self._redeliver_later)
         if result.duplicate:
             self._duplicates += 1
         elif result.accepted:
             self._accepted += 1
             self.last_seen[(station, source)] = time.time()
         else:  # refused by the pipeline itself: dead-letter with its reason
-            self._deadletter(client, msg, payload, result.code or "refused",
+            self._deadletter(topic, payload, token, result.code or "refused",
                              result.reason or "refused by the pipeline")
 
-    def _deadletter(self, client: mqtt.Client, msg: mqtt.MQTTMessage,
-                    payload: bytes | bytearray,
-                    code: str, reason: str) -> None:
-        record = deadletter_message(topic=msg.topic, payload=payload, code=code, reason=reason,
+    def _deadletter(self, topic: str, payload: bytes | bytearray, token: Token, code: str,
+                    reason: str) -> None:
+        record = deadletter_message(topic=topic, payload=payload, code=code, reason=reason,
                                     received_at=datetime.now(UTC))
-        client.publish(self.deadletter_topic, record, qos=1)
-        client.ack(msg.mid, msg.qos)
+        assert self._link is not None
+        self._link.publish(self.deadletter_topic, record, qos=1)
+        self._link.ack(token)
         self._deadlettered[code] += 1
-        logger.info("ingest: dead-lettered a message from %s: %s: %s", msg.topic, code, reason)
+        logger.info("ingest: dead-lettered a message from %s: %s: %s", topic, code, reason)
+
+    def _redeliver_later(self) -> None:
+        """A batch failed to commit (store down, disk full): its messages stay
+        unacknowledged, and a broker re-sends those only on a new connection. Reconnect
+        after ``retry_after_s`` (once, however many failed meanwhile)."""
+        with self._retry_lock:
+            if self._retry_timer is not None:
+                return
+            logger.warning("ingest: a pipeline batch failed; reconnecting in %.0f s so the "
+                           "broker re-sends it", self.retry_after_s)
+            timer = threading.Timer(self.retry_after_s, self._reconnect)
+            timer.daemon = True
+            self._retry_timer = timer
+            timer.start()
+
+    def _reconnect(self) -> None:
+        with self._retry_lock:
+            self._retry_timer = None
+        if self._link is not None:
+            self._reconnects += 1
+            self._link.restart()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Connect (in the background, with back-off) and start receiving."""
-        client = make_client(self.connection, client_id=self.client_id, clean_session=False,
-                             manual_ack=True)
-        client.max_queued_messages_set(0)
-        client.max_inflight_messages_set(1000)  # for the dead letters we publish
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.connect_async(self.connection.host, self.connection.port,
-                             keepalive=self.connection.keepalive_s)
-        client.loop_start()
-        self._client = client
+        filters = [(self.detection_filter, 1), (self.status_filter, 1)]
+        self._link = (ProcessLink if self.isolate else ThreadLink)(
+            self.connection, client_id=self.client_id, filters=filters)
+        self._link.start(self)
 
     def wait_subscribed(self, timeout_s: float = 10.0) -> bool:
         """Block until the subscription is confirmed (tests, benchmarks)."""
@@ -264,8 +288,11 @@ class MqttIngest:
 
     def stop(self) -> None:
         """Disconnect; the broker keeps the session and queues for the next start."""
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
+        with self._retry_lock:
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+                self._retry_timer = None
+        if self._link is not None:
+            self._link.stop()
+            self._link = None
         self.metrics.connected.set(0)

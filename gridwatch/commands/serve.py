@@ -38,6 +38,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--client-id", default="gridwatch-centre-ingest",
                         help="MQTT client id of the persistent session (default: %(default)s)")
     parser.add_argument("--no-mqtt", action="store_true", help="API only, no MQTT ingest")
+    parser.add_argument("--ingest-thread", action="store_true",
+                        help="run the MQTT client in a thread of this process instead of a "
+                             "child process of its own (slower: it shares a core with the "
+                             "pipeline and the API)")
     parser.add_argument("--host", default="127.0.0.1", help="API address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="API port (default: %(default)s)")
     parser.set_defaults(func=run)
@@ -113,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     metrics.registry.register(PipelineCollector(pipeline))  # type: ignore[arg-type]
     ingest = None
     if connection is not None:
-        ingest = MqttIngest(connection, pipeline, client_id=args.client_id, metrics=metrics)
+        ingest = MqttIngest(connection, pipeline, client_id=args.client_id, metrics=metrics,
+                            isolate=not args.ingest_thread)
     app = create_app(store=store, settings=config.ticketing, policies=config.policies,
                      grid=grid, run_workers=True)
 

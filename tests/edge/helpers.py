@@ -63,16 +63,17 @@ def spread_detection(i: int, *, station: str, kind: str = "door_forced",
 
 
 class Centre:
-    """EmbeddedPipeline + MqttIngest on a broker, tickets in a temporary SQLite file."""
+    """EmbeddedPipeline + MqttIngest on a broker, tickets in a temporary SQLite file.
+    ``isolate``: the MQTT client in a child process, as ``gridwatch serve`` runs it."""
 
     def __init__(self, tmp_path: Path, url: str, *, topic_prefix: str = "gridwatch/v1",
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, isolate: bool = False) -> None:
         self.grid = Grid.from_geojson(square_grid(box(*AREA), size_m=1000))
         self.store = SqliteTicketStore(tmp_path / "tickets.sqlite")
         self.pipeline = EmbeddedPipeline(centre_config(), self.grid, self.store)
         self.ingest = MqttIngest(connection(url), self.pipeline,
                                  client_id=client_id or unique("centre"),
-                                 topic_prefix=topic_prefix)
+                                 topic_prefix=topic_prefix, isolate=isolate)
 
     def start(self) -> Centre:
         self.ingest.start()

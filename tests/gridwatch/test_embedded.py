@@ -92,3 +92,78 @@ def test_many_threads_submitting_at_once_lose_nothing(tmp_path):
     ids = [e for t in store.all() for e in t.event_ids]
     assert len(ids) == 800 and len(set(ids)) == 800
     pipeline.close()
+
+
+def test_a_repeat_is_acknowledged_only_once_its_first_copy_is_committed(tmp_path):
+    """A broker re-sends what it has not seen acknowledged (after a reconnect); the repeat
+    of a detection still queued must not be acknowledged before the first copy is safe."""
+    pipeline, store = _pipeline(tmp_path)
+    gate = threading.Event()
+    apply = pipeline._apply
+    pipeline._apply = lambda outputs: (gate.wait(10), apply(outputs))  # type: ignore[method-assign]
+    acks: list[str] = []
+    raw = line(event_id="held")
+    assert not pipeline.submit_raw(raw, origin="a",
+                                   on_committed=lambda: acks.append("first")).duplicate
+    assert pipeline.submit_raw(raw, origin="a",
+                               on_committed=lambda: acks.append("repeat")).duplicate
+    assert acks == []  # the first copy is still in the worker
+    gate.set()
+    assert pipeline.drain()
+    assert acks == ["first", "repeat"]
+    assert [t.event_ids for t in store.all()] == [["held"]]
+    pipeline.close()
+
+
+def test_a_failing_store_is_retried_and_nothing_is_acknowledged_before_it_works(tmp_path):
+    """Disk full, database gone: the batch is written when the store is back (the stream
+    core does not see it twice), and acknowledged only then."""
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    pipeline = EmbeddedPipeline(load_config(), make_grid(), store, retry_delay_s=0.01)
+    save_many = store.save_many
+    failures = iter([OSError("disk full"), OSError("disk full")])
+    attempts: list[int] = []
+
+    def failing_twice(items, **kwargs):
+        attempts.append(len(items))
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return save_many(items, **kwargs)
+
+    store.save_many = failing_twice  # type: ignore[method-assign]
+    events: list[str] = []
+    for i in range(2):
+        pipeline.submit_raw(line(event_id=f"retry-{i}", observed_at=(
+            T0 + timedelta(seconds=i)).isoformat()), origin="a",
+            on_committed=lambda i=i: events.append(f"acked {i}"),
+            on_failed=lambda: events.append("failed"))
+    assert pipeline.drain()
+    assert len(attempts) >= 3
+    assert sorted(events) == ["acked 0", "acked 1"]
+    [ticket] = list(store.all())
+    assert ticket.event_ids == ["retry-0", "retry-1"]
+    assert ticket.detection_count == 2
+    stats = pipeline.stats()
+    assert stats["store_errors"] == 2 and stats["failed"] == 0 and stats["processed"] == 2
+    pipeline.close()
+
+
+def test_closing_while_the_store_fails_leaves_the_batch_unacknowledged(tmp_path):
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    pipeline = EmbeddedPipeline(load_config(), make_grid(), store, retry_delay_s=0.01,
+                                retry_max_s=0.05)
+
+    def always_failing(items, **kwargs):
+        raise OSError("disk full")
+
+    store.save_many = always_failing  # type: ignore[method-assign]
+    events: list[str] = []
+    pipeline.submit_raw(line(event_id="stuck"), origin="a",
+                        on_committed=lambda: events.append("acked"),
+                        on_failed=lambda: events.append("failed"))
+    assert not pipeline.drain(0.3)
+    pipeline.close(timeout=0.1)
+    assert events == ["failed"]
+    assert pipeline.stats()["failed"] == 1
+    assert list(store.all()) == []

@@ -27,6 +27,12 @@ from edge.testing import MosquittoProcess
 from tests.edge.helpers import Centre, listening, spread_detection, unique
 
 
+@pytest.fixture(params=[False, True], ids=["thread", "process"])
+def isolate(request: pytest.FixtureRequest) -> bool:
+    """The MQTT client in the ingest's thread, or in a child process (``serve``'s way)."""
+    return bool(request.param)
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> MosquittoProcess:
     with MosquittoProcess(tmp_path / "broker") as b:
@@ -41,10 +47,10 @@ def edge_agent(tmp_path: Path, port: int, station: str) -> EdgeAgent:
 
 
 def test_10k_detections_across_a_broker_restart_reach_tickets_exactly_once(
-        tmp_path: Path, broker: MosquittoProcess) -> None:
+        tmp_path: Path, broker: MosquittoProcess, isolate: bool) -> None:
     n = 10_000
     station = unique("st")
-    centre = Centre(tmp_path, broker.url).start()
+    centre = Centre(tmp_path, broker.url, isolate=isolate).start()
     agent = edge_agent(tmp_path, broker.port, station)
     agent.start()
     try:
@@ -73,9 +79,9 @@ def test_10k_detections_across_a_broker_restart_reach_tickets_exactly_once(
 
 
 def test_malformed_payloads_are_dead_lettered_and_valid_traffic_flows(
-        tmp_path: Path, broker: MosquittoProcess) -> None:
+        tmp_path: Path, broker: MosquittoProcess, isolate: bool) -> None:
     station = unique("st")
-    centre = Centre(tmp_path, broker.url).start()
+    centre = Centre(tmp_path, broker.url, isolate=isolate).start()
     bad_kinds = [
         b"{not json",
         b"[1, 2, 3]",
@@ -136,11 +142,11 @@ def test_malformed_payloads_are_dead_lettered_and_valid_traffic_flows(
 
 
 def test_ingest_survives_its_own_restart_without_losing_queued_detections(
-        tmp_path: Path, broker: MosquittoProcess) -> None:
+        tmp_path: Path, broker: MosquittoProcess, isolate: bool) -> None:
     """The persistent session: what arrives while the centre is down is delivered later."""
     station = unique("st")
     client_id = unique("centre")
-    first = Centre(tmp_path / "a", broker.url, client_id=client_id).start()
+    first = Centre(tmp_path / "a", broker.url, client_id=client_id, isolate=isolate).start()
     first.ingest.stop()  # the broker now queues for this session
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"))
     pub.connect("127.0.0.1", broker.port)
@@ -154,7 +160,7 @@ def test_ingest_survives_its_own_restart_without_losing_queued_detections(
     pub.disconnect()
     pub.loop_stop()
     first.pipeline.close()
-    second = Centre(tmp_path / "b", broker.url, client_id=client_id).start()
+    second = Centre(tmp_path / "b", broker.url, client_id=client_id, isolate=isolate).start()
     try:
         assert wait_until(lambda: second.ingest.stats()["committed"] >= 300, 30)
         assert set(second.ticket_event_ids()) == set(ids)
@@ -162,11 +168,12 @@ def test_ingest_survives_its_own_restart_without_losing_queued_detections(
         second.close()
 
 
-def test_metrics_count_what_the_ingest_did(tmp_path: Path, broker: MosquittoProcess) -> None:
+def test_metrics_count_what_the_ingest_did(tmp_path: Path, broker: MosquittoProcess,
+                                           isolate: bool) -> None:
     from prometheus_client import generate_latest
 
     station = unique("st")
-    centre = Centre(tmp_path, broker.url).start()
+    centre = Centre(tmp_path, broker.url, isolate=isolate).start()
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"))
     pub.connect("127.0.0.1", broker.port)
     pub.loop_start()

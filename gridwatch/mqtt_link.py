@@ -1,0 +1,337 @@
+"""The centre ingest's connection to the broker: paho in a thread, or in a process of its own.
+
+paho-mqtt parses every packet in Python, so on the centre the MQTT client alone keeps a
+core busy at a few ten thousand messages a second. Sharing that process (and its GIL) with
+validation, the stream core, the ticket store and the API is what held the ingest below
+the bare client's rate. :class:`ProcessLink` moves the client into a child process that
+only receives, acknowledges and publishes; messages cross a pipe in batches, and
+acknowledgements and dead letters come back the same way. :class:`ThreadLink` keeps the
+client in a thread of this process (tests, small boxes, ``gridwatch serve
+--ingest-thread``).
+
+Both deliver ``(topic, payload, token)`` to a :class:`LinkHandler` and take
+``ack(token)`` from any thread. A token is ``(mid, qos)``; the broker re-sends an
+unacknowledged message with its original packet id after a reconnect (MQTT 3.1.1, 4.4),
+so an acknowledgement that arrives after the child was replaced still names the right
+message.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+
+from edge.config import MqttConnection
+from edge.publisher import make_client
+
+log = logging.getLogger(__name__)
+
+Token = tuple[int, int]  # (mid, qos) of a received message
+Filters = list[tuple[str, int]]
+
+# the child flushes what it received every FLUSH_S (and at once when idle before), the
+# parent its acknowledgements likewise: ~1 ms batches cost about 1 µs a message to pickle
+FLUSH_S = 0.001
+IDLE_MAX_S = 0.02
+
+
+class LinkHandler(Protocol):
+    """What a link calls; each method runs on the link's receiving thread."""
+
+    def on_link_message(self, topic: str, payload: bytes | bytearray,
+                        token: Token) -> None: ...
+
+    def on_link_connected(self, session_present: bool | None) -> None: ...
+
+    def on_link_subscribed(self) -> None: ...
+
+    def on_link_disconnected(self, reason: str) -> None: ...
+
+
+def _client(connection: MqttConnection, client_id: str) -> mqtt.Client:
+    client = make_client(connection, client_id=client_id, clean_session=False,
+                         manual_ack=True)
+    client.max_queued_messages_set(0)
+    client.max_inflight_messages_set(1000)  # for the dead letters the ingest publishes
+    return client
+
+
+def _connect(client: mqtt.Client, connection: MqttConnection) -> None:
+    client.connect_async(connection.host, connection.port, keepalive=connection.keepalive_s)
+    client.loop_start()
+
+
+class ThreadLink:
+    """paho's network thread in this process calls the handler directly."""
+
+    def __init__(self, connection: MqttConnection, *, client_id: str,
+                 filters: Filters) -> None:
+        self.connection = connection
+        self.client_id = client_id
+        self.filters = filters
+        self._client: mqtt.Client | None = None
+        self._handler: LinkHandler | None = None
+
+    def start(self, handler: LinkHandler) -> None:
+        self._handler = handler
+        client = _client(self.connection, self.client_id)
+
+        def on_connect(c: mqtt.Client, u: Any, flags: Any, reason: Any, p: Any) -> None:
+            if reason.is_failure:
+                handler.on_link_disconnected(f"broker refused: {reason}")
+                return
+            c.subscribe(self.filters)
+            handler.on_link_connected(getattr(flags, "session_present", None))
+
+        client.on_connect = on_connect
+        client.on_subscribe = lambda *a: handler.on_link_subscribed()
+        client.on_disconnect = lambda c, u, f, reason, p: handler.on_link_disconnected(
+            str(reason))
+        client.on_message = lambda c, u, msg: handler.on_link_message(
+            msg.topic, msg.payload, (msg.mid, msg.qos))
+        _connect(client, self.connection)
+        self._client = client
+
+    def ack(self, token: Token) -> None:
+        if self._client is not None:
+            self._client.ack(*token)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        if self._client is not None:
+            self._client.publish(topic, payload, qos=qos)
+
+    def restart(self) -> None:
+        """Reconnect, so the broker re-sends what this session has not acknowledged."""
+        handler = self._handler
+        if self._client is not None and handler is not None:
+            self.stop()
+            self.start(handler)
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+
+
+class ProcessLink:
+    """paho in a child process; batches of messages and of commands cross a pipe.
+
+    The child dies with the parent (it exits when the pipe closes). If the child dies on
+    its own, the parent starts a new one after ``restart_delay_s`` (doubling to 30 s while
+    it keeps failing); the broker's persistent session re-sends what was not acknowledged.
+    """
+
+    def __init__(self, connection: MqttConnection, *, client_id: str, filters: Filters,
+                 restart_delay_s: float = 1.0) -> None:
+        self.connection = connection
+        self.client_id = client_id
+        self.filters = filters
+        self.restart_delay_s = restart_delay_s
+        self.restarts = 0
+        self._commands: deque[tuple[Any, ...]] = deque()
+        self._wake = threading.Event()
+        self._running = False
+        self._conn: Connection | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._threads: list[threading.Thread] = []
+        self._spawn_lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def start(self, handler: LinkHandler) -> None:
+        self._running = True
+        self._spawn()
+        self._threads = [
+            threading.Thread(target=self._receive, args=(handler,), daemon=True,
+                             name="gridwatch-ingest-receive"),
+            threading.Thread(target=self._send, daemon=True, name="gridwatch-ingest-send"),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _spawn(self) -> None:
+        # spawn, not fork: the parent has threads (pipeline worker, API) a fork would copy
+        # in whatever state they are
+        context = multiprocessing.get_context("spawn")
+        parent_end, child_end = context.Pipe(duplex=True)
+        process = context.Process(
+            target=_child_main, name="gridwatch-ingest-mqtt", daemon=True,
+            args=(child_end, self.connection, self.client_id, self.filters))
+        process.start()
+        child_end.close()
+        with self._spawn_lock:
+            self._conn, self._process = parent_end, process
+
+    def _receive(self, handler: LinkHandler) -> None:
+        delay = self.restart_delay_s
+        while self._running:
+            conn = self._conn
+            assert conn is not None
+            try:
+                kind, body = conn.recv()
+            except (EOFError, OSError):
+                if not self._running:
+                    return
+                process = self._process
+                code = None
+                if process is not None:
+                    process.join(5)
+                    code = process.exitcode
+                handler.on_link_disconnected(f"the MQTT process exited (code {code})")
+                log.error("ingest: the MQTT process exited (code %s); starting another in "
+                          "%.0f s", code, delay)
+                time.sleep(delay)
+                if not self._running:
+                    return
+                self.restarts += 1
+                self._spawn()
+                self._wake.set()  # commands queued meanwhile go to the new child
+                delay = min(delay * 2, 30.0)
+                continue
+            if kind == "m":
+                for topic, payload, mid, qos in body:
+                    handler.on_link_message(topic, payload, (mid, qos))
+            elif kind == "connected":
+                delay = self.restart_delay_s
+                handler.on_link_connected(body)
+            elif kind == "subscribed":
+                handler.on_link_subscribed()
+            elif kind == "disconnected":
+                handler.on_link_disconnected(body)
+
+    def _send(self) -> None:
+        while self._running or self._commands:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            if not self._commands:
+                continue
+            time.sleep(FLUSH_S)  # let a batch's acknowledgements gather
+            batch = [self._commands.popleft() for _ in range(len(self._commands))]
+            try:
+                assert self._conn is not None
+                self._conn.send(batch)
+            except (OSError, ValueError):
+                # the child is gone; keep the commands for the next one (the broker
+                # re-sends those messages with the same ids)
+                self._commands.extendleft(reversed(batch))
+                time.sleep(0.1)
+
+    def ack(self, token: Token) -> None:
+        self._commands.append(("a", token[0], token[1]))
+        self._wake.set()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        self._commands.append(("p", topic, payload, qos))
+        self._wake.set()
+
+    def restart(self) -> None:
+        """Replace the child, so the broker re-sends what this session has not
+        acknowledged (its replacement is started by the receiving thread)."""
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Send what is queued (acknowledgements first), then disconnect the child."""
+        if not self._running:
+            return
+        deadline = time.monotonic() + timeout_s
+        while self._commands and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.01)
+        self._running = False
+        self._wake.set()
+        conn, process = self._conn, self._process
+        try:
+            if conn is not None:
+                conn.send(None)
+        except (OSError, ValueError):
+            pass
+        if process is not None:
+            process.join(max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        if conn is not None:
+            conn.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
+def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
+                filters: Filters) -> None:
+    """The MQTT process: receive → pipe in batches; pipe → acknowledge / publish."""
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s gridwatch-ingest-mqtt: %(message)s")
+    inbox: deque[tuple[str, bytes | bytearray, int, int]] = deque()
+    send_lock = threading.Lock()
+    stop = threading.Event()
+
+    def send(kind: str, body: Any) -> None:
+        with send_lock:
+            conn.send((kind, body))
+
+    client = _client(connection, client_id)
+
+    def on_connect(c: mqtt.Client, u: Any, flags: Any, reason: Any, p: Any) -> None:
+        if reason.is_failure:
+            send("disconnected", f"broker refused: {reason}")
+            return
+        c.subscribe(filters)
+        send("connected", getattr(flags, "session_present", None))
+
+    def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        inbox.append((msg.topic, msg.payload, msg.mid, msg.qos))
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *a: send("subscribed", None)
+    client.on_disconnect = lambda c, u, f, reason, p: send("disconnected", str(reason))
+    client.on_message = on_message
+
+    def commands() -> None:
+        while True:
+            try:
+                batch = conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                batch = None
+            if batch is None:
+                stop.set()
+                return
+            for command in batch:
+                if command[0] == "a":
+                    client.ack(command[1], command[2])
+                else:
+                    client.publish(command[1], command[2], qos=command[3])
+
+    try:
+        _connect(client, connection)
+    except Exception as exc:  # bad TLS files and the like: say so, and let the parent retry
+        log.error("cannot start the MQTT client for %s:%s: %s", connection.host,
+                  connection.port, exc)
+        os._exit(2)
+    threading.Thread(target=commands, daemon=True, name="commands").start()
+    idle = FLUSH_S
+    try:
+        while not stop.is_set():
+            if inbox:
+                batch = [inbox.popleft() for _ in range(len(inbox))]
+                send("m", batch)
+                idle = FLUSH_S
+            else:
+                idle = min(idle * 2, IDLE_MAX_S)
+            stop.wait(idle)
+    except (OSError, ValueError):
+        pass  # the parent is gone; what was not acknowledged stays with the broker
+    client.disconnect()
+    client.loop_stop()

@@ -1,0 +1,165 @@
+"""The ingest's MQTT client in a child process: replaced when it dies, gone when its parent
+dies, and re-delivery after a failed batch (both links), against a real Mosquitto."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from detectors.schema import Detection
+from edge.config import MqttConnection
+from edge.publisher import wait_until
+from edge.testing import MosquittoProcess
+from gridwatch.embedded import SubmitResult
+from gridwatch.ingest import MqttIngest
+from tests.edge.helpers import Centre, spread_detection, unique
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    with MosquittoProcess(tmp_path / "broker") as b:
+        yield b
+
+
+def publish(port: int, detections: list[Detection], *, pause_every: int = 0) -> None:
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"))
+    pub.max_inflight_messages_set(200)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    infos = []
+    for i, d in enumerate(detections):
+        infos.append(pub.publish(f"gridwatch/v1/{d.station_id}/{d.source_id}/detection",
+                                 d.to_json(), qos=1))
+        if pause_every and i % pause_every == 0:
+            time.sleep(0.01)
+    for info in infos:
+        info.wait_for_publish(30)
+    pub.disconnect()
+    pub.loop_stop()
+
+
+def test_a_killed_mqtt_process_is_replaced_and_nothing_is_lost(
+        tmp_path: Path, broker: MosquittoProcess) -> None:
+    station = unique("st")
+    centre = Centre(tmp_path, broker.url, isolate=True).start()
+    link = centre.ingest._link
+    try:
+        detections = [spread_detection(i, station=station) for i in range(3000)]
+        sender = threading.Thread(target=publish, args=(broker.port, detections),
+                                  kwargs={"pause_every": 50})
+        sender.start()
+        assert wait_until(lambda: centre.ingest.stats()["committed"] >= 500, 30)
+        first_pid = link.pid
+        os.kill(first_pid, signal.SIGKILL)  # mid-stream, with messages in flight
+        sender.join(60)
+        assert wait_until(lambda: centre.ingest.stats()["committed"] >= 3000, 60), \
+            centre.ingest.stats()
+        assert link.restarts == 1 and link.pid != first_pid
+        counts = centre.ticket_event_ids()
+        assert set(counts) == {d.event_id for d in detections}
+        assert max(counts.values()) == 1
+    finally:
+        centre.close()
+
+
+CHILD_OF_A_DOOMED_PARENT = """
+import sys, time
+from edge.config import MqttConnection
+from gridwatch.mqtt_link import ProcessLink
+
+class Handler:
+    def on_link_message(self, *a): pass
+    def on_link_connected(self, *a): print("connected", flush=True)
+    def on_link_subscribed(self): pass
+    def on_link_disconnected(self, *a): pass
+
+if __name__ == "__main__":
+    link = ProcessLink(MqttConnection(port=int(sys.argv[1])), client_id=sys.argv[2],
+                       filters=[("gridwatch/v1/+/+/detection", 1)])
+    link.start(Handler())
+    print(link.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_the_mqtt_process_exits_when_its_parent_is_killed(
+        tmp_path: Path, broker: MosquittoProcess) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(CHILD_OF_A_DOOMED_PARENT, encoding="utf-8")
+    parent = subprocess.Popen([sys.executable, str(script), str(broker.port), unique("c")],
+                              stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        assert parent.stdout.readline().strip() == "connected"
+        os.kill(child_pid, 0)  # alive
+        parent.kill()
+        parent.wait(10)
+
+        def gone() -> bool:
+            try:
+                os.kill(child_pid, 0)
+            except ProcessLookupError:
+                return True
+            # a zombie of the dead parent counts as gone (init reaps it)
+            stat = Path(f"/proc/{child_pid}/stat")
+            return not stat.exists() or stat.read_text().split()[2] == "Z"
+
+        assert wait_until(gone, 10), "the MQTT process outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+class FailingOncePipeline:
+    """Fails each detection's first attempt (no ack, on_failed), commits repeats: what the
+    embedded pipeline does when its stream core raises."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, int] = {}
+        self.committed: set[str] = set()
+        self.lock = threading.Lock()
+
+    def submit(self, d: Detection, *, on_committed: Callable[[], None] | None = None,
+               on_failed: Callable[[], None] | None = None) -> SubmitResult:
+        with self.lock:
+            n = self.attempts[d.event_id] = self.attempts.get(d.event_id, 0) + 1
+        if n == 1:
+            assert on_failed is not None
+            on_failed()
+            return SubmitResult(True)
+        with self.lock:
+            self.committed.add(d.event_id)
+        if on_committed is not None:
+            on_committed()
+        return SubmitResult(True)
+
+
+@pytest.mark.parametrize("isolate", [False, True], ids=["thread", "process"])
+def test_a_failed_batch_is_redelivered_after_a_reconnect(
+        tmp_path: Path, broker: MosquittoProcess, isolate: bool) -> None:
+    pipeline = FailingOncePipeline()
+    ingest = MqttIngest(MqttConnection(port=broker.port), pipeline,  # type: ignore[arg-type]
+                        client_id=unique("centre"), isolate=isolate, retry_after_s=0.2)
+    ingest.start()
+    try:
+        assert ingest.wait_subscribed(10)
+        detections = [spread_detection(i, station=unique("st")) for i in range(20)]
+        publish(broker.port, detections)
+        ids = {d.event_id for d in detections}
+        assert wait_until(lambda: pipeline.committed == ids, 30), pipeline.attempts
+        assert ingest.stats()["reconnects_for_redelivery"] >= 1
+        assert all(n >= 2 for n in pipeline.attempts.values())
+    finally:
+        ingest.stop()
