@@ -6,7 +6,8 @@ from any thread. Validation and the event-id check happen at once, so the caller
 dead-letter a bad message; valid detections go onto a bounded queue that one worker drains
 in batches. ``on_committed`` callbacks run after the batch holding that detection has been
 written to the store, so an MQTT ingest can acknowledge a message only when it is safe:
-nothing accepted is lost if the process dies.
+nothing accepted is lost if the process dies. A store that fails is retried with back-off
+(the batch's stream outputs are kept, not recomputed) while intake waits.
 
 Live mode processes detections as they come (no reorder buffer): waiting ``lateness_s``
 for stragglers would delay every fire alarm by that long, and the incident clusterer joins

@@ -89,6 +89,10 @@ class _IngestCollector:
              "(same event_id)"),
             ("gridwatch_ingest_committed", "committed", "Detections committed to the ticket "
              "store and acknowledged to the broker"),
+            ("gridwatch_ingest_reconnects_for_redelivery", "reconnects_for_redelivery",
+             "Reconnects made so the broker re-sends a batch the pipeline could not take"),
+            ("gridwatch_ingest_mqtt_process_restarts", "mqtt_process_restarts",
+             "Times the ingest's MQTT process died and was started again"),
         ):
             yield CounterMetricFamily(name, help_text, value=stats[key])
         dead = CounterMetricFamily("gridwatch_ingest_deadlettered", "Invalid messages sent to "
@@ -171,9 +175,14 @@ class MqttIngest:
         out: dict[str, Any] = {"received": self._received, "accepted": self._accepted,
                                "duplicates": self._duplicates, "committed": self._committed,
                                "deadlettered": sum(self._deadlettered.values()),
-                               "reconnects_for_redelivery": self._reconnects}
+                               "reconnects_for_redelivery": self._reconnects,
+                               "mqtt_process_restarts": self._process_restarts()}
         out["deadlettered_by_code"] = dict(sorted(self._deadlettered.items()))
         return out
+
+    def _process_restarts(self) -> int:
+        link = self._link
+        return link.restarts if isinstance(link, ProcessLink) else 0
 
     @property
     def subscribed(self) -> bool:

@@ -280,7 +280,10 @@ def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
 
     def send(kind: str, body: Any) -> None:
         with send_lock:
-            conn.send((kind, body))
+            try:
+                conn.send((kind, body))
+            except (OSError, ValueError):  # the parent is gone
+                stop.set()
 
     client = _client(connection, client_id)
 
@@ -322,16 +325,14 @@ def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
         os._exit(2)
     threading.Thread(target=commands, daemon=True, name="commands").start()
     idle = FLUSH_S
-    try:
-        while not stop.is_set():
-            if inbox:
-                batch = [inbox.popleft() for _ in range(len(inbox))]
-                send("m", batch)
-                idle = FLUSH_S
-            else:
-                idle = min(idle * 2, IDLE_MAX_S)
-            stop.wait(idle)
-    except (OSError, ValueError):
-        pass  # the parent is gone; what was not acknowledged stays with the broker
+    while not stop.is_set():
+        if inbox:
+            batch = [inbox.popleft() for _ in range(len(inbox))]
+            send("m", batch)
+            idle = FLUSH_S
+        else:
+            idle = min(idle * 2, IDLE_MAX_S)
+        stop.wait(idle)
+    # stopped, or the parent is gone: what was not acknowledged stays with the broker
     client.disconnect()
     client.loop_stop()

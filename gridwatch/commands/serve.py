@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,10 @@ class PipelineCollector:
         yield CounterMetricFamily("gridwatch_pipeline_failed",
                                   "Detections whose batch failed (redelivered later)",
                                   value=stats.get("failed", 0))
+        yield CounterMetricFamily("gridwatch_pipeline_store_errors",
+                                  "Failed attempts to write a batch to the ticket store "
+                                  "(retried with back-off; intake waits meanwhile)",
+                                  value=stats.get("store_errors", 0))
         yield CounterMetricFamily("gridwatch_pipeline_tickets_opened", "Tickets opened",
                                   value=stats.get("tickets_opened", 0))
 
@@ -130,9 +135,17 @@ def run(args: argparse.Namespace) -> int:
         ingest.start()
         log.info("serve: ingesting %s from %s:%s as %s", ingest.detection_filter,
                  connection.host, connection.port, args.client_id)
+    # uvicorn shuts down on SIGTERM, restores the handler it found and raises the signal
+    # again: with the default handler the process would die there, before the finally
+    # below commits what is queued; this handler makes that a normal exit
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
+        signal.signal(signal.SIGTERM, previous)
         # stop receiving first; what is still queued is committed by close(), and anything
         # received but not acknowledged is redelivered to the next run (dropped by event id)
         if ingest is not None:

@@ -188,6 +188,7 @@ def test_metrics_count_what_the_ingest_did(tmp_path: Path, broker: MosquittoProc
     text = generate_latest(centre.ingest.metrics.registry).decode()
     centre.close()
     assert "gridwatch_ingest_received_total 3.0" in text
+    assert "gridwatch_ingest_mqtt_process_restarts_total 0.0" in text
     assert "gridwatch_ingest_duplicates_total 1.0" in text
     assert 'gridwatch_ingest_deadlettered_total{code="invalid_json"} 1.0' in text
     (seen,) = [line for line in text.splitlines()
