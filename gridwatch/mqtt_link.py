@@ -19,8 +19,11 @@ message.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -141,7 +144,7 @@ class ProcessLink:
         self._wake = threading.Event()
         self._running = False
         self._conn: Connection | None = None
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._threads: list[threading.Thread] = []
         self._spawn_lock = threading.Lock()
 
@@ -161,17 +164,18 @@ class ProcessLink:
             thread.start()
 
     def _spawn(self) -> None:
-        # spawn, not fork: the parent has threads (pipeline worker, API) a fork would copy
-        # in whatever state they are
-        context = multiprocessing.get_context("spawn")
-        parent_end, child_end = context.Pipe(duplex=True)
-        process = context.Process(
-            target=_child_main, name="gridwatch-ingest-mqtt", daemon=True,
-            args=(child_end, self.connection, self.client_id, self.filters))
-        process.start()
+        # a fresh interpreter (``python -m gridwatch.mqtt_link FD``), not a fork: the
+        # parent has threads (pipeline worker, API) that a fork would copy mid-flight, and
+        # unlike multiprocessing's spawn it never re-imports the caller's __main__
+        parent_end, child_end = socket.socketpair()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gridwatch.mqtt_link", str(child_end.fileno())],
+            pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL)
         child_end.close()
+        conn = Connection(parent_end.detach())
+        conn.send((self.connection, self.client_id, self.filters))
         with self._spawn_lock:
-            self._conn, self._process = parent_end, process
+            self._conn, self._process = conn, process
 
     def _receive(self, handler: LinkHandler) -> None:
         delay = self.restart_delay_s
@@ -186,8 +190,11 @@ class ProcessLink:
                 process = self._process
                 code = None
                 if process is not None:
-                    process.join(5)
-                    code = process.exitcode
+                    try:
+                        code = process.wait(5)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        code = process.wait()
                 handler.on_link_disconnected(f"the MQTT process exited (code {code})")
                 log.error("ingest: the MQTT process exited (code %s); starting another in "
                           "%.0f s", code, delay)
@@ -239,7 +246,7 @@ class ProcessLink:
         """Replace the child, so the broker re-sends what this session has not
         acknowledged (its replacement is started by the receiving thread)."""
         process = self._process
-        if process is not None and process.is_alive():
+        if process is not None and process.poll() is None:
             process.kill()
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -259,10 +266,11 @@ class ProcessLink:
         except (OSError, ValueError):
             pass
         if process is not None:
-            process.join(max(0.1, deadline - time.monotonic()))
-            if process.is_alive():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 process.kill()
-                process.join(5)
+                process.wait(5)
         if conn is not None:
             conn.close()
         for thread in self._threads:
@@ -272,6 +280,8 @@ class ProcessLink:
 def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
                 filters: Filters) -> None:
     """The MQTT process: receive → pipe in batches; pipe → acknowledge / publish."""
+    # Ctrl-C reaches the whole process group: the parent decides when this one stops
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s gridwatch-ingest-mqtt: %(message)s")
     inbox: deque[tuple[str, bytes | bytearray, int, int]] = deque()
@@ -336,3 +346,8 @@ def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
     # stopped, or the parent is gone: what was not acknowledged stays with the broker
     client.disconnect()
     client.loop_stop()
+
+
+if __name__ == "__main__":  # started by ProcessLink: python -m gridwatch.mqtt_link FD
+    _conn = Connection(int(sys.argv[1]))
+    _child_main(_conn, *_conn.recv())

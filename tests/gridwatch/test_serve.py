@@ -25,11 +25,11 @@ TOKEN = "serve-test-admin-token"
 
 
 def spawned_children(pid: int) -> list[int]:
-    """Child processes started by multiprocessing's spawn (not its resource tracker)."""
+    """The ingest's MQTT processes among ``pid``'s children."""
     path = Path(f"/proc/{pid}/task/{pid}/children")
     pids = [int(p) for p in path.read_text().split()] if path.exists() else []
     return [p for p in pids
-            if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            if b"gridwatch.mqtt_link" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
 def alive(pid: int) -> bool:
