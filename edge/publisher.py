@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import ssl
+import sys
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from detectors.configfile import ConfigFileError
 from edge.config import MqttConnection, UplinkSettings
 from edge.metrics import EdgeMetrics
 from edge.outbox import Outbox
@@ -49,16 +51,55 @@ def make_client(conn: MqttConnection, *, client_id: str, clean_session: bool = T
     if conn.username is not None:
         client.username_pw_set(conn.username, conn.password())
     if conn.tls.enabled:
-        client.tls_set(
-            ca_certs=str(conn.tls.ca_file) if conn.tls.ca_file else None,
-            certfile=str(conn.tls.cert_file) if conn.tls.cert_file else None,
-            keyfile=str(conn.tls.key_file) if conn.tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
+        tls = conn.tls
+        try:
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            files = ", ".join(f"{name} {path}" for name, path in (
+                ("ca_file", tls.ca_file), ("cert_file", tls.cert_file),
+                ("key_file", tls.key_file)) if path is not None)
+            raise ConfigFileError(f"MQTT TLS for {conn.host}:{conn.port}: cannot load "
+                                  f"{files or 'the system CAs'}: {exc}") from None
         client.tls_insecure_set(conn.tls.insecure)
     client.reconnect_delay_set(min_delay=max(1, int(conn.reconnect_min_s)),
                                max_delay=max(1, int(conn.reconnect_max_s)))
+    client.on_connect_fail = lambda c, userdata: logger.warning(
+        "MQTT client %s: cannot connect to %s:%s: %s; retrying with back-off", client_id,
+        conn.host, conn.port, connect_failure())
     return client
+
+
+def connect_failure() -> str:
+    """Why paho's last connection attempt failed, for an ``on_connect_fail`` callback.
+
+    paho retries a failed connect (refused, TLS verification, unreachable) silently and
+    passes the callback no reason; it calls it inside its ``except OSError``, so the
+    exception is still the one being handled.
+    """
+    exc = sys.exc_info()[1]
+    if exc is None:
+        return "no reason given"
+    return str(exc) or type(exc).__name__
+
+
+# CONNACK refusals about credentials (MQTT 3.1.1 return codes 4 and 5, as paho's
+# MQTT 5 reason codes): "Bad user name or password", "Not authorized"
+_CREDENTIALS_REFUSED = (0x86, 0x87)
+
+
+def refusal_hint(conn: MqttConnection, reason: Any) -> str:
+    """What to check when the broker refuses the credentials (else ``""``)."""
+    if getattr(reason, "value", None) not in _CREDENTIALS_REFUSED:
+        return ""
+    if conn.username is None:
+        return " (no username is configured)"
+    where = f"${conn.password_env}" if conn.password_env else "no password_env"
+    return f" (check username {conn.username!r} and the password: {where})"
 
 
 class Publisher:
@@ -80,6 +121,7 @@ class Publisher:
         self._inflight: dict[int, int] = {}  # mid -> outbox seq (publisher thread only)
         self._cursor = 0
         self._connected = threading.Event()
+        self.last_error: str | None = None  # why the uplink is not connected, for status
         self.client_id = settings.client_id or f"gridwatch-edge-{station_id}-{uuid.uuid4().hex[:8]}"
 
     # paho callbacks run on paho's network thread: they only append and signal, never take
@@ -87,9 +129,11 @@ class Publisher:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
         if reason.is_failure:
-            logger.warning("station %s: uplink %s:%s refused the connection: %s",
-                           self.station_id, self.settings.host, self.settings.port, reason)
+            self.last_error = f"refused: {reason}{refusal_hint(self.settings, reason)}"
+            logger.warning("station %s: uplink %s:%s %s", self.station_id,
+                           self.settings.host, self.settings.port, self.last_error)
             return
+        self.last_error = None
         logger.info("station %s: uplink connected to %s:%s", self.station_id,
                     self.settings.host, self.settings.port)
         client.publish(status_topic(self.settings.topic_prefix, self.station_id), b"online",
@@ -98,6 +142,12 @@ class Publisher:
         self.metrics.reconnects.inc()
         self._connected.set()
         self.wake.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self.last_error = f"cannot connect: {connect_failure()}"
+        logger.warning("station %s: uplink %s:%s %s; retrying with back-off (%d in the "
+                       "outbox)", self.station_id, self.settings.host, self.settings.port,
+                       self.last_error, self.outbox.depth)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
@@ -125,6 +175,7 @@ class Publisher:
         client.max_inflight_messages_set(s.max_inflight)
         client.max_queued_messages_set(0)  # we bound what we hand over ourselves
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.connect_async(s.host, s.port, keepalive=s.keepalive_s)

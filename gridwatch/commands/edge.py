@@ -31,10 +31,13 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from edge.agent import AgentStartupError, EdgeAgent
     from edge.config import load_station_config
+    from edge.publisher import make_client
 
     config = load_station_config(args.config)
     config.uplink.password()  # a missing secret fails now, not in a worker
     config.local_mqtt.password()
+    for connection in (config.uplink, config.local_mqtt):  # so do unreadable TLS files
+        make_client(connection, client_id="gridwatch-preflight")
     try:
         agent = EdgeAgent(config)
     except AgentStartupError as exc:
@@ -121,8 +124,10 @@ def status(args: argparse.Namespace) -> int:
         state = "running" if alive else f"NOT RUNNING (last update {agent['age_s']}s ago)"
         print(f"  agent: {state}, pid {agent.get('pid')}")
         up = agent.get("uplink", {})
+        connected = up.get("connected") and alive
         print(f"  uplink: {up.get('host')}:{up.get('port')} "
-              f"{'connected' if up.get('connected') and alive else 'disconnected'}")
+              f"{'connected' if connected else 'disconnected'}"
+              + (f" ({up['last_error']})" if not connected and up.get("last_error") else ""))
     ob = report["outbox"]
     if ob is None:
         print(f"  outbox: none yet at {config.outbox_path}")

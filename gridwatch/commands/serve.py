@@ -51,6 +51,7 @@ def register(subparsers: Any) -> None:
 def mqtt_connection(args: argparse.Namespace) -> Any:
     """The broker connection from the command line (password from the environment)."""
     from edge.config import MqttConnection, TlsSettings
+    from edge.publisher import make_client
 
     parts = urlsplit(args.mqtt_url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
@@ -63,6 +64,7 @@ def mqtt_connection(args: argparse.Namespace) -> Any:
                           username=args.mqtt_username, password_env=args.mqtt_password_env,
                           tls=tls)
     conn.password()  # a missing secret fails now with its variable name
+    make_client(conn, client_id="gridwatch-preflight")  # so do unreadable TLS files
     return conn
 
 

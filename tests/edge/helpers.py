@@ -40,6 +40,9 @@ def connection(url: str) -> MqttConnection:
     return MqttConnection(host=parts.hostname or "127.0.0.1", port=parts.port or 1883)
 
 
+_url_connection = connection  # Centre's parameter of that name hides the function
+
+
 def centre_config() -> GridWatchConfig:
     """Incident kinds with no per-source cooldown, so every detection lands on a ticket."""
     incident = {"mode": "incident", "window_s": 300, "auto_dispatch": True,
@@ -64,14 +67,20 @@ def spread_detection(i: int, *, station: str, kind: str = "door_forced",
 
 class Centre:
     """EmbeddedPipeline + MqttIngest on a broker, tickets in a temporary SQLite file.
-    ``isolate``: the MQTT client in a child process, as ``gridwatch serve`` runs it."""
+    ``isolate``: the MQTT client in a child process, as ``gridwatch serve`` runs it.
+    The broker is ``url`` (``mqtt://host:port``) or a full ``connection`` (TLS, login)."""
 
-    def __init__(self, tmp_path: Path, url: str, *, topic_prefix: str = "gridwatch/v1",
-                 client_id: str | None = None, isolate: bool = False) -> None:
+    def __init__(self, tmp_path: Path, url: str | None = None, *,
+                 topic_prefix: str = "gridwatch/v1", client_id: str | None = None,
+                 isolate: bool = False, connection: MqttConnection | None = None) -> None:
+        if (url is None) == (connection is None):
+            raise ValueError(f"Centre takes a url or a connection, got url={url!r} "
+                             f"connection={connection!r}")
         self.grid = Grid.from_geojson(square_grid(box(*AREA), size_m=1000))
         self.store = SqliteTicketStore(tmp_path / "tickets.sqlite")
         self.pipeline = EmbeddedPipeline(centre_config(), self.grid, self.store)
-        self.ingest = MqttIngest(connection(url), self.pipeline,
+        conn = connection if connection is not None else _url_connection(str(url))
+        self.ingest = MqttIngest(conn, self.pipeline,
                                  client_id=client_id or unique("centre"),
                                  topic_prefix=topic_prefix, isolate=isolate)
 

@@ -98,3 +98,26 @@ def test_serve_turns_mqtt_detections_into_tickets_and_stops_cleanly(
             if serve.poll() is None:
                 serve.kill()
                 serve.wait(10)
+
+
+def test_unreadable_tls_files_stop_serve_and_edge_at_start_with_the_path(
+        tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    serve = subprocess.run(
+        [sys.executable, "-m", "gridwatch", "serve", "--grid",
+         str(ROOT / "sample_data" / "grid.geojson"), "--db", str(tmp_path / "t.db"),
+         "--mqtt-url", "mqtts://127.0.0.1:8883", "--mqtt-ca-file", str(missing)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert serve.returncode != 0
+    assert str(missing) in serve.stderr and "ca_file" in serve.stderr
+    assert "Traceback" not in serve.stderr
+    station = tmp_path / "station.yaml"
+    station.write_text(
+        f"station_id: st-tls\nstate_dir: {tmp_path / 'edge'}\n"
+        f"uplink:\n  port: 8883\n  tls:\n    enabled: true\n    ca_file: {missing}\n",
+        encoding="utf-8")
+    edge = subprocess.run([sys.executable, "-m", "gridwatch", "edge", "run", "--config",
+                           str(station)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert edge.returncode != 0
+    assert str(missing) in edge.stderr and "Traceback" not in edge.stderr

@@ -1,0 +1,241 @@
+"""Uplink and centre ingest over TLS with a login, against a real private Mosquitto.
+
+The broker (edge.testing.MosquittoProcess) gets a TLS listener with a certificate from a
+throwaway CA made for each test (edge.testing.make_tls_files) and a password file; every
+client must log in. Passwords reach the agent and the ingest only through the environment
+variables their configs name, as in production; with ``isolate`` the ingest's MQTT client
+runs in a child process, which must find the CA file and the variable by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.agent import EdgeAgent
+from edge.config import MetricsSettings, MqttConnection, StationConfig, TlsSettings, UplinkSettings
+from edge.publisher import wait_until
+from edge.testing import MosquittoProcess, TlsFiles, make_tls_files
+from tests.edge.helpers import Centre, spread_detection, unique
+
+EDGE_USER, EDGE_PASSWORD_ENV = "st-test", "GRIDWATCH_TEST_UPLINK_PASSWORD"
+CENTRE_USER, CENTRE_PASSWORD_ENV = "centre", "GRIDWATCH_TEST_CENTRE_PASSWORD"
+PASSWORDS = {EDGE_USER: "edge-s3cret", CENTRE_USER: "centre-s3cret"}
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> TlsFiles:
+    return make_tls_files(tmp_path / "pki")
+
+
+@pytest.fixture
+def broker(tmp_path: Path, pki: TlsFiles,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[MosquittoProcess]:
+    monkeypatch.setenv(EDGE_PASSWORD_ENV, PASSWORDS[EDGE_USER])
+    monkeypatch.setenv(CENTRE_PASSWORD_ENV, PASSWORDS[CENTRE_USER])
+    with MosquittoProcess(tmp_path / "broker", certfile=pki.cert_file, keyfile=pki.key_file,
+                          cafile=pki.ca_file, users=PASSWORDS) as b:
+        yield b
+
+
+def uplink(port: int | None, ca_file: Path, **overrides: object) -> UplinkSettings:
+    assert port is not None
+    settings: dict[str, object] = {
+        "host": "127.0.0.1", "port": port, "username": EDGE_USER,
+        "password_env": EDGE_PASSWORD_ENV, "reconnect_max_s": 1,
+        "tls": TlsSettings(enabled=True, ca_file=ca_file)}
+    return UplinkSettings.model_validate({**settings, **overrides})
+
+
+def centre_connection(broker: MosquittoProcess, ca_file: Path) -> MqttConnection:
+    assert broker.tls_port is not None
+    # "localhost" checks the certificate's DNS name, the uplink (127.0.0.1) its IP address
+    return MqttConnection(host="localhost", port=broker.tls_port, username=CENTRE_USER,
+                          password_env=CENTRE_PASSWORD_ENV, reconnect_max_s=1,
+                          tls=TlsSettings(enabled=True, ca_file=ca_file))
+
+
+def edge_agent(state_dir: Path, station: str, settings: UplinkSettings) -> EdgeAgent:
+    return EdgeAgent(StationConfig(station_id=station, state_dir=state_dir, uplink=settings,
+                                   metrics=MetricsSettings(port=0)))
+
+
+def sink_detections(agent: EdgeAgent, station: str, n: int) -> list[str]:
+    batch = [spread_detection(i, station=station) for i in range(n)]
+    agent.sink(batch)
+    return [d.event_id for d in batch]
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    return [r.getMessage() for r in list(caplog.records)
+            if r.name == logger and r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["process", "thread"])
+def test_tls_and_login_deliver_every_detection_to_tickets_exactly_once(
+        tmp_path: Path, broker: MosquittoProcess, pki: TlsFiles, isolate: bool) -> None:
+    n = 300
+    station = unique("st")
+    centre = Centre(tmp_path / "centre", connection=centre_connection(broker, pki.ca_file),
+                    isolate=isolate).start()
+    agent = edge_agent(tmp_path / "edge", station, uplink(broker.tls_port, pki.ca_file))
+    agent.start()
+    try:
+        ids = sink_detections(agent, station, n)
+        assert wait_until(lambda: agent.outbox.depth == 0, 10), agent.status()
+        assert agent.status()["uplink"]["connected"] is True
+        assert wait_until(lambda: centre.ingest.stats()["committed"] >= n, 10), \
+            centre.ingest.stats()
+        counts = centre.ticket_event_ids()
+        assert set(counts) == set(ids)
+        assert max(counts.values()) == 1
+        assert centre.ingest.stats()["mqtt_process_restarts"] == 0
+    finally:
+        agent.stop()
+        centre.close()
+
+
+def test_wrong_password_is_reported_and_nothing_is_lost_once_fixed(
+        tmp_path: Path, broker: MosquittoProcess, pki: TlsFiles,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="edge.publisher")
+    station = unique("st")
+    centre = Centre(tmp_path / "centre", connection=centre_connection(broker, pki.ca_file),
+                    isolate=True).start()
+    state_dir = tmp_path / "edge"
+    monkeypatch.setenv(EDGE_PASSWORD_ENV, "not-the-password")
+    agent = edge_agent(state_dir, station, uplink(broker.tls_port, pki.ca_file))
+    agent.start()
+    try:
+        ids = sink_detections(agent, station, 50)
+
+        def refused() -> bool:
+            return any("refused: Not authorized" in m
+                       for m in warnings_of(caplog, "edge.publisher"))
+
+        assert wait_until(refused, 5), warnings_of(caplog, "edge.publisher")
+        (message, *_) = [m for m in warnings_of(caplog, "edge.publisher") if "refused" in m]
+        assert station in message
+        assert f"check username '{EDGE_USER}' and the password: ${EDGE_PASSWORD_ENV}" \
+            in message
+        status = agent.status()
+        assert status["uplink"]["connected"] is False
+        assert "Not authorized" in status["uplink"]["last_error"]
+        assert status["outbox"]["depth"] == 50
+        assert status["restarts"].get("publisher", 0) == 0  # refused, not crashed
+    finally:
+        agent.stop()
+    assert centre.ingest.stats()["received"] == 0
+
+    monkeypatch.setenv(EDGE_PASSWORD_ENV, PASSWORDS[EDGE_USER])
+    fixed = edge_agent(state_dir, station, uplink(broker.tls_port, pki.ca_file))
+    assert fixed.outbox.depth == 50  # the same outbox, all of it still there
+    fixed.start()
+    try:
+        assert wait_until(lambda: fixed.outbox.depth == 0, 10), fixed.status()
+        assert wait_until(lambda: centre.ingest.stats()["committed"] >= 50, 10)
+        counts = centre.ticket_event_ids()
+        assert set(counts) == set(ids)
+        assert max(counts.values()) == 1
+        assert fixed.outbox.dropped == 0
+    finally:
+        fixed.stop()
+        centre.close()
+
+
+def test_a_ca_that_did_not_sign_the_broker_fails_verification_visibly(
+        tmp_path: Path, broker: MosquittoProcess, caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.WARNING, logger="edge.publisher")
+    stranger = make_tls_files(tmp_path / "other-pki")  # a CA of its own
+    station = unique("st")
+    agent = edge_agent(tmp_path / "edge", station, uplink(broker.tls_port, stranger.ca_file))
+    centre = Centre(tmp_path / "centre", connection=centre_connection(broker, stranger.ca_file),
+                    isolate=True)
+    agent.start()
+    centre.ingest.start()  # the MQTT client in a child process: its log goes to stderr
+    stderr: list[str] = []
+
+    def child_logged(text: str) -> bool:
+        stderr.append(capfd.readouterr().err)
+        return text in "".join(stderr)
+
+    try:
+        sink_detections(agent, station, 10)
+
+        def verify_failed() -> bool:
+            return any("CERTIFICATE_VERIFY_FAILED" in m
+                       for m in warnings_of(caplog, "edge.publisher"))
+
+        assert wait_until(verify_failed, 5), warnings_of(caplog, "edge.publisher")
+        (message, *_) = [m for m in warnings_of(caplog, "edge.publisher")
+                         if "CERTIFICATE_VERIFY_FAILED" in m]
+        assert f"station {station}: uplink 127.0.0.1:{broker.tls_port} cannot connect" \
+            in message
+        assert "retrying" in message
+        assert wait_until(lambda: child_logged("CERTIFICATE_VERIFY_FAILED"), 10), stderr
+        assert f"cannot connect to localhost:{broker.tls_port}" in "".join(stderr)
+
+        status = agent.status()
+        assert status["uplink"]["connected"] is False
+        assert "CERTIFICATE_VERIFY_FAILED" in status["uplink"]["last_error"]
+        assert status["outbox"]["depth"] == 10
+        assert status["workers"]["publisher"] is True
+        assert status["restarts"].get("publisher", 0) == 0
+        assert not centre.ingest.subscribed
+        assert centre.ingest.stats()["mqtt_process_restarts"] == 0
+    finally:
+        started = time.monotonic()
+        agent.stop()
+        centre.close()
+        assert time.monotonic() - started < 5, "stopping must not hang on the failed link"
+
+
+def test_hostname_mismatch_fails_unless_tls_insecure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``tls.insecure`` skips only the host name check: the CA is still verified."""
+    caplog.set_level(logging.WARNING, logger="edge.publisher")
+    pki = make_tls_files(tmp_path / "pki", hosts=["broker.gridwatch.test"])
+    monkeypatch.setenv(EDGE_PASSWORD_ENV, PASSWORDS[EDGE_USER])
+    station = unique("st")
+    with MosquittoProcess(tmp_path / "broker", certfile=pki.cert_file, keyfile=pki.key_file,
+                          users=PASSWORDS) as broker:
+        strict = edge_agent(tmp_path / "edge", station, uplink(broker.tls_port, pki.ca_file))
+        strict.start()
+        try:
+            sink_detections(strict, station, 5)
+            assert wait_until(lambda: any(
+                "mismatch" in m for m in warnings_of(caplog, "edge.publisher")), 5)
+            assert strict.outbox.depth == 5
+        finally:
+            strict.stop()
+        relaxed = edge_agent(tmp_path / "edge", station, uplink(
+            broker.tls_port, pki.ca_file,
+            tls=TlsSettings(enabled=True, ca_file=pki.ca_file, insecure=True)))
+        relaxed.start()
+        try:
+            assert wait_until(lambda: relaxed.outbox.depth == 0, 5), relaxed.status()
+        finally:
+            relaxed.stop()
+
+
+def test_client_certificate_logs_in_where_the_broker_requires_one(
+        tmp_path: Path, pki: TlsFiles) -> None:
+    station = unique("st")
+    with MosquittoProcess(tmp_path / "broker", certfile=pki.cert_file, keyfile=pki.key_file,
+                          cafile=pki.ca_file, require_certificate=True) as broker:
+        agent = edge_agent(tmp_path / "edge", station, uplink(
+            broker.tls_port, pki.ca_file, username=None, password_env=None,
+            tls=TlsSettings(enabled=True, ca_file=pki.ca_file, cert_file=pki.client_cert_file,
+                            key_file=pki.client_key_file)))
+        agent.start()
+        try:
+            sink_detections(agent, station, 5)
+            assert wait_until(lambda: agent.outbox.depth == 0, 5), agent.status()
+        finally:
+            agent.stop()
