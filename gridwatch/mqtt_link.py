@@ -153,6 +153,9 @@ class ProcessLink:
         return None if self._process is None else self._process.pid
 
     def start(self, handler: LinkHandler) -> None:
+        """Start the child. Raises ConfigFileError here, in the caller, for unreadable TLS
+        files (rather than a child that keeps failing)."""
+        _client(self.connection, self.client_id)
         self._running = True
         self._spawn()
         self._threads = [
@@ -295,7 +298,12 @@ def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
             except (OSError, ValueError):  # the parent is gone
                 stop.set()
 
-    client = _client(connection, client_id)
+    try:
+        client = _client(connection, client_id)
+    except Exception as exc:  # unreadable TLS files and the like: say so; the parent retries
+        log.error("cannot start the MQTT client for %s:%s: %s", connection.host,
+                  connection.port, exc)
+        os._exit(2)
 
     def on_connect(c: mqtt.Client, u: Any, flags: Any, reason: Any, p: Any) -> None:
         if reason.is_failure:
@@ -327,12 +335,7 @@ def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
                 else:
                     client.publish(command[1], command[2], qos=command[3])
 
-    try:
-        _connect(client, connection)
-    except Exception as exc:  # bad TLS files and the like: say so, and let the parent retry
-        log.error("cannot start the MQTT client for %s:%s: %s", connection.host,
-                  connection.port, exc)
-        os._exit(2)
+    _connect(client, connection)
     threading.Thread(target=commands, daemon=True, name="commands").start()
     idle = FLUSH_S
     while not stop.is_set():
