@@ -58,6 +58,13 @@ class SubmitResult:
 _STOP = object()
 
 
+class _Flush:
+    """A queue item asking the worker to close the hot-spot windows."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
 class EmbeddedPipeline:
     """Validate → queue → (cell, dedup, incidents, hot spots) → ticket store.
 
@@ -216,19 +223,26 @@ class EmbeddedPipeline:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
-                return
-            batch = [item]
-            while len(batch) < self._batch_max:
+            batch: list[Any] = []
+            while True:
+                if item is _STOP or isinstance(item, _Flush):
+                    if batch:
+                        self._process(batch)
+                    if not isinstance(item, _Flush):
+                        return
+                    # close the hot-spot windows here, in the only thread that writes
+                    self._write(self._core.processor.flush(), 0)
+                    item.done.set()
+                    break
+                batch.append(item)
+                if len(batch) >= self._batch_max:
+                    self._process(batch)
+                    break
                 try:
-                    nxt = self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
+                    self._process(batch)
                     break
-                if nxt is _STOP:
-                    self._queue.put(_STOP)
-                    break
-                batch.append(nxt)
-            self._process(batch)
 
     def _process(self, batch: list[tuple[Detection, OnCommitted | None,
                                          OnFailed | None]]) -> None:
@@ -273,10 +287,13 @@ class EmbeddedPipeline:
                 self._idle.wait(remaining)
         return True
 
-    def flush(self) -> None:
-        """Close open hot-spot windows (end of a demo run)."""
-        self.drain()
-        self._apply(self._core.processor.flush())
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Close open hot-spot windows (end of a demo run), after everything submitted
+        before; done by the worker, so it never races a batch. Returns whether it finished
+        within ``timeout``."""
+        request = _Flush()
+        self._queue.put(request)
+        return request.done.wait(timeout)
 
     def stats(self) -> dict[str, Any]:
         stream = self._core.processor.stats.as_dict()

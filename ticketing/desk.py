@@ -67,7 +67,7 @@ class TicketDesk:
         suspended: frozenset[str] = lookup(
             max_false_positive_rate=review.max_false_positive_rate,
             min_reviewed=review.min_reviewed)
-        return any(s in suspended for s in source_ids)
+        return bool(suspended) and any(s in suspended for s in source_ids)
 
     # -- review ---------------------------------------------------------------------
     def _review_for(self, kind: str, policy: KindPolicy, confidence: float) -> Review:

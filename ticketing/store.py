@@ -17,8 +17,10 @@ never apply the same change twice.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -28,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, text
+from sqlalchemy import Connection, Engine, TextClause, bindparam, create_engine, event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
@@ -143,6 +145,20 @@ class VersionConflict(Exception):
         self.current = current
 
 
+class OpenTicketMoved(VersionConflict):
+    """A (cell, kind) that a writer took to have a certain open ticket has another one
+    now, or none (an operator opened, reopened or closed one meanwhile)."""
+
+    def __init__(self, key: tuple[str, str], *, expected: str, actual: str | None) -> None:
+        Exception.__init__(self, f"the open ticket of {key} is {actual}, not {expected};"
+                                 " re-read it and try again")
+        self.ticket_id = expected
+        self.expected = None
+        self.current = -1
+        self.key = key
+        self.actual = actual
+
+
 class AlreadyEscalated(Exception):
     """Another worker recorded this escalation first (the unique row exists)."""
 
@@ -183,9 +199,15 @@ class OutboxItem:
     attempts: int
 
 
+@functools.lru_cache(maxsize=8192)  # a desk write spells the same few times again and again
 def sortable(value: datetime) -> str:
-    """A fixed-width UTC timestamp; compares correctly as text in both databases."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A fixed-width UTC timestamp; compares correctly as text in both databases.
+
+    >>> sortable(datetime(2026, 5, 4, 6, 0, 32, tzinfo=UTC))
+    '2026-05-04T06:00:32.000000Z'
+    """
+    # isoformat with a fixed timespec: strftime's "%Y-%m-%dT%H:%M:%S.%fZ", faster
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def _normalise_url(url: str) -> str:
@@ -209,8 +231,84 @@ _IN_CHUNK = 500  # ticket ids per ``IN (...)`` (SQLite caps bound parameters)
 _IDS_CACHE_BUDGET = 250_000
 _IDS_FROM = text("SELECT event_id FROM ticket_event_ids WHERE ticket_id = :id"
                  " AND seq >= :upto AND seq < :n ORDER BY seq")
-_IDS_APPEND = text("INSERT INTO ticket_event_ids (ticket_id, event_id, seq, added_at)"
-                   " VALUES (:t, :e, :s, :at) ON CONFLICT (ticket_id, event_id) DO NOTHING")
+# executed with the driver's own placeholders (see :func:`_driver_sql`), rows as tuples
+_IDS_APPEND = ("INSERT INTO ticket_event_ids (ticket_id, event_id, seq, added_at)"
+               " VALUES (?, ?, ?, ?) ON CONFLICT (ticket_id, event_id) DO NOTHING")
+_IDS_OF_ONE = text("SELECT ticket_id, event_id, seq FROM ticket_event_ids"
+                   " WHERE ticket_id = :id AND seq < :n ORDER BY seq")
+_IDS_OF_MANY = text("SELECT ticket_id, event_id, seq FROM ticket_event_ids"
+                    " WHERE ticket_id IN :ids ORDER BY ticket_id, seq").bindparams(
+    bindparam("ids", expanding=True))
+_IDS_OF_ALL = text("SELECT ticket_id, event_id, seq FROM ticket_event_ids"
+                   " ORDER BY ticket_id, seq")
+
+# The statements of the desk's hot paths are built once: ``text()`` parses its SQL and a
+# new clause computes its cache key again, which cost more than the SQLite call itself.
+_OPEN_SQL = ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATUSES, key=lambda s: s.value))
+_COLUMN_NAMES = tuple(c.strip() for c in _TICKET_COLUMNS.split(","))
+_GET = text(f"SELECT {_BODY} FROM tickets WHERE ticket_id = :id")
+_OPEN_FOR = text(f"SELECT {_BODY} FROM tickets WHERE cell_id = :cell AND kind = :kind"
+                 f" AND status IN ({_OPEN_SQL}) ORDER BY opened_at DESC, ticket_id LIMIT 1")
+# the ticket open_ticket_for gives, for every (cell, kind) of some cells at once
+_OPEN_IN_CELLS = text(
+    "SELECT cell_id, kind, ticket_id FROM (SELECT cell_id, kind, ticket_id, row_number()"
+    " OVER (PARTITION BY cell_id, kind ORDER BY opened_at DESC, ticket_id) AS n"
+    f" FROM tickets WHERE cell_id IN :cells AND status IN ({_OPEN_SQL})) AS o"
+    " WHERE n = 1").bindparams(bindparam("cells", expanding=True))
+_FOR_INCIDENT = text("SELECT t.ticket_id, t.event_count, t.body FROM incident_tickets i"
+                     " JOIN tickets t ON t.ticket_id = i.ticket_id WHERE i.incident_id = :id")
+_INSERT_TICKET = text(f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES ("
+                      + ", ".join(f":{c}" for c in _COLUMN_NAMES)
+                      + ") ON CONFLICT (ticket_id) DO NOTHING")
+_UPDATE_TICKET = ("UPDATE tickets SET "
+                  + ", ".join(f"{c} = :{c}" for c in _COLUMN_NAMES if c != "ticket_id")
+                  + " WHERE ticket_id = :ticket_id AND version = :expected")
+_VERSION_BODY = text("SELECT ticket_id, version, body FROM tickets WHERE ticket_id IN :ids"
+                     ).bindparams(bindparam("ids", expanding=True))
+_LINK_INCIDENT = text("INSERT INTO incident_tickets (incident_id, ticket_id) VALUES (:i, :t)"
+                      " ON CONFLICT (incident_id) DO NOTHING")
+_RELINK_INCIDENTS = text("UPDATE incident_tickets SET ticket_id = :into WHERE ticket_id = :id")
+_INSERT_AUDIT = text(
+    "INSERT INTO ticket_events (ticket_id, at, actor, action, from_status, to_status, note,"
+    " data) VALUES (:t, :at, :actor, :action, :f, :to, :note, :data)")
+_INSERT_ESCALATION = text("INSERT INTO escalations (ticket_id, stage, at, actor)"
+                          " VALUES (:t, :stage, :at, :actor)")
+_COUNT_REVIEW = text(
+    "INSERT INTO source_reviews (source_id, confirmed, dismissed) VALUES (:s, :c, :d)"
+    " ON CONFLICT (source_id) DO UPDATE SET"
+    " confirmed = source_reviews.confirmed + excluded.confirmed,"
+    " dismissed = source_reviews.dismissed + excluded.dismissed")
+_INSERT_OUTBOX = text(
+    "INSERT INTO outbox (event_key, event_type, ticket_id, payload, created_at,"
+    " next_attempt_at) VALUES (:k, :type, :t, :p, :at, :at) ON CONFLICT (event_key) DO NOTHING")
+_SUSPENDED = text("SELECT source_id FROM source_reviews WHERE confirmed + dismissed >= :n"
+                  " AND dismissed > :rate * (confirmed + dismissed)")
+
+
+def _stored_rows(*, for_update: bool) -> TextClause:
+    """Version, status and id count of some tickets, locked on PostgreSQL (in id order, so
+    two writers locking overlapping sets wait for each other instead of deadlocking)."""
+    return text("SELECT ticket_id, version, status, event_count FROM tickets"
+                " WHERE ticket_id IN :ids ORDER BY ticket_id"
+                + (" FOR UPDATE" if for_update else "")).bindparams(
+        bindparam("ids", expanding=True))
+
+
+def _driver_sql(sql: str, dialect: str) -> str:
+    """``sql`` (``:name`` or ``?`` parameters, as sqlite3 takes them) in the driver's
+    style, for ``exec_driver_sql``: the many-row statements of a desk write skip
+    SQLAlchemy's per-row parameter processing (the values are plain str and int)."""
+    if dialect == "postgresql":  # psycopg: pyformat / format
+        return re.sub(r":(\w+)", r"%(\1)s", sql).replace("?", "%s")
+    return sql
+
+
+def _chunks(values: builtins.list[str]) -> Iterator[builtins.list[str]]:
+    for i in range(0, len(values), _IN_CHUNK):
+        yield values[i:i + _IN_CHUNK]
+
+
+_encode = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode  # json.dumps's output
 
 
 def _ticket_row(ticket: Ticket, *, event_count: int) -> dict[str, object]:
@@ -226,15 +324,18 @@ def _ticket_row(ticket: Ticket, *, event_count: int) -> dict[str, object]:
         "version": ticket.version, "escalation": ticket.escalation.value,
         "origin": ticket.origin.value, "level": ticket.level,
         "event_count": event_count,
-        "body": json.dumps(body, sort_keys=True, ensure_ascii=False),
+        "body": _encode(body),
     }
 
 
-def _new_event_ids(ticket: Ticket, *, stored: int) -> list[dict[str, object]]:
+_IdRow = tuple[str, str, int, str]  # ticket_id, event_id, seq, added_at
+
+
+def _new_event_ids(ticket: Ticket, *, stored: int) -> list[_IdRow]:
     """Rows for ``ticket.event_ids[stored:]`` (``seq`` = position in the list)."""
-    at = sortable(ticket.updated_at)
-    return [{"t": ticket.ticket_id, "e": event_id, "s": stored + i, "at": at}
-            for i, event_id in enumerate(ticket.event_ids[stored:])]
+    ticket_id, at = ticket.ticket_id, sortable(ticket.updated_at)
+    return [(ticket_id, event_id, seq, at)
+            for seq, event_id in enumerate(ticket.event_ids[stored:], start=stored)]
 
 
 def _audit_from_row(row: Any) -> AuditEntry:
@@ -302,6 +403,11 @@ class SqlTicketStore:
         else:
             raise ValueError(f"expected a sqlite:// or postgresql:// URL, got {url!r}")
         self._for_update = " FOR UPDATE" if self.dialect == "postgresql" else ""
+        self._stored = _stored_rows(for_update=self.dialect == "postgresql")
+        self._update_sql = _driver_sql(_UPDATE_TICKET, self.dialect)
+        self._ids_append_sql = _driver_sql(_IDS_APPEND, self.dialect)
+        self._get_for_update = text(f"SELECT {_BODY} FROM tickets WHERE ticket_id = :id"
+                                    f"{self._for_update}")
         self.schema = schema
         with self._write() as conn:
             self.applied_migrations = migrate(conn, dialect=self.dialect,
@@ -391,20 +497,13 @@ class SqlTicketStore:
                 ids[ticket_id] += [r[0] for r in conn.execute(
                     _IDS_FROM, {"id": ticket_id, "upto": upto, "n": count})]
         if every and uncached:
-            batches = [conn.execute(text(
-                "SELECT ticket_id, event_id, seq FROM ticket_event_ids"
-                " ORDER BY ticket_id, seq"))]
+            batches = [conn.execute(_IDS_OF_ALL)]
         elif len(uncached) == 1:
-            batches = [conn.execute(text(
-                "SELECT ticket_id, event_id, seq FROM ticket_event_ids"
-                " WHERE ticket_id = :id AND seq < :n ORDER BY seq"),
-                {"id": uncached[0], "n": counts[uncached[0]]})]
+            batches = [conn.execute(_IDS_OF_ONE, {"id": uncached[0],
+                                                  "n": counts[uncached[0]]})]
         else:
-            query = text("SELECT ticket_id, event_id, seq FROM ticket_event_ids"
-                         " WHERE ticket_id IN :ids ORDER BY ticket_id, seq").bindparams(
-                bindparam("ids", expanding=True))
-            batches = [conn.execute(query, {"ids": uncached[i:i + _IN_CHUNK]})
-                       for i in range(0, len(uncached), _IN_CHUNK)]
+            batches = [conn.execute(_IDS_OF_MANY, {"ids": chunk})
+                       for chunk in _chunks(uncached)]
         for result in batches:
             for ticket_id, event_id, seq in result:
                 if seq < counts.get(ticket_id, 0):
@@ -427,25 +526,20 @@ class SqlTicketStore:
                 _, (_, dropped) = self._ids_cache.popitem(last=False)
                 self._ids_cached -= len(dropped)
 
-    def _one(self, sql: str, params: dict[str, object]) -> Ticket | None:
+    def _one(self, query: TextClause, params: dict[str, object]) -> Ticket | None:
         with self._read() as conn:
-            row = conn.execute(text(sql), params).first()
+            row = conn.execute(query, params).first()
             return None if row is None else self._hydrate(conn, [row])[0]
 
     def get(self, ticket_id: str) -> Ticket | None:
-        return self._one(f"SELECT {_BODY} FROM tickets WHERE ticket_id = :id",
-                         {"id": ticket_id})
+        return self._one(_GET, {"id": ticket_id})
 
     def open_ticket_for(self, cell_id: str, kind: str) -> Ticket | None:
-        return self._one(
-            f"SELECT {_BODY} FROM tickets WHERE cell_id = :cell AND kind = :kind"
-            f" AND status IN ({_OPEN_SQL}) ORDER BY opened_at DESC, ticket_id LIMIT 1",
-            {"cell": cell_id, "kind": kind})
+        """The open ticket of a cell and kind (the latest opened if there are several)."""
+        return self._one(_OPEN_FOR, {"cell": cell_id, "kind": kind})
 
     def ticket_for_incident(self, incident_id: str) -> Ticket | None:
-        return self._one(
-            "SELECT t.ticket_id, t.event_count, t.body FROM incident_tickets i JOIN tickets t"
-            " ON t.ticket_id = i.ticket_id WHERE i.incident_id = :id", {"id": incident_id})
+        return self._one(_FOR_INCIDENT, {"id": incident_id})
 
     def _where(self, f: TicketFilter) -> tuple[str, dict[str, object]]:
         clauses, params = [], {}
@@ -532,11 +626,8 @@ class SqlTicketStore:
         """Sources whose false-positive rate is above the threshold (with enough
         reviews to judge): their tickets go to review instead of auto-dispatch."""
         with self._read() as conn:
-            rows = conn.execute(text(
-                "SELECT source_id FROM source_reviews"
-                " WHERE confirmed + dismissed >= :n"
-                " AND dismissed > :rate * (confirmed + dismissed)"),
-                {"n": min_reviewed, "rate": max_false_positive_rate}).fetchall()
+            rows = conn.execute(_SUSPENDED, {"n": min_reviewed,
+                                             "rate": max_false_positive_rate}).fetchall()
         return frozenset(r[0] for r in rows)
 
     def escalation_candidates(self, *, now: datetime, remind_before_s: int,
@@ -562,89 +653,132 @@ class SqlTicketStore:
         self.save_many([(ticket, [incident_id] if incident_id is not None else [])])
 
     def save_many(self, items: builtins.list[tuple[Ticket, builtins.list[str]]], *,
-                  read_versions: dict[str, int] | None = None) -> None:
+                  read_versions: dict[str, int] | None = None,
+                  open_tickets: dict[tuple[str, str], str] | None = None) -> int:
         """Several desk upserts (each with the incident ids it newly absorbed) in one
         transaction: all are written or, on a :class:`VersionConflict`, none.
 
         ``read_versions`` (ticket id → the version the caller read) makes the check
         exact for a caller that changed a ticket several times before saving it: the
         stored version must still be the one read, and a ticket missing from it must not
-        exist yet."""
+        exist yet. ``open_tickets`` ((cell id, kind) → ticket id) is what a caller took
+        for :meth:`open_ticket_for` without asking (a cache): each must still be the
+        answer, else :class:`OpenTicketMoved` (a :class:`VersionConflict`).
+
+        Returns how many of the incident links were new: fewer than given means another
+        writer linked an incident first (its link is kept)."""
         changes: builtins.list[Change] = []
-        new_ids: builtins.list[dict[str, object]] = []  # all tickets', one statement
+        new_ids: builtins.list[_IdRow] = []  # all tickets', one statement
+        inserts: builtins.list[dict[str, object]] = []
+        updates: builtins.list[dict[str, object]] = []
+        links: builtins.list[dict[str, object]] = []
         with self._write() as conn:
+            # ticket id -> (version, status, event_count) as stored, then as written
+            stored = self._stored_versions(conn, [t.ticket_id for t, _ in items])
             for ticket, incident_ids in items:
-                read = None if read_versions is None else read_versions.get(
-                    ticket.ticket_id, 0)
-                changes.append(self._upsert(conn, ticket, incident_ids, read_version=read,
-                                            new_ids=new_ids))
+                ticket_id = ticket.ticket_id
+                row = stored.get(ticket_id)
+                if read_versions is not None:
+                    read = read_versions.get(ticket_id, 0)
+                    current = 0 if row is None else row[0]
+                    if current != read:
+                        raise VersionConflict(ticket_id, expected=read, current=current)
+                at = ticket.updated_at
+                if row is None:
+                    count = len(ticket.event_ids)
+                    inserts.append(_ticket_row(ticket, event_count=count))
+                    new_ids += _new_event_ids(ticket, stored=0)
+                    entry = AuditEntry(ticket_id=ticket_id, at=at, actor="system:desk",
+                                       action="create", from_status=None,
+                                       to_status=ticket.status.value,
+                                       note=f"opened ({ticket.review.value})",
+                                       data={"origin": ticket.origin.value})
+                    changes.append(Change("created", ticket, (entry,)))
+                else:
+                    version, status, stored_events = row
+                    if version >= ticket.version:
+                        raise VersionConflict(ticket_id, expected=ticket.version - 1,
+                                              current=version)
+                    count = max(stored_events, len(ticket.event_ids))
+                    values = _ticket_row(ticket, event_count=count)
+                    values["expected"] = version
+                    updates.append(values)
+                    new_ids += _new_event_ids(ticket, stored=stored_events)
+                    entries: tuple[AuditEntry, ...] = ()
+                    if status != ticket.status.value:
+                        entries = (AuditEntry(
+                            ticket_id=ticket_id, at=at, actor="system:desk",
+                            action="auto_dispatch", from_status=status,
+                            to_status=ticket.status.value,
+                            note="a confident detection confirmed it"),)
+                    changes.append(Change("updated", ticket, entries))
+                stored[ticket_id] = (ticket.version, ticket.status.value, count)
+                links += [{"i": i, "t": ticket_id} for i in incident_ids]
+            if open_tickets:
+                self._check_open(conn, open_tickets)
+            for values in inserts:  # new tickets are rare: one by one, each checked
+                if conn.execute(_INSERT_TICKET, values).rowcount != 1:
+                    raise VersionConflict(str(values["ticket_id"]), expected=None, current=0)
+            if updates:
+                # the rows are locked at the versions read above (PostgreSQL FOR UPDATE,
+                # SQLite's write lock), so each update matches; the count double-checks
+                # (one row at most per update, so a total short of the list is a miss)
+                if conn.exec_driver_sql(self._update_sql, updates).rowcount != len(updates):
+                    self._raise_stale(conn, updates)
+            linked = conn.execute(_LINK_INCIDENT, links).rowcount if links else 0
             self._insert_event_ids(conn, new_ids)
             self._record(conn, changes)
         self._notify(changes)
+        return int(linked)
 
-    def _upsert(self, conn: Connection, ticket: Ticket, incident_ids: builtins.list[str],
-                *, read_version: int | None = None,
-                new_ids: builtins.list[dict[str, object]]) -> Change:
-        at = ticket.updated_at
-        row = conn.execute(text(
-            f"SELECT version, status, event_count FROM tickets WHERE ticket_id = :id"
-            f"{self._for_update}"),
-            {"id": ticket.ticket_id}).first()
-        if read_version is not None:
-            current = 0 if row is None else int(row.version)
-            if current != read_version:
-                raise VersionConflict(ticket.ticket_id, expected=read_version,
+    def _stored_versions(self, conn: Connection, ticket_ids: builtins.list[str]) -> dict[
+            str, tuple[int, str, int]]:
+        """(version, status, event_count) of the tickets that exist, locked on
+        PostgreSQL until the transaction ends."""
+        stored: dict[str, tuple[int, str, int]] = {}
+        for chunk in _chunks(sorted(set(ticket_ids))):
+            for ticket_id, version, status, event_count in conn.execute(
+                    self._stored, {"ids": chunk}):
+                stored[ticket_id] = (int(version), status, int(event_count))
+        return stored
+
+    @staticmethod
+    def _check_open(conn: Connection, expected: dict[tuple[str, str], str]) -> None:
+        """Raise :class:`OpenTicketMoved` unless each (cell, kind)'s open ticket (what
+        :meth:`open_ticket_for` gives) is the expected one."""
+        actual: dict[tuple[str, str], str] = {}
+        for chunk in _chunks(sorted({cell_id for cell_id, _ in expected})):
+            for cell_id, kind, ticket_id in conn.execute(_OPEN_IN_CELLS, {"cells": chunk}):
+                actual[(cell_id, kind)] = ticket_id
+        for key, ticket_id in expected.items():
+            if actual.get(key) != ticket_id:
+                raise OpenTicketMoved(key, expected=ticket_id, actual=actual.get(key))
+
+    @staticmethod
+    def _raise_stale(conn: Connection, updates: builtins.list[dict[str, object]]) -> None:
+        """Name a ticket whose version-checked update matched no row: the one whose
+        stored body is not the one written (the others are, in this transaction)."""
+        stored: dict[str, tuple[int, str]] = {}
+        for chunk in _chunks([str(values["ticket_id"]) for values in updates]):
+            for ticket_id, version, body in conn.execute(_VERSION_BODY, {"ids": chunk}):
+                stored[ticket_id] = (int(version), body)
+        for values in updates:
+            ticket_id = str(values["ticket_id"])
+            current, body = stored.get(ticket_id, (0, ""))
+            if body != values["body"]:
+                raise VersionConflict(ticket_id, expected=values["expected"],  # type: ignore[arg-type]
                                       current=current)
-        if row is None:
-            values = _ticket_row(ticket, event_count=len(ticket.event_ids))
-            inserted = conn.execute(text(
-                f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES ("
-                + ", ".join(f":{c.strip()}" for c in _TICKET_COLUMNS.split(","))
-                + ") ON CONFLICT (ticket_id) DO NOTHING"), values).rowcount
-            if inserted != 1:
-                raise VersionConflict(ticket.ticket_id, expected=None, current=0)
-            new_ids += _new_event_ids(ticket, stored=0)
-            entry = AuditEntry(ticket_id=ticket.ticket_id, at=at, actor="system:desk",
-                               action="create", from_status=None,
-                               to_status=ticket.status.value,
-                               note=f"opened ({ticket.review.value})",
-                               data={"origin": ticket.origin.value})
-            change = Change("created", ticket, (entry,))
-        else:
-            if int(row.version) >= ticket.version:
-                raise VersionConflict(ticket.ticket_id, expected=ticket.version - 1,
-                                      current=int(row.version))
-            self._update_row(conn, ticket, expected_version=int(row.version),
-                             stored_events=int(row.event_count), new_ids=new_ids)
-            entries: tuple[AuditEntry, ...] = ()
-            if row.status != ticket.status.value:
-                entries = (AuditEntry(
-                    ticket_id=ticket.ticket_id, at=at, actor="system:desk",
-                    action="auto_dispatch", from_status=row.status,
-                    to_status=ticket.status.value,
-                    note="a confident detection confirmed it"),)
-            change = Change("updated", ticket, entries)
-        for incident_id in incident_ids:
-            conn.execute(text(
-                "INSERT INTO incident_tickets (incident_id, ticket_id) VALUES (:i, :t)"
-                " ON CONFLICT (incident_id) DO NOTHING"),
-                {"i": incident_id, "t": ticket.ticket_id})
-        return change
+        raise VersionConflict(str(updates[0]["ticket_id"]), expected=None, current=-1)
 
     def create(self, ticket: Ticket, *, actor: str, note: str | None = None) -> tuple[
             Ticket, bool]:
         """Insert a ticket made outside the desk (API, Open311). Idempotent on
         ``ticket_id``: an existing ticket is returned unchanged with ``False``."""
         with self._write() as conn:
-            inserted = conn.execute(text(
-                f"INSERT INTO tickets ({_TICKET_COLUMNS}) VALUES ("
-                + ", ".join(f":{c.strip()}" for c in _TICKET_COLUMNS.split(","))
-                + ") ON CONFLICT (ticket_id) DO NOTHING"),
-                _ticket_row(ticket, event_count=len(ticket.event_ids))).rowcount
+            inserted = conn.execute(_INSERT_TICKET, _ticket_row(
+                ticket, event_count=len(ticket.event_ids))).rowcount
             if inserted != 1:
-                existing = conn.execute(text(
-                    f"SELECT {_BODY} FROM tickets WHERE ticket_id = :id"),
-                    {"id": ticket.ticket_id}).one()
+                existing = conn.execute(_GET, {"id": ticket.ticket_id}).one()
                 return self._hydrate(conn, [existing])[0], False
             self._insert_event_ids(conn, _new_event_ids(ticket, stored=0))
             entry = AuditEntry(ticket_id=ticket.ticket_id, at=ticket.opened_at, actor=actor,
@@ -669,13 +803,11 @@ class SqlTicketStore:
         changes: builtins.list[Change] = []
         with self._write() as conn:
             loaded: dict[str, tuple[Ticket, int, int]] = {}  # ticket, version, event_count
-            new_ids: builtins.list[dict[str, object]] = []
+            new_ids: builtins.list[_IdRow] = []
 
             def load(other_id: str) -> Ticket:
                 if other_id not in loaded:
-                    row = conn.execute(text(
-                        f"SELECT {_BODY} FROM tickets WHERE ticket_id = :id"
-                        f"{self._for_update}"), {"id": other_id}).first()
+                    row = conn.execute(self._get_for_update, {"id": other_id}).first()
                     if row is None:
                         raise TicketNotFound(other_id)
                     ticket = self._hydrate(conn, [row])[0]
@@ -701,46 +833,39 @@ class SqlTicketStore:
                 ticket_entries = by_ticket[other_id]
                 changes.append(Change(ticket_entries[0].action, other, tuple(ticket_entries)))
                 if any(e.action == "merge" for e in ticket_entries) and other.merged_into:
-                    conn.execute(text("UPDATE incident_tickets SET ticket_id = :into"
-                                      " WHERE ticket_id = :id"),
-                                 {"into": other.merged_into, "id": other_id})
+                    conn.execute(_RELINK_INCIDENTS, {"into": other.merged_into, "id": other_id})
             self._insert_event_ids(conn, new_ids)
             self._record(conn, changes)
         self._notify(changes)
         return ticket
 
     def _update_row(self, conn: Connection, ticket: Ticket, *, expected_version: int,
-                    stored_events: int, new_ids: builtins.list[dict[str, object]]) -> None:
+                    stored_events: int, new_ids: builtins.list[_IdRow]) -> None:
         """Rewrite the ticket row (not its event ids); the ids past ``stored_events`` go
         to ``new_ids`` for :meth:`_insert_event_ids`. The caller holds the row at
         ``expected_version``, which the ticket was read at, so the stored ids are a
         prefix of ``ticket.event_ids``."""
         values = _ticket_row(ticket, event_count=max(stored_events, len(ticket.event_ids)))
-        sets = ", ".join(f"{c.strip()} = :{c.strip()}" for c in _TICKET_COLUMNS.split(",")
-                         if c.strip() != "ticket_id")
-        updated = conn.execute(text(
-            f"UPDATE tickets SET {sets} WHERE ticket_id = :ticket_id AND version = :expected"),
-            {**values, "expected": expected_version}).rowcount
+        values["expected"] = expected_version
+        updated = conn.exec_driver_sql(self._update_sql, values).rowcount
         if updated != 1:
             raise VersionConflict(ticket.ticket_id, expected=expected_version,
                                   current=-1)
         new_ids += _new_event_ids(ticket, stored=stored_events)
 
-    @staticmethod
-    def _insert_event_ids(conn: Connection, rows: builtins.list[dict[str, object]]) -> None:
+    def _insert_event_ids(self, conn: Connection,
+                          rows: builtins.list[_IdRow]) -> None:
         """Append event-id rows; an id the ticket already has is skipped, so a list with
         a repeat keeps its first place."""
         if rows:
-            conn.execute(_IDS_APPEND, rows)
+            conn.exec_driver_sql(self._ids_append_sql, rows)
 
     def _record(self, conn: Connection, changes: builtins.list[Change]) -> None:
         for change in changes:
             ticket = change.ticket
             for entry in change.entries:
-                conn.execute(text(
-                    "INSERT INTO ticket_events (ticket_id, at, actor, action, from_status,"
-                    " to_status, note, data) VALUES (:t, :at, :actor, :action, :f, :to,"
-                    " :note, :data)"),
+                conn.execute(
+                    _INSERT_AUDIT,
                     {"t": entry.ticket_id, "at": sortable(entry.at), "actor": entry.actor,
                      "action": entry.action, "f": entry.from_status, "to": entry.to_status,
                      "note": entry.note,
@@ -749,9 +874,8 @@ class SqlTicketStore:
                 if entry.action == "escalate":
                     try:
                         with conn.begin_nested():
-                            conn.execute(text(
-                                "INSERT INTO escalations (ticket_id, stage, at, actor)"
-                                " VALUES (:t, :stage, :at, :actor)"),
+                            conn.execute(
+                                _INSERT_ESCALATION,
                                 {"t": entry.ticket_id, "stage": entry.data["stage"],
                                  "at": sortable(entry.at), "actor": entry.actor})
                     except IntegrityError:
@@ -765,10 +889,8 @@ class SqlTicketStore:
                     "audit": [audit_public(e) for e in change.entries],
                 }
                 at = change.entries[0].at if change.entries else ticket.updated_at
-                conn.execute(text(
-                    "INSERT INTO outbox (event_key, event_type, ticket_id, payload, created_at,"
-                    " next_attempt_at) VALUES (:k, :type, :t, :p, :at, :at)"
-                    " ON CONFLICT (event_key) DO NOTHING"),
+                conn.execute(
+                    _INSERT_OUTBOX,
                     {"k": payload["event_key"], "type": payload["type"],
                      "t": ticket.ticket_id,
                      "p": json.dumps(payload, sort_keys=True, ensure_ascii=False),
@@ -785,12 +907,7 @@ class SqlTicketStore:
         else:
             return
         for source in ticket.source_ids:
-            conn.execute(text(
-                "INSERT INTO source_reviews (source_id, confirmed, dismissed)"
-                " VALUES (:s, :c, :d) ON CONFLICT (source_id) DO UPDATE SET"
-                " confirmed = source_reviews.confirmed + excluded.confirmed,"
-                " dismissed = source_reviews.dismissed + excluded.dismissed"),
-                {"s": source, "c": confirmed, "d": dismissed})
+            conn.execute(_COUNT_REVIEW, {"s": source, "c": confirmed, "d": dismissed})
 
     # -- webhook outbox -------------------------------------------------------------
     def claim_outbox(self, *, now: datetime, lease_s: float, worker: str,
@@ -862,8 +979,6 @@ def _sqlite_begin(conn: Connection) -> None:
     else:
         conn.exec_driver_sql("BEGIN")
 
-
-_OPEN_SQL = ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATUSES, key=lambda s: s.value))
 
 
 class SqliteTicketStore(SqlTicketStore):

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from tests.ticketing.builders import T0, make_ticket
 from ticketing.lifecycle import Action, ActionRequest, apply_action
 from ticketing.migrations import LATEST
-from ticketing.models import TicketStatus
+from ticketing.models import Ticket, TicketStatus
 from ticketing.store import (
+    OpenTicketMoved,
     SqliteTicketStore,
     SqlTicketStore,
     TicketFilter,
     TicketNotFound,
     VersionConflict,
+    sortable,
 )
 
 S = TicketStatus
@@ -152,3 +155,105 @@ def test_a_foundation_sqlite_file_is_upgraded_in_place(tmp_path) -> None:  # typ
     assert upgraded is not None and upgraded.escalation.value == "none"
     _act(store, ticket.ticket_id, ActionRequest(Action.ACCEPT), version=1)
     assert store.get(ticket.ticket_id).status is S.ACCEPTED  # type: ignore[union-attr]
+
+
+# -- the desk's batched write (save_many) ---------------------------------------------------
+
+def _bumped(ticket: Ticket, *new_ids: str) -> Ticket:
+    """The desk's next version of ``ticket`` with ``new_ids`` absorbed."""
+    return replace(ticket, version=ticket.version + 1, event_ids=ticket.event_ids + list(new_ids),
+                   detection_count=ticket.detection_count + len(new_ids),
+                   updated_at=ticket.updated_at + timedelta(seconds=len(new_ids)))
+
+
+def test_save_many_writes_all_or_none_of_several_tickets(store: SqlTicketStore) -> None:
+    tickets = [make_ticket(cell_id=f"C{i}0") for i in range(3)]
+    store.save_many([(t, [f"inc-{i}"]) for i, t in enumerate(tickets)],
+                    read_versions={})
+    _act(store, tickets[1].ticket_id, ActionRequest(Action.ACCEPT), version=1)
+    batch = [(_bumped(t, f"x{i}"), []) for i, t in enumerate(tickets)]
+    with pytest.raises(VersionConflict) as info:
+        store.save_many(batch, read_versions={t.ticket_id: 1 for t in tickets})
+    assert (info.value.ticket_id, info.value.expected, info.value.current) == (
+        tickets[1].ticket_id, 1, 2)
+    assert [len(t.event_ids) for t in store.all()] == [1, 1, 1]  # none written
+    del batch[1]
+    store.save_many(batch, read_versions={t.ticket_id: 1 for t in tickets})
+    assert sorted((t.cell_id, t.version, len(t.event_ids)) for t in store.all()) == [
+        ("C00", 2, 2), ("C10", 2, 1), ("C20", 2, 2)]
+
+
+def test_save_many_takes_one_ticket_twice_in_order(store: SqlTicketStore) -> None:
+    first = make_ticket()
+    second = _bumped(first, "later")
+    store.save_many([(first, ["inc-1"]), (second, ["inc-2"])])
+    stored = store.get(first.ticket_id)
+    assert stored is not None and stored == second
+    assert [e.action for e in store.audit(first.ticket_id)] == ["create"]
+
+
+def test_save_many_counts_the_incident_links_it_made(store: SqlTicketStore) -> None:
+    ours, theirs = make_ticket(), make_ticket(cell_id="C10")
+    store.save(theirs, incident_id="inc-shared")
+    assert store.save_many([(ours, ["inc-new", "inc-shared"])]) == 1
+    assert store.ticket_for_incident("inc-shared").ticket_id == theirs.ticket_id  # type: ignore[union-attr]
+    assert store.ticket_for_incident("inc-new").ticket_id == ours.ticket_id  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("expected", "raises"), [
+    ("latest", None),
+    ("earlier", OpenTicketMoved),  # another open ticket was opened after it
+    ("closed", OpenTicketMoved),  # it is not open any more
+    ("elsewhere", OpenTicketMoved),  # no open ticket at all in that cell
+])
+def test_save_many_checks_the_open_tickets_its_caller_relied_on(
+        store: SqlTicketStore, expected: str, raises: type[Exception] | None) -> None:
+    earlier = make_ticket()
+    latest = make_ticket(opened_at=timedelta(minutes=5))
+    closed = make_ticket(opened_at=timedelta(minutes=10), status=S.CLOSED)
+    for t in (earlier, latest, closed):
+        store.save(t)
+    assert store.open_ticket_for("C00", "smoke") == latest
+    named = {"latest": latest, "earlier": earlier, "closed": closed, "elsewhere": latest}
+    key = ("C20", "smoke") if expected == "elsewhere" else ("C00", "smoke")
+    written = _bumped(named[expected], "x")
+    save = lambda: store.save_many(  # noqa: E731
+        [(written, [])], read_versions={written.ticket_id: 1},
+        open_tickets={key: named[expected].ticket_id})
+    if raises is None:
+        save()
+        assert store.get(written.ticket_id) == written
+    else:
+        with pytest.raises(raises) as info:
+            save()
+        assert isinstance(info.value, VersionConflict)  # what the pipeline handles
+        assert store.get(written.ticket_id).version == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("value", [
+    T0, T0 + timedelta(microseconds=7), T0.astimezone(timezone(timedelta(hours=8))),
+    datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=-5))),
+])
+def test_sortable_is_fixed_width_utc(value: datetime) -> None:
+    assert sortable(value) == value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_the_update_checks_each_rows_version_itself(store: SqlTicketStore,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Belt and braces under the row lock: were the version read wrong, the batched
+    UPDATE (one statement, many rows) still matches only rows at the version read, and
+    the shortfall in its row count refuses the whole write."""
+    tickets = [make_ticket(cell_id=f"C{i}0") for i in range(3)]
+    store.save_many([(t, []) for t in tickets])
+    _act(store, tickets[1].ticket_id, ActionRequest(Action.ACCEPT), version=1)
+    read = store._stored_versions
+    calls = iter([lambda conn, ids: {i: (1, "dispatched", 1) for i in ids}])  # stale
+    monkeypatch.setattr(store, "_stored_versions",
+                        lambda conn, ids: next(calls, read)(conn, ids))
+    with pytest.raises(VersionConflict) as info:
+        store.save_many([(_bumped(t, "x"), []) for t in tickets],
+                        read_versions={t.ticket_id: 1 for t in tickets})
+    assert (info.value.ticket_id, info.value.expected, info.value.current) == (
+        tickets[1].ticket_id, 1, 2)
+    assert sorted((t.version, len(t.event_ids)) for t in store.all()) == [
+        (1, 1), (1, 1), (2, 1)]
