@@ -28,7 +28,6 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from edge.testing import MosquittoProcess
 from geo.grid import Grid
 from geo.make import square_grid
 from gridwatch.config import load_config
-from gridwatch.embedded import EmbeddedPipeline, SubmitResult
+from gridwatch.embedded import EmbeddedPipeline, Submission, SubmitResult
 from gridwatch.ingest import MqttIngest
 from ticketing.store import SqliteTicketStore
 
@@ -120,13 +119,15 @@ class InstantPipeline:
     def __init__(self) -> None:
         self.seen: set[str] = set()
 
-    def submit(self, d: Detection, *, on_committed: Callable[[], None] | None = None,
-               on_failed: Callable[[], None] | None = None) -> SubmitResult:
-        duplicate = d.event_id in self.seen
-        self.seen.add(d.event_id)
-        if on_committed is not None:
-            on_committed()
-        return SubmitResult(True, duplicate=duplicate)
+    def submit_many(self, items: list[Submission]) -> list[SubmitResult]:
+        results = []
+        for d, on_committed, _ in items:
+            duplicate = d.event_id in self.seen
+            self.seen.add(d.event_id)
+            if on_committed is not None:
+                on_committed()
+            results.append(SubmitResult(True, duplicate=duplicate))
+        return results
 
 
 class TimedIngest(MqttIngest):

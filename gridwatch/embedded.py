@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 OnCommitted = Callable[[], None]
 OnFailed = Callable[[], None]
+Submission = tuple[Detection, OnCommitted | None, OnFailed | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,8 @@ class SubmitResult:
 
 
 _STOP = object()
+_ACCEPTED = SubmitResult(True)
+_DUPLICATE = SubmitResult(True, duplicate=True)
 
 
 class _Flush:
@@ -102,7 +105,10 @@ class EmbeddedPipeline:
         # event id -> callbacks of its repeats, while the first copy is queued and not yet
         # committed: a repeat is acknowledged only when the first copy is safe
         self._waiting: dict[str, list[OnCommitted]] = {}
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_max)
+        # entries are lists of submissions; _pending (detections accepted and not yet
+        # written) is what is bounded by queue_max
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue_max = queue_max
         self._batch_max = batch_max
         self._rejected: Counter[str] = Counter()
         self._counts: Counter[str] = Counter()
@@ -154,26 +160,43 @@ class EmbeddedPipeline:
         ``on_committed`` runs once the detection is in the ticket store; for a repeat of
         one still queued, once that first copy is. ``on_failed`` runs if its batch could
         not be written (the detection is then forgotten, so a re-delivery is taken)."""
-        event_id = detection.event_id
+        return self.submit_many([(detection, on_committed, on_failed)])[0]
+
+    def submit_many(self, items: list[Submission]) -> list[SubmitResult]:
+        """:meth:`submit` for several ``(detection, on_committed, on_failed)`` at once:
+        one lock round and one queue entry for all of them."""
+        results: list[SubmitResult] = []
+        fresh: list[Submission] = []
+        ack_now: list[OnCommitted | None] = []
         with self._ids_lock:
-            duplicate = self._ids.seen(event_id, detection.observed_at.timestamp())
-            waiting = self._waiting.get(event_id) if duplicate else None
-            if waiting is not None and on_committed is not None:
-                waiting.append(on_committed)
-            elif not duplicate:
-                self._waiting[event_id] = []
-        if duplicate:
+            seen, waiting_for = self._ids.seen, self._waiting
+            for item in items:
+                detection, on_committed, _ = item
+                event_id = detection.event_id
+                if seen(event_id, detection.observed_at.timestamp()):
+                    waiting = waiting_for.get(event_id)
+                    if waiting is None:
+                        ack_now.append(on_committed)
+                    elif on_committed is not None:
+                        waiting.append(on_committed)
+                    results.append(_DUPLICATE)
+                else:
+                    waiting_for[event_id] = []
+                    fresh.append(item)
+                    results.append(_ACCEPTED)
+        if len(fresh) < len(items):
             with self._counts_lock:
-                self._counts["duplicates"] += 1
-            if waiting is None and on_committed is not None:
-                on_committed()
-            return SubmitResult(True, duplicate=True)
-        with self._idle:
-            self._pending += 1
-        self._queue.put((detection, on_committed, on_failed))
-        with self._counts_lock:
-            self._counts["accepted"] += 1
-        return SubmitResult(True)
+                self._counts["duplicates"] += len(items) - len(fresh)
+            _run_each(ack_now, "acknowledgement")
+        if fresh:
+            with self._idle:
+                while self._pending >= self._queue_max:  # back-pressure
+                    self._idle.wait()
+                self._pending += len(fresh)
+            self._queue.put(fresh)
+            with self._counts_lock:
+                self._counts["accepted"] += len(fresh)
+        return results
 
     # -- the worker ------------------------------------------------------------------------
     def _apply(self, outputs: list[StreamOutput]) -> None:
@@ -234,7 +257,7 @@ class EmbeddedPipeline:
                     self._write(self._core.processor.flush(), 0)
                     item.done.set()
                     break
-                batch.append(item)
+                batch.extend(item)
                 if len(batch) >= self._batch_max:
                     self._process(batch)
                     break
@@ -272,8 +295,7 @@ class EmbeddedPipeline:
             _run_each([item[2] for item in batch], "failure")
         with self._idle:
             self._pending -= len(batch)
-            if self._pending == 0:
-                self._idle.notify_all()
+            self._idle.notify_all()  # drain() and submitters held by back-pressure
 
     # -- control -----------------------------------------------------------------------
     def drain(self, timeout: float | None = 30.0) -> bool:
@@ -306,7 +328,7 @@ class EmbeddedPipeline:
                 "processed": self._processed,
                 "failed": self._failed,
                 "store_errors": self._store_errors,
-                "queue_depth": self._queue.qsize(),
+                "queue_depth": self._pending,
                 "stream": stream,
                 "tickets_opened": self._core.desk.stats.opened,
             }

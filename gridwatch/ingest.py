@@ -32,13 +32,13 @@ import logging
 import threading
 import time
 from collections import Counter as TallyCounter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from detectors.schema import DetectionRejected, parse_detection
+from detectors.schema import Detection, DetectionRejected, parse_detection
 from edge.config import MqttConnection
 from gridwatch.mqtt_link import ProcessLink, ThreadLink, Token
 
@@ -207,14 +207,30 @@ class MqttIngest:
 
     def on_link_message(self, topic: str, payload: bytes | bytearray,
                         token: Token) -> None:
-        try:
-            self._handle(topic, payload, token)
-        except Exception:
-            # a bug of ours must not stop the ingest; the message stays unacknowledged and
-            # comes back after a reconnect
-            logger.exception("ingest: failed on a message from %s", topic)
+        self.on_link_messages([(topic, payload, token[0], token[1])])
 
-    def _handle(self, topic: str, payload: bytes | bytearray, token: Token) -> None:
+    def on_link_messages(self, batch: list[tuple[str, bytes | bytearray, int, int]]) -> None:
+        """Check each message, then hand the valid ones to the pipeline in one call."""
+        valid: list[tuple[Detection, str, bytes | bytearray, Token]] = []
+        for topic, payload, mid, qos in batch:
+            try:
+                detection = self._check(topic, payload, (mid, qos))
+            except Exception:
+                # a bug of ours must not stop the ingest; the message stays
+                # unacknowledged and comes back after a reconnect
+                logger.exception("ingest: failed on a message from %s", topic)
+                continue
+            if detection is not None:
+                valid.append((detection, topic, payload, (mid, qos)))
+        if valid:
+            try:
+                self._submit(valid)
+            except Exception:
+                logger.exception("ingest: failed on a batch of %d detections", len(valid))
+
+    def _check(self, topic: str, payload: bytes | bytearray,
+               token: Token) -> Detection | None:
+        """The valid detection, or ``None`` for a status message or a dead letter."""
         link = self._link
         assert link is not None
         parts = topic.split("/")
@@ -222,35 +238,45 @@ class MqttIngest:
             station = parts[-2] if len(parts) >= 2 else "?"
             self.metrics.station_online.labels(station).set(1 if payload == b"online" else 0)
             link.ack(token)
-            return
+            return None
         self._received += 1
         try:
             detection = parse_detection(payload)
         except DetectionRejected as exc:
             self._deadletter(topic, payload, token, exc.code.value, exc.reason)
-            return
+            return None
         station, source = parts[-3], parts[-2]
         if detection.station_id != station or detection.source_id != source:
             self._deadletter(topic, payload, token, TOPIC_MISMATCH,
                              f"topic names station {station!r} source {source!r} but the "
                              f"detection says station {detection.station_id!r} source "
                              f"{detection.source_id!r}")
-            return
+            return None
+        return detection
 
-        def committed() -> None:
-            link.ack(token)
-            self._committed += 1  # only the pipeline's worker (or this thread) runs this
+    def _submit(self, valid: list[tuple[Detection, str, bytes | bytearray, Token]]) -> None:
+        link = self._link
+        assert link is not None
+        ack = link.ack
 
-        result = self.pipeline.submit(detection, on_committed=committed,
-                                      on_failed=self._redeliver_later)
-        if result.duplicate:
-            self._duplicates += 1
-        elif result.accepted:
-            self._accepted += 1
-            self.last_seen[(station, source)] = time.time()
-        else:  # refused by the pipeline itself: dead-letter with its reason
-            self._deadletter(topic, payload, token, result.code or "refused",
-                             result.reason or "refused by the pipeline")
+        def on_committed(token: Token) -> Callable[[], None]:
+            def committed() -> None:
+                ack(token)
+                self._committed += 1  # only the pipeline's worker (or this thread) runs this
+            return committed
+
+        results = self.pipeline.submit_many(
+            [(d, on_committed(token), self._redeliver_later) for d, _, _, token in valid])
+        now = time.time()
+        for (detection, topic, payload, token), result in zip(valid, results, strict=True):
+            if result.duplicate:
+                self._duplicates += 1
+            elif result.accepted:
+                self._accepted += 1
+                self.last_seen[(detection.station_id, detection.source_id)] = now
+            else:  # refused by the pipeline itself: dead-letter with its reason
+                self._deadletter(topic, payload, token, result.code or "refused",
+                                 result.reason or "refused by the pipeline")
 
     def _deadletter(self, topic: str, payload: bytes | bytearray, token: Token, code: str,
                     reason: str) -> None:

@@ -52,6 +52,10 @@ class LinkHandler(Protocol):
     def on_link_message(self, topic: str, payload: bytes | bytearray,
                         token: Token) -> None: ...
 
+    def on_link_messages(self, batch: list[tuple[str, bytes | bytearray, int, int]]
+                         ) -> None:
+        """Several ``(topic, payload, mid, qos)`` at once (the process link's batches)."""
+
     def on_link_connected(self, session_present: bool | None) -> None: ...
 
     def on_link_subscribed(self) -> None: ...
@@ -210,8 +214,7 @@ class ProcessLink:
                 delay = min(delay * 2, 30.0)
                 continue
             if kind == "m":
-                for topic, payload, mid, qos in body:
-                    handler.on_link_message(topic, payload, (mid, qos))
+                handler.on_link_messages(body)
             elif kind == "connected":
                 delay = self.restart_delay_s
                 handler.on_link_connected(body)
@@ -239,7 +242,8 @@ class ProcessLink:
 
     def ack(self, token: Token) -> None:
         self._commands.append(("a", token[0], token[1]))
-        self._wake.set()
+        if not self._wake.is_set():  # the sender clears it before it drains the deque
+            self._wake.set()
 
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         self._commands.append(("p", topic, payload, qos))

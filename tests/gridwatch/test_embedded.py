@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from gridwatch.config import load_config
 from gridwatch.embedded import EmbeddedPipeline
-from tests.builders import T0, line, make_grid
+from tests.builders import T0, line, make_detection, make_grid
 from ticketing.store import SqliteTicketStore
 
 
@@ -167,3 +167,37 @@ def test_closing_while_the_store_fails_leaves_the_batch_unacknowledged(tmp_path)
     assert events == ["failed"]
     assert pipeline.stats()["failed"] == 1
     assert list(store.all()) == []
+
+
+def test_submit_many_takes_a_batch_with_repeats_inside_it(tmp_path):
+    pipeline, store = _pipeline(tmp_path)
+    acks: list[str] = []
+    items = [(make_detection(event_id=f"m{i % 3}", at=timedelta(seconds=i)),
+              (lambda i=i: acks.append(f"ack {i}")), None) for i in range(5)]
+    results = pipeline.submit_many(items)
+    assert [r.duplicate for r in results] == [False, False, False, True, True]
+    assert pipeline.drain()
+    assert sorted(acks) == [f"ack {i}" for i in range(5)]  # repeats acked with their first
+    assert sorted(e for t in store.all() for e in t.event_ids) == ["m0", "m1", "m2"]
+    pipeline.close()
+
+
+def test_intake_blocks_when_queue_max_detections_are_waiting(tmp_path):
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    pipeline = EmbeddedPipeline(load_config(), make_grid(), store, queue_max=3)
+    gate = threading.Event()
+    apply = pipeline._apply
+    pipeline._apply = lambda outputs: (gate.wait(10), apply(outputs))  # type: ignore[method-assign]
+    pipeline.submit_many([(make_detection(event_id=f"q{i}", at=timedelta(seconds=i)), None, None)
+                          for i in range(3)])
+    blocked = threading.Thread(target=pipeline.submit,
+                               args=(make_detection(event_id="q3", at=timedelta(seconds=3)),))
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive(), "a fourth detection must wait while three are pending"
+    gate.set()
+    blocked.join(10)
+    assert not blocked.is_alive()
+    assert pipeline.drain()
+    assert pipeline.stats()["processed"] == 4 and pipeline.stats()["queue_depth"] == 0
+    pipeline.close()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -20,7 +20,7 @@ from detectors.schema import Detection
 from edge.config import MqttConnection
 from edge.publisher import wait_until
 from edge.testing import MosquittoProcess
-from gridwatch.embedded import SubmitResult
+from gridwatch.embedded import Submission, SubmitResult
 from gridwatch.ingest import MqttIngest
 from tests.edge.helpers import Centre, spread_detection, unique
 
@@ -131,19 +131,21 @@ class FailingOncePipeline:
         self.committed: set[str] = set()
         self.lock = threading.Lock()
 
-    def submit(self, d: Detection, *, on_committed: Callable[[], None] | None = None,
-               on_failed: Callable[[], None] | None = None) -> SubmitResult:
-        with self.lock:
-            n = self.attempts[d.event_id] = self.attempts.get(d.event_id, 0) + 1
-        if n == 1:
-            assert on_failed is not None
-            on_failed()
-            return SubmitResult(True)
-        with self.lock:
-            self.committed.add(d.event_id)
-        if on_committed is not None:
-            on_committed()
-        return SubmitResult(True)
+    def submit_many(self, items: list[Submission]) -> list[SubmitResult]:
+        results = []
+        for d, on_committed, on_failed in items:
+            with self.lock:
+                n = self.attempts[d.event_id] = self.attempts.get(d.event_id, 0) + 1
+            if n == 1:
+                assert on_failed is not None
+                on_failed()
+            else:
+                with self.lock:
+                    self.committed.add(d.event_id)
+                if on_committed is not None:
+                    on_committed()
+            results.append(SubmitResult(True))
+        return results
 
 
 @pytest.mark.parametrize("isolate", [False, True], ids=["thread", "process"])
