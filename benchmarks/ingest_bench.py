@@ -135,10 +135,10 @@ class TimedIngest(MqttIngest):
 
     first = 0.0
 
-    def on_link_message(self, topic: str, payload: bytes, token: Any) -> None:
+    def on_link_messages(self, batch: list[Any]) -> None:
         if not self.first:
             self.first = time.perf_counter()
-        super().on_link_message(topic, payload, token)
+        super().on_link_messages(batch)
 
 
 def drain_ingest(port: int, count: int, pipeline: Any, client_id: str, *,
