@@ -18,6 +18,7 @@ from shapely.geometry import box
 
 from detectors.schema import Detection
 from edge.config import MqttConnection
+from edge.publisher import make_client
 from geo.grid import Grid
 from geo.make import square_grid
 from gridwatch.config import GridWatchConfig
@@ -97,8 +98,23 @@ class Centre:
         return counts
 
     def close(self) -> None:
+        """Stop, and end the persistent session on the broker: on the shared broker a
+        session left behind would outlive the test."""
         self.ingest.stop()
         self.pipeline.close()
+        forget_session(self.ingest.connection, self.ingest.client_id)
+
+
+def forget_session(conn: MqttConnection, client_id: str) -> None:
+    """Connect once with ``clean_session=True``: the broker drops the client's session."""
+    client = make_client(conn, client_id=client_id, clean_session=True)
+    try:
+        client.connect(conn.host, conn.port)
+        client.loop_start()
+        client.disconnect()
+        client.loop_stop()
+    except OSError:  # the broker is already gone (private brokers stop with the test)
+        pass
 
 
 class Listener:

@@ -28,7 +28,7 @@ from edge.config import (
     Z2mSmokeSource,
 )
 from edge.publisher import wait_until
-from tests.edge.helpers import Centre, listening, unique
+from tests.edge.helpers import Centre, forget_session, listening, unique
 
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
 
@@ -73,6 +73,7 @@ def station(tmp_path: Path, mqtt_url: str) -> dict:
                "url": mqtt_url, "station_id": station_id}
         agent.stop()
     centre.close()
+    forget_session(config.local_mqtt, str(config.local_mqtt.client_id))
 
 
 def detections(uplink: object, n: int) -> list[dict]:
