@@ -22,6 +22,9 @@ class IncidentClusterer:
 
     def __init__(self) -> None:
         self._current: dict[tuple[str, str], Incident] = {}
+        # the source ids of each current incident, as a set: ``source_ids`` (a list, for
+        # its first-seen order) is checked on every detection that joins
+        self._sources: dict[tuple[str, str], set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._current)
@@ -56,7 +59,9 @@ class IncidentClusterer:
                     incident.opened_at = at
                 if d.confidence > incident.max_confidence:
                     incident.max_confidence = d.confidence
-                if source not in incident.source_ids:
+                sources = self._sources[key]
+                if source not in sources:
+                    sources.add(source)
                     incident.source_ids.append(source)
                 if d.evidence and d.evidence.snapshot_url and \
                         len(incident.snapshot_urls) < 5:
@@ -72,6 +77,7 @@ class IncidentClusterer:
                 return IncidentEvent(late, True, (d.event_id,), d.confidence, d.source_type)
         incident = self._new(d, cell_id, source)
         self._current[key] = incident
+        self._sources[key] = {source}
         return IncidentEvent(incident, True, (d.event_id,), d.confidence, d.source_type)
 
     @staticmethod
@@ -98,3 +104,4 @@ class IncidentClusterer:
                  if inc.last_at.timestamp() + window_s_max < before_ts]
         for k in stale:
             del self._current[k]
+            del self._sources[k]

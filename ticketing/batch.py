@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import operator
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,13 +57,23 @@ class _Kept:
     size: int  # its ids, event and incident, counted against the budget
 
 
+# every field of a ticket, in ``__init__``'s order
+_FIELD_VALUES = operator.attrgetter(*(f.name for f in dataclasses.fields(Ticket)))
+
+
 def _copy(ticket: Ticket) -> Ticket:
     """A copy that changes to the original do not reach (its lists and hot-spot dict
-    are its own; the ids are immutable strings, so no deep copy)."""
-    return dataclasses.replace(
-        ticket, event_ids=list(ticket.event_ids), incident_ids=list(ticket.incident_ids),
-        source_ids=list(ticket.source_ids), snapshot_urls=list(ticket.snapshot_urls),
-        hotspot=None if ticket.hotspot is None else copy.deepcopy(ticket.hotspot))
+    are its own; the ids are immutable strings, so no deep copy). Positional, as
+    ``dataclasses.replace`` by keyword cost four times as much (once per ticket written
+    per batch)."""
+    new = Ticket(*_FIELD_VALUES(ticket))
+    new.event_ids = list(ticket.event_ids)
+    new.incident_ids = list(ticket.incident_ids)
+    new.source_ids = list(ticket.source_ids)
+    new.snapshot_urls = list(ticket.snapshot_urls)
+    if ticket.hotspot is not None:
+        new.hotspot = copy.deepcopy(ticket.hotspot)
+    return new
 
 
 class BatchingStore:
@@ -281,9 +292,10 @@ class BatchingStore:
         if not self._active:
             return self.inner.suspended_sources(**criteria)  # type: ignore[no-any-return]
         key = tuple(criteria.items())  # the desk always asks alike
-        if key not in self._suspended:
-            self._suspended[key] = self.inner.suspended_sources(**criteria)
-        return self._suspended[key]
+        suspended = self._suspended.get(key)
+        if suspended is None:
+            suspended = self._suspended[key] = self.inner.suspended_sources(**criteria)
+        return suspended
 
     # -- the desk's write -----------------------------------------------------------------
     def save(self, ticket: Ticket, *, incident_id: str | None = None) -> None:

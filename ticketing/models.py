@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import operator
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -64,8 +66,23 @@ def ticket_id_for(kind: str, cell_id: str, seed: str) -> str:
 
 def rfc3339(value: datetime) -> str:
     """UTC, second precision or finer, with ``Z``: one spelling for every output."""
-    text = value.astimezone(UTC).isoformat()
-    return text.replace("+00:00", "Z")
+    offset = value.utcoffset()
+    if offset is None or type(value) is not datetime:
+        # naive: read as local time, which the process may change; a subclass may
+        # compare equal to a datetime yet spell itself otherwise
+        return _rfc3339(value)
+    # equal aware datetimes with equal offsets are the same instant: one spelling
+    # (the offset is in the key because two times differing only in ``fold`` are equal)
+    return _rfc3339_aware(value, offset)
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@functools.lru_cache(maxsize=8192)  # a ticket written again spells its times again
+def _rfc3339_aware(value: datetime, _offset: timedelta) -> str:
+    return _rfc3339(value)
 
 
 _TIME_FIELDS = ("opened_at", "due_at", "updated_at")
@@ -123,20 +140,27 @@ class Ticket:
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
 
-    def to_public(self) -> dict[str, Any]:
+    def to_public(self, *, event_ids: bool = True) -> dict[str, Any]:
         """JSON-ready dict; keys and value spellings are stable (replay output).
 
         Shallow on purpose: ``dataclasses.asdict`` deep-copies every ``event_ids`` entry
-        and was most of the cost of a store write."""
-        out = {name: getattr(self, name) for name in _FIELD_NAMES}
-        for key in _LIST_FIELDS:
-            out[key] = list(out[key])
+        and was most of the cost of a store write. ``event_ids=False`` leaves that key
+        out (the SQL store keeps the ids in a table of their own)."""
+        out = dict(zip(_FIELD_NAMES, _FIELD_VALUES(self), strict=True))
+        if event_ids:
+            out["event_ids"] = list(self.event_ids)
+        else:
+            del out["event_ids"]
+        out["incident_ids"] = list(self.incident_ids)
+        out["source_ids"] = list(self.source_ids)
+        out["snapshot_urls"] = list(self.snapshot_urls)
         out["status"] = self.status.value
         out["review"] = self.review.value
         out["escalation"] = self.escalation.value
         out["origin"] = self.origin.value
-        for key in _TIME_FIELDS:
-            out[key] = rfc3339(out[key])
+        out["opened_at"] = rfc3339(self.opened_at)
+        out["due_at"] = rfc3339(self.due_at)
+        out["updated_at"] = rfc3339(self.updated_at)
         for key in _OPTIONAL_TIME_FIELDS:
             if out[key] is not None:
                 out[key] = rfc3339(out[key])
@@ -166,4 +190,4 @@ class Ticket:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Ticket))
-_LIST_FIELDS = ("event_ids", "incident_ids", "source_ids", "snapshot_urls")
+_FIELD_VALUES = operator.attrgetter(*_FIELD_NAMES)

@@ -199,15 +199,27 @@ class OutboxItem:
     attempts: int
 
 
-@functools.lru_cache(maxsize=8192)  # a desk write spells the same few times again and again
 def sortable(value: datetime) -> str:
     """A fixed-width UTC timestamp; compares correctly as text in both databases.
 
     >>> sortable(datetime(2026, 5, 4, 6, 0, 32, tzinfo=UTC))
     '2026-05-04T06:00:32.000000Z'
     """
+    offset = value.utcoffset()
+    if offset is None or type(value) is not datetime:
+        return _sortable(value)  # naive (local time, which may change) or a subclass
+    # the offset is in the cache key: two times differing only in ``fold`` are equal
+    return _sortable_aware(value, offset)
+
+
+def _sortable(value: datetime) -> str:
     # isoformat with a fixed timespec: strftime's "%Y-%m-%dT%H:%M:%S.%fZ", faster
     return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+@functools.lru_cache(maxsize=8192)  # a desk write spells the same few times again and again
+def _sortable_aware(value: datetime, offset: timedelta) -> str:
+    return _sortable(value)
 
 
 def _normalise_url(url: str) -> str:
@@ -312,8 +324,7 @@ _encode = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode  # json.du
 
 
 def _ticket_row(ticket: Ticket, *, event_count: int) -> dict[str, object]:
-    body = ticket.to_public()
-    del body["event_ids"]  # in ticket_event_ids, appended to, never rewritten
+    body = ticket.to_public(event_ids=False)  # in ticket_event_ids, appended to
     return {
         "ticket_id": ticket.ticket_id, "kind": ticket.kind, "cell_id": ticket.cell_id,
         "district": ticket.district, "town": ticket.town, "village": ticket.village,

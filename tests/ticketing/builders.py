@@ -7,7 +7,7 @@ from typing import Any
 
 from stream.policy import KindPolicy, Level, PolicyBook
 from ticketing.auth import Principal, Role, TokenAuth
-from ticketing.models import Origin, Review, Ticket, TicketStatus, ticket_id_for
+from ticketing.models import Escalation, Origin, Review, Ticket, TicketStatus, ticket_id_for
 
 T0 = datetime(2026, 5, 4, 6, 0, tzinfo=UTC)
 _seq = iter(range(1, 10**9))
@@ -58,3 +58,15 @@ def make_ticket(*, status: TicketStatus = TicketStatus.DISPATCHED,
         event_ids=[f"e{n}"], source_ids=[f"st1/smoke-{n}"], origin=Origin.DETECTION)
     values.update(overrides)
     return Ticket(**values)
+
+
+def make_full_ticket() -> Ticket:
+    """A ticket with no field left at its default."""
+    return make_ticket(
+        status=TicketStatus.RETURNED, event_ids=["e1", "e2"], incident_ids=["i1"],
+        source_ids=["st1/a", "st1/b"], snapshot_urls=["http://x/1.jpg"],
+        hotspot={"window_start": T0, "observed": 3, "top_sources": [{"source": "a"}]},
+        label="Smoke", version=4, escalation=Escalation.YELLOW, returned_count=1,
+        accepted_at=T0 + timedelta(minutes=1), resolved_at=T0 + timedelta(minutes=2),
+        closed_at=T0 + timedelta(minutes=3), dismiss_reason="dust", merged_into="GW-x",
+        origin=Origin.API, description="a fire", incident_count=2, detection_count=2)

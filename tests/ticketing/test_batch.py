@@ -15,8 +15,8 @@ from gridwatch.embedded import EmbeddedPipeline
 from stream.incidents import IncidentClusterer
 from stream.types import IncidentEvent
 from tests.builders import line, make_detection, make_grid
-from tests.ticketing.builders import T0
-from ticketing.batch import KEEP_BUDGET, BatchingStore
+from tests.ticketing.builders import T0, make_full_ticket
+from ticketing.batch import KEEP_BUDGET, BatchingStore, _copy
 from ticketing.desk import TicketDesk
 from ticketing.lifecycle import Action, ActionRequest
 from ticketing.models import Origin, Ticket, TicketStatus
@@ -381,3 +381,17 @@ def test_the_embedded_pipeline_opens_a_new_ticket_after_an_operator_closed_the_k
     assert dismissed.ticket_id == first.ticket_id and dismissed.event_ids == ["a0", "a1", "a2"]
     assert dismissed.status is TicketStatus.DISMISSED
     assert opened.event_ids == ["b0", "b1"] and opened.status is TicketStatus.DISPATCHED
+
+
+def test_a_kept_copy_has_every_field_and_nothing_shared() -> None:
+    ticket = make_full_ticket()
+    kept = _copy(ticket)
+    assert kept == ticket and kept is not ticket
+    for key in ("event_ids", "incident_ids", "source_ids", "snapshot_urls", "hotspot"):
+        assert getattr(kept, key) is not getattr(ticket, key)
+    assert kept.hotspot is not None and ticket.hotspot is not None
+    assert kept.hotspot["top_sources"] is not ticket.hotspot["top_sources"]
+    kept.event_ids.append("e3")
+    kept.hotspot["top_sources"].append({"source": "b"})
+    assert ticket.event_ids == ["e1", "e2"]
+    assert ticket.hotspot["top_sources"] == [{"source": "a"}]

@@ -1,8 +1,11 @@
-"""ticketing/desk.py with the SQL store: false-positive gating and stale-write retries."""
+"""ticketing/desk.py: false-positive gating and stale-write retries (SQL store), and the
+sources a ticket lists."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+
+import pytest
 
 from stream.types import Incident, IncidentEvent
 from tests.builders import make_grid
@@ -11,6 +14,7 @@ from ticketing.config import TicketingSettings
 from ticketing.desk import TicketDesk
 from ticketing.lifecycle import Action, ActionRequest, apply_action
 from ticketing.models import TicketStatus
+from ticketing.store import MemoryTicketStore
 
 
 def _event(n: int, *, source: str, cell: str = "C00", joined: bool = False) -> IncidentEvent:
@@ -63,3 +67,33 @@ def test_the_desk_retries_when_the_api_changed_the_ticket_meanwhile(store) -> No
     assert stored.status is TicketStatus.ACCEPTED  # the operator's change survived
     assert stored.detection_count == 2 and joined.version == 3
     assert desk.stats.opened == 1 and desk.stats.updated == 1
+
+
+def _growing(incident_id: str, n: int, sources: list[str], *,
+             opened: bool) -> IncidentEvent:
+    """An event of incident ``incident_id`` in C00, which by then lists ``sources``."""
+    at = T0 + timedelta(minutes=n)
+    incident = Incident(incident_id=incident_id, kind="smoke", cell_id="C00", opened_at=at,
+                        last_at=at, lon=0.5, lat=0.5, max_confidence=0.9,
+                        event_ids=[f"e{n}"], source_ids=list(sources), detection_count=1)
+    return IncidentEvent(incident=incident, opened=opened, new_event_ids=(f"e{n}",),
+                         confidence=0.9, source_type="smoke_sensor")
+
+
+@pytest.mark.parametrize(("events", "expected"), [
+    # (incident, its sources at that event) in order -> the ticket's sources
+    ([("i1", ["a"]), ("i1", ["a", "b"]), ("i1", ["a", "b", "c"])], ["a", "b", "c"]),
+    ([("i1", ["a", "b"]), ("i2", ["c", "b", "a"]), ("i2", ["c", "b", "a", "d"])],
+     ["a", "b", "c", "d"]),
+    ([("i1", ["b"]), ("i2", ["a", "c", "a"]), ("i1", ["b", "e"])], ["b", "a", "c", "e"]),
+    ([("i1", ["a"]), ("i2", ["a"]), ("i1", ["a"])], ["a"]),
+])
+def test_a_ticket_lists_the_sources_of_its_incidents_once_in_first_seen_order(
+        events: list[tuple[str, list[str]]], expected: list[str]) -> None:
+    desk = _desk(MemoryTicketStore())
+    seen: set[str] = set()
+    for n, (incident_id, sources) in enumerate(events):
+        ticket = desk.apply(_growing(incident_id, n, sources, opened=incident_id not in seen))
+        seen.add(incident_id)
+    assert ticket.source_ids == expected
+    assert desk.stats.opened == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -236,6 +237,15 @@ def test_save_many_checks_the_open_tickets_its_caller_relied_on(
 ])
 def test_sortable_is_fixed_width_utc(value: datetime) -> None:
     assert sortable(value) == value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_sortable_keeps_apart_times_that_differ_only_in_fold() -> None:
+    """Equal as datetimes, an hour apart as instants (the night the clocks go back)."""
+    first = datetime(2025, 11, 2, 1, 30, tzinfo=ZoneInfo("America/New_York"))
+    second = first.replace(fold=1)
+    for _ in range(2):  # the second answers come from the cache
+        assert sortable(first) == "2025-11-02T05:30:00.000000Z"
+        assert sortable(second) == "2025-11-02T06:30:00.000000Z"
 
 
 def test_the_update_checks_each_rows_version_itself(store: SqlTicketStore,
