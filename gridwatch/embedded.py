@@ -71,6 +71,12 @@ class _Flush:
 class EmbeddedPipeline:
     """Validate → queue → (cell, dedup, incidents, hot spots) → ticket store.
 
+    ``batch_max`` bounds how many queued detections the worker writes in one transaction.
+    A batch costs per ticket it touches (read check, row update, body encoding, commit), so
+    when intake runs ahead (a backlog after an outage, a burst) bigger batches amortise
+    that over more detections; when the worker keeps up, batches stay small and latency
+    low. At 2,000 a full batch takes about 0.1 s on a 2-core box.
+
     Example:
         >>> pipeline = EmbeddedPipeline(config, grid, SqliteTicketStore("tickets.db"))
         >>> pipeline.submit_raw(payload, origin="mqtt:gridwatch/v1/st1/smoke-3/detection")
@@ -85,7 +91,7 @@ class EmbeddedPipeline:
         store: TicketStore,
         *,
         queue_max: int = 50_000,
-        batch_max: int = 500,
+        batch_max: int = 2000,
         retry_delay_s: float = 0.5,
         retry_max_s: float = 30.0,
     ) -> None:
