@@ -61,6 +61,11 @@ def test_create_is_routed_and_idempotent(client: TestClient, as_role: Headers) -
     ({"kind": "Smoke!", "lon": 0.5, "lat": 0.5}, 422, "pattern"),
     ({"kind": "smoke", "lon": 0.5}, 422, "lat"),
     ({"kind": "smoke", "lon": 0.5, "lat": 0.5, "extra": 1}, 422, "extra"),
+    # found by schemathesis: year 1 with a positive offset has no UTC spelling (was a 500)
+    ({"kind": "smoke", "lon": 0.5, "lat": 0.5, "observed_at": "0001-01-01T00:00:30+05:01"},
+     422, "between 1970 and 9000"),
+    ({"kind": "smoke", "lon": 0.5, "lat": 0.5, "observed_at": "1969-12-31T23:59:59Z"},
+     422, "between 1970 and 9000"),
 ])
 def test_create_refusals(client: TestClient, as_role: Headers, body: dict[str, Any],
                          status: int, detail: str) -> None:
@@ -92,6 +97,9 @@ def test_list_filters_and_pagination(client: TestClient, as_role: Headers) -> No
                                                           for i in expected], params
     bad = client.get("/tickets", params={"opened_from": "2026-05-04T06:00:00"}, headers=ops)
     assert bad.status_code == 422  # naive time refused
+    for edge in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
+        far = client.get("/tickets", params={"opened_from": edge}, headers=ops)
+        assert far.status_code == 422 and "between 1970 and 9000" in far.text
     assert client.get("/tickets", params={"status": "nope"}, headers=ops).status_code == 422
 
 

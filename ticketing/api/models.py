@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from stream.policy import Level, Priority
 from ticketing.lifecycle import Action
 from ticketing.models import Escalation, Origin, Review, Ticket, TicketStatus
 
 Text = Field(default=None, min_length=1, max_length=2000)
+
+
+def _plausible(value: datetime) -> datetime:
+    # a time at the edge of datetime's range (year 1 with a positive offset) cannot even
+    # be turned into UTC; nothing this system keeps is before 1970 or far in the future
+    try:
+        year = value.astimezone(UTC).year
+    except OverflowError:
+        year = 0
+    if not 1970 <= year <= 9000:
+        raise ValueError("expected a time between 1970 and 9000 (UTC)")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_plausible)]
+"""A time given to the API: with an offset, and within 1970..9000 UTC."""
 
 
 class TicketPublic(BaseModel):
@@ -75,7 +92,7 @@ class TicketCreate(BaseModel):
     lon: float = Field(ge=-180, le=180)
     lat: float = Field(ge=-90, le=90)
     description: str | None = Text
-    observed_at: AwareDatetime | None = None
+    observed_at: Timestamp | None = None
     external_id: str | None = Field(
         default=None, min_length=1, max_length=128,
         description="The caller's id; posting the same one again returns the same ticket")

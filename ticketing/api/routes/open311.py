@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from ticketing.api.deps import GridDep, OptionalPrincipal, StateDep, visibility
+from ticketing.api.models import Timestamp
 from ticketing.auth import CREATE, READ, Principal, Role
 from ticketing.models import OPEN_STATUSES, Origin, Ticket, TicketStatus, rfc3339
 from ticketing.service import OutsideGrid, create_report
@@ -138,7 +139,7 @@ def list_requests(
         state: StateDep, principal: OptionalPrincipal,
         service_request_id: Annotated[str | None, Query(min_length=1, max_length=2000)] = None,
         service_code: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-        start_date: AwareDatetime | None = None, end_date: AwareDatetime | None = None,
+        start_date: Timestamp | None = None, end_date: Timestamp | None = None,
         status_: Annotated[Literal["open", "closed"] | None, Query(alias="status")] = None,
         api_key: Annotated[str | None, Query(max_length=512)] = None,
 ) -> list[ServiceRequest]:

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 
 from ticketing.api.deps import (
     Creator,
@@ -26,6 +25,7 @@ from ticketing.api.models import (
     TicketList,
     TicketPublic,
     TicketUpdate,
+    Timestamp,
 )
 from ticketing.auth import SUPERVISE, Principal, Role
 from ticketing.lifecycle import (
@@ -74,7 +74,7 @@ def list_(state: StateDep, principal: Reader,
           kind: Name = None, cell_id: Name = None, district: Name = None, town: Name = None,
           village: Name = None, department: Name = None,
           escalation: Escalation | None = None, origin: Origin | None = None,
-          opened_from: AwareDatetime | None = None, opened_to: AwareDatetime | None = None,
+          opened_from: Timestamp | None = None, opened_to: Timestamp | None = None,
           limit: Annotated[int, Query(ge=1, le=10000)] = 50,
           offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> TicketList:
     """Tickets oldest first; filters combine with AND; ``opened_from`` ≤ opened_at <
