@@ -19,7 +19,7 @@ Anything else (unknown fields, wrong types, naive timestamps, out-of-range numbe
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -38,6 +38,10 @@ BUILTIN_KINDS = ("helmetless_rider", "wrong_way_ebike", "smoke", "door_forced", 
 BUILTIN_SOURCE_TYPES = ("camera", "smoke_sensor", "access_control")
 
 Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+# nothing is observed before 1970 or after 9000, and a time at the edge of datetime's range
+# (year 1 with a positive offset) has no UTC spelling at all
+EventTime = Annotated[AwareDatetime, Field(ge=datetime(1970, 1, 1, tzinfo=UTC),
+                                           le=datetime(9000, 1, 1, tzinfo=UTC))]
 
 
 class RejectCode(str, Enum):
@@ -96,7 +100,7 @@ class Detection(BaseModel):
 
     schema_: Literal["gridwatch.detection/1"] = Field(alias="schema")
     event_id: Identifier
-    observed_at: AwareDatetime
+    observed_at: EventTime
     station_id: Identifier
     source_id: Identifier
     source_type: Identifier

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import sqlalchemy.exc
 
 from detectors.schema import Detection, DetectionRejected, parse_detection
 from geo.grid import Grid
@@ -55,6 +58,11 @@ class SubmitResult:
     reason: str | None = None
     duplicate: bool = False
 
+
+# what a store raises while it cannot write (disk full, locked, database gone): retried.
+# Anything else is a bug on this batch's data and would fail again: not retried.
+STORE_UNAVAILABLE = (OSError, sqlite3.OperationalError, sqlalchemy.exc.OperationalError,
+                     sqlalchemy.exc.InterfaceError)
 
 _STOP = object()
 _ACCEPTED = SubmitResult(True)
@@ -236,7 +244,7 @@ class EmbeddedPipeline:
             try:
                 self._apply(outputs)
                 return True
-            except Exception as exc:
+            except STORE_UNAVAILABLE as exc:
                 self._store_errors += 1
                 if self._closing.is_set():
                     log.error("closing with a batch of %d detections not written to the "
@@ -278,14 +286,14 @@ class EmbeddedPipeline:
         detections = [item[0] for item in batch]
         try:
             outputs = self._core.stream(detections)
+            written = self._write(outputs, len(batch))
         except Exception:
-            # a bug in the stream core: nothing was written; forget the ids so that the
-            # broker's re-delivery (on_failed makes the ingest reconnect) is taken again
-            log.exception("the stream core failed on a batch of %d; not acknowledged",
+            # a bug on this batch's data (not a store that cannot write, which _write
+            # retries): nothing of it was written; forget the ids so that the broker's
+            # re-delivery (on_failed makes the ingest reconnect) is taken again
+            log.exception("the pipeline failed on a batch of %d; not acknowledged",
                           len(batch))
             written = False
-        else:
-            written = self._write(outputs, len(batch))
         if written:
             self._processed += len(batch)
             with self._ids_lock:

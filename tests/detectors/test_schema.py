@@ -50,6 +50,11 @@ def _without(field: str) -> str:
         (json.dumps(wire(confidence=True)), RejectCode.WRONG_TYPE, "confidence"),
         (json.dumps(wire(lon=180.5)), RejectCode.OUT_OF_RANGE, "lon"),
         (json.dumps(wire(lat=-91)), RejectCode.OUT_OF_RANGE, "lat"),
+        # year 1 with a positive offset has no UTC spelling: it failed deep in the pipeline
+        (json.dumps(wire(observed_at="0001-01-01T00:00:30+05:01")), RejectCode.OUT_OF_RANGE,
+         "observed_at"),
+        (json.dumps(wire(observed_at="9999-12-31T23:59:59-05:00")), RejectCode.OUT_OF_RANGE,
+         "observed_at"),
         (json.dumps(wire(lat="23.0")), RejectCode.WRONG_TYPE, "lat"),
         (json.dumps(wire(event_id="")), RejectCode.OUT_OF_RANGE, "event_id"),
         (json.dumps(wire(event_id="x" * 129)), RejectCode.OUT_OF_RANGE, "event_id"),

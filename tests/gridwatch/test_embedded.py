@@ -201,3 +201,26 @@ def test_intake_blocks_when_queue_max_detections_are_waiting(tmp_path):
     assert pipeline.drain()
     assert pipeline.stats()["processed"] == 4 and pipeline.stats()["queue_depth"] == 0
     pipeline.close()
+
+
+def test_a_bug_on_a_batch_is_not_retried_forever(tmp_path):
+    """Only a store that cannot write is retried; an error the same data would raise again
+    fails the batch (not acknowledged, on_failed) so that intake keeps flowing."""
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    pipeline = EmbeddedPipeline(load_config(), make_grid(), store, retry_delay_s=0.01)
+    calls: list[int] = []
+
+    def buggy(items, **kwargs):
+        calls.append(len(items))
+        raise ValueError("a bug")
+
+    store.save_many = buggy  # type: ignore[method-assign]
+    events: list[str] = []
+    pipeline.submit_raw(line(event_id="poison"), origin="a",
+                        on_committed=lambda: events.append("acked"),
+                        on_failed=lambda: events.append("failed"))
+    assert pipeline.drain(5)
+    assert events == ["failed"] and calls == [1]
+    stats = pipeline.stats()
+    assert stats["failed"] == 1 and stats["store_errors"] == 0
+    pipeline.close()
