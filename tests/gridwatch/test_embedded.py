@@ -149,6 +149,15 @@ def test_a_failing_store_is_retried_and_nothing_is_acknowledged_before_it_works(
     pipeline.close()
 
 
+def _submit_watched(pipeline: EmbeddedPipeline, event_id: str) -> list[str]:
+    """Submit one detection; the list collects "acked" / "failed" as they happen."""
+    events: list[str] = []
+    pipeline.submit_raw(line(event_id=event_id), origin="a",
+                        on_committed=lambda: events.append("acked"),
+                        on_failed=lambda: events.append("failed"))
+    return events
+
+
 def test_closing_while_the_store_fails_leaves_the_batch_unacknowledged(tmp_path):
     store = SqliteTicketStore(tmp_path / "t.sqlite3")
     pipeline = EmbeddedPipeline(load_config(), make_grid(), store, retry_delay_s=0.01,
@@ -158,10 +167,7 @@ def test_closing_while_the_store_fails_leaves_the_batch_unacknowledged(tmp_path)
         raise OSError("disk full")
 
     store.save_many = always_failing  # type: ignore[method-assign]
-    events: list[str] = []
-    pipeline.submit_raw(line(event_id="stuck"), origin="a",
-                        on_committed=lambda: events.append("acked"),
-                        on_failed=lambda: events.append("failed"))
+    events = _submit_watched(pipeline, "stuck")
     assert not pipeline.drain(0.3)
     pipeline.close(timeout=0.1)
     assert events == ["failed"]
@@ -215,10 +221,7 @@ def test_a_bug_on_a_batch_is_not_retried_forever(tmp_path):
         raise ValueError("a bug")
 
     store.save_many = buggy  # type: ignore[method-assign]
-    events: list[str] = []
-    pipeline.submit_raw(line(event_id="poison"), origin="a",
-                        on_committed=lambda: events.append("acked"),
-                        on_failed=lambda: events.append("failed"))
+    events = _submit_watched(pipeline, "poison")
     assert pipeline.drain(5)
     assert events == ["failed"] and calls == [1]
     stats = pipeline.stats()
