@@ -15,6 +15,8 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,7 +32,9 @@ from ticketing.desk import TicketDesk
 from ticketing.models import Ticket
 from ticketing.store import MemoryTicketStore, TicketStore
 
-BATCH_LINES = 8192
+BATCH_LINES = 1024  # small enough for a batch's objects to stay in cache
+_LON = attrgetter("lon")
+_LAT = attrgetter("lat")
 
 
 @dataclass(slots=True)
@@ -103,6 +107,8 @@ class Pipeline:
         self.config = config
         self.grid = grid
         self.store = store
+        # the cell ids by index, and None last: what -1 (out of area) picks
+        self._cell_ids: list[str | None] = [*(c.cell_id for c in grid.cells), None]
         self.processor = StreamProcessor(config.stream, config.policies,
                                          HotspotEngine(config.hotspot, grid))
         self.desk = TicketDesk(policies=config.policies, settings=config.ticketing,
@@ -111,10 +117,10 @@ class Pipeline:
     def cells_for(self, detections: list[Detection]) -> list[str | None]:
         if not detections:
             return []
-        idx = self.grid.lookup(np.fromiter((d.lon for d in detections), float, len(detections)),
-                               np.fromiter((d.lat for d in detections), float, len(detections)))
-        cells = self.grid.cells
-        return [cells[i].cell_id if i >= 0 else None for i in idx.tolist()]
+        n = len(detections)
+        idx = self.grid.lookup(np.fromiter(map(_LON, detections), float, n),
+                               np.fromiter(map(_LAT, detections), float, n))
+        return list(map(self._cell_ids.__getitem__, idx.tolist()))
 
     def stream(self, detections: list[Detection]) -> list[StreamOutput]:
         """The stream stage only: what the detections produce (incident events, hot-spot
@@ -137,15 +143,13 @@ class Pipeline:
         self.apply(self.processor.flush())
 
 
-def _batches(lines: Iterable[bytes | str]) -> Iterator[list[tuple[int, bytes | str]]]:
-    batch: list[tuple[int, bytes | str]] = []
-    for number, line in enumerate(lines, start=1):
-        batch.append((number, line))
-        if len(batch) >= BATCH_LINES:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _batches(lines: Iterable[bytes | str]) -> Iterator[tuple[int, list[bytes | str]]]:
+    """Lists of up to ``BATCH_LINES`` lines, each with the number of its first line."""
+    it = iter(lines)
+    first = 1
+    while batch := list(islice(it, BATCH_LINES)):
+        yield first, batch
+        first += len(batch)
 
 
 def replay_lines(lines: Iterable[bytes | str], grid: Grid, config: GridWatchConfig,
@@ -167,9 +171,18 @@ def _replay(lines: Iterable[bytes | str], grid: Grid, config: GridWatchConfig,
     rejects: list[Reject] = []
     store = MemoryTicketStore()
     pipeline = Pipeline(config, grid, store)
-    for batch in _batches(lines):
+    for first, batch in _batches(lines):
         valid: list[Detection] = []
-        for number, line in batch:
+        for number, line in enumerate(batch, first):
+            # JSON allows the line's own newline around the object: one copy fewer per
+            # line. Refused lines are parsed again stripped, for the same reasons and
+            # positions as before (and to tell blank lines, which are not records).
+            try:
+                valid.append(parse_detection(line))
+                summary.read += 1
+                continue
+            except DetectionRejected:
+                pass
             stripped = line.strip()
             if not stripped:
                 continue  # blank lines (a trailing newline) are not records

@@ -251,9 +251,14 @@ class HotspotEngine:
         return list(self.cell_ids), state.total_observed.copy(), state.total_expected.copy()
 
     # -- input ----------------------------------------------------------------------
-    def observe(self, occurrence: Occurrence) -> list[HotspotFinding]:
-        """Count one occurrence; returns the findings of any hours its time closed."""
-        ts = occurrence.observed_at.timestamp()
+    def observe(self, occurrence: Occurrence, *, ts: float | None = None
+                ) -> list[HotspotFinding]:
+        """Count one occurrence; returns the findings of any hours its time closed.
+
+        ``ts`` is ``occurrence.observed_at.timestamp()`` where the caller has it already.
+        """
+        if ts is None:
+            ts = occurrence.observed_at.timestamp()
         hour = int((ts + self._offset_s) // HOUR_S)
         findings = _EMPTY
         if self._hour is None:

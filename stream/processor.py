@@ -90,30 +90,39 @@ class StreamProcessor:
     def push(self, detection: Detection, cell_id: str | None) -> list[StreamOutput]:
         """Take one valid detection and the cell it falls in (``None``: out of area)."""
         ts = detection.observed_at.timestamp()
+        stats = self.stats
         if self._ids.seen(detection.event_id, ts):
-            self.stats.duplicates += 1
+            stats.duplicates += 1
             return []
         if cell_id is None:
-            self.stats.out_of_area += 1
+            stats.out_of_area += 1
             return []
-        if detection.is_self_test:
-            self.stats.self_tests += 1
+        if detection.attributes and detection.is_self_test:
+            stats.self_tests += 1
             return []
-        stats = self.stats
         stats.accepted += 1
-        stats.by_kind[detection.kind] = stats.by_kind.get(detection.kind, 0) + 1
+        by_kind = stats.by_kind
+        kind = detection.kind
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+        outputs: list[StreamOutput] = []
         if ts < self._released_ts:
             # later than the lateness tolerance: handle it now, out of order
-            self.stats.late += 1
-            return self._process(detection, cell_id, ts)
-        heapq.heappush(self._buffer, (ts, next(self._seq), detection, cell_id))
+            stats.late += 1
+            self._process(detection, cell_id, ts, outputs)
+            return outputs
+        buffer = self._buffer
+        heapq.heappush(buffer, (ts, next(self._seq), detection, cell_id))
         if ts > self._max_ts:
             self._max_ts = ts
-        return self._release(self._max_ts - self.settings.lateness_s)
+        watermark = self._max_ts - self.settings.lateness_s
+        if buffer[0][0] <= watermark:
+            self._release(watermark, outputs)
+        return outputs
 
     def flush(self) -> list[StreamOutput]:
         """End of input: release everything buffered and close hot-spot windows."""
-        outputs = self._release(float("inf"))
+        outputs: list[StreamOutput] = []
+        self._release(float("inf"), outputs)
         findings = self.hotspots.flush()
         self._count_hotspots(findings)
         outputs.extend(findings)
@@ -127,14 +136,13 @@ class StreamProcessor:
                 self._episodes.add(episode)
                 self.stats.hotspots += 1
 
-    def _release(self, watermark: float) -> list[StreamOutput]:
-        outputs: list[StreamOutput] = []
+    def _release(self, watermark: float, outputs: list[StreamOutput]) -> None:
         buffer = self._buffer
+        process = self._process
         while buffer and buffer[0][0] <= watermark:
             ts, _, detection, cell_id = heapq.heappop(buffer)
             self._released_ts = ts
-            outputs.extend(self._process(detection, cell_id, ts))
-        return outputs
+            process(detection, cell_id, ts, outputs)
 
     def _policy(self, kind: str) -> tuple[KindPolicy, bool]:
         cached = self._policy_cache.get(kind)
@@ -143,32 +151,38 @@ class StreamProcessor:
             cached = self._policy_cache[kind] = (policy, policy.mode is Mode.HOTSPOT)
         return cached
 
-    def _process(self, d: Detection, cell_id: str, ts: float) -> list[StreamOutput]:
-        policy, hotspot = self._policy(d.kind)
+    def _process(self, d: Detection, cell_id: str, ts: float,
+                 outputs: list[StreamOutput]) -> None:
+        """Dedup, cluster or count one detection, in event-time order; appends what it
+        produces to ``outputs``."""
+        cached = self._policy_cache.get(d.kind)
+        policy, hotspot = cached if cached is not None else self._policy(d.kind)
         self._since_expiry += 1
         if self._since_expiry >= 4096:
             self._since_expiry = 0
             self._incidents.expire(ts, self._window_max)
+        stats = self.stats
         if hotspot:
             verdict, occurrence = self._occurrences.add(d, cell_id, ts, policy)
             if verdict is Verdict.ABSORBED:
-                self.stats.absorbed += 1
-                return []
-            self.stats.occurrences += 1
-            findings = self.hotspots.observe(occurrence)
+                stats.absorbed += 1
+                return
+            stats.occurrences += 1
+            findings = self.hotspots.observe(occurrence, ts=ts)
             if findings:
                 self._count_hotspots(findings)
-            return list(findings)
+                outputs.extend(findings)
+            return
         counts = True
         if policy.source_cooldown_s:
             source_key = (d.station_id, d.source_id, d.kind)
             last = self._last_source.get(source_key)
             if last is not None and 0 <= ts - last <= policy.source_cooldown_s:
                 counts = False
-                self.stats.absorbed += 1
+                stats.absorbed += 1
             else:
                 self._last_source[source_key] = ts
-        event = self._incidents.add(d, cell_id, policy, counts_as_detection=counts)
+        event = self._incidents.add(d, cell_id, policy, counts_as_detection=counts, ts=ts)
         if event.opened:
-            self.stats.incidents += 1
-        return [event]
+            stats.incidents += 1
+        outputs.append(event)

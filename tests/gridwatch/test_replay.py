@@ -195,3 +195,41 @@ def test_bad_inputs_give_one_line_errors(tmp_path, setup, args, message):
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "t.jsonl").exists()
+
+
+def _outcome(result):
+    return ([(r.line, r.code, r.reason, r.raw) for r in result.rejects],
+            result.summary.as_dict(), result.ticket_dicts())
+
+
+def test_line_endings_and_surrounding_whitespace_change_nothing():
+    # replay parses a line with its newline and strips only a refused one: the same
+    # records, reasons (with their positions) and raw texts as stripped lines give
+    records = [line(event_id="ok1"), line(event_id="ok2", source_id="smoke-2"),
+               line(event_id="late", observed_at=_at(hours=2)), line(confidence=3)]
+    truncated = records[0][:40]
+    stripped = [records[0], truncated, "", records[1], "{oops", records[2], records[3],
+                "  ", truncated[:-5], records[1]]
+    endings = ["\n", "\r\n", "\n", " \t\n", "\r\n", "\x0c\n", "\n", "\n", "\x0b\n", ""]
+    lines = [(" " if i % 3 == 0 else "") + s + e
+             for i, (s, e) in enumerate(zip(stripped, endings, strict=True))]
+    expected = _outcome(_replay(stripped))
+    assert _outcome(_replay(lines)) == expected
+    assert _outcome(_replay([s.encode() for s in lines])) == _outcome(
+        _replay([s.encode() for s in stripped]))
+    assert [r[:2] for r in expected[0]] == [(2, "invalid_json"), (5, "invalid_json"),
+                                            (7, "out_of_range"), (9, "invalid_json")]
+    assert expected[1]["read"] == 8 and expected[1]["duplicates"] == 1
+
+
+@pytest.mark.parametrize("batch_lines", [1, 2, 3, 7])
+def test_batches_change_neither_results_nor_line_numbers(monkeypatch, batch_lines):
+    lines = [line(event_id=f"e{i}", observed_at=_at(minutes=(7 * i) % 60),
+                  source_id=f"smoke-{i % 3}") for i in range(20)]
+    lines[4] = "{oops"
+    lines[9] = ""
+    lines[13] = line(confidence=3)
+    expected = _outcome(_replay(lines))
+    monkeypatch.setattr("gridwatch.replay.BATCH_LINES", batch_lines)
+    assert _outcome(_replay(lines)) == expected
+    assert [r[:2] for r in expected[0]] == [(5, "invalid_json"), (14, "out_of_range")]

@@ -3,14 +3,15 @@ list, which must follow it through joins, late incidents and expiry)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from stream.incidents import IncidentClusterer
 from stream.policy import KindPolicy
 from stream.types import IncidentEvent
-from tests.builders import make_detection
+from tests.builders import T0, make_detection
 
 POLICY = KindPolicy(window_s=600)
 
@@ -71,3 +72,79 @@ def test_an_expired_incident_forgets_its_sources() -> None:
     # within the old incident's window, but it is gone: a new one, with its own sources
     event = _add(clusterer, 10, "b")
     assert event.opened and event.incident.source_ids == ["st1/b"]
+
+
+# -- the span is compared through timestamps: the answers must stay those of datetime
+# arithmetic, to the microsecond, whatever offsets the detections were written with
+_UTC8 = timezone(timedelta(hours=8))
+_US = timedelta(microseconds=1)
+# where timestamps cross 2**31 s their doubles change spacing: this instant and the one
+# 600 s after it are 600.0000002 s apart as doubles (and 2**31 s is inside the span)
+_BINADE = datetime(2038, 1, 19, 3, 9, 8, 6, tzinfo=UTC)
+
+
+def _at(base: datetime, delta: timedelta, *, utc8: bool) -> str:
+    at = base + delta
+    return (at.astimezone(_UTC8) if utc8 else at).isoformat()
+
+
+@pytest.mark.parametrize("base", [T0, _BINADE, _BINADE + timedelta(seconds=600)])
+@pytest.mark.parametrize("first_utc8", [False, True])
+@pytest.mark.parametrize("second_utc8", [False, True])
+@pytest.mark.parametrize(("second", "joins", "current"), [
+    (timedelta(seconds=600), True, True),  # exactly the window after: still in
+    (timedelta(seconds=600) + _US, False, True),  # a microsecond later: a new incident
+    (timedelta(seconds=-600), True, True),  # exactly the window before: still in
+    (timedelta(seconds=-600) - _US, False, False),  # far older: its own, not current
+    (timedelta(0), True, True),  # the same instant, spelled with another offset or not
+    (_US, True, True),
+    (-_US, True, True),
+])
+def test_the_window_boundary_is_exact_to_the_microsecond(
+        base: datetime, second: timedelta, joins: bool, current: bool, first_utc8: bool,
+        second_utc8: bool) -> None:
+    clusterer = IncidentClusterer()
+    first = clusterer.add(
+        make_detection(observed_at=_at(base, timedelta(0), utc8=first_utc8)), "C00", POLICY)
+    d = make_detection(observed_at=_at(base, second, utc8=second_utc8))
+    event = clusterer.add(d, "C00", POLICY)
+    assert event.opened is not joins
+    assert (event.incident is first.incident) is joins
+    if joins:
+        span = [base, base + second]
+        assert (event.incident.opened_at, event.incident.last_at) == (min(span), max(span))
+        if second == timedelta(0):  # an equal instant leaves the span as it was
+            assert event.incident.last_at is first.incident.opened_at
+    # a third detection exactly the window after the current incident's last detection
+    latest = max(base, base + second) if current else base
+    third = clusterer.add(make_detection(observed_at=(latest + timedelta(seconds=600))
+                                         .isoformat()), "C00", POLICY)
+    assert not third.opened
+
+
+def test_a_zone_with_daylight_saving_compares_as_datetime_arithmetic_does() -> None:
+    # two datetimes sharing one ZoneInfo subtract in wall-clock time: 02:30 (summer time)
+    # and 02:35 on the repeated hour (fold=1) are 5 minutes apart to datetime arithmetic,
+    # 65 minutes apart in real time; the clusterer gives datetime arithmetic's answer
+    berlin = ZoneInfo("Europe/Berlin")
+    a = datetime(2026, 10, 25, 2, 30, tzinfo=berlin)
+    b = datetime(2026, 10, 25, 2, 35, fold=1, tzinfo=berlin)
+    assert (b - a).total_seconds() == 300 and b.timestamp() - a.timestamp() == 3900
+    clusterer = IncidentClusterer()
+    first = clusterer.add(make_detection().model_copy(update={"observed_at": a}), "C00",
+                          POLICY)
+    second = clusterer.add(make_detection().model_copy(update={"observed_at": b}), "C00",
+                           POLICY)
+    assert not second.opened and second.incident is first.incident
+    assert second.incident.last_at is b
+
+
+def test_expiry_uses_the_latest_detection_of_the_span() -> None:
+    clusterer = IncidentClusterer()
+    _add(clusterer, 0, "a")
+    _add(clusterer, 500, "b")  # the span now ends at 500 s
+    at = make_detection(at=timedelta(seconds=500 + 600)).observed_at.timestamp()
+    clusterer.expire(before_ts=at, window_s_max=600)  # not before the span's end + window
+    assert len(clusterer) == 1
+    clusterer.expire(before_ts=at + 1e-6, window_s_max=600)
+    assert len(clusterer) == 0
