@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= vision,report,postgres,kafka,dev
 
-.PHONY: setup demo test services lint bench
+.PHONY: setup demo test services lint bench wheel-check
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ test: setup services
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# the built wheel in a fresh venv (base install only) behaves like the checkout
+wheel-check: setup
+	bash scripts/check_wheel.sh $(BIN)/python
 
 bench: setup
 	$(BIN)/python benchmarks/replay_bench.py

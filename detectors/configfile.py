@@ -4,6 +4,7 @@ in the package every other one may import."""
 
 from __future__ import annotations
 
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,8 +19,9 @@ class ConfigFileError(ValueError):
     file, and the line or field path."""
 
 
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """A YAML file whose top level is a mapping (an empty file is ``{}``)."""
+def read_yaml_mapping(path: Path | Traversable) -> dict[str, Any]:
+    """A YAML file (or package resource) whose top level is a mapping (an empty file is
+    ``{}``)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

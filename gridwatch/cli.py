@@ -2,7 +2,9 @@
 
 Each sub-command lives in ``gridwatch/commands/<name>.py`` and exposes
 ``register(subparsers)``; it sets ``func`` on its parser. Errors a user can fix
-(:class:`gridwatch.errors.UserError`, a bad grid or config) print one line and exit 2.
+(:class:`gridwatch.errors.UserError`, a bad grid or config) print one line and exit 2; so
+does a command that needs an optional dependency that is not installed (it names the
+extra to install).
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from collections.abc import Sequence
 
 from detectors.configfile import ConfigFileError
 from gridwatch.errors import UserError
+
+# Optional dependencies by top-level module: a command that reaches one that is not
+# installed says which extra to install instead of printing a traceback.
+EXTRA_FOR_MODULE = {
+    "cv2": "vision", "onnxruntime": "vision", "supervision": "vision", "trackers": "vision",
+    "tqdm": "vision", "ultralytics": "ultralytics", "torch": "ultralytics",
+    "torchvision": "ultralytics", "faust": "kafka", "aiokafka": "kafka",
+    "psycopg": "postgres", "matplotlib": "report",
+}
 
 # Order is the order in ``gridwatch --help``.
 COMMAND_MODULES = (
@@ -59,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.func(args)
     except (UserError, ConfigFileError) as exc:
         print(f"gridwatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_FOR_MODULE.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"gridwatch {args.command}: error: this needs {exc.name}, which comes with "
+              f"the '{extra}' extra: pip install 'gridwatch[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,13 +1,16 @@
 """The root config of a GridWatch process, loaded from YAML.
 
-``configs/default.yaml`` is the documented default; a user's ``--config FILE`` is merged
-over it (mappings merge key by key, so a file that only changes ``kinds.smoke.window_s``
-keeps every other default). Unknown keys and wrong values fail at start-up with the file
-and the field path.
+``configs/default.yaml`` is the documented default, shipped as package data (the
+``configs`` package) and read through :mod:`importlib.resources`, so an installed wheel
+reads the same file as a checkout. A user's ``--config FILE`` is merged over it (mappings
+merge key by key, so a file that only changes ``kinds.smoke.window_s`` keeps every other
+default). Unknown keys and wrong values fail at start-up with the file and the field path.
 """
 
 from __future__ import annotations
 
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,19 @@ from stream.hotspot import HotspotSettings
 from stream.policy import KindPolicy, PolicyBook, StreamSettings
 from ticketing.config import TicketingSettings
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+DEFAULT_CONFIG_PACKAGE = "configs"
+DEFAULT_CONFIG_NAME = "default.yaml"
+
+
+def default_config_file() -> Traversable:
+    """The packaged ``configs/default.yaml`` (it must exist: without it every kind would
+    lose its policy, so its absence is an error, never an empty configuration)."""
+    try:
+        return resources.files(DEFAULT_CONFIG_PACKAGE) / DEFAULT_CONFIG_NAME
+    except ModuleNotFoundError:
+        raise ConfigFileError(
+            f"the default configuration ({DEFAULT_CONFIG_PACKAGE}/{DEFAULT_CONFIG_NAME}) "
+            f"is not installed: reinstall gridwatch") from None
 
 
 class ConfigError(UserError, ConfigFileError):
@@ -56,8 +71,9 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 def load_config(path: str | Path | None = None) -> GridWatchConfig:
     """The default config, with ``path`` (if given) merged over it."""
     try:
-        data = read_yaml_mapping(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.exists() else {}
-        source = str(DEFAULT_CONFIG_PATH)
+        default = default_config_file()
+        data = read_yaml_mapping(default)
+        source = str(default)
         if path is not None:
             data = deep_merge(data, read_yaml_mapping(Path(path)))
             source = str(path)

@@ -65,3 +65,30 @@ def test_deep_merge_replaces_lists_and_merges_mappings():
 
 def test_model_defaults_are_valid_without_any_file():
     assert GridWatchConfig().policies.for_kind("smoke").mode is Mode.INCIDENT
+
+
+def test_the_default_is_read_from_package_data():
+    import configs
+    from gridwatch.config import default_config_file
+
+    default = default_config_file()
+    assert default.name == "default.yaml" and default.is_file()
+    assert str(default).startswith(str(configs.__path__[0]))
+
+
+def test_a_missing_default_is_an_error_not_an_empty_config(monkeypatch):
+    # an installed package without its default.yaml used to fall back to {} silently:
+    # every kind lost its policy (issue: 18 review tickets instead of 9)
+    import gridwatch.config as config_module
+
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_NAME", "no-such-default.yaml")
+    with pytest.raises(ConfigError, match="no-such-default.yaml: cannot read config"):
+        load_config()
+
+
+def test_a_missing_default_package_is_an_error(monkeypatch):
+    import gridwatch.config as config_module
+
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG_PACKAGE", "no_such_configs_package")
+    with pytest.raises(ConfigError, match="default configuration .* is not installed"):
+        load_config()

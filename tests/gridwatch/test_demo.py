@@ -53,3 +53,31 @@ def test_report_hotspots_writes_a_map_and_a_time_series(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert [p.name for p in pngs] == ["hotspots_map_wrong_way_ebike.png",
                                       "hotspots_series_wrong_way_ebike_NH00120004.png"]
+
+
+_WITHOUT_CV2 = ("import sys; sys.modules['cv2'] = None; from gridwatch.cli import main; "
+                "sys.exit(main(sys.argv[1:]))")
+
+
+def _cli_without_cv2(*args, cwd=REPO):
+    """The CLI as with only the base install: importing cv2 fails."""
+    return subprocess.run([sys.executable, "-c", _WITHOUT_CV2, *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_demo_without_opencv_skips_the_video_and_still_tickets(tmp_path):
+    # the guard used to cover only the imports, not the cv2 import inside render_video
+    proc = _cli_without_cv2("demo", "--once", "--data-dir", tmp_path / "demo")
+    assert proc.returncode == 0, proc.stderr
+    assert "video: skipped (cv2 is not installed; pip install 'gridwatch[vision]')" in proc.stdout
+    assert "from the wrong-way detector" not in proc.stdout
+    assert "tickets in" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_a_command_that_needs_an_extra_names_it(tmp_path):
+    proc = _cli_without_cv2("detect", tmp_path / "none.mp4", "--camera",
+                            SAMPLE / "cameras" / "demo_camera.yaml", "--out", tmp_path / "d")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith(
+        "this needs cv2, which comes with the 'vision' extra: pip install 'gridwatch[vision]'")
+    assert "Traceback" not in proc.stderr

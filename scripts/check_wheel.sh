@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The built wheel, installed with only the base dependencies into a fresh virtualenv
+# outside the checkout, must behave like the checkout: the packaged default config and
+# sample data are found, `gridwatch replay` of the sample gives byte-identical tickets,
+# the demo runs, and a command that needs an extra says which one (exit 2, no traceback).
+# Usage: bash scripts/check_wheel.sh [CHECKOUT_PYTHON]   (CI: make wheel-check)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+checkout_python=${1:-.venv/bin/python}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+echo "wheel-check: building the wheel"
+"$checkout_python" -m pip wheel --quiet --no-deps --wheel-dir "$work/dist" . 2>/dev/null
+wheel=$(ls "$work"/dist/gridwatch-*.whl)
+echo "wheel-check: installing $(basename "$wheel") (base install, no extras) into a fresh venv"
+python3 -m venv "$work/venv"
+"$work/venv/bin/python" -m pip install --quiet "$wheel" 2>&1 | grep -v '^WARNING: Location' || true
+gw="$work/venv/bin/gridwatch"
+
+# the checkout's tickets for the sample (its editable install reads the same files)
+"$checkout_python" -m gridwatch replay sample_data/detections.jsonl \
+    --grid sample_data/grid.geojson --tickets-out "$work/checkout.jsonl" >/dev/null
+
+cd "$work"  # nothing of the checkout is reachable from here
+sample=$("$work/venv/bin/python" -c 'import sample_data, os; print(os.path.dirname(sample_data.__file__))')
+case "$sample" in "$work"/venv/*) ;; *) echo "wheel-check: sample_data came from $sample"; exit 1;; esac
+"$gw" replay "$sample/detections.jsonl" --grid "$sample/grid.geojson" \
+    --tickets-out "$work/wheel.jsonl" >/dev/null
+if ! cmp -s "$work/checkout.jsonl" "$work/wheel.jsonl"; then
+    echo "wheel-check: FAILED: the installed wheel's replay differs from the checkout's"
+    diff <(head -c 2000 "$work/checkout.jsonl") <(head -c 2000 "$work/wheel.jsonl") || true
+    exit 1
+fi
+echo "wheel-check: replay of the sample: $(wc -l < "$work/wheel.jsonl") tickets, identical to the checkout's"
+
+"$gw" demo --once --data-dir "$work/demo" > "$work/demo.out"
+grep -q "video: skipped (cv2 is not installed; pip install 'gridwatch\[vision\]')" "$work/demo.out" \
+    || { echo "wheel-check: FAILED: demo without the vision extra:"; cat "$work/demo.out"; exit 1; }
+grep -Eq '^[0-9]+ tickets in ' "$work/demo.out" \
+    || { echo "wheel-check: FAILED: demo printed no tickets:"; cat "$work/demo.out"; exit 1; }
+echo "wheel-check: demo --once runs without the vision extra"
+
+set +e
+"$gw" detect none.mp4 --camera "$sample/cameras/demo_camera.yaml" --out det.jsonl \
+    2> "$work/detect.err"
+rc=$?
+set -e
+if [ "$rc" -ne 2 ] || ! grep -q "pip install 'gridwatch\[vision\]'" "$work/detect.err"; then
+    echo "wheel-check: FAILED: detect without the vision extra (exit $rc):"; cat "$work/detect.err"; exit 1
+fi
+echo "wheel-check: detect without the vision extra names the extra (exit 2)"
+echo "wheel-check: ok"
