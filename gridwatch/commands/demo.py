@@ -12,7 +12,7 @@ import argparse
 import json
 import logging
 import shutil
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,16 +38,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", type=Path, help="merged over configs/default.yaml")
     parser.add_argument("--no-video", action="store_true",
                         help="skip the rendered sample video (no OpenCV needed)")
+    parser.add_argument("--keep-times", action="store_true",
+                        help="keep the sample's own event times (by default they are "
+                             "shifted by whole hours so that the last one falls within "
+                             "the past hour)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.set_defaults(func=run)
 
 
-def _video_detections(data_dir: Path) -> list[Any]:
+def _video_detections(data_dir: Path, delta: timedelta) -> list[Any]:
     """Detections the motion backend finds in the rendered sample video; none (and a
     line saying which extra to install) without the ``vision`` extra."""
     try:
-        return _run_sample_video(data_dir)
+        return _run_sample_video(data_dir, delta)
     except ModuleNotFoundError as exc:
         # the vision modules are imported where they are first used (rendering, the
         # backends), not at the top of detectors.sample: the whole run is guarded
@@ -58,7 +62,7 @@ def _video_detections(data_dir: Path) -> list[Any]:
         return []
 
 
-def _run_sample_video(data_dir: Path) -> list[Any]:
+def _run_sample_video(data_dir: Path, delta: timedelta) -> list[Any]:
     from detectors.camera import load_camera_config
     from detectors.sample import render_sample_video, run_video
 
@@ -69,15 +73,36 @@ def _run_sample_video(data_dir: Path) -> list[Any]:
         raise UserError(str(exc)) from None
     video = data_dir / "sample_video.avi"
     render_sample_video(video)
-    detections = list(run_video(video, camera))
+    # the camera's clock moves with the sample's (its event ids carry the time)
+    start = camera.start + delta if camera.start is not None else None
+    detections = list(run_video(video, camera, start=start))
     print(f"video: {video} -> {len(detections)} detection(s) from the wrong-way detector")
     return detections
+
+
+def shift_for(lines: list[bytes], now: datetime) -> timedelta:
+    """Whole hours that move the latest event time in ``lines`` into the hour before
+    ``now`` (whole hours keep every hourly bin of the hot-spot statistics intact)."""
+    latest = max((at for at in map(_observed_at, lines) if at is not None), default=None)
+    if latest is None:
+        return timedelta(0)
+    return timedelta(hours=(now - latest) // timedelta(hours=1))
+
+
+def shift_line(raw: bytes, delta: timedelta) -> bytes:
+    """``raw`` with its ``observed_at`` moved by ``delta`` (offset kept); a line without a
+    valid time is left as it is, for the pipeline to reject with its reason."""
+    if not delta or _observed_at(raw) is None:
+        return raw
+    data = json.loads(raw)
+    data["observed_at"] = (datetime.fromisoformat(data["observed_at"]) + delta).isoformat()
+    return json.dumps(data, ensure_ascii=False).encode()
 
 
 def _observed_at(raw: bytes) -> datetime | None:
     try:
         at = datetime.fromisoformat(json.loads(raw)["observed_at"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None  # a malformed line: the pipeline will say why
     return at if at.tzinfo is not None else None
 
@@ -101,7 +126,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.detections}: cannot read: {exc.strerror or exc}") from None
     # the camera reports as it sees, so its detections go in among the file's lines at
     # their event time (the file is in delivery order)
-    video = [] if args.no_video else sorted(_video_detections(data_dir),
+    delta = timedelta(0) if args.keep_times else shift_for(lines, datetime.now(UTC))
+    if delta:
+        lines = [shift_line(raw, delta) for raw in lines]
+        print(f"event times shifted by {delta.days} d {delta.seconds // 3600} h so that "
+              f"the sample ends now (--keep-times: as recorded)")
+    video = [] if args.no_video else sorted(_video_detections(data_dir, delta),
                                             key=lambda d: d.observed_at)
     pending = list(video)
     rejected = 0

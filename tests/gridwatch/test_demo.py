@@ -81,3 +81,24 @@ def test_a_command_that_needs_an_extra_names_it(tmp_path):
     assert proc.stderr.strip().endswith(
         "this needs cv2, which comes with the 'vision' extra: pip install 'gridwatch[vision]'")
     assert "Traceback" not in proc.stderr
+
+
+def test_the_sample_is_shifted_by_whole_hours_to_end_now():
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from gridwatch.commands.demo import shift_for, shift_line
+
+    lines = [b'{"observed_at": "2026-05-24T22:44:57+08:00", "kind": "smoke"}',
+             b'{"observed_at": "2026-05-04T05:22:10+08:00", "kind": "smoke"}',
+             b'{"observed_at": "2026-05-30T00:00:00"}',  # naive: not a time, left alone
+             b"not json"]
+    now = datetime(2026, 12, 1, 11, 50, tzinfo=UTC)
+    delta = shift_for(lines, now)
+    assert delta % timedelta(hours=1) == timedelta(0)
+    latest = datetime.fromisoformat("2026-05-24T22:44:57+08:00") + delta
+    assert now - timedelta(hours=1) < latest <= now
+    first = json.loads(shift_line(lines[0], delta))
+    assert first == {"observed_at": latest.isoformat(), "kind": "smoke"}
+    assert first["observed_at"].endswith("+08:00")
+    assert shift_line(lines[2], delta) == lines[2] and shift_line(lines[3], delta) == lines[3]
