@@ -42,6 +42,7 @@ Filters = list[tuple[str, int]]
 
 # the child flushes what it received every FLUSH_S (and at once when idle before), the
 # parent its acknowledgements likewise: ~1 ms batches cost about 1 µs a message to pickle
+PUBLISH_DRAIN_S = 10.0  # at stop, how long the child waits for its queued publishes
 FLUSH_S = 0.001
 IDLE_MAX_S = 0.02
 
@@ -150,6 +151,7 @@ class ProcessLink:
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._threads: list[threading.Thread] = []
+        self._sender: threading.Thread | None = None
         self._spawn_lock = threading.Lock()
 
     @property
@@ -162,10 +164,12 @@ class ProcessLink:
         _client(self.connection, self.client_id)
         self._running = True
         self._spawn()
+        self._sender = threading.Thread(target=self._send, daemon=True,
+                                        name="gridwatch-ingest-send")
         self._threads = [
             threading.Thread(target=self._receive, args=(handler,), daemon=True,
                              name="gridwatch-ingest-receive"),
-            threading.Thread(target=self._send, daemon=True, name="gridwatch-ingest-send"),
+            self._sender,
         ]
         for thread in self._threads:
             thread.start()
@@ -224,10 +228,16 @@ class ProcessLink:
                 handler.on_link_disconnected(body)
 
     def _send(self) -> None:
-        while self._running or self._commands:
+        # the only thread that writes to the pipe: frames written from two threads
+        # interleave (stop() used to send its sentinel from the caller's thread while a
+        # batch was being written, and the child's command thread died on the garbage)
+        while True:
             self._wake.wait(0.5)
             self._wake.clear()
             if not self._commands:
+                if not self._running:
+                    self._send_stop()
+                    return
                 continue
             time.sleep(FLUSH_S)  # let a batch's acknowledgements gather
             batch = [self._commands.popleft() for _ in range(len(self._commands))]
@@ -238,7 +248,16 @@ class ProcessLink:
                 # the child is gone; keep the commands for the next one (the broker
                 # re-sends those messages with the same ids)
                 self._commands.extendleft(reversed(batch))
+                if not self._running:
+                    return  # stopping, and no child to take them: the broker re-sends
                 time.sleep(0.1)
+
+    def _send_stop(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.send(None)
+        except (OSError, ValueError):
+            pass
 
     def ack(self, token: Token) -> None:
         self._commands.append(("a", token[0], token[1]))
@@ -266,12 +285,9 @@ class ProcessLink:
             time.sleep(0.01)
         self._running = False
         self._wake.set()
+        if self._sender is not None:  # it sends what is left, then the stop sentinel
+            self._sender.join(max(0.1, deadline - time.monotonic()))
         conn, process = self._conn, self._process
-        try:
-            if conn is not None:
-                conn.send(None)
-        except (OSError, ValueError):
-            pass
         if process is not None:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
@@ -324,6 +340,8 @@ def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
     client.on_disconnect = lambda c, u, f, reason, p: send("disconnected", str(reason))
     client.on_message = on_message
 
+    published: deque[mqtt.MQTTMessageInfo] = deque()  # the parent's, not yet sent
+
     def commands() -> None:
         while True:
             try:
@@ -337,7 +355,9 @@ def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
                 if command[0] == "a":
                     client.ack(command[1], command[2])
                 else:
-                    client.publish(command[1], command[2], qos=command[3])
+                    published.append(client.publish(command[1], command[2], qos=command[3]))
+            while published and published[0].is_published():
+                published.popleft()
 
     _connect(client, connection)
     threading.Thread(target=commands, daemon=True, name="commands").start()
@@ -350,7 +370,15 @@ def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
         else:
             idle = min(idle * 2, IDLE_MAX_S)
         stop.wait(idle)
-    # stopped, or the parent is gone: what was not acknowledged stays with the broker
+    # stopped, or the parent is gone: what was not acknowledged stays with the broker;
+    # what the parent published goes out before the disconnect (paho sends it from its
+    # loop thread and drops what is still queued when the connection closes)
+    deadline = time.monotonic() + PUBLISH_DRAIN_S
+    for info in published:
+        try:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+        except (RuntimeError, ValueError):  # not connected, or never queued
+            break
     client.disconnect()
     client.loop_stop()
 

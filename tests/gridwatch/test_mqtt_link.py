@@ -165,3 +165,44 @@ def test_a_failed_batch_is_redelivered_after_a_reconnect(
         assert all(n >= 2 for n in pipeline.attempts.values())
     finally:
         ingest.stop()
+
+
+class _Quiet:
+    def __init__(self) -> None:
+        self.connected = threading.Event()
+
+    def on_link_messages(self, *a: object) -> None: pass
+    def on_link_connected(self, *a: object) -> None: self.connected.set()
+    def on_link_subscribed(self) -> None: pass
+    def on_link_disconnected(self, *a: object) -> None: pass
+
+
+def test_stop_right_after_a_large_batch_delivers_every_publish(
+        broker: MosquittoProcess) -> None:
+    # stop() used to write its stop sentinel to the pipe from the caller's thread while
+    # the sender thread was still writing a batch: the frames interleaved, the child's
+    # command thread died (UnpicklingError) and the last commands were lost
+    from gridwatch.mqtt_link import ProcessLink
+
+    topic = f"gridwatch/test/{unique('stop')}"
+    got: set[bytes] = set()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("sub"))
+    sub.on_message = lambda c, u, m: got.add(m.payload[:8])
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    try:
+        for round_ in range(3):
+            handler = _Quiet()
+            link = ProcessLink(MqttConnection(port=broker.port), client_id=unique("link"),
+                               filters=[(f"{topic}/none", 1)])
+            link.start(handler)
+            assert handler.connected.wait(10)
+            for i in range(40):  # ~8 MB in one batch: writing it takes a while
+                link.publish(topic, f"{round_:02d}-{i:05d}".encode() + bytes(200_000))
+            link.stop()
+        expected = {f"{r:02d}-{i:05d}".encode() for r in range(3) for i in range(40)}
+        assert wait_until(lambda: got >= expected, 30), len(expected - got)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
