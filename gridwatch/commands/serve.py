@@ -27,8 +27,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--grid", required=True, help="grid GeoJSON (cells with cell_id)")
     parser.add_argument("--config", help="YAML merged over configs/default.yaml")
     parser.add_argument("--db", default="gridwatch-data/tickets.db",
-                        help="SQLite ticket store, unless ticketing.storage_url is set "
-                             "(default: %(default)s)")
+                        help="SQLite ticket store, unless $GRIDWATCH_TICKETS_URL or "
+                             "ticketing.storage_url is set (default: %(default)s)")
     parser.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883",
                         help="broker (mqtt://host:port or mqtts://host:port; "
                              "default: %(default)s)")
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from gridwatch.embedded import EmbeddedPipeline
     from gridwatch.ingest import IngestMetrics, MqttIngest
     from ticketing.api.app import create_app
-    from ticketing.store import open_store
+    from ticketing.store import configured_url, open_store
 
     config = load_config(args.config)
     try:
@@ -115,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.grid}: {exc}") from None
     connection = None if args.no_mqtt else mqtt_connection(args)
     outbox = config.ticketing.webhook.url is not None
-    url = config.ticketing.storage_url or args.db
+    # $GRIDWATCH_TICKETS_URL wins (as documented), so replicas configured through the
+    # environment share one store instead of each opening its own --db file
+    url = configured_url(config.ticketing.storage_url, default=args.db)
     if "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
     store = open_store(url, outbox=outbox)

@@ -121,3 +121,32 @@ def test_unreadable_tls_files_stop_serve_and_edge_at_start_with_the_path(
                           timeout=60)
     assert edge.returncode != 0
     assert str(missing) in edge.stderr and "Traceback" not in edge.stderr
+
+
+def test_serve_uses_the_store_named_by_gridwatch_tickets_url(tmp_path: Path) -> None:
+    # the docs say $GRIDWATCH_TICKETS_URL wins; serve used to open its --db file instead,
+    # so replicas configured through the environment each wrote their own SQLite file
+    api_port = free_port()
+    shared, own = tmp_path / "shared.db", tmp_path / "own.db"
+    env = {**os.environ, "GRIDWATCH_ADMIN_TOKEN": TOKEN,
+           "GRIDWATCH_TICKETS_URL": f"sqlite:///{shared}"}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "gridwatch", "serve", "--grid",
+         str(ROOT / "sample_data" / "grid.geojson"), "--db", str(own), "--no-mqtt",
+         "--port", str(api_port)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        def api_up() -> bool:
+            try:
+                tickets(api_port)
+                return True
+            except OSError:
+                return False
+
+        assert wait_until(api_up, 30), "the API never answered"
+        assert shared.exists() and not own.exists()
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(30) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(10)
