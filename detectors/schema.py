@@ -37,7 +37,13 @@ SCHEMA_ID = "gridwatch.detection/1"
 BUILTIN_KINDS = ("helmetless_rider", "wrong_way_ebike", "smoke", "door_forced", "door_held_open")
 BUILTIN_SOURCE_TYPES = ("camera", "smoke_sensor", "access_control")
 
-Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+# Limits that keep a poison value out at the door (the store refused an event_id holding
+# NUL and took its whole batch down): identifiers are 1-128 characters without control
+# characters, a snapshot URL at most 2,048, attributes at most 16 KiB as compact JSON.
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=_NO_CONTROL)]
+URL_MAX_CHARS = 2048
+ATTRIBUTES_MAX_BYTES = 16 * 1024
 # nothing is observed before 1970 or after 9000, and a time at the edge of datetime's range
 # (year 1 with a positive offset) has no UTC spelling at all
 EventTime = Annotated[AwareDatetime, Field(ge=datetime(1970, 1, 1, tzinfo=UTC),
@@ -78,7 +84,8 @@ class Evidence(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    snapshot_url: str | None = None
+    snapshot_url: Annotated[str, Field(min_length=1, max_length=URL_MAX_CHARS,
+                                       pattern=_NO_CONTROL)] | None = None
     bbox_xyxy: tuple[float, float, float, float] | None = None
 
     @field_validator("bbox_xyxy")
@@ -111,6 +118,17 @@ class Detection(BaseModel):
     track_id: Identifier | None = None
     evidence: Evidence | None = None
     attributes: dict[str, Any] | None = None
+
+    @field_validator("attributes")
+    @classmethod
+    def _bounded_attributes(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:  # absent (the usual case) costs nothing
+            size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+                       .encode())
+            if size > ATTRIBUTES_MAX_BYTES:
+                raise ValueError(f"at most {ATTRIBUTES_MAX_BYTES} bytes as JSON, "
+                                 f"got {size}")
+        return value
 
     @classmethod
     def new(cls, **fields: Any) -> Detection:
@@ -147,6 +165,7 @@ _CODE_BY_ERROR_TYPE = {
     "string_too_short": RejectCode.OUT_OF_RANGE,
     "string_too_long": RejectCode.OUT_OF_RANGE,
     "json_invalid": RejectCode.INVALID_JSON,
+    "string_pattern_mismatch": RejectCode.INVALID_VALUE,
     "model_type": RejectCode.NOT_AN_OBJECT,
     "model_attributes_type": RejectCode.NOT_AN_OBJECT,
 }
@@ -172,7 +191,10 @@ def rejection_from(exc: ValidationError) -> DetectionRejected:
     parts = []
     for error in errors:
         field = ".".join(str(p) for p in error.get("loc", ())) or "<message>"
-        parts.append(f"{field}: {error['msg']}")
+        message = error["msg"]
+        if error["type"] == "string_pattern_mismatch":  # the only pattern: _NO_CONTROL
+            message = "control characters (U+0000-U+001F, U+007F) are not allowed"
+        parts.append(f"{field}: {message}")
     return DetectionRejected(_code_for(errors[0]), "; ".join(parts))
 
 

@@ -67,6 +67,19 @@ def _without(field: str) -> str:
          "evidence.bbox_xyxy"),
         (json.dumps(wire(confidence=float("nan"))), RejectCode.OUT_OF_RANGE, "confidence"),
         (json.dumps(wire(lon=float("inf"))), RejectCode.OUT_OF_RANGE, "lon"),
+        # poison values refused at the door (a NUL in an event_id made PostgreSQL refuse
+        # the whole batch that held it)
+        (json.dumps(wire(event_id="st1:cam\u0000:1")), RejectCode.INVALID_VALUE, "event_id"),
+        (json.dumps(wire(station_id="st\n1")), RejectCode.INVALID_VALUE, "station_id"),
+        (json.dumps(wire(source_id="cam\u007f")), RejectCode.INVALID_VALUE, "source_id"),
+        (json.dumps(wire(kind="smoke\t")), RejectCode.INVALID_VALUE, "kind"),
+        (json.dumps(wire(track_id="\u001b[31m")), RejectCode.INVALID_VALUE, "track_id"),
+        (json.dumps(wire(evidence={"snapshot_url": "file:///a\u0000b"})),
+         RejectCode.INVALID_VALUE, "evidence.snapshot_url"),
+        (json.dumps(wire(evidence={"snapshot_url": "x" * 2049})), RejectCode.OUT_OF_RANGE,
+         "evidence.snapshot_url"),
+        (json.dumps(wire(attributes={"blob": "x" * 16_400})), RejectCode.INVALID_VALUE,
+         "attributes"),
     ],
 )
 def test_rejects_bad_messages_with_a_reason_naming_the_field(raw, code, field):
@@ -145,3 +158,18 @@ def test_cli_prints_the_schema():
     out = subprocess.run([sys.executable, "-m", "gridwatch", "schema", "detection"],
                          capture_output=True, text=True, check=True).stdout
     assert json.loads(out)["title"] == SCHEMA_ID
+
+
+def test_limits_admit_what_real_producers_send():
+    ok = parse_detection(json.dumps(wire(
+        event_id="st-佛山-01:门禁-3:2026", source_id="cam ü/东门",
+        evidence={"snapshot_url": "https://c.example/e/" + "x" * 2000},
+        attributes={"note": "x" * 16_000})))
+    assert ok.source_id == "cam ü/东门" and len(ok.attributes["note"]) == 16_000
+
+
+def test_a_control_character_is_named_in_plain_words():
+    with pytest.raises(DetectionRejected) as info:
+        parse_detection(json.dumps(wire(event_id="a\u0000b")))
+    assert info.value.reason == ("event_id: control characters (U+0000-U+001F, U+007F) "
+                                 "are not allowed")
