@@ -16,6 +16,7 @@ Example (``configs/station.example.yaml`` is the documented version)::
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -247,11 +248,32 @@ SourceConfig = Annotated[
 
 
 class WebhookSettings(_Strict):
-    """The HTTP webhook for door controllers: ``POST /webhook/<source_id>`` with JSON."""
+    """The HTTP webhook for door controllers: ``POST /webhook/<source_id>`` with JSON.
+
+    It listens on loopback by default. Bound to any other address (door controllers on
+    the station's LAN) it must require a bearer token: ``token_env`` names the
+    environment variable that holds it, or the config is refused at start-up."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8088
     token_env: str | None = None  # if set, require ``Authorization: Bearer <value>``
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> WebhookSettings:
+        if self.token_env is None and not _is_loopback(self.host):
+            raise ValueError(f"host {self.host!r} is reachable from other machines: set "
+                             f"token_env (an environment variable holding the bearer "
+                             f"token door controllers must send) or bind to 127.0.0.1")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 class MetricsSettings(_Strict):

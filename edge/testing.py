@@ -60,13 +60,16 @@ class MosquittoProcess:
         require_certificate: TLS clients must present a certificate signed by ``cafile``.
         users: user name → password; then ``allow_anonymous false`` with a password
             file made by ``mosquitto_passwd``, on every listener.
+        acl_file: a Mosquitto ACL file (``configs/mosquitto.acl``), applied to every
+            listener.
     """
 
     def __init__(self, workdir: Path, *, port: int | None = None,
                  max_inflight_messages: int = 1000, certfile: Path | None = None,
                  keyfile: Path | None = None, cafile: Path | None = None,
                  tls_port: int | None = None, require_certificate: bool = False,
-                 users: Mapping[str, str] | None = None) -> None:
+                 users: Mapping[str, str] | None = None,
+                 acl_file: Path | None = None) -> None:
         binary = MOSQUITTO if Path(MOSQUITTO).exists() else shutil.which("mosquitto")
         if binary is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
@@ -92,6 +95,8 @@ class MosquittoProcess:
         else:
             self.password_file = None
             access = "allow_anonymous true\n"
+        if acl_file is not None:
+            access += f"acl_file {Path(acl_file).resolve()}\n"
         config = (
             f"listener {self.port} 127.0.0.1\n"
             # run as whoever started it: as root, mosquitto would otherwise switch to the

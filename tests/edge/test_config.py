@@ -76,3 +76,23 @@ def test_password_comes_from_the_environment(tmp_path: Path,
     monkeypatch.setenv("GW_TEST_PW", "s3cret")
     assert config.uplink.password() == "s3cret"
     assert "s3cret" not in config.model_dump_json()
+
+
+@pytest.mark.parametrize(("host", "token_env", "ok"), [
+    ("127.0.0.1", None, True),
+    ("::1", None, True),
+    ("localhost", None, True),
+    ("0.0.0.0", None, False),
+    ("192.168.1.20", None, False),
+    ("door-gw.local", None, False),
+    ("0.0.0.0", "GRIDWATCH_WEBHOOK_TOKEN", True),
+])
+def test_a_webhook_off_loopback_needs_a_token(tmp_path: Path, host: str,
+                                             token_env: str | None, ok: bool) -> None:
+    token = f", token_env: {token_env}" if token_env else ""
+    path = write(tmp_path, f"station_id: s1\nwebhook: {{host: '{host}', port: 8088{token}}}\n")
+    if ok:
+        assert load_station_config(path).webhook.host == host  # type: ignore[union-attr]
+    else:
+        with pytest.raises(ConfigFileError, match=r"webhook: .*set token_env"):
+            load_station_config(path)

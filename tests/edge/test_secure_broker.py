@@ -239,3 +239,41 @@ def test_client_certificate_logs_in_where_the_broker_requires_one(
             assert wait_until(lambda: agent.outbox.depth == 0, 5), agent.status()
         finally:
             agent.stop()
+
+
+ACL = Path(__file__).resolve().parents[2] / "configs" / "mosquitto.acl"
+
+
+def test_the_documented_acl_keeps_each_station_under_its_own_topics(tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    users = {"st-a": "pa", "st-b": "pb", "centre": "pc"}
+    with MosquittoProcess(tmp_path / "acl-broker", users=users, acl_file=ACL) as broker:
+        got: list[tuple[str, bytes]] = []
+        centre = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("centre"))
+        centre.username_pw_set("centre", "pc")
+        subscribed = []
+        centre.on_subscribe = lambda c, u, mid, codes, p: subscribed.extend(codes)
+        centre.on_message = lambda c, u, m: got.append((m.topic, m.payload))
+        centre.connect("127.0.0.1", broker.port)
+        centre.subscribe("gridwatch/v1/+/+/detection", qos=1)
+        centre.loop_start()
+        station = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("st-a"))
+        station.username_pw_set("st-a", "pa")
+        station.connect("127.0.0.1", broker.port)
+        station.loop_start()
+        try:
+            assert wait_until(lambda: bool(subscribed), 10)
+            assert not any(code.is_failure for code in subscribed)
+            # in order on one session: if the spoof were delivered it would come first
+            for topic, payload in (("gridwatch/v1/st-b/smoke-1/detection", b"spoof"),
+                                   ("gridwatch/v1/st-a/smoke-1/detection", b"own")):
+                station.publish(topic, payload, qos=1).wait_for_publish(10)
+            assert wait_until(lambda: (("gridwatch/v1/st-a/smoke-1/detection", b"own")
+                                       in got), 10), got
+            assert got == [("gridwatch/v1/st-a/smoke-1/detection", b"own")]
+        finally:
+            for client in (station, centre):
+                client.loop_stop()
+                client.disconnect()
