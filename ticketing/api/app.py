@@ -22,10 +22,12 @@ from geo.grid import Grid
 from stream.policy import PolicyBook
 from ticketing.api.deps import AppState
 from ticketing.api.routes import events, health, open311, reports, review, tickets
+from ticketing.api.routes import evidence as evidence_routes
 from ticketing.auth import TokenAuth
 from ticketing.config import TicketingSettings
 from ticketing.escalation import Escalator
 from ticketing.events import EventBus, LocalBus, RedisBus, change_message
+from ticketing.evidence import EvidenceStore
 from ticketing.store import Change, SqlTicketStore
 from ticketing.webhooks import WebhookDispatcher
 
@@ -40,7 +42,8 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
                policies: PolicyBook | None = None, grid: Grid | None = None,
                auth: TokenAuth | None = None, bus: EventBus | None = None,
                clock: Callable[[], datetime] = utc_now,
-               run_workers: bool = False) -> FastAPI:
+               run_workers: bool = False,
+               evidence: EvidenceStore | None = None) -> FastAPI:
     """Build the ticketing API over ``store``.
 
     Args:
@@ -64,6 +67,8 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
             the webhook dispatcher inside this process, in background threads. Any
             number of replicas may do so on one database: each escalation and delivery
             still happens once.
+        evidence: camera snapshots served at ``/evidence/<event_id>`` (the links in the
+            tickets' ``snapshot_urls``); None: that route answers 404.
 
     Returns:
         The FastAPI application (serve it with uvicorn).
@@ -86,7 +91,8 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
     if bus is None:
         bus = RedisBus(settings.redis_url) if settings.redis_url else LocalBus()
     state = AppState(store=store, settings=settings, auth=auth,
-                     policies=policies or PolicyBook(), grid=grid, bus=bus, clock=clock)
+                     policies=policies or PolicyBook(), grid=grid, bus=bus, clock=clock,
+                     evidence=evidence)
 
     def publish(change: Change) -> None:
         state.bus.publish(change_message(change))
@@ -119,7 +125,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
                   description="Work orders from sensors and cameras: lifecycle, deadlines, "
                               "review, evaluation, Open311 GeoReport v2, live updates.")
     app.state.gridwatch = state
-    for module in (health, tickets, review, reports, events, open311):
+    for module in (health, tickets, review, reports, events, open311, evidence_routes):
         app.include_router(module.router)
     return app
 
