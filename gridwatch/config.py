@@ -18,6 +18,7 @@ from gridwatch.errors import UserError
 from stream.hotspot import HotspotSettings
 from stream.policy import KindPolicy, PolicyBook, StreamSettings
 from ticketing.config import TicketingSettings
+from ticketing.evidence import EvidenceSettings
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
@@ -36,6 +37,7 @@ class GridWatchConfig(BaseModel):
     default_kind: KindPolicy = KindPolicy()
     hotspot: HotspotSettings = HotspotSettings()
     ticketing: TicketingSettings = TicketingSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
 
     @property
     def policies(self) -> PolicyBook:

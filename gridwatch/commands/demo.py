@@ -127,14 +127,15 @@ def run(args: argparse.Namespace) -> int:
     pipeline.close()
     if args.once:
         return 0
-    return _serve(store, config, grid, args.host, args.port)
+    return _serve(store, config, grid, args.host, args.port, db)
 
 
-def _serve(store: Any, config: Any, grid: Any, host: str, port: int) -> int:
+def _serve(store: Any, config: Any, grid: Any, host: str, port: int, db: Path) -> int:
     import uvicorn
 
     from ticketing.api.app import create_app
     from ticketing.auth import TokenAuth
+    from ticketing.evidence import EvidenceStore
 
     # the local demo lets anyone on this machine read; every change still needs a token
     try:
@@ -143,7 +144,8 @@ def _serve(store: Any, config: Any, grid: Any, host: str, port: int) -> int:
         raise UserError(str(exc)) from None
     token = auth.ensure_admin_token()
     app = create_app(store=store, settings=config.ticketing, policies=config.policies,
-                     grid=grid, auth=auth, run_workers=True)
+                     grid=grid, auth=auth, run_workers=True,
+                     evidence=EvidenceStore.beside(store, db, config.evidence))
     print(f"\nAPI: http://{host}:{port}/tickets  (OpenAPI docs at /docs; Ctrl-C to stop)")
     if token:
         print(f"admin token for changes (Authorization: Bearer ...): {token}")
