@@ -19,7 +19,7 @@ Both sides use this module: the edge :func:`encode_evidence`, the centre
 >>> message = encode_evidence(event_id="e1", content_type="image/png", image=b"\\x89PNG..")
 >>> header, image = parse_evidence(message)
 >>> header.event_id, header.size_bytes, image
-('e1', 7, b'\\x89PNG..')
+('e1', 6, b'\\x89PNG..')
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from stream.policy import KindPolicy
 from tests.edge.helpers import Centre, listening, unique
 from ticketing.api.app import create_app
 from ticketing.auth import Principal, Role, TokenAuth
-from ticketing.evidence import EvidenceSettings, evidence_path
+from ticketing.evidence import DirectoryBlobStore, EvidenceSettings, evidence_path
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CAMERA = ROOT / "sample_data" / "cameras" / "demo_camera.yaml"
@@ -163,9 +163,11 @@ def test_a_snapshot_taken_while_the_uplink_is_down_is_viewable_through_its_ticke
         assert unknown.status_code == 404
 
 
-@pytest.fixture
-def centre(tmp_path: Path, mqtt_url: str) -> Iterator[Centre]:
-    c = Centre(tmp_path, mqtt_url, config=evidence_centre_config(),
+@pytest.fixture(params=[False, True], ids=["thread", "mqtt-process"])
+def centre(tmp_path: Path, mqtt_url: str, request: pytest.FixtureRequest) -> Iterator[Centre]:
+    """A centre keeping evidence (4 KiB per image at most), with its MQTT client in a
+    thread or, as ``gridwatch serve`` runs it, in a process of its own."""
+    c = Centre(tmp_path, mqtt_url, config=evidence_centre_config(), isolate=request.param,
                evidence=EvidenceSettings(max_bytes=1024 * 1024, max_item_bytes=4096)).start()
     try:
         yield c
@@ -272,3 +274,44 @@ def test_evidence_before_its_detection_repeats_and_bad_payloads(
             response = client_api.get(evidence_path(event_id), headers=bearer("security"))
             assert response.status_code == 200 and response.content == expected
         assert client_api.get(evidence_path(first), headers=bearer("traffic")).status_code == 404
+
+
+class FullDisk(DirectoryBlobStore):
+    """The evidence folder on a disk that is full for the first ``failures`` writes."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    def put(self, key: str, data: bytes) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
+        super().put(key, data)
+
+
+def test_evidence_is_acknowledged_only_once_stored(tmp_path: Path, mqtt_url: str) -> None:
+    centre = Centre(tmp_path, mqtt_url, config=evidence_centre_config(),
+                    evidence=EvidenceSettings())
+    evidence = centre.evidence
+    assert evidence is not None
+    disk = FullDisk(tmp_path / "full", failures=2)
+    evidence.blobs = disk
+    centre.ingest.retry_after_s = 0.2
+    centre.start()
+    station = unique("st")
+    client = publisher(mqtt_url)
+    try:
+        send(client, f"gridwatch/v1/{station}/door-1/evidence",
+             encode_evidence(event_id=f"{station}:e1", content_type="image/jpeg", image=JPEG))
+        # not acknowledged while the disk is full: the broker sends it again after the
+        # ingest reconnects, until it is written
+        assert wait_until(lambda: evidence.get(f"{station}:e1") is not None, 30)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        centre.close()
+    assert disk.failures == 0
+    assert evidence.read(f"{station}:e1") == JPEG
+    assert centre.ingest.stats()["reconnects_for_redelivery"] >= 2
+    assert evidence.stats()["stored"] == 1
