@@ -183,3 +183,19 @@ def test_without_an_evidence_store_the_route_answers_404(store: SqlTicketStore) 
         response = client.get("/evidence/e1", headers=_bearer("operator"))
     assert response.status_code == 404
     assert "no evidence for detection e1" in response.json()["detail"]
+
+
+def test_the_api_workers_apply_retention(store: SqlTicketStore, tmp_path: Path) -> None:
+    from edge.publisher import wait_until
+
+    evidence = EvidenceStore(store, DirectoryBlobStore(tmp_path / "ev"),
+                             EvidenceSettings(retention_days=1))
+    put(evidence, "old", hours=0)
+    put(evidence, "fresh", hours=20)
+    assert evidence.get("old") is not None  # 20 h old when "fresh" came: kept
+    app = create_app(store=store, auth=make_auth(), evidence=evidence, run_workers=True,
+                     clock=lambda: T0 + timedelta(hours=36))
+    with TestClient(app):
+        assert wait_until(lambda: evidence.get("old") is None, 10)
+    assert evidence.get("fresh") is not None
+    assert evidence.stats()["evicted_by_reason"] == {"retention": 1}

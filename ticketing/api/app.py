@@ -34,6 +34,9 @@ from ticketing.webhooks import WebhookDispatcher
 log = logging.getLogger(__name__)
 
 
+EVIDENCE_SWEEP_S = 3600.0  # retention is in days: an hourly look is plenty
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -68,7 +71,8 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
             number of replicas may do so on one database: each escalation and delivery
             still happens once.
         evidence: camera snapshots served at ``/evidence/<event_id>`` (the links in the
-            tickets' ``snapshot_urls``); None: that route answers 404.
+            tickets' ``snapshot_urls``); None: that route answers 404. With
+            ``run_workers`` its retention is also applied hourly.
 
     Returns:
         The FastAPI application (serve it with uvicorn).
@@ -106,6 +110,9 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
             escalator = Escalator(store=store, settings=settings.escalation)
             workers.append(_Loop("escalator", settings.escalation.interval_s,
                                  lambda: escalator.run_once(now=clock())))
+            if evidence is not None:
+                workers.append(_Loop("evidence-retention", EVIDENCE_SWEEP_S,
+                                     lambda: evidence.evict(now=clock())))
             if settings.webhook.url:
                 dispatcher = WebhookDispatcher.from_settings(store=store,
                                                              settings=settings.webhook)
