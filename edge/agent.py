@@ -21,12 +21,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
+from detectors.evidence_message import encode_evidence, image_content_type
 from detectors.schema import Detection
 from edge.config import CameraSource, StationConfig
 from edge.metrics import EdgeMetrics
-from edge.outbox import Outbox
-from edge.publisher import Publisher, detection_topic
+from edge.outbox import Outbox, OutboxItem, evidence_key
+from edge.publisher import Publisher, detection_topic, evidence_topic
 from edge.sources import CameraWorkers, LocalMqttInput, SensorHub, Ticker, WebhookServer
 from edge.supervisor import Supervisor
 
@@ -61,6 +64,7 @@ class EdgeAgent:
         self.metrics = EdgeMetrics(self.station_id)
         self.metrics.bind_outbox(lambda: self.outbox.depth, lambda: self.outbox.bytes_used,
                                  lambda: self.outbox.dropped)
+        self.metrics.evidence_dropped.set_function(lambda: self.outbox.evidence_dropped)
         self.hub = SensorHub(config, started_at=time.time(), metrics=self.metrics)
         self.supervisor = Supervisor(
             on_restart=lambda name: self.metrics.worker_restarts.labels(name).inc())
@@ -144,19 +148,65 @@ class EdgeAgent:
 
     # -- the sink every source writes to ----------------------------------------------
     def sink(self, detections: list[Detection]) -> None:
-        """Commit detections to the outbox (durable before this returns), wake the publisher."""
+        """Commit detections, and the snapshots of those that have one, to the outbox in
+        one transaction (durable before this returns); wake the publisher."""
         prefix = self.config.uplink.topic_prefix
-        items = [(detection_topic(prefix, d.station_id, d.source_id), d.event_id,
-                  d.to_json().encode(), d.is_self_test) for d in detections]
+        items: list[OutboxItem] = []
+        snapshots: list[Path] = []
+        for d in detections:
+            items.append(OutboxItem(detection_topic(prefix, d.station_id, d.source_id),
+                                    d.event_id, d.to_json().encode(), d.is_self_test))
+            evidence = self._evidence_item(d, prefix)
+            if evidence is not None:
+                items.append(evidence[0])
+                snapshots.append(evidence[1])
         stored = self.outbox.put_many(items)
         for d in detections:
             self.metrics.enqueued.labels(d.source_id).inc()
-        if stored < len(detections):
-            logger.info("station %s: %d of %d detections not stored (repeat event ids or "
-                        "outbox full)", self.station_id, len(detections) - stored,
-                        len(detections))
+        if stored < len(items):
+            logger.info("station %s: %d of %d messages not stored (repeat event ids or "
+                        "outbox full)", self.station_id, len(items) - stored, len(items))
+        if not self.config.evidence.keep_local:
+            for path in snapshots:  # the outbox holds the image now
+                try:
+                    path.unlink()
+                except OSError as exc:
+                    logger.warning("station %s: cannot remove sent snapshot %s: %s",
+                                   self.station_id, path, exc)
         if self.publisher is not None:
             self.publisher.wake.set()
+
+    def _evidence_item(self, d: Detection, prefix: str) -> tuple[OutboxItem, Path] | None:
+        """The outbox item carrying ``d``'s ``file://`` snapshot, or None (no snapshot,
+        sending off, or an image that cannot be sent: logged and counted)."""
+        url = d.evidence.snapshot_url if d.evidence is not None else None
+        if not url or not url.startswith("file://") or not self.config.evidence.send:
+            return None
+        path = Path(url2pathname(urlsplit(url).path))
+        limit = self.config.evidence.max_bytes
+        reason = None
+        try:
+            size = path.stat().st_size
+            image = path.read_bytes() if size <= limit else b""
+        except OSError as exc:
+            reason, why = "unreadable", str(exc.strerror or exc)
+        else:
+            content_type = image_content_type(image) if image else None
+            if size > limit:
+                reason, why = "too_large", f"{size} bytes, evidence.max_bytes is {limit}"
+            elif content_type is None:
+                reason, why = "not_an_image", "neither JPEG nor PNG"
+        if reason is not None:
+            self.metrics.evidence_skipped.labels(d.source_id, reason).inc()
+            logger.warning("station %s source %s: snapshot of %s not sent: %s (%s)",
+                           self.station_id, d.source_id, d.event_id, reason, why)
+            return None
+        assert content_type is not None
+        self.metrics.evidence_enqueued.labels(d.source_id).inc()
+        payload = encode_evidence(event_id=d.event_id, content_type=content_type,
+                                  image=image)
+        return OutboxItem(evidence_topic(prefix, d.station_id, d.source_id),
+                          evidence_key(d.event_id), payload, evidence=True), path
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -205,7 +255,8 @@ class EdgeAgent:
                        "connected": bool(pub and pub.connected),
                        "last_error": pub.last_error if pub else None},
             "outbox": {"depth": self.outbox.depth, "bytes": self.outbox.bytes_used,
-                       "max_bytes": self.outbox.max_bytes, "dropped": self.outbox.dropped},
+                       "max_bytes": self.outbox.max_bytes, "dropped": self.outbox.dropped,
+                       "evidence_dropped": self.outbox.evidence_dropped},
             "sources": last_seen,
             "cameras": {cid: {"frames_read": cam.frames_read,
                               "frames_processed": cam.frames_processed,

@@ -276,6 +276,22 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+class EvidenceSettings(_Strict):
+    """Camera snapshots sent to the centre (``gridwatch/v1/<station>/<source>/evidence``).
+
+    A detection whose ``evidence.snapshot_url`` is a ``file://`` JPEG/PNG written by its
+    camera (the camera YAML's ``snapshot_dir``) gets that image committed to the outbox
+    in the same transaction as the detection, and sent after it.
+    """
+
+    send: bool = True
+    # larger images are not sent (logged, counted in gridwatch_edge_evidence_skipped_total);
+    # keep it at or below the centre's evidence.max_item_bytes
+    max_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 2 * 1024 * 1024
+    # delete the camera's JPEG once the outbox holds it (the outbox is the durable copy)
+    keep_local: bool = False
+
+
 class MetricsSettings(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 9108  # 0 turns the endpoint off
@@ -289,6 +305,7 @@ class StationConfig(_Strict):
     uplink: UplinkSettings = UplinkSettings()
     local_mqtt: MqttConnection = MqttConnection()
     outbox: OutboxSettings = OutboxSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
     alarm: AlarmSettings = AlarmSettings()
     webhook: WebhookSettings | None = None
     metrics: MetricsSettings = MetricsSettings()

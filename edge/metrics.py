@@ -33,6 +33,9 @@ class EdgeMetrics:
         self.dropped = Gauge("gridwatch_edge_outbox_dropped_total",
                              "Detections lost to the outbox disk budget (persistent total)",
                              registry=r)
+        self.evidence_dropped = Gauge("gridwatch_edge_outbox_evidence_dropped_total",
+                                      "Evidence images lost to the outbox disk budget "
+                                      "(persistent total)", registry=r)
         self.inflight = Gauge("gridwatch_edge_inflight", "Messages handed to MQTT, no PUBACK yet",
                               registry=r)
         self.connected = Gauge("gridwatch_edge_uplink_connected",
@@ -55,6 +58,12 @@ class EdgeMetrics:
         self.camera_open_failures = Counter("gridwatch_edge_camera_open_failures", "Failed "
                                             "attempts to open a camera (retried with back-off)",
                                             ["source"], registry=r)
+        self.evidence_enqueued = Counter("gridwatch_edge_evidence_enqueued", "Evidence "
+                                         "images committed to the outbox", ["source"],
+                                         registry=r)
+        self.evidence_skipped = Counter("gridwatch_edge_evidence_skipped", "Snapshots not "
+                                        "sent (too_large, unreadable, not_an_image)",
+                                        ["source", "reason"], registry=r)
         self.worker_restarts = Counter("gridwatch_edge_worker_restarts", "Workers restarted by "
                                        "the supervisor after dying", ["worker"], registry=r)
 

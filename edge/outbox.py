@@ -7,11 +7,13 @@ or a week-long uplink outage loses nothing that was committed. The table is orde
 Disk budget: ``max_bytes`` bounds the payload bytes held (plus a fixed per-row overhead).
 When a new detection does not fit, ``when_full`` decides:
 
-- ``drop_oldest``: delete the oldest self-tests first, then the oldest detections, until it
-  fits (the newest alarm is the one an operator needs);
-- ``reject_new``: refuse the new detection.
+- ``drop_oldest``: delete the oldest self-tests first, then the oldest evidence images,
+  then the oldest detections, until it fits (the newest alarm is the one an operator
+  needs, and a detection matters more than its picture);
+- ``reject_new``: refuse the new message.
 
-Every detection lost to the budget is counted in the persistent ``dropped`` counter.
+Every detection lost to the budget is counted in the persistent ``dropped`` counter, every
+evidence image in ``evidence_dropped``.
 
 >>> box = Outbox(":memory:", max_bytes=1 << 20)
 >>> box.put(topic="t", event_id="e1", payload=b"{}")
@@ -25,8 +27,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from detectors.schema import Detection
 
@@ -39,10 +43,27 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     is_test INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    evidence INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+class OutboxItem(NamedTuple):
+    """One message to commit: ``key`` is unique in the outbox (a detection's event id,
+    ``evidence:<event id>`` for its snapshot)."""
+
+    topic: str
+    key: str
+    payload: bytes
+    is_test: bool = False
+    evidence: bool = False
+
+
+def evidence_key(event_id: str) -> str:
+    """The outbox key of a detection's evidence image (its own row, beside the detection)."""
+    return f"evidence:{event_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +107,16 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "evidence" not in columns:  # an outbox written before evidence was sent
+            self._db.execute("ALTER TABLE outbox ADD COLUMN evidence INTEGER NOT NULL "
+                             "DEFAULT 0")
         row = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
         self._depth = int(row[0])
         self._bytes = int(row[1]) + self._depth * ROW_OVERHEAD_BYTES
         self._dropped = self._counter("dropped")
+        self._evidence_dropped = self._counter("evidence_dropped")
 
     # -- counters ---------------------------------------------------------------------
     def _counter(self, name: str) -> int:
@@ -112,8 +138,9 @@ class Outbox:
         """Commit one message. False when it was a duplicate event id or refused (full)."""
         return self.put_many([(topic, event_id, payload, is_test)]) == 1
 
-    def put_many(self, items: list[tuple[str, str, bytes, bool]]) -> int:
-        """Commit ``(topic, event_id, payload, is_test)`` items in one transaction.
+    def put_many(self, items: Sequence[OutboxItem | tuple[str, str, bytes, bool]]) -> int:
+        """Commit :class:`OutboxItem` (or ``(topic, event_id, payload, is_test)``) items in
+        one transaction: a detection and its evidence are stored together or not at all.
 
         Returns how many were stored (duplicates and refusals are not).
         """
@@ -121,16 +148,18 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for topic, event_id, payload, is_test in items:
+                for item in items:
+                    topic, event_id, payload, is_test, *rest = item
+                    evidence = bool(rest and rest[0])
                     size = len(payload) + ROW_OVERHEAD_BYTES
                     if not self._make_room(size):
-                        self._dropped += 1
-                        self._bump("dropped", 1)
+                        self._count_lost(evidence=evidence, n=1)
                         continue
                     cur = self._db.execute(
                         "INSERT OR IGNORE INTO outbox(event_id, topic, payload, is_test, "
-                        "created_at) VALUES (?, ?, ?, ?, ?)",
-                        (event_id, topic, payload, int(is_test), time.time()))
+                        "created_at, evidence) VALUES (?, ?, ?, ?, ?, ?)",
+                        (event_id, topic, payload, int(is_test), time.time(),
+                         int(evidence)))
                     if cur.rowcount == 1:
                         stored += 1
                         self._depth += 1
@@ -144,31 +173,42 @@ class Outbox:
                 raise
         return stored
 
+    def _count_lost(self, *, evidence: bool, n: int) -> None:
+        if not n:
+            return
+        if evidence:
+            self._evidence_dropped += n
+            self._bump("evidence_dropped", n)
+        else:
+            self._dropped += n
+            self._bump("dropped", n)
+
     def _make_room(self, size: int) -> bool:
         if self._bytes + size <= self.max_bytes:
             return True
         if self.when_full == "reject_new" or size > self.max_bytes:
             return False
-        for only_tests in (True, False):
-            where = "WHERE is_test = 1" if only_tests else ""
+        for where in ("WHERE is_test = 1", "WHERE evidence = 1", ""):
             while self._bytes + size > self.max_bytes:
                 rows = self._db.execute(
-                    f"SELECT seq, LENGTH(payload) FROM outbox {where} ORDER BY seq LIMIT 256"
-                ).fetchall()
+                    f"SELECT seq, LENGTH(payload), evidence FROM outbox {where} "
+                    f"ORDER BY seq LIMIT 256").fetchall()
                 if not rows:
                     break
                 freed = 0
                 victims = []
-                for seq, length in rows:
+                images = 0
+                for seq, length, evidence in rows:
                     victims.append((seq,))
+                    images += int(evidence)
                     freed += length + ROW_OVERHEAD_BYTES
                     if self._bytes - freed + size <= self.max_bytes:
                         break
                 self._db.executemany("DELETE FROM outbox WHERE seq = ?", victims)
                 self._bytes -= freed
                 self._depth -= len(victims)
-                self._dropped += len(victims)
-                self._bump("dropped", len(victims))
+                self._count_lost(evidence=False, n=len(victims) - images)
+                self._count_lost(evidence=True, n=images)
         return self._bytes + size <= self.max_bytes
 
     def _reload_totals(self) -> None:
@@ -177,6 +217,7 @@ class Outbox:
         self._depth = int(row[0])
         self._bytes = int(row[1]) + self._depth * ROW_OVERHEAD_BYTES
         self._dropped = self._counter("dropped")
+        self._evidence_dropped = self._counter("evidence_dropped")
 
     # -- reading and acknowledging ----------------------------------------------------
     def fetch_after(self, seq: int, *, limit: int) -> list[OutboxRow]:
@@ -229,6 +270,11 @@ class Outbox:
         """Detections lost to the disk budget, ever (persistent)."""
         return self._dropped
 
+    @property
+    def evidence_dropped(self) -> int:
+        """Evidence images lost to the disk budget, ever (persistent)."""
+        return self._evidence_dropped
+
     def oldest_age_s(self, now: float | None = None) -> float | None:
         with self._lock:
             row = self._db.execute("SELECT MIN(created_at) FROM outbox").fetchone()
@@ -237,10 +283,11 @@ class Outbox:
         return (time.time() if now is None else now) - float(row[0])
 
     def counters(self) -> dict[str, int]:
-        """Persistent totals: ``enqueued``, ``published``, ``dropped``."""
+        """Persistent totals: ``enqueued``, ``published``, ``dropped``,
+        ``evidence_dropped``."""
         with self._lock:
             rows = self._db.execute("SELECT name, value FROM counters").fetchall()
-        out = {"enqueued": 0, "published": 0, "dropped": 0}
+        out = {"enqueued": 0, "published": 0, "dropped": 0, "evidence_dropped": 0}
         out.update({str(name): int(value) for name, value in rows})
         return out
 

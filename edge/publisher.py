@@ -37,6 +37,31 @@ def detection_topic(prefix: str, station_id: str, source_id: str) -> str:
     return f"{prefix}/{station_id}/{source_id}/detection"
 
 
+def evidence_topic(prefix: str, station_id: str, source_id: str) -> str:
+    """``gridwatch/v1/<station_id>/<source_id>/evidence``: a detection's snapshot
+    (``detectors.evidence_message``)."""
+    return f"{prefix}/{station_id}/{source_id}/evidence"
+
+
+def parse_source_topic(prefix: str, topic: str) -> tuple[str, str, str] | None:
+    """``(station_id, source_id, channel)`` of a detection or evidence topic, else None.
+
+    The inverse of :func:`detection_topic` and :func:`evidence_topic`:
+
+    >>> parse_source_topic("gridwatch/v1", "gridwatch/v1/st1/cam-1/evidence")
+    ('st1', 'cam-1', 'evidence')
+    >>> parse_source_topic("gridwatch/v1", "gridwatch/v1/st1/status") is None
+    True
+    """
+    head = prefix + "/"
+    if not topic.startswith(head):
+        return None
+    parts = topic[len(head):].split("/")
+    if len(parts) != 3 or parts[2] not in ("detection", "evidence") or not all(parts[:2]):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
 def status_topic(prefix: str, station_id: str) -> str:
     """``gridwatch/v1/<station_id>/status`` (retained ``online`` / ``offline``)."""
     return f"{prefix}/{station_id}/status"

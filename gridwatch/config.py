@@ -21,6 +21,7 @@ from gridwatch.errors import UserError
 from stream.hotspot import HotspotSettings
 from stream.policy import KindPolicy, PolicyBook, StreamSettings
 from ticketing.config import TicketingSettings
+from ticketing.evidence import EvidenceSettings
 
 DEFAULT_CONFIG_PACKAGE = "configs"
 DEFAULT_CONFIG_NAME = "default.yaml"
@@ -51,6 +52,7 @@ class GridWatchConfig(BaseModel):
     default_kind: KindPolicy = KindPolicy()
     hotspot: HotspotSettings = HotspotSettings()
     ticketing: TicketingSettings = TicketingSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
 
     @property
     def policies(self) -> PolicyBook:

@@ -12,6 +12,12 @@ nothing accepted is lost if the process dies. A store that fails is retried with
 Live mode processes detections as they come (no reorder buffer): waiting ``lateness_s``
 for stragglers would delay every fire alarm by that long, and the incident clusterer joins
 out-of-order detections by their span anyway.
+
+Evidence links: a detection's ``evidence.snapshot_url`` names a file on the edge box that
+took it. Tickets must link to the centre's copy instead, so every accepted detection with a
+snapshot gets ``/evidence/<event_id>`` (``ticketing.evidence.evidence_path``) in its place
+before the stream core sees it; the image itself comes over its own topic and is served
+there (``docs/edge.md``). Replay leaves URLs as they are (it is a batch harness on files).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from stream.dedup import EventIdFilter
 from stream.processor import StreamOutput
 from ticketing.batch import BatchingStore
 from ticketing.desk import TicketDesk
+from ticketing.evidence import evidence_path
 from ticketing.store import SqlTicketStore, TicketStore, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -102,6 +109,7 @@ class EmbeddedPipeline:
         batch_max: int = 2000,
         retry_delay_s: float = 0.5,
         retry_max_s: float = 30.0,
+        link_evidence: bool = True,
     ) -> None:
         live = config.model_copy(
             update={"stream": config.stream.model_copy(update={"lateness_s": 0})})
@@ -130,6 +138,7 @@ class EmbeddedPipeline:
         self._processed = 0
         self._failed = 0
         self._store_errors = 0
+        self.link_evidence = link_evidence
         self.retry_delay_s = retry_delay_s
         self.retry_max_s = retry_max_s
         self._closing = threading.Event()
@@ -196,6 +205,8 @@ class EmbeddedPipeline:
                     results.append(_DUPLICATE)
                 else:
                     waiting_for[event_id] = []
+                    if self.link_evidence and detection.evidence is not None:
+                        item = (centre_evidence_link(detection), on_committed, item[2])
                     fresh.append(item)
                     results.append(_ACCEPTED)
         if len(fresh) < len(items):
@@ -354,6 +365,19 @@ class EmbeddedPipeline:
             self._closing.set()  # a store still failing: give up retrying
         self._queue.put(_STOP)
         self._worker.join(timeout=10)
+
+
+def centre_evidence_link(detection: Detection) -> Detection:
+    """``detection`` with its snapshot URL replaced by the centre's ``/evidence/...`` link
+    (unchanged when it has no snapshot or already links there)."""
+    evidence = detection.evidence
+    if evidence is None or not evidence.snapshot_url:
+        return detection
+    link = evidence_path(detection.event_id)
+    if evidence.snapshot_url == link:
+        return detection
+    return detection.model_copy(
+        update={"evidence": evidence.model_copy(update={"snapshot_url": link})})
 
 
 def _run_each(callbacks: list[Callable[[], None] | None], what: str) -> None:

@@ -13,6 +13,14 @@ By default the MQTT client runs in a child process of its own
 busy, and sharing a GIL with validation and the pipeline was what held the ingest below a
 bare client's rate. ``isolate=False`` keeps it in a thread of this process.
 
+Evidence (``gridwatch/v1/+/+/evidence``, when an evidence store is given): each message
+is one detection's snapshot (``detectors.evidence_message``). It is checked (header, size,
+SHA-256, JPEG/PNG bytes, ``evidence.max_item_bytes``), written to the
+:class:`~ticketing.evidence.EvidenceStore` and acknowledged only after that write; a store
+that cannot write leaves it unacknowledged for a re-delivery. A repeat of a stored event id
+is acknowledged and counted. A bad one is dead-lettered with its header only (not the
+image) under ``evidence_<code>``.
+
 Invalid messages (bad JSON, schema violations, a payload whose station/source disagree with
 its topic) are published to ``gridwatch/v1/deadletter`` with the reason, counted by reason
 code, and acknowledged. Nothing a message contains can crash the ingest: every callback
@@ -38,9 +46,17 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from detectors.evidence_message import (
+    MAX_HEADER_BYTES,
+    EvidenceMessageRejected,
+    parse_evidence,
+)
 from detectors.schema import Detection, DetectionRejected, parse_detection
 from edge.config import MqttConnection
+from edge.publisher import parse_source_topic
+from gridwatch.embedded import STORE_UNAVAILABLE
 from gridwatch.mqtt_link import ProcessLink, ThreadLink, Token
+from ticketing.evidence import EvidenceRejected, EvidenceStore
 
 if TYPE_CHECKING:
     from gridwatch.embedded import EmbeddedPipeline
@@ -106,13 +122,37 @@ class _IngestCollector:
         for (station, source), at in sorted(dict(self.ingest.last_seen).items()):
             seen.add_metric([station, source], at)
         yield seen
+        if self.ingest.evidence is None:
+            return
+        yield CounterMetricFamily("gridwatch_ingest_evidence_received", "Evidence messages "
+                                  "received", value=stats["evidence_received"])
+        bad = CounterMetricFamily("gridwatch_ingest_evidence_rejected", "Evidence messages "
+                                  "refused (and dead-lettered), by reason", labels=["code"])
+        for code, value in stats["evidence_rejected_by_code"].items():
+            bad.add_metric([code], value)
+        yield bad
+        kept = self.ingest.evidence.stats()
+        yield CounterMetricFamily("gridwatch_evidence_stored", "Evidence images stored",
+                                  value=kept["stored"])
+        yield CounterMetricFamily("gridwatch_evidence_duplicates", "Evidence images "
+                                  "received again (same event id; first copy kept)",
+                                  value=kept["duplicates"])
+        evicted = CounterMetricFamily("gridwatch_evidence_evicted", "Evidence images "
+                                      "removed, by reason (budget, retention)",
+                                      labels=["reason"])
+        for reason, value in kept["evicted_by_reason"].items():
+            evicted.add_metric([reason], value)
+        yield evicted
+        yield GaugeMetricFamily("gridwatch_evidence_bytes", "Bytes of evidence images held",
+                                value=kept["bytes"])
 
 
 def deadletter_message(*, topic: str, payload: bytes | bytearray, code: str, reason: str,
-                       received_at: datetime) -> bytes:
+                       received_at: datetime, extra: dict[str, Any] | None = None) -> bytes:
     """The dead-letter record: reason, where it came from, and the payload itself."""
     record: dict[str, Any] = {"code": code, "reason": reason, "topic": topic,
-                              "received_at": received_at.isoformat().replace("+00:00", "Z")}
+                              "received_at": received_at.isoformat().replace("+00:00", "Z"),
+                              **(extra or {})}
     try:
         record["payload"] = payload.decode("utf-8")
     except UnicodeDecodeError:
@@ -143,6 +183,7 @@ class MqttIngest:
         metrics: IngestMetrics | None = None,
         isolate: bool = True,
         retry_after_s: float = 5.0,
+        evidence: EvidenceStore | None = None,
     ) -> None:
         self.connection = connection
         self.pipeline = pipeline
@@ -150,6 +191,10 @@ class MqttIngest:
         self.prefix = topic_prefix
         self.detection_filter = f"{topic_prefix}/+/+/detection"
         self.status_filter = f"{topic_prefix}/+/status"
+        self.evidence_filter = f"{topic_prefix}/+/+/evidence"
+        self.evidence = evidence
+        self._evidence_received = 0
+        self._evidence_rejected: TallyCounter[str] = TallyCounter()
         self.deadletter_topic = f"{topic_prefix}/deadletter"
         self.metrics = metrics or IngestMetrics()
         self.metrics.bind(self)
@@ -176,7 +221,10 @@ class MqttIngest:
                                "duplicates": self._duplicates, "committed": self._committed,
                                "deadlettered": sum(self._deadlettered.values()),
                                "reconnects_for_redelivery": self._reconnects,
-                               "mqtt_process_restarts": self._process_restarts()}
+                               "mqtt_process_restarts": self._process_restarts(),
+                               "evidence_received": self._evidence_received,
+                               "evidence_rejected_by_code": dict(sorted(
+                                   self._evidence_rejected.items()))}
         out["deadlettered_by_code"] = dict(sorted(self._deadlettered.items()))
         return out
 
@@ -239,6 +287,9 @@ class MqttIngest:
             self.metrics.station_online.labels(station).set(1 if payload == b"online" else 0)
             link.ack(token)
             return None
+        if topic.endswith("/evidence"):
+            self._store_evidence(topic, payload, token)
+            return None
         self._received += 1
         try:
             detection = parse_detection(payload)
@@ -278,10 +329,45 @@ class MqttIngest:
                 self._deadletter(topic, payload, token, result.code or "refused",
                                  result.reason or "refused by the pipeline")
 
+    def _store_evidence(self, topic: str, payload: bytes | bytearray, token: Token) -> None:
+        """Check one evidence message, store it, then acknowledge it (see the module doc)."""
+        assert self._link is not None
+        self._evidence_received += 1
+        parts = parse_source_topic(self.prefix, topic)
+        if self.evidence is None or parts is None:
+            self._reject_evidence(topic, payload, token, "unexpected",
+                                  "this centre keeps no evidence" if parts else
+                                  f"expected {self.evidence_filter}, got {topic}")
+            return
+        station, source, _ = parts
+        try:
+            header, image = parse_evidence(payload)
+            self.evidence.put(event_id=header.event_id, station_id=station, source_id=source,
+                              content_type=header.content_type, image=image)
+        except (EvidenceMessageRejected, EvidenceRejected) as exc:
+            self._reject_evidence(topic, payload, token, exc.code, exc.reason)
+            return
+        except STORE_UNAVAILABLE:
+            logger.exception("ingest: cannot store evidence from %s; not acknowledged, "
+                             "the broker re-sends it", topic)
+            self._redeliver_later()
+            return
+        self._link.ack(token)
+
+    def _reject_evidence(self, topic: str, payload: bytes | bytearray, token: Token,
+                         code: str, reason: str) -> None:
+        self._evidence_rejected[code] += 1
+        # the header line only: an oversized image must not travel on to the dead letters
+        end = payload.find(b"\n", 0, MAX_HEADER_BYTES + 1)
+        head = payload[:end if end >= 0 else 256]
+        self._deadletter(topic, head, token, f"evidence_{code}", reason,
+                         extra={"payload_bytes": len(payload), "payload_truncated":
+                                len(head) < len(payload)})
+
     def _deadletter(self, topic: str, payload: bytes | bytearray, token: Token, code: str,
-                    reason: str) -> None:
+                    reason: str, extra: dict[str, Any] | None = None) -> None:
         record = deadletter_message(topic=topic, payload=payload, code=code, reason=reason,
-                                    received_at=datetime.now(UTC))
+                                    received_at=datetime.now(UTC), extra=extra)
         assert self._link is not None
         self._link.publish(self.deadletter_topic, record, qos=1)
         self._link.ack(token)
@@ -313,6 +399,8 @@ class MqttIngest:
     def start(self) -> None:
         """Connect (in the background, with back-off) and start receiving."""
         filters = [(self.detection_filter, 1), (self.status_filter, 1)]
+        if self.evidence is not None:
+            filters.append((self.evidence_filter, 1))
         self._link = (ProcessLink if self.isolate else ThreadLink)(
             self.connection, client_id=self.client_id, filters=filters)
         self._link.start(self)

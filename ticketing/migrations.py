@@ -6,7 +6,11 @@ transaction-scoped advisory lock, SQLite a ``BEGIN IMMEDIATE`` write lock. Versi
 the foundation schema (``IF NOT EXISTS``, so a database written by the first
 ``SqliteTicketStore`` upgrades in place); version 2 adds the lifecycle; version 3 moves
 each ticket's ``event_ids`` out of the JSON ``body`` into the append-only
-``ticket_event_ids`` table (a Python step, :func:`_move_event_ids`, runs after its DDL).
+``ticket_event_ids`` table (a Python step, :func:`_move_event_ids`, runs after its DDL);
+version 6 adds the centre's evidence metadata (``ticketing/evidence.py``).
+
+Versions are assigned per feature and need not be contiguous: each one not yet recorded
+is applied, in ascending order, and ``LATEST`` is the highest.
 
 To change the schema, append a migration; never edit one that has shipped.
 """
@@ -140,8 +144,24 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX ticket_event_ids_added ON ticket_event_ids (added_at)",
         "ALTER TABLE tickets ADD COLUMN event_count INTEGER NOT NULL DEFAULT 0",
     ), run=_move_event_ids),
+    # Evidence images kept by the centre (ticketing/evidence.py): metadata here, bytes in
+    # the evidence folder or object store. Reading one is authorized by the tickets that
+    # hold its detection, found by event id alone: hence the second index.
+    Migration(6, "evidence: camera snapshots kept by the centre", (
+        """CREATE TABLE evidence (
+            event_id TEXT PRIMARY KEY,
+            station_id TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            size_bytes BIGINT NOT NULL,
+            sha256 TEXT NOT NULL,
+            stored_at TEXT NOT NULL)""",
+        "CREATE INDEX evidence_stored ON evidence (stored_at, event_id)",
+        "CREATE INDEX ticket_event_ids_event ON ticket_event_ids (event_id)",
+    )),
 )
 
+MIGRATIONS = tuple(sorted(MIGRATIONS, key=lambda m: m.version))
 LATEST = MIGRATIONS[-1].version
 
 

@@ -4,6 +4,10 @@ Sensor and camera detections from ``sample_data/detections.jsonl`` and the detec
 weight-free wrong-way detector finds in a small rendered video flow through the embedded
 pipeline (validate → cell → dedup → incidents → tickets in SQLite); the tickets are
 printed and served by the read API on 127.0.0.1 until Ctrl-C (``--once``: print and exit).
+The demo box is edge and centre at once: the video's snapshots are put straight into the
+centre's evidence store (``<data-dir>/evidence``), so its ticket's ``snapshot_urls`` open
+in the API; the sample file's ``file://`` snapshots name images that do not exist, so their
+links answer 404.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def _run_sample_video(data_dir: Path, delta: timedelta) -> list[Any]:
         camera = load_camera_config(camera_yaml)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    camera = camera.model_copy(update={"snapshot_dir": data_dir / "snapshots"})
     video = data_dir / "sample_video.avi"
     render_sample_video(video)
     # the camera's clock moves with the sample's (its event ids carry the time)
@@ -109,6 +114,7 @@ def _observed_at(raw: bytes) -> datetime | None:
 
 def run(args: argparse.Namespace) -> int:
     from gridwatch.embedded import EmbeddedPipeline
+    from ticketing.evidence import EvidenceStore, evidence_path
     from ticketing.store import SqliteTicketStore
 
     config = load_gridwatch_config(args.config)
@@ -120,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     db = data_dir / "tickets.sqlite3"
     store = SqliteTicketStore(db)
     pipeline = EmbeddedPipeline(config, grid, store)
+    evidence = EvidenceStore.beside(store, db, config.evidence)
     try:
         lines = args.detections.read_bytes().splitlines()
     except OSError as exc:
@@ -133,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
               f"the sample ends now (--keep-times: as recorded)")
     video = [] if args.no_video else sorted(_video_detections(data_dir, delta),
                                             key=lambda d: d.observed_at)
+    for detection in video:
+        _keep_snapshot(evidence, detection)
     pending = list(video)
     rejected = 0
     for number, raw in enumerate(lines, start=1):
@@ -165,14 +174,35 @@ def run(args: argparse.Namespace) -> int:
         ticket = holders.get(detection.event_id)
         where = (f"is evidence on ticket {ticket.ticket_id} ({ticket.kind}, "
                  f"{ticket.cell_id})" if ticket else "is in no ticket (not significant alone)")
-        print(f"video detection {detection.event_id} {where}")
+        snapshot = (f"; snapshot at {evidence_path(detection.event_id)}"
+                    if evidence.get(detection.event_id) else "")
+        print(f"video detection {detection.event_id} {where}{snapshot}")
     pipeline.close()
     if args.once:
         return 0
-    return _serve(store, config, grid, args.host, args.port)
+    return _serve(store, config, grid, args.host, args.port, evidence)
 
 
-def _serve(store: Any, config: Any, grid: Any, host: str, port: int) -> int:
+def _keep_snapshot(evidence: Any, detection: Any) -> None:
+    """What the edge would send and the centre keep, done in place on the demo box."""
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    from ticketing.evidence import EvidenceRejected, sniff_content_type
+
+    url = detection.evidence.snapshot_url if detection.evidence else None
+    if not url or not url.startswith("file://"):
+        return
+    try:
+        image = Path(url2pathname(urlsplit(url).path)).read_bytes()
+        evidence.put(event_id=detection.event_id, station_id=detection.station_id,
+                     source_id=detection.source_id,
+                     content_type=sniff_content_type(image) or "", image=image)
+    except (OSError, EvidenceRejected) as exc:
+        print(f"video: snapshot of {detection.event_id} not kept: {exc}")
+
+
+def _serve(store: Any, config: Any, grid: Any, host: str, port: int, evidence: Any) -> int:
     import uvicorn
 
     from ticketing.api.app import create_app
@@ -185,7 +215,8 @@ def _serve(store: Any, config: Any, grid: Any, host: str, port: int) -> int:
         raise UserError(str(exc)) from None
     token = auth.ensure_admin_token()
     app = create_app(store=store, settings=config.ticketing, policies=config.policies,
-                     grid=grid, auth=auth, run_workers=True)
+                     grid=grid, auth=auth, run_workers=True,
+                     evidence=evidence)
     print(f"\nAPI: http://{host}:{port}/tickets  (OpenAPI docs at /docs; Ctrl-C to stop)")
     if token:
         print(f"admin token for changes (Authorization: Bearer ...): {token}")

@@ -77,7 +77,8 @@ def _outbox_snapshot(path: str) -> dict[str, Any]:
             "oldest_age_s": None if oldest is None else round(time.time() - oldest, 1),
             "enqueued": int(counters.get("enqueued", 0)),
             "published": int(counters.get("published", 0)),
-            "dropped": int(counters.get("dropped", 0))}
+            "dropped": int(counters.get("dropped", 0)),
+            "evidence_dropped": int(counters.get("evidence_dropped", 0))}
 
 
 def _pid_alive(pid: object) -> bool:

@@ -2,8 +2,10 @@
 
 Subscribes to ``gridwatch/v1/+/+/detection`` with a persistent session, feeds valid
 detections through stream → ticketing into SQLite (or ``ticketing.storage_url``),
-dead-letters the rest to ``gridwatch/v1/deadletter``, and serves the ticketing API with
-uvicorn. Prometheus metrics are at ``/metrics`` on the same port.
+dead-letters the rest to ``gridwatch/v1/deadletter``, keeps the camera snapshots sent on
+``gridwatch/v1/+/+/evidence`` (``evidence:`` settings; a folder beside the database by
+default) and serves the ticketing API, ``/evidence/...`` included, with uvicorn.
+Prometheus metrics are at ``/metrics`` on the same port.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from gridwatch.embedded import EmbeddedPipeline
     from gridwatch.ingest import IngestMetrics, MqttIngest
     from ticketing.api.app import create_app
+    from ticketing.evidence import EvidenceStore
     from ticketing.store import configured_url, open_store
 
     config = load_config(args.config)
@@ -122,14 +125,19 @@ def run(args: argparse.Namespace) -> int:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
     store = open_store(url, outbox=outbox)
     pipeline = EmbeddedPipeline(config, grid, store)
+    # the embedded default puts evidence beside the SQLite file in use (``evidence:``
+    # names a folder for a PostgreSQL store; else it goes beside --db)
+    sqlite_file = (url if "://" not in url else url.removeprefix("sqlite:///")
+                   if url.startswith("sqlite:///") else args.db)
+    evidence = EvidenceStore.beside(store, sqlite_file, config.evidence)
     metrics = IngestMetrics()
     metrics.registry.register(PipelineCollector(pipeline))  # type: ignore[arg-type]
     ingest = None
     if connection is not None:
         ingest = MqttIngest(connection, pipeline, client_id=args.client_id, metrics=metrics,
-                            isolate=not args.ingest_thread)
+                            isolate=not args.ingest_thread, evidence=evidence)
     app = create_app(store=store, settings=config.ticketing, policies=config.policies,
-                     grid=grid, run_workers=True)
+                     grid=grid, run_workers=True, evidence=evidence)
 
     def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -25,6 +25,7 @@ from gridwatch.config import GridWatchConfig
 from gridwatch.embedded import EmbeddedPipeline
 from gridwatch.ingest import MqttIngest
 from stream.policy import KindPolicy
+from ticketing.evidence import EvidenceSettings, EvidenceStore
 from ticketing.store import SqliteTicketStore
 
 # 5 km x 5 km of square 1 km cells around Foshan
@@ -69,21 +70,31 @@ def spread_detection(i: int, *, station: str, kind: str = "door_forced",
 class Centre:
     """EmbeddedPipeline + MqttIngest on a broker, tickets in a temporary SQLite file.
     ``isolate``: the MQTT client in a child process, as ``gridwatch serve`` runs it.
-    The broker is ``url`` (``mqtt://host:port``) or a full ``connection`` (TLS, login)."""
+    The broker is ``url`` (``mqtt://host:port``) or a full ``connection`` (TLS, login).
+    ``evidence``: also keep camera snapshots (``evidence/`` beside the database), as
+    ``gridwatch serve`` does; ``config`` and ``area`` replace the default policies and grid."""
 
     def __init__(self, tmp_path: Path, url: str | None = None, *,
                  topic_prefix: str = "gridwatch/v1", client_id: str | None = None,
-                 isolate: bool = False, connection: MqttConnection | None = None) -> None:
+                 isolate: bool = False, connection: MqttConnection | None = None,
+                 config: GridWatchConfig | None = None,
+                 area: tuple[float, float, float, float] = AREA,
+                 evidence: EvidenceSettings | None = None) -> None:
         if (url is None) == (connection is None):
             raise ValueError(f"Centre takes a url or a connection, got url={url!r} "
                              f"connection={connection!r}")
-        self.grid = Grid.from_geojson(square_grid(box(*AREA), size_m=1000))
+        self.config = config or centre_config()
+        self.grid = Grid.from_geojson(square_grid(box(*area), size_m=1000))
         self.store = SqliteTicketStore(tmp_path / "tickets.sqlite")
-        self.pipeline = EmbeddedPipeline(centre_config(), self.grid, self.store)
+        self.evidence = (None if evidence is None else
+                         EvidenceStore.beside(self.store, tmp_path / "tickets.sqlite",
+                                              evidence))
+        self.pipeline = EmbeddedPipeline(self.config, self.grid, self.store)
         conn = connection if connection is not None else _url_connection(str(url))
         self.ingest = MqttIngest(conn, self.pipeline,
                                  client_id=client_id or unique("centre"),
-                                 topic_prefix=topic_prefix, isolate=isolate)
+                                 topic_prefix=topic_prefix, isolate=isolate,
+                                 evidence=self.evidence)
 
     def start(self) -> Centre:
         self.ingest.start()

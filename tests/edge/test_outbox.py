@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from edge.outbox import ROW_OVERHEAD_BYTES, Outbox
+from edge.outbox import ROW_OVERHEAD_BYTES, Outbox, OutboxItem, evidence_key
 
 
 def fill(box: Outbox, n: int, *, size: int = 100, test_every: int = 0, start: int = 0) -> None:
@@ -70,3 +71,35 @@ def test_reject_new_keeps_the_backlog() -> None:
 def test_bad_policies_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Outbox(":memory:", **kwargs)
+
+
+def test_evidence_goes_before_detections_when_the_budget_is_full() -> None:
+    row = 100 + ROW_OVERHEAD_BYTES
+    box = Outbox(":memory:", max_bytes=6 * row)
+    # a detection and its image, committed together (the image under its own key)
+    for i in range(3):
+        stored = box.put_many([
+            OutboxItem("t/detection", f"e{i}", b"d" * 100),
+            OutboxItem("t/evidence", evidence_key(f"e{i}"), b"i" * 100, evidence=True)])
+        assert stored == 2
+    # the budget is full: two new detections push out the two oldest images, not e0/e1
+    box.put_many([OutboxItem("t/detection", "e3", b"d" * 100),
+                  OutboxItem("t/detection", "e4", b"d" * 100)])
+    assert [r.event_id for r in box.fetch_after(0, limit=10)] == [
+        "e0", "e1", "e2", "evidence:e2", "e3", "e4"]
+    assert (box.dropped, box.evidence_dropped) == (0, 2)
+    assert box.counters()["evidence_dropped"] == 2
+
+
+def test_an_outbox_from_before_evidence_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL"
+        " UNIQUE, topic TEXT NOT NULL, payload BLOB NOT NULL, is_test INTEGER NOT NULL"
+        " DEFAULT 0, created_at REAL NOT NULL);"
+        "INSERT INTO outbox (event_id, topic, payload, created_at) VALUES ('e0', 't', X'78', 0);")
+    old.close()
+    box = Outbox(path)
+    assert box.put_many([OutboxItem("t", evidence_key("e0"), b"img", evidence=True)]) == 1
+    assert [r.event_id for r in box.fetch_after(0, limit=10)] == ["e0", "evidence:e0"]

@@ -26,9 +26,15 @@ def test_demo_once_runs_sensors_and_video_into_tickets(tmp_path):
     assert "1 detection(s) from the wrong-way detector" in out
     [video_line] = [x for x in out.splitlines() if x.startswith("video detection ")]
     assert "is evidence on ticket GW-" in video_line and "wrong_way_ebike" in video_line
+    # its snapshot is in the centre's evidence store; tickets link there, never to file://
+    assert "; snapshot at /evidence/st-lishui-01:cam-lishui-bridge-east:" in video_line
     with sqlite3.connect(tmp_path / "demo" / "tickets.sqlite3") as db:
         kinds = {k for (k,) in db.execute("SELECT kind FROM tickets")}
         count = db.execute("SELECT count(*) FROM tickets").fetchone()[0]
+        bodies = [b for (b,) in db.execute("SELECT body FROM tickets")]
+        assert db.execute("SELECT count(*) FROM evidence").fetchone()[0] == 1
+    assert not [b for b in bodies if "file://" in b]
+    assert any('"/evidence/' in b for b in bodies)
     assert {"smoke", "door_forced", "door_held_open", "wrong_way_ebike"} <= kinds
     assert f"{count} tickets in" in out
 

@@ -22,14 +22,19 @@ from geo.grid import Grid
 from stream.policy import PolicyBook
 from ticketing.api.deps import AppState
 from ticketing.api.routes import events, health, open311, reports, review, tickets
+from ticketing.api.routes import evidence as evidence_routes
 from ticketing.auth import TokenAuth
 from ticketing.config import TicketingSettings
 from ticketing.escalation import Escalator
 from ticketing.events import EventBus, LocalBus, RedisBus, change_message
+from ticketing.evidence import EvidenceStore
 from ticketing.store import Change, SqlTicketStore
 from ticketing.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
+
+
+EVIDENCE_SWEEP_S = 3600.0  # retention is in days: an hourly look is plenty
 
 
 def utc_now() -> datetime:
@@ -40,7 +45,8 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
                policies: PolicyBook | None = None, grid: Grid | None = None,
                auth: TokenAuth | None = None, bus: EventBus | None = None,
                clock: Callable[[], datetime] = utc_now,
-               run_workers: bool = False) -> FastAPI:
+               run_workers: bool = False,
+               evidence: EvidenceStore | None = None) -> FastAPI:
     """Build the ticketing API over ``store``.
 
     Args:
@@ -64,6 +70,9 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
             the webhook dispatcher inside this process, in background threads. Any
             number of replicas may do so on one database: each escalation and delivery
             still happens once.
+        evidence: camera snapshots served at ``/evidence/<event_id>`` (the links in the
+            tickets' ``snapshot_urls``); None: that route answers 404. With
+            ``run_workers`` its retention is also applied hourly.
 
     Returns:
         The FastAPI application (serve it with uvicorn).
@@ -86,7 +95,8 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
     if bus is None:
         bus = RedisBus(settings.redis_url) if settings.redis_url else LocalBus()
     state = AppState(store=store, settings=settings, auth=auth,
-                     policies=policies or PolicyBook(), grid=grid, bus=bus, clock=clock)
+                     policies=policies or PolicyBook(), grid=grid, bus=bus, clock=clock,
+                     evidence=evidence)
 
     def publish(change: Change) -> None:
         state.bus.publish(change_message(change))
@@ -100,6 +110,9 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
             escalator = Escalator(store=store, settings=settings.escalation)
             workers.append(_Loop("escalator", settings.escalation.interval_s,
                                  lambda: escalator.run_once(now=clock())))
+            if evidence is not None:
+                workers.append(_Loop("evidence-retention", EVIDENCE_SWEEP_S,
+                                     lambda: evidence.evict(now=clock())))
             if settings.webhook.url:
                 dispatcher = WebhookDispatcher.from_settings(store=store,
                                                              settings=settings.webhook)
@@ -119,7 +132,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
                   description="Work orders from sensors and cameras: lifecycle, deadlines, "
                               "review, evaluation, Open311 GeoReport v2, live updates.")
     app.state.gridwatch = state
-    for module in (health, tickets, review, reports, events, open311):
+    for module in (health, tickets, review, reports, events, open311, evidence_routes):
         app.include_router(module.router)
     return app
 

@@ -20,6 +20,7 @@ from stream.policy import PolicyBook
 from ticketing.auth import ANONYMOUS_READER, CREATE, READ, SUPERVISE, Principal, Role, TokenAuth
 from ticketing.config import TicketingSettings
 from ticketing.events import EventBus
+from ticketing.evidence import EvidenceStore
 from ticketing.models import Ticket
 from ticketing.store import SqlTicketStore
 
@@ -35,6 +36,7 @@ class AppState:
     grid: Grid | None
     bus: EventBus
     clock: Callable[[], datetime]
+    evidence: EvidenceStore | None = None  # camera snapshots (None: none kept here)
 
 
 def get_state(request: Request) -> AppState:
