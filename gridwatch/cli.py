@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "replay",
     "demo",
     "serve",
+    "users",
     "schema",
     "grid",
     "detect",

@@ -109,6 +109,8 @@ class Logins:
         name = username.strip().lower()[:128]
         limits = self._limits(name, address)
         with self.users.db.transaction() as conn:
+            self._forget_old(conn, now)
+        with self.users.db.transaction() as conn:
             retry_after = self._reserve(conn, limits, now)
         if retry_after is not None:
             raise Throttled(retry_after)
@@ -165,15 +167,22 @@ class Logins:
         start = from_sortable(row.window_start)
         return start + timedelta(seconds=self.settings.failure_window_s) <= now
 
+    def _forget_old(self, conn: Connection, now: datetime) -> None:
+        """Drop counters whose window and lockout are over (own transaction; on
+        PostgreSQL it skips rows others hold, so it never waits and never deadlocks)."""
+        horizon = now - timedelta(seconds=max(self.settings.failure_window_s,
+                                              self.settings.lockout_s))
+        old = ("SELECT throttle_key FROM login_throttle WHERE updated_at <= :h"
+               " AND (locked_until IS NULL OR locked_until <= :at)")
+        if self._for_update:
+            old += " FOR UPDATE SKIP LOCKED"
+        conn.execute(text(f"DELETE FROM login_throttle WHERE throttle_key IN ({old})"),
+                     {"h": sortable(horizon), "at": sortable(now)})
+
     def _reserve(self, conn: Connection, limits: list[tuple[str, int]],
                  now: datetime) -> int | None:
         """Count this attempt as a failure on every key, or say how long it must wait."""
         at = sortable(now)
-        horizon = now - timedelta(seconds=max(self.settings.failure_window_s,
-                                              self.settings.lockout_s))
-        conn.execute(text("DELETE FROM login_throttle WHERE updated_at < :h AND"
-                          " (locked_until IS NULL OR locked_until <= :at)"),
-                     {"h": sortable(horizon), "at": at})
         for key, _limit in limits:
             conn.execute(_ENSURE_COUNTER, {"k": key, "at": at})
         rows = {r.throttle_key: r for r in conn.execute(text(

@@ -27,8 +27,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--grid", required=True, help="grid GeoJSON (cells with cell_id)")
     parser.add_argument("--config", help="YAML merged over configs/default.yaml")
     parser.add_argument("--db", default="gridwatch-data/tickets.db",
-                        help="SQLite ticket store, unless ticketing.storage_url is set "
-                             "(default: %(default)s)")
+                        help="SQLite ticket store, unless $GRIDWATCH_TICKETS_URL or "
+                             "ticketing.storage_url is set (default: %(default)s); named "
+                             "accounts (gridwatch users) live in the same database")
     parser.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883",
                         help="broker (mqtt://host:port or mqtts://host:port; "
                              "default: %(default)s)")
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from gridwatch.embedded import EmbeddedPipeline
     from gridwatch.ingest import IngestMetrics, MqttIngest
     from ticketing.api.app import create_app
-    from ticketing.store import open_store
+    from ticketing.store import configured_url, open_store
 
     config = load_config(args.config)
     try:
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.grid}: {exc}") from None
     connection = None if args.no_mqtt else mqtt_connection(args)
     outbox = config.ticketing.webhook.url is not None
-    url = config.ticketing.storage_url or args.db
+    url = configured_url(config.ticketing.storage_url, default=args.db)
     if "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
     store = open_store(url, outbox=outbox)
