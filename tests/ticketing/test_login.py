@@ -357,3 +357,14 @@ def test_old_counters_are_forgotten(store: SqlTicketStore, app: FastAPI,
         keys = sorted(r[0] for r in conn.execute(text(
             "SELECT throttle_key FROM login_throttle")))
     assert keys == ["addr:10.2.0.2"]  # the username's count was cleared by its success
+
+
+def test_login_takes_only_json(client: TestClient) -> None:
+    """A cross-site form can post text/plain or a form, never application/json without a
+    CORS preflight: so another site cannot log a browser in to an account of its own."""
+    body = f'{{"username": "wang.li", "password": "{PASSWORD}"}}'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        response = client.post("/auth/login", content=body,
+                               headers={"Content-Type": content_type})
+        assert response.status_code == 422, content_type
+        assert "set-cookie" not in response.headers
