@@ -61,9 +61,12 @@ def register(subparsers: Any) -> None:
     common = _common()
     parser = subparsers.add_parser(
         "users", help="named accounts: add, list, disable, reset passwords, API tokens",
-        description="Named accounts for the console and the API, kept in the ticket "
-                    "database. Every change a person makes is recorded under their "
-                    "username.",
+        description="Named accounts for the console (POST /auth/login) and the API "
+                    "(per-person tokens). Every change a person makes is recorded in the "
+                    "audit log under their username. Accounts are kept in the ticket "
+                    "database gridwatch serve uses: --tickets-url, else "
+                    "$GRIDWATCH_TICKETS_URL, else the config's ticketing.storage_url, "
+                    f"else {DEFAULT_DB}.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="users_command", required=True, metavar="ACTION")
 

@@ -368,3 +368,21 @@ def test_login_takes_only_json(client: TestClient) -> None:
                                headers={"Content-Type": content_type})
         assert response.status_code == 422, content_type
         assert "set-cookie" not in response.headers
+
+
+def test_department_staff_see_only_their_department(client: TestClient,
+                                                    as_role: Headers) -> None:
+    mine = report(client, as_role["ingest"]).json()  # smoke → fire_rescue
+    theirs = report(client, as_role["ingest"], kind="door_forced").json()
+    csrf = logged_in(client, "chen.fs")
+    assert [t["ticket_id"] for t in client.get("/tickets").json()["items"]] == [
+        mine["ticket_id"]]
+    assert client.get(f"/tickets/{theirs['ticket_id']}").status_code == 404
+    assert client.post(f"/tickets/{theirs['ticket_id']}/actions", headers=csrf,
+                       json={"action": "accept", "version": 1}).status_code == 404
+    accepted = client.post(f"/tickets/{mine['ticket_id']}/actions", headers=csrf,
+                           json={"action": "accept", "version": 1})
+    assert accepted.status_code == 200 and accepted.json()["status"] == "accepted"
+    assert client.get("/review/queue").status_code == 403
+    me = client.get("/auth/me").json()
+    assert (me["role"], me["department"]) == ("department", "fire_rescue")
