@@ -18,7 +18,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from geo.grid import Grid
 from stream.policy import PolicyBook
@@ -53,7 +53,14 @@ def get_state(request: Request) -> AppState:
 
 StateDep = Annotated[AppState, Depends(get_state)]
 
-bearer = HTTPBearer(auto_error=False, description="An API token (see ticketing.auth)")
+bearer = HTTPBearer(auto_error=False, description="An API token: a person's (gridwatch "
+                                                   "users token issue) or an environment "
+                                                   "token (see ticketing.auth)")
+# declared so the OpenAPI document shows the console's way in; read in session_of
+session_cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False,
+                              description="The console session from POST /auth/login; "
+                                          "changes also need the X-CSRF-Token header")
+SessionCookie = Annotated[str | None, Depends(session_cookie)]
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -91,7 +98,8 @@ def session_principal(request: Request, state: AppState) -> Principal | None:
 
 def get_principal(request: Request, state: StateDep,
                   credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                         Depends(bearer)] = None) -> Principal:
+                                         Depends(bearer)] = None,
+                  _cookie: SessionCookie = None) -> Principal:
     """The caller, from a bearer token or the session cookie; 401 without a valid one."""
     token = credentials.credentials if credentials is not None else None
     if token:
@@ -148,7 +156,8 @@ GridDep = Annotated[Grid, Depends(require_grid)]
 
 
 def get_optional_principal(request: Request, state: StateDep, credentials: Annotated[
-        HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Principal | None:
+        HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+        _cookie: SessionCookie = None) -> Principal | None:
     """The caller if a valid bearer token or session came, else None (Open311 also takes
     ``api_key``; see :func:`token_principal`)."""
     token = credentials.credentials if credentials else None
