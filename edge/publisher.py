@@ -147,6 +147,8 @@ class Publisher:
         self._cursor = 0
         self._connected = threading.Event()
         self.last_error: str | None = None  # why the uplink is not connected, for status
+        self.drops = 0  # connections the broker ended (an ACL denial ends one at once)
+        self.last_drop: str | None = None
         self.client_id = settings.client_id or f"gridwatch-edge-{station_id}-{uuid.uuid4().hex[:8]}"
 
     # paho callbacks run on paho's network thread: they only append and signal, never take
@@ -178,6 +180,11 @@ class Publisher:
                        properties: Any) -> None:
         self._connected.clear()
         self.metrics.connected.set(0)
+        if getattr(reason, "is_failure", False):
+            self.drops += 1
+            self.last_drop = (f"{reason}; if the broker drops the uplink right after each "
+                              f"publish, its ACL may deny this station's topics (the MQTT "
+                              f"user name must be the station id {self.station_id!r})")
         logger.warning("station %s: uplink disconnected (%s); %d in flight kept for re-send, "
                        "%d in the outbox", self.station_id, reason, len(self._inflight),
                        self.outbox.depth)

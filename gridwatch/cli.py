@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "replay",
     "demo",
     "serve",
+    "users",
     "schema",
     "grid",
     "detect",

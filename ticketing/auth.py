@@ -1,4 +1,8 @@
-"""API tokens with roles. Secrets come only from the environment (CONVENTIONS 7).
+"""Roles, the caller (:class:`Principal`) and the machine tokens from the environment.
+
+People sign in with named accounts (:mod:`ticketing.users`: a password for the console's
+session, per-person API tokens for scripts); machines and the break-glass admin use the
+tokens here. Secrets come only from the environment (CONVENTIONS 7).
 
 ``GRIDWATCH_API_TOKENS`` holds comma-separated ``ROLE[/DEPARTMENT]:TOKEN`` entries, and
 ``GRIDWATCH_ADMIN_TOKEN`` one admin token::
@@ -10,6 +14,8 @@ Roles:
   * ``admin`` — everything.
   * ``operator`` — the command centre: reads every ticket, reviews (confirm, dismiss,
     merge), re-routes returned tickets, closes and reopens, sees reports and sources.
+  * ``supervisor`` — the command centre's shift lead: everything an operator may (reads
+    every ticket, reviews, sees the 考核 reports and the source supervision).
   * ``department`` (``department/<name>``) — only its own tickets: reads, accepts,
     returns, resolves. Another department's ticket is "not found".
   * ``ingest`` — creates tickets/reports (``POST /tickets``, Open311 ``POST``), reads none.
@@ -41,24 +47,35 @@ ADMIN_TOKEN_ENV = "GRIDWATCH_ADMIN_TOKEN"
 class Role(str, Enum):  # noqa: UP042 (CONVENTIONS 10)
     ADMIN = "admin"
     OPERATOR = "operator"
+    SUPERVISOR = "supervisor"
     DEPARTMENT = "department"
     INGEST = "ingest"
     INTEGRATOR = "integrator"
 
 
-READ_ALL = frozenset({Role.ADMIN, Role.OPERATOR, Role.INTEGRATOR})
+READ_ALL = frozenset({Role.ADMIN, Role.OPERATOR, Role.SUPERVISOR, Role.INTEGRATOR})
 READ = READ_ALL | {Role.DEPARTMENT}
-CREATE = frozenset({Role.ADMIN, Role.OPERATOR, Role.INGEST, Role.INTEGRATOR})
-SUPERVISE = frozenset({Role.ADMIN, Role.OPERATOR})
+CREATE = frozenset({Role.ADMIN, Role.OPERATOR, Role.SUPERVISOR, Role.INGEST,
+                    Role.INTEGRATOR})
+SUPERVISE = frozenset({Role.ADMIN, Role.OPERATOR, Role.SUPERVISOR})
+# the roles a named person's account may have (ingest and integrator are machines)
+PERSON_ROLES = (Role.OPERATOR, Role.SUPERVISOR, Role.DEPARTMENT, Role.ADMIN)
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a name for the audit log, a role and, for departments, which."""
+    """Who is calling: a name for the audit log, a role and, for departments, which.
+
+    ``name`` is what the audit log records: a person's username, or an environment
+    token's ``ROLE[/DEPARTMENT]``. ``user_id`` is set for a named account (then
+    ``display_name`` is the person's name as shown to people).
+    """
 
     name: str
     role: Role
     department: str | None = None
+    display_name: str | None = None
+    user_id: int | None = None
 
     def __post_init__(self) -> None:
         if (self.role is Role.DEPARTMENT) != (self.department is not None):

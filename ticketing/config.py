@@ -63,6 +63,22 @@ class WebhookSettings(BaseModel):
     interval_s: Annotated[float, Field(gt=0)] = 5.0
 
 
+class AuthSettings(BaseModel):
+    """Console sign-in: session lifetime, the cookie's Secure flag and the failed-login
+    throttle (per username and per client address)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    session_ttl_s: PositiveSeconds = 8 * 3600  # a session ends this long after login
+    # None: Secure when the request came over https (behind a TLS proxy, run uvicorn with
+    # --proxy-headers); true/false: always/never
+    secure_cookie: bool | None = None
+    max_failures_per_user: Annotated[int, Field(ge=1, le=1000)] = 5
+    max_failures_per_address: Annotated[int, Field(ge=1, le=100000)] = 20
+    failure_window_s: PositiveSeconds = 900
+    lockout_s: PositiveSeconds = 900
+
+
 class TicketingSettings(BaseModel):
     """The ``ticketing:`` section of the root config (documented in default.yaml)."""
 
@@ -80,3 +96,4 @@ class TicketingSettings(BaseModel):
     # Redis for live-update fan-out between API replicas; None: in-process only.
     redis_url: str | None = None
     max_page_size: Annotated[int, Field(ge=1, le=10000)] = 500
+    auth: AuthSettings = AuthSettings()

@@ -7,12 +7,13 @@ the foundation schema (``IF NOT EXISTS``, so a database written by the first
 ``SqliteTicketStore`` upgrades in place); version 2 adds the lifecycle; version 3 moves
 each ticket's ``event_ids`` out of the JSON ``body`` into the append-only
 ``ticket_event_ids`` table (a Python step, :func:`_move_event_ids`, runs after its DDL);
-version 6 adds the centre's evidence metadata (``ticketing/evidence.py``).
+version 5 adds named user accounts, their API tokens, login sessions and the failed-login
+counters (:mod:`ticketing.users`, :mod:`ticketing.login`); version 6 adds the centre's
+evidence metadata (``ticketing/evidence.py``).
 
-Versions are assigned per feature and need not be contiguous: each one not yet recorded
-is applied, in ascending order, and ``LATEST`` is the highest.
-
-To change the schema, append a migration; never edit one that has shipped.
+To change the schema, append a migration; never edit one that has shipped. Versions need
+not be contiguous (parallel branches take numbers ahead of time): every version not yet
+recorded is applied, in ascending order.
 """
 
 from __future__ import annotations
@@ -144,6 +145,46 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX ticket_event_ids_added ON ticket_event_ids (added_at)",
         "ALTER TABLE tickets ADD COLUMN event_count INTEGER NOT NULL DEFAULT 0",
     ), run=_move_event_ids),
+    # Named people instead of shared role tokens. A password is stored only as its argon2
+    # hash; an API token and a session cookie only as their SHA-256 (both are random, so a
+    # fast digest suffices and a lookup stays one indexed read). ``auth_epoch`` goes up
+    # when a password is reset: sessions made before it stop working.
+    Migration(5, "users: named accounts, API tokens, login sessions, login throttle", (
+        """CREATE TABLE users (
+            id {serial},
+            username TEXT NOT NULL UNIQUE,
+            display_name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            department TEXT,
+            password_hash TEXT NOT NULL,
+            auth_epoch INTEGER NOT NULL DEFAULT 1,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            disabled_at TEXT)""",
+        """CREATE TABLE user_tokens (
+            id {serial},
+            user_id BIGINT NOT NULL REFERENCES users (id),
+            token_sha256 TEXT NOT NULL UNIQUE,
+            label TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            revoked_at TEXT)""",
+        "CREATE INDEX user_tokens_user ON user_tokens (user_id)",
+        """CREATE TABLE user_sessions (
+            session_sha256 TEXT PRIMARY KEY,
+            user_id BIGINT NOT NULL REFERENCES users (id),
+            auth_epoch INTEGER NOT NULL,
+            csrf_token TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL)""",
+        "CREATE INDEX user_sessions_expires ON user_sessions (expires_at)",
+        """CREATE TABLE login_throttle (
+            throttle_key TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL,
+            window_start TEXT NOT NULL,
+            locked_until TEXT,
+            updated_at TEXT NOT NULL)""",
+        "CREATE INDEX login_throttle_updated ON login_throttle (updated_at)",
+    )),
     # Evidence images kept by the centre (ticketing/evidence.py): metadata here, bytes in
     # the evidence folder or object store. Reading one is authorized by the tickets that
     # hold its detection, found by event id alone: hence the second index.
@@ -162,7 +203,8 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 MIGRATIONS = tuple(sorted(MIGRATIONS, key=lambda m: m.version))
-LATEST = MIGRATIONS[-1].version
+VERSIONS = tuple(m.version for m in MIGRATIONS)
+LATEST = VERSIONS[-1]
 
 
 def migrate(conn: Connection, *, dialect: str, lock_name: str = "gridwatch") -> list[int]:
@@ -180,7 +222,7 @@ def migrate(conn: Connection, *, dialect: str, lock_name: str = "gridwatch") -> 
                       "applied_at TEXT NOT NULL)"))
     done = {int(r[0]) for r in conn.execute(text("SELECT version FROM schema_migrations"))}
     applied = []
-    for migration in MIGRATIONS:
+    for migration in sorted(MIGRATIONS, key=lambda m: m.version):
         if migration.version in done:
             continue
         for statement in migration.statements:

@@ -24,7 +24,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -464,6 +464,15 @@ class SqlTicketStore:
         else:
             with self._lock:
                 yield
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """A write transaction on this database (committed on exit), for the modules
+        that keep tables of their own in it (:mod:`ticketing.users`, ``ticketing.login``)."""
+        return self._write()
+
+    def connection(self) -> AbstractContextManager[Connection]:
+        """A read connection on this database (see :meth:`transaction`)."""
+        return self._read()
 
     def schema_version(self) -> int:
         with self._read() as conn:

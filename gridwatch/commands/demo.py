@@ -220,5 +220,7 @@ def _serve(store: Any, config: Any, grid: Any, host: str, port: int, evidence: A
     print(f"\nAPI: http://{host}:{port}/tickets  (OpenAPI docs at /docs; Ctrl-C to stop)")
     if token:
         print(f"admin token for changes (Authorization: Bearer ...): {token}")
+    print(f"named accounts for POST /auth/login: gridwatch users add NAME --role operator "
+          f"--tickets-url {getattr(store, 'path', 'the demo database')}")
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

@@ -129,6 +129,9 @@ def status(args: argparse.Namespace) -> int:
         print(f"  uplink: {up.get('host')}:{up.get('port')} "
               f"{'connected' if connected else 'disconnected'}"
               + (f" ({up['last_error']})" if not connected and up.get("last_error") else ""))
+        if up.get("drops"):
+            print(f"  uplink dropped by the broker {up['drops']} time(s); last: "
+                  f"{up.get('last_drop')}")
     ob = report["outbox"]
     if ob is None:
         print(f"  outbox: none yet at {config.outbox_path}")

@@ -30,7 +30,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--config", help="YAML merged over configs/default.yaml")
     parser.add_argument("--db", default="gridwatch-data/tickets.db",
                         help="SQLite ticket store, unless $GRIDWATCH_TICKETS_URL or "
-                             "ticketing.storage_url is set (default: %(default)s)")
+                             "ticketing.storage_url is set (default: %(default)s); named "
+                             "accounts (gridwatch users) live in the same database")
     parser.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883",
                         help="broker (mqtt://host:port or mqtts://host:port; "
                              "default: %(default)s)")

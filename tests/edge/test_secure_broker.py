@@ -249,31 +249,67 @@ def test_the_documented_acl_keeps_each_station_under_its_own_topics(tmp_path: Pa
     from paho.mqtt.enums import CallbackAPIVersion
 
     users = {"st-a": "pa", "st-b": "pb", "centre": "pc"}
+    own, spoof = "gridwatch/v1/st-a/smoke-1/detection", "gridwatch/v1/st-b/smoke-1/detection"
+
+    def client(user: str) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique(user))
+        c.username_pw_set(user, users[user])
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        assert wait_until(c.is_connected, 10)
+        return c
+
     with MosquittoProcess(tmp_path / "acl-broker", users=users, acl_file=ACL) as broker:
         got: list[tuple[str, bytes]] = []
-        centre = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("centre"))
-        centre.username_pw_set("centre", "pc")
-        subscribed = []
+        subscribed: list[object] = []
+        centre = client("centre")
         centre.on_subscribe = lambda c, u, mid, codes, p: subscribed.extend(codes)
         centre.on_message = lambda c, u, m: got.append((m.topic, m.payload))
-        centre.connect("127.0.0.1", broker.port)
         centre.subscribe("gridwatch/v1/+/+/detection", qos=1)
-        centre.loop_start()
-        station = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("st-a"))
-        station.username_pw_set("st-a", "pa")
-        station.connect("127.0.0.1", broker.port)
-        station.loop_start()
+        assert wait_until(lambda: bool(subscribed), 10)
+        assert not any(code.is_failure for code in subscribed)  # type: ignore[attr-defined]
+        station = client("st-a")
         try:
-            assert wait_until(lambda: bool(subscribed), 10)
-            assert not any(code.is_failure for code in subscribed)
-            # in order on one session: if the spoof were delivered it would come first
-            for topic, payload in (("gridwatch/v1/st-b/smoke-1/detection", b"spoof"),
-                                   ("gridwatch/v1/st-a/smoke-1/detection", b"own")):
-                station.publish(topic, payload, qos=1).wait_for_publish(10)
-            assert wait_until(lambda: (("gridwatch/v1/st-a/smoke-1/detection", b"own")
-                                       in got), 10), got
-            assert got == [("gridwatch/v1/st-a/smoke-1/detection", b"own")]
+            station.publish(own, b"1", qos=1).wait_for_publish(10)
+            assert wait_until(lambda: (own, b"1") in got, 10), got
+            # Mosquitto 2 drops a publish its ACL denies and disconnects the client
+            station.publish(spoof, b"spoof", qos=1)
+            assert wait_until(lambda: not station.is_connected(), 10)
+            station.loop_stop()
+            station = client("st-a")  # a later message of A's: the spoof would be ahead
+            station.publish(own, b"2", qos=1).wait_for_publish(10)
+            assert wait_until(lambda: (own, b"2") in got, 10), got
+            assert got == [(own, b"1"), (own, b"2")]
         finally:
-            for client in (station, centre):
-                client.loop_stop()
-                client.disconnect()
+            for c in (station, centre):
+                c.loop_stop()
+                c.disconnect()
+
+
+def test_a_station_logged_in_under_another_name_keeps_its_detections(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a box whose MQTT user is not its station_id: the ACL denies every publish, Mosquitto
+    # drops the connection, and the detections stay in the outbox (nothing acknowledged)
+    users = {"st-other": "po", "centre": "pc"}
+    monkeypatch.setenv("GRIDWATCH_TEST_OTHER_PASSWORD", "po")
+    monkeypatch.setenv(CENTRE_PASSWORD_ENV, "pc")
+    with MosquittoProcess(tmp_path / "acl-broker", users=users, acl_file=ACL) as broker:
+        centre = Centre(tmp_path / "centre", isolate=True, connection=MqttConnection(
+            port=broker.port, username="centre", password_env=CENTRE_PASSWORD_ENV,
+            reconnect_max_s=1)).start()
+        station = unique("st")
+        agent = edge_agent(tmp_path / "edge", station, UplinkSettings(
+            host="127.0.0.1", port=broker.port, username="st-other",
+            password_env="GRIDWATCH_TEST_OTHER_PASSWORD", reconnect_max_s=1))
+        agent.start()
+        try:
+            sink_detections(agent, station, 20)
+
+            assert wait_until(lambda: agent.status()["uplink"]["drops"] >= 2, 20), \
+                agent.status()["uplink"]
+            assert agent.outbox.depth == 20
+            assert "ACL may deny this station's topics" in agent.status()["uplink"]["last_drop"]
+        finally:
+            agent.stop()
+            centre.close()
+        assert centre.ingest.stats()["received"] == 0

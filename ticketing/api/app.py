@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from geo.grid import Grid
 from stream.policy import PolicyBook
 from ticketing.api.deps import AppState
+from ticketing.api.routes import auth as auth_routes
 from ticketing.api.routes import events, health, open311, reports, review, tickets
 from ticketing.api.routes import evidence as evidence_routes
 from ticketing.auth import TokenAuth
@@ -28,7 +29,9 @@ from ticketing.config import TicketingSettings
 from ticketing.escalation import Escalator
 from ticketing.events import EventBus, LocalBus, RedisBus, change_message
 from ticketing.evidence import EvidenceStore
+from ticketing.login import Logins
 from ticketing.store import Change, SqlTicketStore
+from ticketing.users import UserStore
 from ticketing.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
                policies: PolicyBook | None = None, grid: Grid | None = None,
                auth: TokenAuth | None = None, bus: EventBus | None = None,
                clock: Callable[[], datetime] = utc_now,
-               run_workers: bool = False,
+               run_workers: bool = False, users: UserStore | None = None,
                evidence: EvidenceStore | None = None) -> FastAPI:
     """Build the ticketing API over ``store``.
 
@@ -61,11 +64,15 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         auth: who may do what. None reads ``GRIDWATCH_ADMIN_TOKEN`` /
             ``GRIDWATCH_API_TOKENS``; if neither is set, a random admin token is made for
             this process and logged once at WARNING (the local demo's default). Every
-            route except ``/healthz`` and the Open311 discovery needs a token, unless
+            route except ``/healthz`` and the Open311 discovery needs a token (or a
+            named account's session, see ``users``), unless
             ``TokenAuth(..., anonymous_read=True)`` is passed explicitly (GETs only).
         bus: live-update fan-out. None: Redis if ``settings.redis_url`` is set, else
             in-process.
         clock: "now" for changes made through the API (tests pass a fixed clock).
+        users: the named accounts people log in with (``/auth/login``) and whose API
+            tokens are accepted; None: those of ``store``'s database
+            (``gridwatch users ...`` manages them).
         run_workers: also run the escalation worker and (if ``settings.webhook.url``)
             the webhook dispatcher inside this process, in background threads. Any
             number of replicas may do so on one database: each escalation and delivery
@@ -94,9 +101,10 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
     auth.ensure_admin_token()
     if bus is None:
         bus = RedisBus(settings.redis_url) if settings.redis_url else LocalBus()
+    users = users or UserStore(store)
     state = AppState(store=store, settings=settings, auth=auth,
                      policies=policies or PolicyBook(), grid=grid, bus=bus, clock=clock,
-                     evidence=evidence)
+                     users=users, logins=Logins(users, settings.auth), evidence=evidence)
 
     def publish(change: Change) -> None:
         state.bus.publish(change_message(change))
@@ -132,7 +140,8 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
                   description="Work orders from sensors and cameras: lifecycle, deadlines, "
                               "review, evaluation, Open311 GeoReport v2, live updates.")
     app.state.gridwatch = state
-    for module in (health, tickets, review, reports, events, open311, evidence_routes):
+    for module in (health, auth_routes, tickets, review, reports, events, open311,
+                   evidence_routes):
         app.include_router(module.router)
     return app
 

@@ -1,11 +1,16 @@
-"""Dependencies: the app's state, the caller (bearer token → principal) and role checks.
+"""Dependencies: the app's state, the caller and role checks.
 
-HTTP errors for authentication and authorisation are raised here; the routes raise the
-rest.
+The caller is found, in this order, from ``Authorization: Bearer <token>`` (an
+environment token, then a person's API token) or from the console's session cookie
+(then a change — any method but GET, HEAD, OPTIONS — needs the session's CSRF token in
+``X-CSRF-Token``). Both give the same :class:`~ticketing.auth.Principal`, so every route
+works with either. HTTP errors for authentication and authorisation are raised here;
+the routes raise the rest.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,7 +18,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from geo.grid import Grid
 from stream.policy import PolicyBook
@@ -21,8 +26,10 @@ from ticketing.auth import ANONYMOUS_READER, CREATE, READ, SUPERVISE, Principal,
 from ticketing.config import TicketingSettings
 from ticketing.events import EventBus
 from ticketing.evidence import EvidenceStore
+from ticketing.login import CSRF_HEADER, SESSION_COOKIE, Logins, Session
 from ticketing.models import Ticket
 from ticketing.store import SqlTicketStore
+from ticketing.users import UserStore
 
 
 @dataclass(slots=True)
@@ -36,6 +43,8 @@ class AppState:
     grid: Grid | None
     bus: EventBus
     clock: Callable[[], datetime]
+    users: UserStore
+    logins: Logins
     evidence: EvidenceStore | None = None  # camera snapshots (None: none kept here)
 
 
@@ -46,22 +55,71 @@ def get_state(request: Request) -> AppState:
 
 StateDep = Annotated[AppState, Depends(get_state)]
 
-bearer = HTTPBearer(auto_error=False, description="An API token (see ticketing.auth)")
+bearer = HTTPBearer(auto_error=False, description="An API token: a person's (gridwatch "
+                                                   "users token issue) or an environment "
+                                                   "token (see ticketing.auth)")
+# declared so the OpenAPI document shows the console's way in; read in session_of
+session_cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False,
+                              description="The console session from POST /auth/login; "
+                                          "changes also need the X-CSRF-Token header")
+SessionCookie = Annotated[str | None, Depends(session_cookie)]
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def token_principal(state: AppState, token: str | None) -> Principal | None:
+    """The caller for a bearer token: an environment token, else a person's API token."""
+    if not token:
+        return None
+    return state.auth.authenticate(token) or state.users.principal_for_token(token)
+
+
+def session_of(request: Request, state: AppState) -> Session | None:
+    """The live session of the request's cookie (kept on ``request.state.session``)."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    session = state.logins.session(cookie, now=state.clock()) if cookie else None
+    request.state.session = session
+    return session
+
+
+def session_principal(request: Request, state: AppState) -> Principal | None:
+    """The caller from the session cookie; 403 for a change without its CSRF token."""
+    session = session_of(request, state)
+    if session is None:
+        return None
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not secrets.compare_digest(sent.encode(), session.csrf_token.encode()):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"a change signed in with the session cookie needs the "
+                                f"session's CSRF token in the {CSRF_HEADER} header "
+                                f"(POST /auth/login and GET /auth/me return it)")
+    return session.principal
 
 
 def get_principal(request: Request, state: StateDep,
                   credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                         Depends(bearer)] = None) -> Principal:
-    """The caller, from ``Authorization: Bearer <token>``; 401 without a valid one."""
+                                         Depends(bearer)] = None,
+                  _cookie: SessionCookie = None) -> Principal:
+    """The caller, from a bearer token or the session cookie; 401 without a valid one."""
     token = credentials.credentials if credentials is not None else None
-    principal = state.auth.authenticate(token)
+    if token:
+        principal = token_principal(state, token)
+        if principal is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API token",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return principal
+    principal = session_principal(request, state)
     if principal is not None:
         return principal
-    if token is None and state.auth.anonymous_read and request.method in ("GET", "HEAD"):
+    if state.auth.anonymous_read and request.method in ("GET", "HEAD"):
         return ANONYMOUS_READER
     raise HTTPException(status.HTTP_401_UNAUTHORIZED,
-                        "missing or unknown API token" if token is None or token
-                        else "missing API token",
+                        "session expired or ended: log in again (POST /auth/login)"
+                        if SESSION_COOKIE in request.cookies
+                        else "missing API token or session (Authorization: Bearer <token>"
+                             " or POST /auth/login)",
                         headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -99,10 +157,15 @@ def require_grid(state: StateDep) -> Grid:
 GridDep = Annotated[Grid, Depends(require_grid)]
 
 
-def get_optional_principal(state: StateDep, credentials: Annotated[
-        HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Principal | None:
-    """The caller if a valid bearer token came, else None (Open311 also takes api_key)."""
-    return state.auth.authenticate(credentials.credentials if credentials else None)
+def get_optional_principal(request: Request, state: StateDep, credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+        _cookie: SessionCookie = None) -> Principal | None:
+    """The caller if a valid bearer token or session came, else None (Open311 also takes
+    ``api_key``; see :func:`token_principal`)."""
+    token = credentials.credentials if credentials else None
+    if token:
+        return token_principal(state, token)
+    return session_principal(request, state)
 
 
 OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]

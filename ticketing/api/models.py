@@ -129,7 +129,8 @@ class TicketAction(BaseModel):
 class AuditEntryPublic(BaseModel):
     ticket_id: str
     at: AwareDatetime
-    actor: str
+    actor: str  # a person's username, an environment token's ROLE[/DEPARTMENT], system:...
+    actor_display_name: str | None = None  # the person's name when actor is an account
     action: str
     from_status: str | None
     to_status: str
@@ -170,3 +171,25 @@ class Problem(BaseModel):
 
     detail: str
     current_version: int | None = None
+
+
+class LoginRequest(BaseModel):
+    """``POST /auth/login``: a named account's username and password."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=128)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class Me(BaseModel):
+    """Who is calling: the audit log's name for them, their role and department, and, for
+    a console session, the CSRF token its changes must send as ``X-CSRF-Token``."""
+
+    username: str
+    display_name: str | None
+    role: str
+    department: str | None
+    auth: Literal["session", "token", "anonymous"]
+    csrf_token: str | None = None
+    expires_at: AwareDatetime | None = None

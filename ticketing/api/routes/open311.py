@@ -15,7 +15,13 @@ from fastapi import APIRouter, Form, HTTPException, Query, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from ticketing.api.deps import GridDep, OptionalPrincipal, StateDep, visibility
+from ticketing.api.deps import (
+    GridDep,
+    OptionalPrincipal,
+    StateDep,
+    token_principal,
+    visibility,
+)
 from ticketing.api.models import Timestamp
 from ticketing.auth import CREATE, READ, Principal, Role
 from ticketing.models import OPEN_STATUSES, Origin, Ticket, TicketStatus, rfc3339
@@ -87,7 +93,7 @@ def _error(code: int, description: str) -> JSONResponse:
 
 def _caller(state: StateDep, principal: Principal | None, api_key: str | None,
             roles: frozenset[Role]) -> Principal:
-    who = principal or state.auth.authenticate(api_key)
+    who = principal or token_principal(state, api_key)
     if who is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or unknown API token",
                             headers={"WWW-Authenticate": "Bearer"})

@@ -110,13 +110,17 @@ def read(ticket_id: str, state: StateDep, principal: Reader,
 
 @router.get("/{ticket_id}/audit", response_model=list[AuditEntryPublic], responses=NOT_FOUND)
 def audit(ticket_id: str, state: StateDep, principal: Reader) -> list[AuditEntryPublic]:
-    """Every change to the ticket, oldest first: who, when, what, why."""
+    """Every change to the ticket, oldest first: who (``actor``: a person's username, with
+    ``actor_display_name``), when, what, why."""
     try:
         get_visible(store=state.store, ticket_id=ticket_id, visible=visibility(principal))
     except TicketNotFound:
         raise not_found(ticket_id) from None
-    return [AuditEntryPublic.model_validate(audit_public(e))
-            for e in state.store.audit(ticket_id)]
+    entries = state.store.audit(ticket_id)
+    names = state.users.display_names(e.actor for e in entries)
+    return [AuditEntryPublic.model_validate({**audit_public(e),
+                                             "actor_display_name": names.get(e.actor)})
+            for e in entries]
 
 
 @router.post("", response_model=TicketPublic, status_code=status.HTTP_201_CREATED,
