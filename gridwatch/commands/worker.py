@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -50,9 +51,11 @@ class StoreSink:
 
     def __init__(self, config: GridWatchConfig, grid: Grid, store: TicketStore) -> None:
         self.store = store
+        # deadline clocks start when the centre receives the work (the wall clock)
         self.desk = IdempotentDesk(TicketDesk(policies=config.policies,
                                               settings=config.ticketing, grid=grid,
-                                              store=store))
+                                              store=store,
+                                              received=lambda: datetime.now(UTC)))
 
     def apply(self, outputs: Sequence[StreamOutput]) -> list[str]:
         from stream.faust_app import StoreUnavailable

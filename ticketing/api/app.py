@@ -21,11 +21,12 @@ from fastapi import FastAPI
 from geo.grid import Grid
 from stream.policy import PolicyBook
 from ticketing.api.deps import AppState
-from ticketing.api.routes import events, health, open311, reports, review, tickets
+from ticketing.api.routes import departments, events, health, open311, reports, review, tickets
 from ticketing.auth import TokenAuth
 from ticketing.config import TicketingSettings
 from ticketing.escalation import Escalator
 from ticketing.events import EventBus, LocalBus, RedisBus, change_message
+from ticketing.routing import Rules
 from ticketing.store import Change, SqlTicketStore
 from ticketing.webhooks import WebhookDispatcher
 
@@ -60,6 +61,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         bus: live-update fan-out. None: Redis if ``settings.redis_url`` is set, else
             in-process.
         clock: "now" for changes made through the API (tests pass a fixed clock).
+            Deadline clocks of reports and actions start at this time.
         run_workers: also run the escalation worker and (if ``settings.webhook.url``)
             the webhook dispatcher inside this process, in background threads. Any
             number of replicas may do so on one database: each escalation and delivery
@@ -67,6 +69,10 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
 
     Returns:
         The FastAPI application (serve it with uvicorn).
+
+    Raises:
+        ValueError: a kind, ``default_kind`` or routing override names a department
+            that is not in ``settings.departments``.
 
     Example (what ``gridwatch demo`` / ``serve`` do)::
 
@@ -85,8 +91,10 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
     auth.ensure_admin_token()
     if bus is None:
         bus = RedisBus(settings.redis_url) if settings.redis_url else LocalBus()
-    state = AppState(store=store, settings=settings, auth=auth,
-                     policies=policies or PolicyBook(), grid=grid, bus=bus, clock=clock)
+    policies = policies or PolicyBook()
+    rules = Rules(policies, settings)  # ValueError: a kind's department is not registered
+    state = AppState(store=store, settings=settings, auth=auth, policies=policies,
+                     grid=grid, bus=bus, clock=clock, rules=rules)
 
     def publish(change: Change) -> None:
         state.bus.publish(change_message(change))
@@ -119,7 +127,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
                   description="Work orders from sensors and cameras: lifecycle, deadlines, "
                               "review, evaluation, Open311 GeoReport v2, live updates.")
     app.state.gridwatch = state
-    for module in (health, tickets, review, reports, events, open311):
+    for module in (health, tickets, review, reports, departments, events, open311):
         app.include_router(module.router)
     return app
 

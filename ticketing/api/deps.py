@@ -21,6 +21,7 @@ from ticketing.auth import ANONYMOUS_READER, CREATE, READ, SUPERVISE, Principal,
 from ticketing.config import TicketingSettings
 from ticketing.events import EventBus
 from ticketing.models import Ticket
+from ticketing.routing import Rules
 from ticketing.store import SqlTicketStore
 
 
@@ -35,6 +36,7 @@ class AppState:
     grid: Grid | None
     bus: EventBus
     clock: Callable[[], datetime]
+    rules: Rules  # routing, departments and deadlines (checked at start-up)
 
 
 def get_state(request: Request) -> AppState:
