@@ -175,6 +175,11 @@ def apply_action(ticket: Ticket, request: ActionRequest, *, actor: str, at: date
     action = request.action
     if action in CLOCK_ACTIONS and rules is None:
         raise TypeError(f"{action.value} needs the routing rules (rules=Rules(...))")
+    if (request.department is not None or request.level is not None) and \
+            action not in CLOCK_ACTIONS:
+        raise ActionInvalid(f"{action.value} takes no department or level (confirm, "
+                            f"dispatch, recall and reclassify do)", field="department")
+    before_kind = ticket.kind
     edges = TRANSITIONS[action]
     before = ticket.status
     if before not in edges:
@@ -224,8 +229,11 @@ def apply_action(ticket: Ticket, request: ActionRequest, *, actor: str, at: date
             # on, so returning cannot buy time (no kicking the ball)
             data["clock"] = clock_record(ticket)
     elif action is Action.RECALL:
+        assert rules is not None
         reason = _require(request.reason, "reason", action)
-        data.update(reason=reason, department=ticket.department)
+        data.update(reason=reason, department_from=ticket.department)
+        if request.department is not None or request.level is not None:
+            _reroute(ticket, request, rules, data)  # where it should go after review
         ticket.review_reason = ReviewReason.RECALLED
         note = note or reason
     elif action is Action.RECLASSIFY:
@@ -237,12 +245,16 @@ def apply_action(ticket: Ticket, request: ActionRequest, *, actor: str, at: date
                 field="kind")
         policy = rules.policies.for_kind(kind)
         route = rules.route(kind, _cell_of(ticket))
-        data.update(kind_from=ticket.kind, kind_to=kind, department_from=ticket.department,
-                    department_to=route.department, priority_to=policy.priority)
-        moved = after is S.DISPATCHED and route.department != ticket.department
+        previous = ticket.department
         ticket.kind, ticket.label, ticket.priority = kind, policy.label, policy.priority
         ticket.level, ticket.unit, ticket.department = (route.level.value, route.unit,
                                                         route.department)
+        if request.department is not None or request.level is not None:
+            _reroute(ticket, request, rules, data)  # the operator overrides the route
+        data.update(kind_from=data.get("kind_from", before_kind), kind_to=kind,
+                    department_from=previous, department_to=ticket.department,
+                    priority_to=policy.priority)
+        moved = after is S.DISPATCHED and ticket.department != previous
         if not moved:
             rules.reprice(ticket)  # the same holder: the same clock, the new kind's time
             data["clock"] = clock_record(ticket)

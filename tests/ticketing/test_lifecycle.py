@@ -123,7 +123,8 @@ def test_merge_refusals(into_status: S, into_self: bool, error: str) -> None:
 def test_a_merged_ticket_cannot_be_reopened() -> None:
     ticket = make_ticket(status=S.CLOSED, merged_into="GW-x")
     with pytest.raises(TransitionError, match="merged into GW-x"):
-        apply_action(ticket, ActionRequest(Action.REOPEN, reason="r"), actor="o", at=AT, rules=RULES)
+        apply_action(ticket, ActionRequest(Action.REOPEN, reason="r"), actor="o", at=AT,
+                     rules=RULES)
 
 
 def test_resolve_records_time_and_whether_on_time() -> None:
