@@ -332,6 +332,7 @@ def test_open311(client: TestClient, as_role: Headers, store) -> None:  # type: 
         "open", "fire_rescue", 1.5, 0.5)
     assert req["extended_attributes"]["cell_id"] == "C10"
     assert req["extended_attributes"]["due_at"] == "2026-05-04T06:30:00Z"
+    assert req["extended_attributes"]["review_reason"] is None  # dispatched, not reviewed
     listed = client.get("/open311/v2/requests.json", params={
         "api_key": "tok-int", "status": "open", "service_code": "smoke"})
     assert [r["service_request_id"] for r in listed.json()] == [request_id]
