@@ -308,9 +308,16 @@ def _reroute(ticket: Ticket, request: ActionRequest, rules: Rules,
     """Send the ticket to ``request.department`` (a registered one) and/or level."""
     if request.department is not None:
         try:
-            ticket.department = rules.department(request.department.strip())
+            department = rules.department(request.department.strip())
         except UnknownDepartment as exc:
             raise ActionInvalid(str(exc), field="department") from None
+        serves = rules.settings.departments[department].serves
+        units = [u for u in (ticket.village, ticket.town, ticket.district) if u]
+        if serves and not set(units) & set(serves):
+            raise ActionInvalid(
+                f"department {department!r} does not serve {' / '.join(units) or 'this cell'}"
+                f" (it serves: {', '.join(serves)})", field="department")
+        ticket.department = department
     if request.level is not None:
         ticket.level = request.level.value
         ticket.unit = unit_for(ticket, request.level)

@@ -11,13 +11,15 @@ import yaml
 from fastapi.testclient import TestClient
 
 from gridwatch.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from stream.policy import KindPolicy, PolicyBook
+from stream.policy import KindPolicy, Level, PolicyBook
 from tests.builders import make_grid
-from tests.ticketing.builders import make_auth
+from tests.ticketing.builders import make_auth, make_rules, make_ticket
 from ticketing.api.app import create_app
 from ticketing.config import RoutingOverride, TicketingSettings
 from ticketing.departments import DEFAULT_DEPARTMENTS, Department
 from ticketing.desk import TicketDesk
+from ticketing.lifecycle import Action, ActionInvalid, ActionRequest, apply_action
+from ticketing.models import TicketStatus
 from ticketing.store import MemoryTicketStore
 
 Headers = dict[str, dict[str, str]]
@@ -165,3 +167,20 @@ def test_reclassify_to_an_unknown_kind_is_422_naming_the_kinds(client: TestClien
     assert error["msg"] == "unknown kind 'parking' (valid: door_forced, smoke)"
     missing = _act(client, as_role["operator"], ticket, "reclassify")
     assert missing.status_code == 422 and "reclassify needs a kind" in missing.text
+
+
+def test_a_department_that_does_not_serve_the_cell_is_refused() -> None:
+    registry = dict(DEFAULT_DEPARTMENTS)
+    registry["townb_office"] = Department(name_zh="乙镇办", name_en="TownB office",
+                                          level=Level.TOWN, serves=["TownB"])
+    rules = make_rules(departments=registry)
+    ticket = make_ticket(status=TicketStatus.RETURNED)  # in TownA / V0
+    with pytest.raises(ActionInvalid, match=r"'townb_office' does not serve V0 / TownA / D1 "
+                                            r"\(it serves: TownB\)"):
+        apply_action(ticket, ActionRequest(Action.DISPATCH, department="townb_office"),
+                     actor="ops", at=ticket.opened_at, rules=rules)
+    assert ticket.department == "fire_rescue"
+    there = make_ticket(status=TicketStatus.RETURNED, town="TownB", village="V2")
+    apply_action(there, ActionRequest(Action.DISPATCH, department="townb_office"),
+                 actor="ops", at=there.opened_at, rules=rules)
+    assert there.department == "townb_office"
