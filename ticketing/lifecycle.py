@@ -8,10 +8,14 @@
           ▼                      ▼  │                 ▼                  ▼                ▼
       dismissed ◄──dismiss── returned ◄──────────── returned          reopened ◄──────────┘
                                                                   (accept / return)
+    dispatched / accepted / returned / reopened ─recall─► pending_review
+    pending_review, dispatched, returned ─reclassify─► (same, returned → dispatched)
 
-Confirm, dispatch, recall and reclassify start a new deadline clock for whoever holds
-the ticket next (:meth:`ticketing.routing.Rules.start_clock`): a unit's clock starts when
-the work reaches it, and the cards of an earlier holder stay on that holder's record.
+Confirm, dispatch (to another department), recall and reclassify (to another
+department) start a new deadline clock for whoever holds the ticket next
+(:meth:`ticketing.routing.Rules.start_clock`): a unit's clock starts when the work
+reaches it, and the cards of an earlier holder stay on that holder's record. Departments
+are checked against the registry (``ActionInvalid`` naming the valid ids).
 
 Every applied action yields :class:`AuditEntry` records (actor, time, note). A refused
 action raises :class:`TransitionError` saying why. A ticket returned for the second time
