@@ -247,6 +247,8 @@ def apply_action(ticket: Ticket, request: ActionRequest, *, actor: str, at: date
             raise ActionInvalid(
                 f"unknown kind {kind!r} (valid: {', '.join(sorted(rules.policies.kinds))})",
                 field="kind")
+        if request.department is not None:
+            _department(ticket, request.department, rules)  # refused before any change
         policy = rules.policies.for_kind(kind)
         route = rules.route(kind, _cell_of(ticket))
         previous = ticket.department
@@ -255,7 +257,7 @@ def apply_action(ticket: Ticket, request: ActionRequest, *, actor: str, at: date
                                                         route.department)
         if request.department is not None or request.level is not None:
             _reroute(ticket, request, rules, data)  # the operator overrides the route
-        data.update(kind_from=data.get("kind_from", before_kind), kind_to=kind,
+        data.update(kind_from=before_kind, kind_to=kind,
                     department_from=previous, department_to=ticket.department,
                     priority_to=policy.priority)
         moved = after is S.DISPATCHED and ticket.department != previous
@@ -311,21 +313,26 @@ def _reroute(ticket: Ticket, request: ActionRequest, rules: Rules,
              data: dict[str, Any]) -> None:
     """Send the ticket to ``request.department`` (a registered one) and/or level."""
     if request.department is not None:
-        try:
-            department = rules.department(request.department.strip())
-        except UnknownDepartment as exc:
-            raise ActionInvalid(str(exc), field="department") from None
-        serves = rules.settings.departments[department].serves
-        units = [u for u in (ticket.village, ticket.town, ticket.district) if u]
-        if serves and not set(units) & set(serves):
-            raise ActionInvalid(
-                f"department {department!r} does not serve {' / '.join(units) or 'this cell'}"
-                f" (it serves: {', '.join(serves)})", field="department")
-        ticket.department = department
+        ticket.department = _department(ticket, request.department, rules)
     if request.level is not None:
         ticket.level = request.level.value
         ticket.unit = unit_for(ticket, request.level)
     data.update(department=ticket.department, level=ticket.level, unit=ticket.unit)
+
+
+def _department(ticket: Ticket, department: str, rules: Rules) -> str:
+    """``department`` if it is registered and serves one of the ticket's units."""
+    try:
+        department = rules.department(department.strip())
+    except UnknownDepartment as exc:
+        raise ActionInvalid(str(exc), field="department") from None
+    serves = rules.settings.departments[department].serves
+    units = [u for u in (ticket.village, ticket.town, ticket.district) if u]
+    if serves and not set(units) & set(serves):
+        raise ActionInvalid(
+            f"department {department!r} does not serve {' / '.join(units) or 'this cell'}"
+            f" (it serves: {', '.join(serves)})", field="department")
+    return department
 
 
 def _cell_of(ticket: Ticket) -> Cell:

@@ -134,3 +134,18 @@ def test_resolve_records_time_and_whether_on_time() -> None:
                            at=late, rules=RULES)
     assert ticket.resolved_at == late
     assert entries[0].data == {"on_time": False}
+
+
+@pytest.mark.parametrize("request_", [
+    ActionRequest(Action.RECLASSIFY, kind="door_forced", department="no_such_dept"),
+    ActionRequest(Action.RECLASSIFY, kind="parking"),
+    ActionRequest(Action.DISPATCH, department="no_such_dept"),
+    ActionRequest(Action.CONFIRM, department="no_such_dept"),
+])
+def test_a_refused_reroute_leaves_the_ticket_as_it_was(request_: ActionRequest) -> None:
+    status = S.PENDING_REVIEW if request_.action is Action.CONFIRM else S.RETURNED
+    ticket = make_ticket(status=status)
+    before = ticket.copy()
+    with pytest.raises(ActionInvalid):
+        apply_action(ticket, request_, actor="o", at=AT, rules=RULES)
+    assert ticket == before
