@@ -275,7 +275,8 @@ def test_a_source_above_the_threshold_stops_auto_dispatching(
     [stats] = client.get("/sources", headers=ops).json()
     assert stats["false_positive_rate"] == 1.0 and stats["auto_dispatch_suspended"]
     gated = _create(client, as_role, source_id="st1/smoke-bad")
-    assert (gated["status"], gated["review"]) == ("pending_review", "pending_review")
+    assert (gated["status"], gated["review"], gated["review_reason"]) == (
+        "pending_review", "pending_review", "source_suspended")
     assert _create(client, as_role, source_id="st1/smoke-good")["status"] == "dispatched"
 
 

@@ -42,6 +42,9 @@ def test_a_noisy_source_goes_to_review_instead_of_dispatch(store) -> None:  # ty
     gated = desk.apply(_event(9, source="st1/noisy", cell="C22"))
     assert (gated.status, gated.review.value) == (TicketStatus.PENDING_REVIEW,
                                                   "pending_review")
+    # why, and on review's clock (not the unit's): due review_sla_s after receipt
+    assert (gated.review_reason.value, gated.dispatched_at) == ("source_suspended", None)  # type: ignore[union-attr]
+    assert gated.due_at == gated.opened_at + timedelta(seconds=1800)
     assert desk.apply(_event(10, source="st1/fine", cell="C21")).status is \
         TicketStatus.DISPATCHED
 
