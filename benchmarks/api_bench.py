@@ -61,8 +61,8 @@ def serve(url: str, schema: str | None, port: int) -> None:
     from ticketing.store import SqlTicketStore
 
     store = SqlTicketStore(url, schema=schema)
-    policies = PolicyBook(kinds={"smoke": KindPolicy(level=Level.TOWN, department="fire",
-                                                     priority="P1", auto_dispatch=True)})
+    policies = PolicyBook(kinds={"smoke": KindPolicy(
+        level=Level.TOWN, department="fire_rescue", priority="P1", auto_dispatch=True)})
     auth = TokenAuth.from_mapping({TOKENS["ops"]: Principal("ops", Role.OPERATOR),
                                    TOKENS["ingest"]: Principal("ingest", Role.INGEST)})
     app = create_app(store=store, policies=policies, grid=_grid(), auth=auth)

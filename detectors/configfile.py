@@ -45,8 +45,9 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     """``source: a.b.c: message; d: message`` for every error pydantic found."""
     parts = []
     for error in exc.errors(include_url=False):
-        field = ".".join(str(p) for p in error["loc"]) or "<top level>"
-        parts.append(f"{field}: {error['msg']}")
+        field = ".".join(str(p) for p in error["loc"])
+        # a check across fields (a model validator) names its own paths in the message
+        parts.append(f"{field}: {error['msg']}" if field else error["msg"])
     return f"{source}: " + "; ".join(parts)
 
 

@@ -14,13 +14,15 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from detectors.configfile import ConfigFileError, read_yaml_mapping, validate_config
 from gridwatch.errors import UserError
 from stream.hotspot import HotspotSettings
 from stream.policy import KindPolicy, PolicyBook, StreamSettings
 from ticketing.config import TicketingSettings
+from ticketing.departments import config_errors
 from ticketing.evidence import EvidenceSettings
 
 DEFAULT_CONFIG_PACKAGE = "configs"
@@ -57,6 +59,17 @@ class GridWatchConfig(BaseModel):
     @property
     def policies(self) -> PolicyBook:
         return PolicyBook(kinds=self.kinds, default_kind=self.default_kind)
+
+    @model_validator(mode="after")
+    def _departments_exist(self) -> GridWatchConfig:
+        # every kind's / override's department must be in ticketing.departments: a work
+        # order sent to an unknown unit is invisible to everyone who could handle it
+        errors = config_errors(
+            self.policies, registry=self.ticketing.departments,
+            override_departments=[r.department for r in self.ticketing.routing_overrides])
+        if errors:
+            raise PydanticCustomError("unknown_department", "; ".join(errors))
+        return self
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

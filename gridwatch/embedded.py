@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy.exc
@@ -72,6 +73,11 @@ STORE_UNAVAILABLE = (OSError, sqlite3.OperationalError, sqlalchemy.exc.Operation
                      sqlalchemy.exc.InterfaceError)
 
 _STOP = object()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
 _ACCEPTED = SubmitResult(True)
 _DUPLICATE = SubmitResult(True, duplicate=True)
 
@@ -119,9 +125,11 @@ class EmbeddedPipeline:
         # the desk works on a write-behind copy per batch: each touched ticket is written
         # once per batch, in one transaction, instead of once per detection
         self._batching = BatchingStore(store) if isinstance(store, SqlTicketStore) else None
-        self._core = Pipeline(live, grid, self._batching or store)
+        # deadline clocks start when the centre receives the work (wall clock), not at
+        # the observation (an edge box's backlog must not arrive overdue)
+        self._core = Pipeline(live, grid, self._batching or store, received=_utc_now)
         self._direct_desk = TicketDesk(policies=live.policies, settings=live.ticketing,
-                                       grid=grid, store=store)
+                                       grid=grid, store=store, received=_utc_now)
         self._ids = EventIdFilter(config.stream.dedup_horizon_s)
         self._ids_lock = threading.Lock()
         # event id -> callbacks of its repeats, while the first copy is queued and not yet

@@ -13,8 +13,9 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import islice
 from operator import attrgetter
 from pathlib import Path
@@ -103,7 +104,8 @@ class ReplayResult:
 class Pipeline:
     """Stream + desk over one store: what replay and the embedded service both run."""
 
-    def __init__(self, config: GridWatchConfig, grid: Grid, store: TicketStore) -> None:
+    def __init__(self, config: GridWatchConfig, grid: Grid, store: TicketStore, *,
+                 received: Callable[[], datetime] | None = None) -> None:
         self.config = config
         self.grid = grid
         self.store = store
@@ -111,8 +113,10 @@ class Pipeline:
         self._cell_ids: list[str | None] = [*(c.cell_id for c in grid.cells), None]
         self.processor = StreamProcessor(config.stream, config.policies,
                                          HotspotEngine(config.hotspot, grid))
+        # received: when the centre got the work (live: the wall clock); None (replay):
+        # deadline clocks start at event time, so replay stays deterministic
         self.desk = TicketDesk(policies=config.policies, settings=config.ticketing,
-                               grid=grid, store=store)
+                               grid=grid, store=store, received=received)
 
     def cells_for(self, detections: list[Detection]) -> list[str | None]:
         if not detections:

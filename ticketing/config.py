@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from stream.policy import Level, Priority
+from ticketing.departments import DEFAULT_DEPARTMENTS, Department, DepartmentId
 
 DEFAULT_SLA_S: dict[Priority, int] = {"P1": 2 * 3600, "P2": 24 * 3600, "P3": 72 * 3600,
                                       "P4": 7 * 86400}
@@ -86,6 +87,12 @@ class TicketingSettings(BaseModel):
 
     sla_s: dict[Priority, Annotated[int, Field(gt=0)]] = Field(
         default_factory=lambda: dict(DEFAULT_SLA_S))
+    # operator review's own target: a ticket waiting for review is due this long after
+    # the centre received it (or after a recall); the unit's clock starts at dispatch
+    review_sla_s: PositiveSeconds = 1800
+    # the registry of departments (id -> names, level, units served, webhook)
+    departments: dict[DepartmentId, Department] = Field(
+        default_factory=lambda: dict(DEFAULT_DEPARTMENTS))
     routing_overrides: list[RoutingOverride] = Field(default_factory=list)
     # sqlite:///path, postgresql://user@host/db; None: the runtime's default SQLite file.
     # A password belongs in GRIDWATCH_TICKETS_URL (environment), not here.

@@ -1,19 +1,25 @@
 """The desk: incident events and hot-spot findings in, tickets upserted out.
 
-Pure logic over a :class:`~ticketing.store.TicketStore`; reads no clock (every time it
-writes comes from the events), so replay is deterministic.
+Pure logic over a :class:`~ticketing.store.TicketStore`; reads no clock of its own. Event
+times come from the stream outputs; when the centre *received* the work (where a unit's
+deadline clock starts) comes from the ``received`` clock the runtime passes in: the live
+services pass the wall clock, so a ticket opened from an old observation (an edge box's
+backlog after an outage) is not overdue the moment it is created; replay passes none,
+and the clock starts at event time, so the same input gives the same tickets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from geo.grid import Cell, Grid
 from stream.policy import KindPolicy, PolicyBook
 from stream.types import HotspotFinding, IncidentEvent
 from ticketing.config import TicketingSettings
-from ticketing.models import Review, Ticket, TicketStatus, ticket_id_for
-from ticketing.routing import due_at, route_for
+from ticketing.models import Review, ReviewReason, Ticket, TicketStatus, ticket_id_for
+from ticketing.routing import Rules
 from ticketing.store import TicketStore, VersionConflict
 
 MAX_SNAPSHOTS = 10
@@ -28,15 +34,27 @@ class DeskStats:
 
 class TicketDesk:
     """Opens a ticket per new incident chain, or joins the open ticket of the cell and
-    kind; the same for hot-spot findings."""
+    kind; the same for hot-spot findings.
+
+    ``received`` is the runtime's clock for when the centre receives a stream output
+    (the live services: the wall clock); None (replay) uses the output's event time.
+    Deadline clocks start at the later of the two. Raises ``ValueError`` if a kind or
+    routing override names a department that is not in ``settings.departments``."""
 
     def __init__(self, *, policies: PolicyBook, settings: TicketingSettings, grid: Grid,
-                 store: TicketStore) -> None:
+                 store: TicketStore, received: Callable[[], datetime] | None = None) -> None:
         self.policies = policies
         self.settings = settings
+        self.rules = Rules(policies, settings)
         self.grid = grid
         self.store = store
+        self.received = received
         self.stats = DeskStats()
+
+    def _received_at(self, event_time: datetime) -> datetime:
+        if self.received is None:
+            return event_time
+        return max(event_time, self.received())
 
     def apply(self, output: IncidentEvent | HotspotFinding) -> Ticket:
         """Open or update the ticket for one stream output.
@@ -73,30 +91,35 @@ class TicketDesk:
         return bool(suspended) and any(s in suspended for s in source_ids)
 
     # -- review ---------------------------------------------------------------------
-    def _review_for(self, kind: str, policy: KindPolicy, confidence: float) -> Review:
-        if not self.policies.is_known(kind) or not policy.auto_dispatch:
-            return Review.PENDING_REVIEW
-        if confidence < policy.review_below_confidence:
-            return Review.PENDING_REVIEW
-        return Review.AUTO_DISPATCHED
+    def _review_reason(self, kind: str, policy: KindPolicy,
+                       confidence: float) -> ReviewReason | None:
+        """Why a ticket of ``kind`` at ``confidence`` needs an operator (None: it does
+        not, it is dispatched)."""
+        return review_reason(self.policies, kind, policy, confidence)
 
-    def _maybe_auto_dispatch(self, ticket: Ticket, policy: KindPolicy) -> None:
+    def _maybe_auto_dispatch(self, ticket: Ticket, policy: KindPolicy,
+                             at: datetime) -> None:
         # a low-confidence start that is later confirmed by a confident detection goes
-        # out without waiting for an operator (nobody has touched it yet: version 1 path)
+        # out without waiting for an operator (nobody has touched it yet: version 1 path);
+        # the unit's clock starts now, when it receives the work
         if ticket.status is TicketStatus.PENDING_REVIEW and \
                 ticket.review is Review.PENDING_REVIEW and \
-                self._review_for(ticket.kind, policy, ticket.max_confidence) \
-                is Review.AUTO_DISPATCHED:
+                ticket.review_reason is not ReviewReason.RECALLED and \
+                self._review_reason(ticket.kind, policy, ticket.max_confidence) is None:
             ticket.review = Review.AUTO_DISPATCHED
             ticket.status = TicketStatus.DISPATCHED
+            self.rules.start_clock(ticket, max(self._received_at(at), ticket.clock_start))
 
     def _new_ticket(self, *, kind: str, cell: Cell, seed: str, policy: KindPolicy,
-                    opened_at, lon: float, lat: float, confidence: float) -> Ticket:  # type: ignore[no-untyped-def]
-        route = route_for(kind, cell, policy, self.settings)
-        review = self._review_for(kind, policy, confidence)
+                    opened_at: datetime, lon: float, lat: float,
+                    confidence: float) -> Ticket:
+        route = self.rules.route(kind, cell)
+        reason = self._review_reason(kind, policy, confidence)
+        review = Review.PENDING_REVIEW if reason is not None else Review.AUTO_DISPATCHED
         status = (TicketStatus.DISPATCHED if review is Review.AUTO_DISPATCHED
                   else TicketStatus.PENDING_REVIEW)
-        return Ticket(
+        received = self._received_at(opened_at)
+        ticket = Ticket(
             ticket_id=ticket_id_for(kind, cell.cell_id, seed),
             kind=kind,
             cell_id=cell.cell_id,
@@ -110,13 +133,27 @@ class TicketDesk:
             review=review,
             priority=policy.priority,
             opened_at=opened_at,
-            due_at=due_at(opened_at, policy.priority, policy, self.settings),
+            due_at=opened_at,  # set by _clock below
             updated_at=opened_at,
             lon=lon,
             lat=lat,
             max_confidence=confidence,
             label=policy.label,
+            received_at=received,
+            review_reason=reason,
         )
+        self._clock(ticket, received)
+        return ticket
+
+    def _clock(self, ticket: Ticket, start: datetime) -> None:
+        """The first clock of a ticket the desk has just made (review or the unit's)."""
+        ticket.clock_started_at = start
+        if ticket.status is TicketStatus.PENDING_REVIEW:
+            ticket.dispatched_at = None
+            ticket.due_at = self.rules.review_due_at(start)
+        else:
+            ticket.dispatched_at = start
+            ticket.due_at = self.rules.unit_due_at(ticket, start)
 
     # -- incidents ------------------------------------------------------------------
     def on_incident(self, event: IncidentEvent) -> Ticket:
@@ -154,9 +191,14 @@ class TicketDesk:
         if incident.last_at > ticket.updated_at:
             ticket.updated_at = incident.last_at
         if incident.opened_at < ticket.opened_at:
-            # a late delivery moved the start earlier; the deadline follows the start
+            # a late delivery moved the start earlier; on event time (replay) the first
+            # clock started at the start and follows it; a clock started on receipt
+            # (live) or by an operator stays
+            if self.received is None and ticket.clock_seq == 1 and \
+                    ticket.clock_start == ticket.opened_at:
+                ticket.received_at = incident.opened_at
+                self._clock(ticket, incident.opened_at)
             ticket.opened_at = incident.opened_at
-            ticket.due_at = due_at(ticket.opened_at, ticket.priority, policy, self.settings)
         _add_new(ticket.source_ids, incident.source_ids)
         for url in incident.snapshot_urls:
             if url not in ticket.snapshot_urls and len(ticket.snapshot_urls) < MAX_SNAPSHOTS:
@@ -166,8 +208,10 @@ class TicketDesk:
             if is_new and ticket.review is Review.AUTO_DISPATCHED:
                 ticket.review = Review.PENDING_REVIEW
                 ticket.status = TicketStatus.PENDING_REVIEW
+                ticket.review_reason = ReviewReason.SOURCE_SUSPENDED
+                self._clock(ticket, ticket.clock_start)
         else:
-            self._maybe_auto_dispatch(ticket, policy)
+            self._maybe_auto_dispatch(ticket, policy, incident.last_at)
         self.store.save(ticket, incident_id=link)
         return ticket
 
@@ -217,6 +261,19 @@ class TicketDesk:
                 ticket.snapshot_urls.append(url)
         self.store.save(ticket)
         return ticket
+
+
+def review_reason(policies: PolicyBook, kind: str, policy: KindPolicy,
+                  confidence: float) -> ReviewReason | None:
+    """Why a new ticket goes to operator review instead of its unit, or None (the desk and
+    API / Open311 reports share it; a suspended source is checked by the caller)."""
+    if not policies.is_known(kind):
+        return ReviewReason.UNKNOWN_KIND
+    if not policy.auto_dispatch:
+        return ReviewReason.AUTO_DISPATCH_OFF
+    if confidence < policy.review_below_confidence:
+        return ReviewReason.LOW_CONFIDENCE
+    return None
 
 
 def _add_new(values: list[str], more: list[str]) -> None:

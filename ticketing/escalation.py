@@ -1,5 +1,5 @@
 """Deadline supervision: due-soon reminders, yellow cards at the deadline, red cards
-(督办) at twice the time allowed.
+(督办) at twice the time allowed, each recorded against the unit that held the ticket.
 
 Deadlines are data (``due_at`` on the ticket, stage in ``escalation``), not in-process
 timers: any worker can pick them up after a restart. The worker is told "now", so tests
@@ -69,7 +69,10 @@ def escalate(ticket: Ticket, stages: list[Escalation], *, at: datetime,
         entries.append(AuditEntry(
             ticket_id=ticket.ticket_id, at=at, actor=actor, action="escalate",
             from_status=ticket.status.value, to_status=ticket.status.value, note=note,
+            # the card is the holder's: the unit (or operator review, phase "review")
+            # that had the ticket when this clock's deadline passed
             data={"stage": stage.value, "department": ticket.department,
+                  "phase": ticket.phase, "clock_seq": ticket.clock_seq,
                   "level": ticket.level, "unit": ticket.unit,
                   "due_at": ticket.due_at.isoformat(), "overdue_s": overdue_s}))
         ticket.escalation = stage
@@ -81,6 +84,7 @@ class EscalationRecord:
     ticket_id: str
     stage: Escalation
     department: str
+    phase: str = "unit"  # "review": the card is operator review's, not the department's
 
 
 class Escalator:
@@ -115,8 +119,8 @@ class Escalator:
                 # another worker took it, or the ticket changed: the next pass re-reads
                 log.debug("skipped %s: %s", candidate.ticket_id, exc)
                 continue
-            done.extend(EscalationRecord(ticket.ticket_id, s, ticket.department)
-                        for s in stages)
+            done.extend(EscalationRecord(ticket.ticket_id, s, ticket.department,
+                                         ticket.phase) for s in stages)
         if done:
             log.info("escalated %d step(s) at %s", len(done), now.isoformat())
         return done

@@ -7,9 +7,10 @@ the foundation schema (``IF NOT EXISTS``, so a database written by the first
 ``SqliteTicketStore`` upgrades in place); version 2 adds the lifecycle; version 3 moves
 each ticket's ``event_ids`` out of the JSON ``body`` into the append-only
 ``ticket_event_ids`` table (a Python step, :func:`_move_event_ids`, runs after its DDL);
-version 5 adds named user accounts, their API tokens, login sessions and the failed-login
-counters (:mod:`ticketing.users`, :mod:`ticketing.login`); version 6 adds the centre's
-evidence metadata (``ticketing/evidence.py``).
+version 4 records each card against the unit that held the ticket and per deadline clock
+(:func:`_cards_per_unit`); version 5 adds named user accounts, their API tokens, login
+sessions and the failed-login counters (:mod:`ticketing.users`, :mod:`ticketing.login`);
+version 6 adds the centre's evidence metadata (``ticketing/evidence.py``).
 
 To change the schema, append a migration; never edit one that has shipped. Versions need
 not be contiguous (parallel branches take numbers ahead of time): every version not yet
@@ -61,6 +62,36 @@ def _move_event_ids(conn: Connection, dialect: str) -> None:
                           " WHERE ticket_id = :t"),
                      {"body": json.dumps(body, sort_keys=True, ensure_ascii=False),
                       "n": len(event_ids), "t": row.ticket_id})
+
+
+def _cards_per_unit(conn: Connection, dialect: str) -> None:
+    """Version 4: copy the cards into ``escalations_v4`` with the unit that held the
+    ticket (from the escalator's audit entry, else the ticket's department), all on the
+    first clock, then put the new table in the old one's place."""
+    rows = conn.execute(text(
+        "SELECT e.ticket_id, e.stage, e.at, e.actor, t.department, t.level, t.due_at"
+        " FROM escalations e LEFT JOIN tickets t ON t.ticket_id = e.ticket_id")).fetchall()
+    for row in rows:
+        audit = conn.execute(text(
+            "SELECT data FROM ticket_events WHERE ticket_id = :t AND action = 'escalate'"
+            " ORDER BY id"), {"t": row.ticket_id}).fetchall()
+        data: dict[str, object] = {}
+        for entry in audit:
+            candidate = json.loads(entry.data)
+            if candidate.get("stage") == row.stage:
+                data = candidate
+                break
+        conn.execute(text(
+            "INSERT INTO escalations_v4 (ticket_id, clock_seq, stage, at, actor, department,"
+            " phase, level, unit, due_at) VALUES (:t, 1, :stage, :at, :actor, :department,"
+            " 'unit', :level, :unit, :due_at)"),
+            {"t": row.ticket_id, "stage": row.stage, "at": row.at, "actor": row.actor,
+             "department": data.get("department") or row.department or "",
+             "level": data.get("level") or row.level, "unit": data.get("unit"),
+             "due_at": row.due_at})
+    conn.execute(text("DROP TABLE escalations"))
+    conn.execute(text("ALTER TABLE escalations_v4 RENAME TO escalations"))
+    conn.execute(text("CREATE INDEX escalations_department ON escalations (department, at)"))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -145,6 +176,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX ticket_event_ids_added ON ticket_event_ids (added_at)",
         "ALTER TABLE tickets ADD COLUMN event_count INTEGER NOT NULL DEFAULT 0",
     ), run=_move_event_ids),
+    # Cards belong to the unit that held the ticket when its deadline passed, and each
+    # clock (a dispatch, a recall) has its own: the key gains ``clock_seq`` and the row
+    # names the department, phase (review | unit), level, unit and the deadline missed.
+    Migration(4, "escalations per unit and clock: cards stay with the unit that held it", (
+        """CREATE TABLE escalations_v4 (
+            ticket_id TEXT NOT NULL,
+            clock_seq INTEGER NOT NULL,
+            stage TEXT NOT NULL,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            department TEXT NOT NULL,
+            phase TEXT NOT NULL,
+            level TEXT,
+            unit TEXT,
+            due_at TEXT,
+            PRIMARY KEY (ticket_id, clock_seq, stage))""",
+    ), run=_cards_per_unit),
     # Named people instead of shared role tokens. A password is stored only as its argon2
     # hash; an API token and a session cookie only as their SHA-256 (both are random, so a
     # fast digest suffices and a lookup stays one indexed read). ``auth_epoch`` goes up

@@ -86,7 +86,18 @@ def _rfc3339_aware(value: datetime, _offset: timedelta) -> str:
 
 
 _TIME_FIELDS = ("opened_at", "due_at", "updated_at")
-_OPTIONAL_TIME_FIELDS = ("accepted_at", "resolved_at", "closed_at")
+_OPTIONAL_TIME_FIELDS = ("accepted_at", "resolved_at", "closed_at", "received_at",
+                         "dispatched_at", "clock_started_at")
+
+
+class ReviewReason(str, Enum):  # noqa: UP042 (CONVENTIONS 10)
+    """Why a ticket waits for an operator instead of going straight to its unit."""
+
+    LOW_CONFIDENCE = "low_confidence"  # best detection below review_below_confidence
+    UNKNOWN_KIND = "unknown_kind"  # no policy for the kind (a new plug-in): default_kind
+    SOURCE_SUSPENDED = "source_suspended"  # a source with too many false positives
+    AUTO_DISPATCH_OFF = "auto_dispatch_off"  # the kind's policy says auto_dispatch: false
+    RECALLED = "recalled"  # an operator took it back from the unit
 
 
 @dataclass(slots=True)
@@ -130,11 +141,30 @@ class Ticket:
     merged_into: str | None = None
     origin: Origin = Origin.DETECTION
     description: str | None = None
+    # deadlines (ticketing.routing.Rules): the centre received the first report at
+    # ``received_at``; a ticket waiting for review runs the review clock, a dispatched one
+    # its unit's clock from ``dispatched_at``. ``clock_seq`` counts the clocks started
+    # (each dispatch or recall starts one) and keys each clock's cards.
+    received_at: datetime | None = None
+    dispatched_at: datetime | None = None
+    clock_started_at: datetime | None = None
+    clock_seq: int = 1
+    review_reason: ReviewReason | None = None
+
+    @property
+    def clock_start(self) -> datetime:
+        """When the running deadline clock started (review or the unit's)."""
+        return self.clock_started_at or self.received_at or self.opened_at
+
+    @property
+    def phase(self) -> str:
+        """``review`` while an operator holds the ticket, else ``unit``."""
+        return "review" if self.status is TicketStatus.PENDING_REVIEW else "unit"
 
     @property
     def red_at(self) -> datetime:
-        """When the red card is due: twice the time allowed (``due_at - opened_at``)."""
-        return self.due_at + (self.due_at - self.opened_at)
+        """When the red card is due: twice the time allowed (``due_at - clock_start``)."""
+        return self.due_at + (self.due_at - self.clock_start)
 
     @property
     def is_open(self) -> bool:
@@ -158,6 +188,8 @@ class Ticket:
         out["review"] = self.review.value
         out["escalation"] = self.escalation.value
         out["origin"] = self.origin.value
+        if self.review_reason is not None:
+            out["review_reason"] = self.review_reason.value
         out["opened_at"] = rfc3339(self.opened_at)
         out["due_at"] = rfc3339(self.due_at)
         out["updated_at"] = rfc3339(self.updated_at)
@@ -176,6 +208,8 @@ class Ticket:
         values["review"] = Review(values["review"])
         values["escalation"] = Escalation(values.get("escalation", "none"))
         values["origin"] = Origin(values.get("origin", "detection"))
+        if values.get("review_reason") is not None:
+            values["review_reason"] = ReviewReason(values["review_reason"])
         for key in _TIME_FIELDS:
             values[key] = datetime.fromisoformat(values[key])
         for key in _OPTIONAL_TIME_FIELDS:

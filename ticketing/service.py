@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from geo.grid import Grid
 from stream.policy import PolicyBook
 from ticketing.config import TicketingSettings
+from ticketing.desk import review_reason
 from ticketing.lifecycle import ActionRequest, AuditEntry, apply_action
-from ticketing.models import Origin, Review, Ticket, TicketStatus, ticket_id_for
-from ticketing.routing import due_at, route_for
+from ticketing.models import Origin, Review, ReviewReason, Ticket, TicketStatus, ticket_id_for
+from ticketing.routing import Rules, clock_record
 from ticketing.store import SqlTicketStore, TicketFilter, TicketNotFound
 
 
@@ -48,39 +49,50 @@ def create_report(*, store: SqlTicketStore, grid: Grid, policies: PolicyBook,
 
     Idempotent per ``(origin, actor, external_id)``: the same report posted twice is one
     ticket. Returns the ticket and whether it was created now.
+
+    ``opened_at`` is ``observed_at`` (when it was seen) or ``at``; the deadline clock
+    starts at ``at`` (when the centre received it), so an old observation reported now
+    is not overdue at once.
     """
     cell = grid.cell_at(lon, lat)
     if cell is None:
         raise OutsideGrid(f"({lon}, {lat}) is outside every grid cell")
+    rules = Rules(policies, settings)
     policy = policies.for_kind(kind)
-    route = route_for(kind, cell, policy, settings)
+    route = rules.route(kind, cell)
     seed = f"{origin.value}:{actor}:{external_id or uuid.uuid4().hex}"
     opened = observed_at or at
-    auto = policies.is_known(kind) and policy.auto_dispatch
-    if auto and source_id is not None and source_id in store.suspended_sources(
+    received = max(opened, at)
+    reason = review_reason(policies, kind, policy, 1.0)
+    if reason is None and source_id is not None and source_id in store.suspended_sources(
             max_false_positive_rate=settings.review.max_false_positive_rate,
             min_reviewed=settings.review.min_reviewed):
-        auto = False
+        reason = ReviewReason.SOURCE_SUSPENDED
+    auto = reason is None
     ticket = Ticket(
         ticket_id=ticket_id_for(kind, cell.cell_id, seed), kind=kind, cell_id=cell.cell_id,
         district=cell.district, town=cell.town, village=cell.village,
         level=route.level.value, unit=route.unit, department=route.department,
         status=TicketStatus.DISPATCHED if auto else TicketStatus.PENDING_REVIEW,
         review=Review.AUTO_DISPATCHED if auto else Review.PENDING_REVIEW,
-        priority=policy.priority, opened_at=opened,
-        due_at=due_at(opened, policy.priority, policy, settings), updated_at=opened,
+        priority=policy.priority, opened_at=opened, due_at=received, updated_at=opened,
         lon=lon, lat=lat, max_confidence=1.0, label=policy.label, origin=origin,
         description=description, incident_count=1, detection_count=1,
         source_ids=[source_id] if source_id else [],
         snapshot_urls=[media_url] if media_url else [],
+        received_at=received, clock_started_at=received,
+        dispatched_at=received if auto else None, review_reason=reason,
     )
+    ticket.due_at = (rules.unit_due_at(ticket, received) if auto
+                     else rules.review_due_at(received))
     return store.create(ticket, actor=actor, note=description)
 
 
-def act(*, store: SqlTicketStore, ticket_id: str, request: ActionRequest,
+def act(*, store: SqlTicketStore, rules: Rules, ticket_id: str, request: ActionRequest,
         expected_version: int, actor: str, at: datetime,
         visible: Callable[[Ticket], bool]) -> Ticket:
-    """Apply a lifecycle action (checked by :func:`ticketing.lifecycle.apply_action`)."""
+    """Apply a lifecycle action (checked by :func:`ticketing.lifecycle.apply_action`;
+    departments and kinds against ``rules``)."""
     get_visible(store=store, ticket_id=ticket_id, visible=visible)
 
     def mutate(ticket: Ticket, load: Callable[[str], Ticket]) -> list[AuditEntry]:
@@ -93,16 +105,18 @@ def act(*, store: SqlTicketStore, ticket_id: str, request: ActionRequest,
                 raise TicketNotFound(other_id)
             return other
 
-        return apply_action(ticket, request, actor=actor, at=at, load=load_visible)
+        return apply_action(ticket, request, actor=actor, at=at, rules=rules,
+                            load=load_visible)
 
     return store.modify(ticket_id, mutate, expected_version=expected_version)
 
 
-def update_ticket(*, store: SqlTicketStore, settings: TicketingSettings, ticket_id: str,
+def update_ticket(*, store: SqlTicketStore, rules: Rules, ticket_id: str,
                   expected_version: int, actor: str, at: datetime,
                   visible: Callable[[Ticket], bool], description: str | None = None,
                   priority: str | None = None, note: str | None = None) -> Ticket:
-    """Change the description and/or priority (the deadline follows the priority)."""
+    """Change the description and/or priority (the running clock's deadline follows the
+    priority, by the same rule as everywhere: :func:`ticketing.routing.due_at`)."""
     get_visible(store=store, ticket_id=ticket_id, visible=visible)
 
     def mutate(ticket: Ticket, _load: Callable[[str], Ticket]) -> list[AuditEntry]:
@@ -115,9 +129,9 @@ def update_ticket(*, store: SqlTicketStore, settings: TicketingSettings, ticket_
         if priority is not None and priority != ticket.priority:
             data.update(priority_from=ticket.priority, priority_to=priority)
             ticket.priority = priority
-            ticket.due_at = ticket.opened_at + timedelta(
-                seconds=settings.sla_s[priority])  # type: ignore[index]
+            rules.reprice(ticket)
             data["due_at"] = ticket.due_at.isoformat()
+            data["clock"] = clock_record(ticket)
         if at > ticket.updated_at:
             ticket.updated_at = at
         return [AuditEntry(ticket_id=ticket.ticket_id, at=at, actor=actor, action="update",

@@ -17,6 +17,7 @@ never apply the same change twice.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import json
 import logging
@@ -37,6 +38,7 @@ from sqlalchemy.pool import StaticPool
 from ticketing.lifecycle import AuditEntry
 from ticketing.migrations import migrate
 from ticketing.models import OPEN_STATUSES, Review, Ticket, rfc3339
+from ticketing.routing import clock_record
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +285,11 @@ _RELINK_INCIDENTS = text("UPDATE incident_tickets SET ticket_id = :into WHERE ti
 _INSERT_AUDIT = text(
     "INSERT INTO ticket_events (ticket_id, at, actor, action, from_status, to_status, note,"
     " data) VALUES (:t, :at, :actor, :action, :f, :to, :note, :data)")
-_INSERT_ESCALATION = text("INSERT INTO escalations (ticket_id, stage, at, actor)"
-                          " VALUES (:t, :stage, :at, :actor)")
+# a card is recorded against the unit that held the ticket (migration 4), once per clock
+_INSERT_ESCALATION = text(
+    "INSERT INTO escalations (ticket_id, clock_seq, stage, at, actor, department, phase,"
+    " level, unit, due_at) VALUES (:t, :seq, :stage, :at, :actor, :department, :phase,"
+    " :level, :unit, :due_at)")
 _COUNT_REVIEW = text(
     "INSERT INTO source_reviews (source_id, confirmed, dismissed) VALUES (:s, :c, :d)"
     " ON CONFLICT (source_id) DO UPDATE SET"
@@ -444,6 +449,11 @@ class SqlTicketStore:
                     listener(change)
                 except Exception:  # a listener must not undo a committed write
                     log.exception("change listener failed for %s", change.ticket.ticket_id)
+
+    def reading(self) -> contextlib.AbstractContextManager[Connection]:
+        """A read connection, for the query modules that take one
+        (``ticketing.records``)."""
+        return self._read()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -712,7 +722,8 @@ class SqlTicketStore:
                                        action="create", from_status=None,
                                        to_status=ticket.status.value,
                                        note=f"opened ({ticket.review.value})",
-                                       data={"origin": ticket.origin.value})
+                                       data={"origin": ticket.origin.value,
+                                             "clock": clock_record(ticket)})
                     changes.append(Change("created", ticket, (entry,)))
                 else:
                     version, status, stored_events = row
@@ -730,7 +741,8 @@ class SqlTicketStore:
                             ticket_id=ticket_id, at=at, actor="system:desk",
                             action="auto_dispatch", from_status=status,
                             to_status=ticket.status.value,
-                            note="a confident detection confirmed it"),)
+                            note="a confident detection confirmed it",
+                            data={"clock": clock_record(ticket)}),)
                     changes.append(Change("updated", ticket, entries))
                 stored[ticket_id] = (ticket.version, ticket.status.value, count)
                 links += [{"i": i, "t": ticket_id} for i in incident_ids]
@@ -801,10 +813,12 @@ class SqlTicketStore:
                 existing = conn.execute(_GET, {"id": ticket.ticket_id}).one()
                 return self._hydrate(conn, [existing])[0], False
             self._insert_event_ids(conn, _new_event_ids(ticket, stored=0))
-            entry = AuditEntry(ticket_id=ticket.ticket_id, at=ticket.opened_at, actor=actor,
+            entry = AuditEntry(ticket_id=ticket.ticket_id,
+                               at=ticket.received_at or ticket.opened_at, actor=actor,
                                action="create", from_status=None,
                                to_status=ticket.status.value, note=note,
-                               data={"origin": ticket.origin.value})
+                               data={"origin": ticket.origin.value,
+                                     "clock": clock_record(ticket)})
             changes = [Change("created", ticket, (entry,))]
             self._record(conn, changes)
         self._notify(changes)
@@ -894,10 +908,16 @@ class SqlTicketStore:
                 if entry.action == "escalate":
                     try:
                         with conn.begin_nested():
+                            data = entry.data
                             conn.execute(
                                 _INSERT_ESCALATION,
-                                {"t": entry.ticket_id, "stage": entry.data["stage"],
-                                 "at": sortable(entry.at), "actor": entry.actor})
+                                {"t": entry.ticket_id, "seq": data["clock_seq"],
+                                 "stage": data["stage"], "at": sortable(entry.at),
+                                 "actor": entry.actor, "department": data["department"],
+                                 "phase": data["phase"], "level": data.get("level"),
+                                 "unit": data.get("unit"),
+                                 "due_at": sortable(datetime.fromisoformat(
+                                     data["due_at"]))})
                     except IntegrityError:
                         raise AlreadyEscalated(
                             f"{entry.ticket_id} already has {entry.data['stage']}") from None

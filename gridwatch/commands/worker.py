@@ -18,7 +18,8 @@ import time). Importing this module does not import faust; building a worker doe
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -46,13 +47,17 @@ SEED_TICKETS_PER_CELL = 200
 class StoreSink:
     """The scale-out runtime's :class:`~stream.faust_app.TicketSink`: the idempotent desk
     over a ticket store; store outages surface as
-    :class:`~stream.faust_app.StoreUnavailable` so the agent retries."""
+    :class:`~stream.faust_app.StoreUnavailable` so the agent retries.
 
-    def __init__(self, config: GridWatchConfig, grid: Grid, store: TicketStore) -> None:
+    ``received`` is when the centre receives the work, where deadline clocks start: the
+    wall clock in production; None starts them at event time, as replay does."""
+
+    def __init__(self, config: GridWatchConfig, grid: Grid, store: TicketStore, *,
+                 received: Callable[[], datetime] | None = None) -> None:
         self.store = store
         self.desk = IdempotentDesk(TicketDesk(policies=config.policies,
                                               settings=config.ticketing, grid=grid,
-                                              store=store))
+                                              store=store, received=received))
 
     def apply(self, outputs: Sequence[StreamOutput]) -> list[str]:
         from stream.faust_app import StoreUnavailable
@@ -87,14 +92,23 @@ def resolved_store_url(settings: ScaleoutSettings, config: GridWatchConfig,
                           environ=None if environ is None else dict(environ))
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def scaleout_for(settings: ScaleoutSettings, config: GridWatchConfig, grid: Grid,
-                 store: TicketStore, *, sender: Sender | None = None) -> Scaleout:
-    """The faust app over the stream core and an idempotent desk on ``store``."""
+                 store: TicketStore, *, sender: Sender | None = None,
+                 received: Callable[[], datetime] | None = utc_now) -> Scaleout:
+    """The faust app over the stream core and an idempotent desk on ``store``.
+
+    Deadline clocks start when the worker receives the work (``received``, the wall
+    clock), so a backlog is not overdue on arrival; ``received=None`` starts them at
+    event time and gives exactly the tickets replay gives."""
     from stream.faust_app import CellWorker, Scaleout
 
     worker = CellWorker(stream=config.stream, policies=config.policies,
                         hotspot=config.hotspot, grid=grid,
-                        sink=StoreSink(config, grid, store))
+                        sink=StoreSink(config, grid, store, received=received))
     return Scaleout(settings, grid=grid, worker=worker, sender=sender)
 
 

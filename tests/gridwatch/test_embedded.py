@@ -227,3 +227,22 @@ def test_a_bug_on_a_batch_is_not_retried_forever(tmp_path):
     stats = pipeline.stats()
     assert stats["failed"] == 1 and stats["store_errors"] == 0
     pipeline.close()
+
+
+def test_an_old_observation_is_not_overdue_when_it_arrives(tmp_path):
+    # an edge box's backlog after an outage: seen days ago, received now; the unit's
+    # clock starts when the centre receives it (the live runtime's clock), not at T0
+    from datetime import UTC, datetime
+
+    pipeline, store = _pipeline(tmp_path)
+    before = datetime.now(UTC)
+    pipeline.submit_raw(line(event_id="late-1", observed_at=T0.isoformat()), origin="test")
+    assert pipeline.drain()
+    after = datetime.now(UTC)
+    [ticket] = list(store.all())
+    assert ticket.opened_at == T0 and ticket.status.value == "dispatched"
+    assert before <= ticket.received_at <= after
+    assert ticket.dispatched_at == ticket.received_at
+    assert ticket.due_at == ticket.received_at + timedelta(seconds=1800)  # smoke's sla_s
+    assert ticket.due_at > after
+    pipeline.close()

@@ -102,7 +102,9 @@ def test_routing_levels_pick_the_cells_admin_unit():
 def test_routing_override_for_a_town(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("ticketing:\n  routing_overrides:\n    - {kind: smoke, town: TownB, "
-                   "department: townb_fire, level: district}\n")
+                   "department: townb_fire, level: district}\n"
+                   "  departments:\n    townb_fire: {name_zh: 乙镇消防, "
+                   "name_en: TownB fire, level: district}\n")
     config = load_config(cfg)
     tickets = _replay([line(lon=0.5), line(lon=2.5)], config).ticket_dicts()
     assert {t["town"]: (t["department"], t["unit"]) for t in tickets} == {

@@ -56,8 +56,10 @@ class Recorder:
 
 
 def make_scaleout(store: SqlTicketStore, recorder: Recorder | None = None) -> Scaleout:
+    # received=None: deadline clocks on event time, so runs compare with each other and
+    # with replay field for field (production starts them on the wall clock)
     return scaleout_for(ScaleoutSettings(partitions=PARTITIONS), load_config(), make_grid(),
-                        store, sender=recorder or Recorder())
+                        store, sender=recorder or Recorder(), received=None)
 
 
 async def ingest(scaleout: Scaleout, lines: list[str | bytes]) -> dict[int, Any]:
@@ -409,3 +411,13 @@ def test_worker_refuses_a_password_on_the_command_line(
     assert code == 2
     err = capsys.readouterr().err
     assert "GRIDWATCH_TICKETS_URL" in err and "s3cret" not in err
+
+
+def test_the_production_worker_starts_deadline_clocks_on_receipt(tmp_path: Path) -> None:
+    from gridwatch.commands.worker import StoreSink, utc_now
+
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    built = scaleout_for(ScaleoutSettings(partitions=PARTITIONS), load_config(), make_grid(),
+                         store, sender=Recorder())
+    sink = built.worker.sink
+    assert isinstance(sink, StoreSink) and sink.desk.desk.received is utc_now

@@ -7,7 +7,17 @@ from typing import Any
 
 from stream.policy import KindPolicy, Level, PolicyBook
 from ticketing.auth import Principal, Role, TokenAuth
-from ticketing.models import Escalation, Origin, Review, Ticket, TicketStatus, ticket_id_for
+from ticketing.config import TicketingSettings
+from ticketing.models import (
+    Escalation,
+    Origin,
+    Review,
+    ReviewReason,
+    Ticket,
+    TicketStatus,
+    ticket_id_for,
+)
+from ticketing.routing import Rules
 
 T0 = datetime(2026, 5, 4, 6, 0, tzinfo=UTC)
 _seq = iter(range(1, 10**9))
@@ -69,4 +79,15 @@ def make_full_ticket() -> Ticket:
         label="Smoke", version=4, escalation=Escalation.YELLOW, returned_count=1,
         accepted_at=T0 + timedelta(minutes=1), resolved_at=T0 + timedelta(minutes=2),
         closed_at=T0 + timedelta(minutes=3), dismiss_reason="dust", merged_into="GW-x",
-        origin=Origin.API, description="a fire", incident_count=2, detection_count=2)
+        origin=Origin.API, description="a fire", incident_count=2, detection_count=2,
+        received_at=T0 + timedelta(seconds=5), dispatched_at=T0 + timedelta(seconds=30),
+        clock_started_at=T0 + timedelta(seconds=30), clock_seq=2,
+        review_reason=ReviewReason.LOW_CONFIDENCE)
+
+
+def make_rules(**settings: Any) -> Rules:
+    """Routing and deadline rules over :func:`make_policies` (settings overridable)."""
+    return Rules(make_policies(), TicketingSettings(**settings))
+
+
+RULES = make_rules()

@@ -275,7 +275,8 @@ def test_a_source_above_the_threshold_stops_auto_dispatching(
     [stats] = client.get("/sources", headers=ops).json()
     assert stats["false_positive_rate"] == 1.0 and stats["auto_dispatch_suspended"]
     gated = _create(client, as_role, source_id="st1/smoke-bad")
-    assert (gated["status"], gated["review"]) == ("pending_review", "pending_review")
+    assert (gated["status"], gated["review"], gated["review_reason"]) == (
+        "pending_review", "pending_review", "source_suspended")
     assert _create(client, as_role, source_id="st1/smoke-good")["status"] == "dispatched"
 
 
@@ -332,6 +333,7 @@ def test_open311(client: TestClient, as_role: Headers, store) -> None:  # type: 
         "open", "fire_rescue", 1.5, 0.5)
     assert req["extended_attributes"]["cell_id"] == "C10"
     assert req["extended_attributes"]["due_at"] == "2026-05-04T06:30:00Z"
+    assert req["extended_attributes"]["review_reason"] is None  # dispatched, not reviewed
     listed = client.get("/open311/v2/requests.json", params={
         "api_key": "tok-int", "status": "open", "service_code": "smoke"})
     assert [r["service_request_id"] for r in listed.json()] == [request_id]

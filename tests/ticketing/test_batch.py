@@ -15,7 +15,7 @@ from gridwatch.embedded import EmbeddedPipeline
 from stream.incidents import IncidentClusterer
 from stream.types import IncidentEvent
 from tests.builders import line, make_detection, make_grid
-from tests.ticketing.builders import T0, make_full_ticket
+from tests.ticketing.builders import RULES, T0, make_full_ticket
 from ticketing.batch import KEEP_BUDGET, BatchingStore, _copy
 from ticketing.desk import TicketDesk
 from ticketing.lifecycle import Action, ActionRequest
@@ -79,7 +79,7 @@ def test_an_operator_change_during_a_batch_rolls_it_back_and_is_kept(setup):
     with pytest.raises(VersionConflict), batching.batch():
         for e in joins:
             desk.apply(e)
-        act(store=store, ticket_id=first.ticket_id,
+        act(store=store, rules=RULES, ticket_id=first.ticket_id,
             request=ActionRequest(action=Action.ACCEPT, note="on our way"),
             expected_version=1, actor="dept", at=first.opened_at + timedelta(minutes=1),
             visible=lambda t: True)
@@ -137,7 +137,7 @@ class World:
             **request: str) -> Ticket:
         stored = self.store.get(ticket.ticket_id)
         assert stored is not None
-        return act(store=self.store, ticket_id=ticket.ticket_id,
+        return act(store=self.store, rules=RULES, ticket_id=ticket.ticket_id,
                    request=ActionRequest(action=action, **request),
                    expected_version=stored.version, actor="op",
                    at=stored.updated_at + timedelta(minutes=minutes),
@@ -366,7 +366,7 @@ def test_the_embedded_pipeline_opens_a_new_ticket_after_an_operator_closed_the_k
                 T0 + timedelta(seconds=10 * i)).isoformat()), origin="test")
         assert pipeline.drain()
         [first] = list(store.all())
-        act(store=store, ticket_id=first.ticket_id,
+        act(store=store, rules=RULES, ticket_id=first.ticket_id,
             request=ActionRequest(action=Action.DISMISS, reason="drill"),
             expected_version=first.version, actor="op",
             at=T0 + timedelta(minutes=5), visible=lambda t: True)

@@ -9,7 +9,7 @@ import pytest
 
 from stream.types import Incident, IncidentEvent
 from tests.builders import make_grid
-from tests.ticketing.builders import T0, make_policies
+from tests.ticketing.builders import RULES, T0, make_policies
 from ticketing.config import TicketingSettings
 from ticketing.desk import TicketDesk
 from ticketing.lifecycle import Action, ActionRequest, apply_action
@@ -37,11 +37,14 @@ def test_a_noisy_source_goes_to_review_instead_of_dispatch(store) -> None:  # ty
         ticket = desk.apply(_event(n, source="st1/noisy", cell=f"C{n % 3}{n // 3}"))
         assert ticket.status is TicketStatus.DISPATCHED
         store.modify(ticket.ticket_id, lambda t, _l: apply_action(
-            t, ActionRequest(Action.DISMISS, reason="dust"), actor="ops", at=T0),
+            t, ActionRequest(Action.DISMISS, reason="dust"), actor="ops", at=T0, rules=RULES),
             expected_version=None)
     gated = desk.apply(_event(9, source="st1/noisy", cell="C22"))
     assert (gated.status, gated.review.value) == (TicketStatus.PENDING_REVIEW,
                                                   "pending_review")
+    # why, and on review's clock (not the unit's): due review_sla_s after receipt
+    assert (gated.review_reason.value, gated.dispatched_at) == ("source_suspended", None)  # type: ignore[union-attr]
+    assert gated.due_at == gated.opened_at + timedelta(seconds=1800)
     assert desk.apply(_event(10, source="st1/fine", cell="C21")).status is \
         TicketStatus.DISPATCHED
 
@@ -57,7 +60,7 @@ def test_the_desk_retries_when_the_api_changed_the_ticket_meanwhile(store) -> No
         if not raced:  # an operator accepts between the desk's read and write
             raced.append(True)
             store.modify(first.ticket_id, lambda t, _l: apply_action(
-                t, ActionRequest(Action.ACCEPT), actor="fire", at=T0),
+                t, ActionRequest(Action.ACCEPT), actor="fire", at=T0, rules=RULES),
                 expected_version=None)
         return ticket
 

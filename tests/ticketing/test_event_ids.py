@@ -13,7 +13,7 @@ import ticketing.migrations as migrations
 from gridwatch.config import load_config
 from gridwatch.embedded import EmbeddedPipeline
 from tests.builders import line, make_grid
-from tests.ticketing.builders import T0, make_ticket
+from tests.ticketing.builders import RULES, T0, make_ticket
 from ticketing.lifecycle import Action, ActionRequest, apply_action
 from ticketing.migrations import LATEST, VERSIONS
 from ticketing.models import Ticket, TicketStatus
@@ -85,7 +85,7 @@ def test_merge_copies_the_absorbed_ids_after_the_targets_own(store: SqlTicketSto
     store.save(target)
     store.modify(source.ticket_id, lambda t, load: apply_action(
         t, ActionRequest(Action.MERGE, into=target.ticket_id), actor="op", at=T0,
-        load=load), expected_version=1)
+        load=load, rules=RULES), expected_version=1)
     merged = store.get(target.ticket_id)
     assert merged is not None and merged.event_ids == ["t1", "shared", "s1", "s2"]
     assert store.get(source.ticket_id).event_ids == ["s1", "shared", "s2"]  # type: ignore[union-attr]

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.ticketing.builders import make_full_ticket
-from ticketing.models import rfc3339
+from ticketing.models import Ticket, rfc3339
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -36,6 +36,24 @@ def test_to_public_without_event_ids_is_the_rest_of_it() -> None:
     assert full["event_ids"] == ["e1", "e2"]
     assert full["status"] == "returned" and full["closed_at"] == "2026-05-04T06:03:00Z"
     assert full["hotspot"]["window_start"] == "2026-05-04T06:00:00Z"
+    assert (full["received_at"], full["dispatched_at"], full["review_reason"]) == (
+        "2026-05-04T06:00:05Z", "2026-05-04T06:00:30Z", "low_confidence")
+
+
+def test_a_ticket_survives_its_public_form() -> None:
+    ticket = make_full_ticket()
+    ticket.hotspot = None  # its times stay strings when read back (as before)
+    assert Ticket.from_public(ticket.to_public()) == ticket
+
+
+def test_a_body_written_before_clocks_reads_its_clock_from_opened_at() -> None:
+    body = make_full_ticket().to_public()
+    for key in ("received_at", "dispatched_at", "clock_started_at", "clock_seq",
+                "review_reason"):
+        del body[key]
+    old = Ticket.from_public(body)
+    assert (old.clock_start, old.clock_seq, old.review_reason) == (old.opened_at, 1, None)
+    assert old.red_at == old.due_at + (old.due_at - old.opened_at)
 
 
 def test_to_public_hands_out_copies() -> None:

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.ticketing.builders import T0, make_ticket
+from tests.ticketing.builders import RULES, T0, make_ticket
 from ticketing.lifecycle import Action, ActionRequest, apply_action
 from ticketing.migrations import LATEST, VERSIONS
 from ticketing.models import Ticket, TicketStatus
@@ -29,7 +29,7 @@ S = TicketStatus
 def _act(store: SqlTicketStore, ticket_id: str, request: ActionRequest, *,
          version: int | None) -> None:
     store.modify(ticket_id, lambda t, load: apply_action(t, request, actor="x", at=T0,
-                                                         load=load),
+                                                         load=load, rules=RULES),
                  expected_version=version)
 
 

@@ -22,7 +22,15 @@ from geo.grid import Grid
 from stream.policy import PolicyBook
 from ticketing.api.deps import AppState
 from ticketing.api.routes import auth as auth_routes
-from ticketing.api.routes import events, health, open311, reports, review, tickets
+from ticketing.api.routes import (
+    departments,
+    events,
+    health,
+    open311,
+    reports,
+    review,
+    tickets,
+)
 from ticketing.api.routes import evidence as evidence_routes
 from ticketing.auth import TokenAuth
 from ticketing.config import TicketingSettings
@@ -30,6 +38,7 @@ from ticketing.escalation import Escalator
 from ticketing.events import EventBus, LocalBus, RedisBus, change_message
 from ticketing.evidence import EvidenceStore
 from ticketing.login import Logins
+from ticketing.routing import Rules
 from ticketing.store import Change, SqlTicketStore
 from ticketing.users import UserStore
 from ticketing.webhooks import WebhookDispatcher
@@ -70,6 +79,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         bus: live-update fan-out. None: Redis if ``settings.redis_url`` is set, else
             in-process.
         clock: "now" for changes made through the API (tests pass a fixed clock).
+            Deadline clocks of reports and actions start at this time.
         users: the named accounts people log in with (``/auth/login``) and whose API
             tokens are accepted; None: those of ``store``'s database
             (``gridwatch users ...`` manages them).
@@ -83,6 +93,10 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
 
     Returns:
         The FastAPI application (serve it with uvicorn).
+
+    Raises:
+        ValueError: a kind, ``default_kind`` or routing override names a department
+            that is not in ``settings.departments``.
 
     Example (what ``gridwatch demo`` / ``serve`` do)::
 
@@ -101,10 +115,12 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
     auth.ensure_admin_token()
     if bus is None:
         bus = RedisBus(settings.redis_url) if settings.redis_url else LocalBus()
+    policies = policies or PolicyBook()
+    rules = Rules(policies, settings)  # ValueError: a kind's department is not registered
     users = users or UserStore(store)
-    state = AppState(store=store, settings=settings, auth=auth,
-                     policies=policies or PolicyBook(), grid=grid, bus=bus, clock=clock,
-                     users=users, logins=Logins(users, settings.auth), evidence=evidence)
+    state = AppState(store=store, settings=settings, auth=auth, policies=policies,
+                     grid=grid, bus=bus, clock=clock, rules=rules, users=users,
+                     logins=Logins(users, settings.auth), evidence=evidence)
 
     def publish(change: Change) -> None:
         state.bus.publish(change_message(change))
@@ -140,8 +156,8 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
                   description="Work orders from sensors and cameras: lifecycle, deadlines, "
                               "review, evaluation, Open311 GeoReport v2, live updates.")
     app.state.gridwatch = state
-    for module in (health, auth_routes, tickets, review, reports, events, open311,
-                   evidence_routes):
+    for module in (health, auth_routes, tickets, review, reports, departments, events,
+                   open311, evidence_routes):
         app.include_router(module.router)
     return app
 

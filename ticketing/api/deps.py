@@ -28,6 +28,7 @@ from ticketing.events import EventBus
 from ticketing.evidence import EvidenceStore
 from ticketing.login import CSRF_HEADER, SESSION_COOKIE, Logins, Session
 from ticketing.models import Ticket
+from ticketing.routing import Rules
 from ticketing.store import SqlTicketStore
 from ticketing.users import UserStore
 
@@ -43,6 +44,7 @@ class AppState:
     grid: Grid | None
     bus: EventBus
     clock: Callable[[], datetime]
+    rules: Rules  # routing, departments and deadlines (checked at start-up)
     users: UserStore
     logins: Logins
     evidence: EvidenceStore | None = None  # camera snapshots (None: none kept here)

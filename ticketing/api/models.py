@@ -9,7 +9,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from stream.policy import Level, Priority
 from ticketing.lifecycle import Action
-from ticketing.models import Escalation, Origin, Review, Ticket, TicketStatus
+from ticketing.models import Escalation, Origin, Review, ReviewReason, Ticket, TicketStatus
 
 Text = Field(default=None, min_length=1, max_length=2000)
 
@@ -69,6 +69,17 @@ class TicketPublic(BaseModel):
     merged_into: str | None
     origin: Origin
     description: str | None
+    received_at: AwareDatetime | None = Field(
+        None, description="When the centre received the first report")
+    dispatched_at: AwareDatetime | None = Field(
+        None, description="When the current unit received the work: its clock's start "
+                          "(null while in operator review)")
+    clock_started_at: AwareDatetime | None = Field(
+        None, description="When the running deadline clock (review or the unit's) started")
+    clock_seq: int = Field(1, description="Deadline clocks started so far (each dispatch "
+                                          "or recall starts one)")
+    review_reason: ReviewReason | None = Field(
+        None, description="Why the ticket went to operator review (null: it never did)")
 
     @classmethod
     def of(cls, ticket: Ticket) -> TicketPublic:
@@ -124,6 +135,34 @@ class TicketAction(BaseModel):
     department: str | None = Field(default=None, min_length=1, max_length=64)
     level: Level | None = None
     into: str | None = Field(default=None, min_length=1, max_length=64)
+    kind: str | None = Field(default=None, min_length=1, max_length=64,
+                             description="reclassify: the right kind (a configured one)")
+
+
+class DepartmentPublic(BaseModel):
+    """A department of the registry (``ticketing.departments``)."""
+
+    id: str
+    name_zh: str
+    name_en: str
+    level: Level
+    serves: list[str]
+    has_webhook: bool
+    kinds: list[str] = Field(description="The configured kinds routed to it by default")
+
+
+class AdminUnit(BaseModel):
+    """A district, town or village of the grid, with its cell count."""
+
+    level: Level
+    name: str
+    parent: str | None
+    cells: int
+
+
+class DepartmentRegistry(BaseModel):
+    departments: list[DepartmentPublic]
+    admin_units: list[AdminUnit]
 
 
 class AuditEntryPublic(BaseModel):

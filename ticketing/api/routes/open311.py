@@ -123,6 +123,7 @@ def _as_request(ticket: Ticket, state: StateDep) -> ServiceRequest:
             "priority": ticket.priority, "due_at": rfc3339(ticket.due_at),
             "gridwatch_status": ticket.status.value, "escalation": ticket.escalation.value,
             "review": ticket.review.value, "origin": ticket.origin.value,
+            "review_reason": ticket.review_reason.value if ticket.review_reason else None,
             "version": ticket.version})
 
 

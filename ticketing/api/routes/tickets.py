@@ -154,7 +154,7 @@ def update(ticket_id: str, body: TicketUpdate, state: StateDep, principal: Princ
     _require(principal, SUPERVISE, "edit tickets")
     try:
         ticket = update_ticket(
-            store=state.store, settings=state.settings, ticket_id=ticket_id,
+            store=state.store, rules=state.rules, ticket_id=ticket_id,
             expected_version=body.version, actor=principal.name, at=state.clock(),
             visible=visibility(principal), description=body.description,
             priority=body.priority, note=body.note)
@@ -171,19 +171,24 @@ def update(ticket_id: str, body: TicketUpdate, state: StateDep, principal: Princ
                         403: {"model": Problem, "description": "Not your action"}})
 def action(ticket_id: str, body: TicketAction, state: StateDep, principal: PrincipalDep,
            response: Response) -> TicketPublic | JSONResponse:
-    """Apply a lifecycle action: operators ``confirm``, ``dismiss`` (reason), ``merge``
-    (into), ``dispatch`` (department), ``close``, ``reopen`` (reason); the ticket's
-    department ``accept``, ``return`` (reason), ``resolve`` (note). A refused transition
-    is 409 with the reason; a stale ``version`` is 409 with ``current_version``."""
+    """Apply a lifecycle action: operators ``confirm`` (optionally to ``department``),
+    ``dismiss`` (reason), ``merge`` (into), ``dispatch`` (department), ``recall``
+    (reason: back to review), ``reclassify`` (kind: re-routed, new deadline), ``close``,
+    ``reopen`` (reason); the ticket's department ``accept``, ``return`` (reason),
+    ``resolve`` (note). An unknown department or kind is 422 naming the valid ones
+    (``GET /departments``); a refused transition is 409 with the reason; a stale
+    ``version`` is 409 with ``current_version``."""
     if body.action in OPERATOR_ACTIONS:
         _require(principal, SUPERVISE, f"{body.action.value} tickets")
     elif body.action in DEPARTMENT_ACTIONS:
         _require(principal, frozenset({Role.DEPARTMENT, Role.ADMIN}),
                  f"{body.action.value} tickets (the department does)")
     request = ActionRequest(action=body.action, note=body.note, reason=body.reason,
-                            department=body.department, level=body.level, into=body.into)
+                            department=body.department, level=body.level, into=body.into,
+                            kind=body.kind)
     try:
-        ticket = act(store=state.store, ticket_id=ticket_id, request=request,
+        ticket = act(store=state.store, rules=state.rules, ticket_id=ticket_id,
+                     request=request,
                      expected_version=body.version, actor=principal.name, at=state.clock(),
                      visible=visibility(principal))
     except TicketNotFound as exc:
@@ -193,7 +198,8 @@ def action(ticket_id: str, body: TicketAction, state: StateDep, principal: Princ
     except TransitionError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except ActionInvalid as exc:
-        raise unprocessable(("body",), str(exc)) from None
+        loc = ("body", exc.field) if exc.field else ("body",)
+        raise unprocessable(loc, str(exc)) from None
     etag(response, ticket.version)
     return TicketPublic.of(ticket)
 
