@@ -32,7 +32,7 @@ import hashlib
 import re
 import secrets
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +43,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.exc import IntegrityError
 
 from ticketing.auth import PERSON_ROLES, Principal, Role
+from ticketing.departments import Department, check_department
 from ticketing.store import SqlTicketStore, sortable
 
 USERNAME_RE = re.compile(r"[a-z][a-z0-9._-]{1,63}")
@@ -155,12 +156,18 @@ def check_password(password: str, *, username: str) -> None:
         raise ValueError("expected a password other than the username")
 
 
-def check_role(role: Role | str, department: str | None) -> tuple[Role, str | None]:
+def check_role(role: Role | str, department: str | None, *,
+               departments: Mapping[str, Department] | None = None
+               ) -> tuple[Role, str | None]:
     """The role and department of a person's account.
+
+    Args:
+        departments: the registry (``ticketing.departments``); when given, a department
+            must be one of its ids.
 
     Raises:
         ValueError: a role people may not have, or a department missing (role
-            ``department``), given for another role, or malformed.
+            ``department``), given for another role, malformed or not registered.
     """
     valid = [r.value for r in PERSON_ROLES]
     try:
@@ -177,6 +184,8 @@ def check_role(role: Role | str, department: str | None) -> tuple[Role, str | No
         if not DEPARTMENT_RE.fullmatch(department):
             raise ValueError(f"expected a department name of letters, digits, '_', '.' or "
                              f"'-', got {department!r}")
+        if departments is not None:
+            check_department(department, departments)  # names the valid ids
     elif department is not None:
         raise ValueError(f"expected no department for role {role.value} (it sees every "
                          f"department), got {department!r}")
@@ -204,10 +213,14 @@ class UserStore:
     Args:
         store: the ticket store whose database holds the accounts.
         hasher: password hashing (default: :func:`default_hasher`).
+        departments: the department registry; department staff must belong to one of
+            its departments (None: any well-formed id).
     """
 
-    def __init__(self, store: SqlTicketStore, *, hasher: PasswordHash | None = None) -> None:
+    def __init__(self, store: SqlTicketStore, *, hasher: PasswordHash | None = None,
+                 departments: Mapping[str, Department] | None = None) -> None:
         self.db = store
+        self.departments = departments
         self.hasher = hasher or default_hasher()
         self._unknown_hash: str | None = None
 
@@ -222,7 +235,7 @@ class UserStore:
             UserExists: the username is taken.
         """
         username = check_username(username)
-        role, department = check_role(role, department)
+        role, department = check_role(role, department, departments=self.departments)
         check_password(password, username=username)
         display = check_display_name(display_name if display_name is not None else username)
         hashed = self.hasher.hash(password)

@@ -130,16 +130,14 @@ def _users(args: argparse.Namespace) -> Iterator[Any]:
     from ticketing.store import configured_url, open_store
     from ticketing.users import UserStore
 
-    url = args.tickets_url
-    if not url:
-        config = load_gridwatch_config(args.config)
-        url = configured_url(config.ticketing.storage_url, default=DEFAULT_DB)
+    config = load_gridwatch_config(args.config)  # also the department registry
+    url = args.tickets_url or configured_url(config.ticketing.storage_url, default=DEFAULT_DB)
     try:
         store = open_store(url)
     except ValueError as exc:
         raise UserError(f"--tickets-url: {exc}") from None
     try:
-        yield UserStore(store)
+        yield UserStore(store, departments=config.ticketing.departments)
     except (ValueError, LookupError) as exc:
         raise UserError(str(exc)) from None
     finally:
@@ -186,7 +184,8 @@ def run_add(args: argparse.Namespace) -> int:
 
     try:  # before asking for a password
         check_username(args.username)
-        check_role(args.role, args.department)
+        check_role(args.role, args.department,
+                   departments=load_gridwatch_config(args.config).ticketing.departments)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     with _users(args) as users:

@@ -160,3 +160,16 @@ def test_display_names(users: UserStore) -> None:
     assert users.display_names(["wang.li", "ops", "department/fire_rescue",
                                 "system:escalator"]) == {"wang.li": "Wang Li"}
     assert users.display_names([]) == {}
+
+
+def test_department_staff_belong_to_a_registered_department(store) -> None:  # type: ignore[no-untyped-def]
+    from ticketing.config import TicketingSettings
+
+    users = UserStore(store, departments=TicketingSettings().departments)
+    with pytest.raises(ValueError, match=r"unknown department 'no_such_dept' \(valid: "
+                                         r"command_centre, .*fire_rescue"):
+        users.add(username="li.x", password="long enough pw", role="department",
+                  department="no_such_dept", now=T0)
+    added = users.add(username="li.y", password="long enough pw", role="department",
+                      department="fire_rescue", now=T0)
+    assert added.department == "fire_rescue"

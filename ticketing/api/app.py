@@ -117,7 +117,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         bus = RedisBus(settings.redis_url) if settings.redis_url else LocalBus()
     policies = policies or PolicyBook()
     rules = Rules(policies, settings)  # ValueError: a kind's department is not registered
-    users = users or UserStore(store)
+    users = users or UserStore(store, departments=settings.departments)
     state = AppState(store=store, settings=settings, auth=auth, policies=policies,
                      grid=grid, bus=bus, clock=clock, rules=rules, users=users,
                      logins=Logins(users, settings.auth), evidence=evidence)
