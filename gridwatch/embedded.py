@@ -116,6 +116,7 @@ class EmbeddedPipeline:
         retry_delay_s: float = 0.5,
         retry_max_s: float = 30.0,
         link_evidence: bool = True,
+        received: Callable[[], datetime] | None = _utc_now,
     ) -> None:
         live = config.model_copy(
             update={"stream": config.stream.model_copy(update={"lateness_s": 0})})
@@ -126,10 +127,11 @@ class EmbeddedPipeline:
         # once per batch, in one transaction, instead of once per detection
         self._batching = BatchingStore(store) if isinstance(store, SqlTicketStore) else None
         # deadline clocks start when the centre receives the work (wall clock), not at
-        # the observation (an edge box's backlog must not arrive overdue)
-        self._core = Pipeline(live, grid, self._batching or store, received=_utc_now)
+        # the observation (an edge box's backlog must not arrive overdue); None: at the
+        # event time, as replay does (the demo plays its sample as if it happened live)
+        self._core = Pipeline(live, grid, self._batching or store, received=received)
         self._direct_desk = TicketDesk(policies=live.policies, settings=live.ticketing,
-                                       grid=grid, store=store, received=_utc_now)
+                                       grid=grid, store=store, received=received)
         self._ids = EventIdFilter(config.stream.dedup_horizon_s)
         self._ids_lock = threading.Lock()
         # event id -> callbacks of its repeats, while the first copy is queued and not yet

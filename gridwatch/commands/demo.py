@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True)
     db = data_dir / "tickets.sqlite3"
     store = SqliteTicketStore(db)
-    pipeline = EmbeddedPipeline(config, grid, store)
+    # the sample plays as if it had happened live: the centre received each detection
+    # at its (shifted) event time, so deadlines ran out in the past as they would have
+    pipeline = EmbeddedPipeline(config, grid, store, received=None)
     evidence = EvidenceStore.beside(store, db, config.evidence)
     try:
         lines = args.detections.read_bytes().splitlines()
@@ -163,12 +165,15 @@ def run(args: argparse.Namespace) -> int:
           f"{stats['duplicates']} duplicates, {stream['out_of_area']} out of area, "
           f"{stream['self_tests']} self-tests, {stream['incidents']} incidents, "
           f"{stream['occurrences']} occurrences, {stream['hotspots']} hot spots")
+    pipeline.close()
+    password = _play_the_loop(store, config, now=datetime.now(UTC))
     tickets = list(store.all())
     print(f"{len(tickets)} tickets in {db}:")
     for t in tickets:
+        card = "" if t.escalation.value == "none" else f"  [{t.escalation.value}]"
         print(f"  {t.ticket_id}  {t.kind:<17} {t.cell_id:<11} {t.town or '-':<9} "
               f"{t.status.value:<15} {t.department:<20} due {t.due_at:%Y-%m-%d %H:%M}Z  "
-              f"{len(t.event_ids)} detection(s)")
+              f"{len(t.event_ids)} detection(s){card}")
     holders = {e: t for t in tickets for e in t.event_ids}
     for detection in video:
         ticket = holders.get(detection.event_id)
@@ -177,10 +182,24 @@ def run(args: argparse.Namespace) -> int:
         snapshot = (f"; snapshot at {evidence_path(detection.event_id)}"
                     if evidence.get(detection.event_id) else "")
         print(f"video detection {detection.event_id} {where}{snapshot}")
-    pipeline.close()
     if args.once:
         return 0
-    return _serve(store, config, grid, args.host, args.port, evidence)
+    return _serve(store, config, grid, args.host, args.port, evidence, password)
+
+
+def _play_the_loop(store: Any, config: Any, *, now: datetime) -> str:
+    """The demo's people work the tickets (``demo_story``); returns their password."""
+    from gridwatch.commands.demo_story import add_accounts, play
+    from ticketing.routing import Rules
+    from ticketing.users import UserStore
+
+    password = add_accounts(UserStore(store, departments=config.ticketing.departments),
+                            now=now)
+    done = play(store, Rules(config.policies, config.ticketing),
+                config.ticketing.escalation, now=now)
+    print(f"the demo's operator and departments acted {done['steps']} times; the "
+          f"escalator gave {done['cards']} reminder(s) and card(s)")
+    return password
 
 
 def _keep_snapshot(evidence: Any, detection: Any) -> None:
@@ -202,7 +221,8 @@ def _keep_snapshot(evidence: Any, detection: Any) -> None:
         print(f"video: snapshot of {detection.event_id} not kept: {exc}")
 
 
-def _serve(store: Any, config: Any, grid: Any, host: str, port: int, evidence: Any) -> int:
+def _serve(store: Any, config: Any, grid: Any, host: str, port: int, evidence: Any,
+           password: str) -> int:
     import uvicorn
 
     from ticketing.api.app import create_app
@@ -220,7 +240,9 @@ def _serve(store: Any, config: Any, grid: Any, host: str, port: int, evidence: A
     print(f"\nAPI: http://{host}:{port}/tickets  (OpenAPI docs at /docs; Ctrl-C to stop)")
     if token:
         print(f"admin token for changes (Authorization: Bearer ...): {token}")
-    print(f"named accounts for POST /auth/login: gridwatch users add NAME --role operator "
-          f"--tickets-url {getattr(store, 'path', 'the demo database')}")
+    print(f"log in (POST /auth/login, or /docs) as demo.operator, demo.supervisor, "
+          f"demo.fire, demo.security, demo.property or demo.traffic, password {password}")
+    month = datetime.now(UTC).strftime("%Y-%m")
+    print(f"考核 report: http://{host}:{port}/reports/evaluation?month={month}")
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

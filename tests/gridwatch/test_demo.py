@@ -108,3 +108,28 @@ def test_the_sample_is_shifted_by_whole_hours_to_end_now():
     assert first == {"observed_at": latest.isoformat(), "kind": "smoke"}
     assert first["observed_at"].endswith("+08:00")
     assert shift_line(lines[2], delta) == lines[2] and shift_line(lines[3], delta) == lines[3]
+
+
+def test_demo_shows_the_loop_in_every_state_with_cards_on_the_right_unit(tmp_path):
+    proc = _cli("demo", "--once", "--no-video", "--data-dir", tmp_path / "demo")
+    assert proc.returncode == 0, proc.stderr
+    assert "event times shifted by" in proc.stdout
+    with sqlite3.connect(tmp_path / "demo" / "tickets.sqlite3") as db:
+        states = {s for (s,) in db.execute("SELECT status FROM tickets")}
+        assert {"pending_review", "dispatched", "accepted", "resolved", "closed"} <= states
+        red_open = db.execute("SELECT count(*) FROM tickets WHERE escalation = 'red' AND "
+                              "status = 'accepted'").fetchone()[0]
+        assert red_open >= 1  # overdue with a card, still being worked
+        # the recalled ticket now runs on property_management's fresh clock; the cards it
+        # earned while community_security held it stay on community_security's record
+        [(ticket_id, due_at)] = db.execute(
+            "SELECT t.ticket_id, t.due_at FROM tickets t WHERE t.status = 'dispatched' AND "
+            "t.department = 'property_management'").fetchall()
+        cards = db.execute("SELECT stage, department FROM escalations WHERE ticket_id = ?",
+                           (ticket_id,)).fetchall()
+        assert ("red", "community_security") in cards
+        assert all(dept == "community_security" for _, dept in cards)
+        actors = {a for (a,) in db.execute("SELECT DISTINCT actor FROM ticket_events")}
+        assert {"demo.operator", "demo.security", "demo.fire"} <= actors
+    from datetime import UTC, datetime
+    assert datetime.fromisoformat(due_at.replace("Z", "+00:00")) > datetime.now(UTC)
