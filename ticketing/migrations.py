@@ -6,7 +6,9 @@ transaction-scoped advisory lock, SQLite a ``BEGIN IMMEDIATE`` write lock. Versi
 the foundation schema (``IF NOT EXISTS``, so a database written by the first
 ``SqliteTicketStore`` upgrades in place); version 2 adds the lifecycle; version 3 moves
 each ticket's ``event_ids`` out of the JSON ``body`` into the append-only
-``ticket_event_ids`` table (a Python step, :func:`_move_event_ids`, runs after its DDL).
+``ticket_event_ids`` table (a Python step, :func:`_move_event_ids`, runs after its DDL);
+version 8 adds the stream stage's checkpoints. Versions need not be contiguous (numbers
+are reserved per change and may land in any order); they are applied in the order listed.
 
 To change the schema, append a migration; never edit one that has shipped.
 """
@@ -30,7 +32,8 @@ class Migration:
     version: int
     name: str
     # ``{serial}`` becomes the dialect's auto-increment key; ``{without_rowid}`` is SQLite's
-    # WITHOUT ROWID (the table is its primary key's B-tree) and nothing on PostgreSQL
+    # WITHOUT ROWID (the table is its primary key's B-tree) and nothing on PostgreSQL;
+    # ``{blob}`` is BLOB (SQLite) or BYTEA (PostgreSQL)
     statements: tuple[str, ...]
     # a data step after the statements, in the same transaction: ``run(conn, dialect)``
     run: Callable[[Connection, str], None] | None = None
@@ -140,6 +143,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX ticket_event_ids_added ON ticket_event_ids (added_at)",
         "ALTER TABLE tickets ADD COLUMN event_count INTEGER NOT NULL DEFAULT 0",
     ), run=_move_event_ids),
+    # The stream stage's durable state (hot-spot baselines, windows, open tracks): the
+    # latest checkpoint per runtime instance, and the detections committed since it, one
+    # row per batch, written in the batch's transaction (ticketing/checkpoints.py).
+    Migration(8, "stream_checkpoints and stream_journal: durable hot-spot state", (
+        """CREATE TABLE stream_checkpoints (
+            name TEXT PRIMARY KEY,
+            format INTEGER NOT NULL,
+            saved_at TEXT NOT NULL,
+            body {blob} NOT NULL)""",
+        """CREATE TABLE stream_journal (
+            id {serial},
+            name TEXT NOT NULL,
+            lines TEXT NOT NULL)""",
+        "CREATE INDEX stream_journal_name ON stream_journal (name, id)",
+    )),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -165,7 +183,8 @@ def migrate(conn: Connection, *, dialect: str, lock_name: str = "gridwatch") -> 
             continue
         for statement in migration.statements:
             conn.execute(text(statement.replace("{serial}", serial).replace(
-                "{without_rowid}", " WITHOUT ROWID" if dialect == "sqlite" else "")))
+                "{without_rowid}", " WITHOUT ROWID" if dialect == "sqlite" else "").replace(
+                "{blob}", "BYTEA" if dialect == "postgresql" else "BLOB")))
         if migration.run is not None:
             migration.run(conn, dialect)
         conn.execute(text("INSERT INTO schema_migrations (version, name, applied_at) "

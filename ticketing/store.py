@@ -458,6 +458,19 @@ class SqlTicketStore:
                 yield conn
 
     @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction for a module that keeps its own tables in this database
+        (committed when the block ends, rolled back on an error)."""
+        with self._write() as conn:
+            yield conn
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A read connection, for such modules."""
+        with self._read() as conn:
+            yield conn
+
+    @contextmanager
     def _locked(self) -> Iterator[None]:
         if self._lock is None:
             yield
@@ -665,7 +678,8 @@ class SqlTicketStore:
 
     def save_many(self, items: builtins.list[tuple[Ticket, builtins.list[str]]], *,
                   read_versions: dict[str, int] | None = None,
-                  open_tickets: dict[tuple[str, str], str] | None = None) -> int:
+                  open_tickets: dict[tuple[str, str], str] | None = None,
+                  also: Callable[[Connection], None] | None = None) -> int:
         """Several desk upserts (each with the incident ids it newly absorbed) in one
         transaction: all are written or, on a :class:`VersionConflict`, none.
 
@@ -675,6 +689,9 @@ class SqlTicketStore:
         exist yet. ``open_tickets`` ((cell id, kind) → ticket id) is what a caller took
         for :meth:`open_ticket_for` without asking (a cache): each must still be the
         answer, else :class:`OpenTicketMoved` (a :class:`VersionConflict`).
+
+        ``also(conn)`` runs last in the same transaction (the stream stage's checkpoint
+        or journal, so it commits exactly with the tickets it produced).
 
         Returns how many of the incident links were new: fewer than given means another
         writer linked an incident first (its link is kept)."""
@@ -739,6 +756,8 @@ class SqlTicketStore:
             linked = conn.execute(_LINK_INCIDENT, links).rowcount if links else 0
             self._insert_event_ids(conn, new_ids)
             self._record(conn, changes)
+            if also is not None:
+                also(conn)
         self._notify(changes)
         return int(linked)
 
