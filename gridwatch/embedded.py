@@ -153,6 +153,7 @@ class EmbeddedPipeline:
         self._pending = 0
         self._checkpoint_name = checkpoint_name if self._batching is not None else None
         self._hotspot_kinds: dict[str, bool] = {}
+        self._also: list[AlsoWrite] = []  # the worker's write for the durable state
         self.restored = self._restore()
         self._seed_seen_ids()
         self._worker = threading.Thread(target=self._run, name="gridwatch-pipeline",
@@ -306,13 +307,14 @@ class EmbeddedPipeline:
         return results
 
     # -- the worker ------------------------------------------------------------------------
-    def _apply(self, outputs: list[StreamOutput], also: list[AlsoWrite]) -> None:
+    def _apply(self, outputs: list[StreamOutput]) -> None:
         """Apply stream outputs to tickets: batched, or one by one after a conflict;
-        ``also`` (the durable hot-spot state's write) with them.
+        ``_also`` (the durable hot-spot state's write, set by :meth:`_write`) with them.
 
         On an error, ``outputs`` is left holding what is not written yet (a batch is
         written whole or not at all; one by one, the written ones are removed), and
-        ``also`` until it is written, so a retry applies nothing twice."""
+        ``_also`` until it is written, so a retry applies nothing twice."""
+        also = self._also
         if self._batching is not None:
             try:
                 with self._batching.batch(also=also[0] if also else None):
@@ -340,10 +342,10 @@ class EmbeddedPipeline:
         and intake blocks: the broker holds what is not acknowledged. Returns whether
         everything was written."""
         delay = self.retry_delay_s
-        pending_also = [also] if also is not None else []
+        self._also[:] = [also] if also is not None else []
         while True:
             try:
-                self._apply(outputs, pending_also)
+                self._apply(outputs)
                 return True
             except STORE_UNAVAILABLE as exc:
                 self._store_errors += 1
