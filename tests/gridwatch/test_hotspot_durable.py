@@ -4,6 +4,7 @@ crash gives the same hot-spot tickets as an uninterrupted one."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -16,7 +17,7 @@ from gridwatch.config import GridWatchConfig, load_config
 from gridwatch.embedded import EmbeddedPipeline
 from stream.hotspot_scenarios import Scenario, ScenarioSpec
 from ticketing import checkpoints
-from ticketing.store import SqliteTicketStore
+from ticketing.store import SqliteTicketStore, SqlTicketStore
 
 SPEC = ScenarioSpec(rows=5, cols=5, days=6, n_clusters=2, seed=11, town_block=5,
                     cluster_earliest_day=4, cluster_strengths=(6.0,), cluster_hours=(24,),
@@ -54,7 +55,7 @@ def submit(pipeline: EmbeddedPipeline, lines: tuple[str, ...] | list[str],
         assert pipeline.drain()
 
 
-def hot_tickets(store: SqliteTicketStore) -> list[dict[str, Any]]:
+def hot_tickets(store: SqlTicketStore) -> list[dict[str, Any]]:
     return sorted((t.to_public() for t in store.all() if t.hotspot is not None),
                   key=lambda t: t["ticket_id"])
 
@@ -94,15 +95,25 @@ def test_a_clean_restart_gives_the_same_hot_spot_tickets(
     assert hot_tickets(store) == reference
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path
+                  ) -> Callable[[], SqlTicketStore]:
+    if request.param == "sqlite":
+        return lambda: SqliteTicketStore(tmp_path / "t.db")
+    url, schema = request.getfixturevalue("pg_schema")
+    return lambda: SqlTicketStore(url, schema=schema)
+
+
 def test_a_crash_between_checkpoints_loses_nothing_and_counts_nothing_twice(
-        tmp_path: Path, reference: list[dict[str, Any]]) -> None:
+        store_factory: Callable[[], SqlTicketStore],
+        reference: list[dict[str, Any]]) -> None:
     grid, lines = scenario()
     at = int(len(lines) * 0.58) + 13  # inside an hour, during a cluster's day
-    crashed = EmbeddedPipeline(config(), grid, SqliteTicketStore(tmp_path / "t.db"))
+    crashed = EmbeddedPipeline(config(), grid, store_factory())
     submit(crashed, lines[:at])
     # a crash: no close(), no shutdown checkpoint; what was committed is all there is.
     # The broker re-delivers the last messages whose acknowledgement was lost.
-    store = SqliteTicketStore(tmp_path / "t.db")
+    store = store_factory()
     restarted = EmbeddedPipeline(config(), grid, store)
     assert restarted.restored["checkpoint"] == 1
     assert restarted.restored["journal"] > 0  # detections since the last closed hour
