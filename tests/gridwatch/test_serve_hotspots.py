@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,14 @@ def test_serve_killed_and_restarted_gives_the_same_hot_spot_tickets(tmp_path: Pa
     assert len(reference) == 2
     grid_file(grid, tmp_path / "grid.geojson")
     (tmp_path / "c.yaml").write_text("hotspot:\n  warmup_s: 259200\n")
-    at = int(len(lines) * 0.62) + 7
+    # phase 1 ends inside an hour; phase 2 is the rest of that hour (one batch that closes
+    # no hour: the journal), then the kill
+    hours = [int(datetime.fromisoformat(json.loads(raw)["observed_at"]).timestamp() // 3600)
+             for raw in lines]
+    at = int(len(lines) * 0.62)
+    while hours[at] != hours[at - 1] or hours[at + 3] != hours[at]:
+        at += 1
+    end_of_hour = hours.index(hours[at] + 1, at)
     client_id = unique("centre")
     with MosquittoProcess(tmp_path / "broker") as broker:
         port = free_port()
@@ -93,6 +101,8 @@ def test_serve_killed_and_restarted_gives_the_same_hot_spot_tickets(tmp_path: Pa
             publish(broker.port, lines[1:at])
             assert wait_until(lambda: processed(port) == at, 120, interval_s=0.2), \
                 processed(port)
+            publish(broker.port, lines[at:end_of_hour])
+            assert wait_until(lambda: processed(port) == end_of_hour, 60, interval_s=0.2)
             first.send_signal(signal.SIGKILL)  # no shutdown, no final checkpoint
             first.wait(10)
             with SqliteTicketStore(tmp_path / "t.db").connection() as conn:
@@ -103,8 +113,8 @@ def test_serve_killed_and_restarted_gives_the_same_hot_spot_tickets(tmp_path: Pa
             second = start(tmp_path, broker.url, port, client_id)
             try:
                 assert wait_until(lambda: processed(port) >= 0, 30)
-                publish(broker.port, lines[at:])
-                assert wait_until(lambda: processed(port) == len(lines) - at, 120,
+                publish(broker.port, lines[end_of_hour:])
+                assert wait_until(lambda: processed(port) == len(lines) - end_of_hour, 120,
                                   interval_s=0.2), processed(port)
                 second.send_signal(signal.SIGTERM)
                 assert second.wait(30) == 0, second.stderr.read() if second.stderr else ""
