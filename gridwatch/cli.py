@@ -39,6 +39,7 @@ COMMAND_MODULES = (
     "edge",
     "report",
     "worker",
+    "hotspots",
 )
 
 

@@ -50,6 +50,8 @@ OnCommitted = Callable[[], None]
 OnFailed = Callable[[], None]
 Submission = tuple[Detection, OnCommitted | None, OnFailed | None]
 AlsoWrite = Callable[[Connection], None]
+# the name of the embedded service's hot-spot state in the ticket store (one per store)
+CHECKPOINT_NAME = "embedded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,7 @@ class EmbeddedPipeline:
         batch_max: int = 2000,
         retry_delay_s: float = 0.5,
         retry_max_s: float = 30.0,
-        checkpoint_name: str | None = "embedded",
+        checkpoint_name: str | None = CHECKPOINT_NAME,
     ) -> None:
         live = config.model_copy(
             update={"stream": config.stream.model_copy(update={"lateness_s": 0})})
