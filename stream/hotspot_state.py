@@ -29,6 +29,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -78,24 +79,17 @@ def dump(processor: StreamProcessor) -> bytes:
         raise ValueError(f"expected an empty reorder buffer, got "
                          f"{len(processor._buffer)} detections held")
     engine = processor.hotspots
-    lists = _Lists()
     arrays: Arrays = {}
     kinds: list[dict[str, Any]] = []
     for k, name in enumerate(sorted(engine._kinds)):
         state = engine._kinds[name]
         for field in _ARRAY_FIELDS:
             arrays[f"k{k}.{field}"] = getattr(state, field)
-        trails = []
-        for idx in sorted(state.evidence):
-            trail = state.evidence[idx]
-            if trail.hours:
-                trails.append([idx, list(trail.hours), list(trail.sources),
-                               [lists.ref(ids) for ids in trail.ids], list(trail.snaps)])
+        arrays.update(_dump_trails(f"k{k}.", state))
         kinds.append({
             "kind": name,
             "hotspots": [[s.centre, sorted(s.members), s.first_hour, s.last_hour,
                           s.reported_hour] for _, s in sorted(state.hotspots.items())],
-            "trails": trails,
         })
     meta = {
         "format": FORMAT,
@@ -104,9 +98,8 @@ def dump(processor: StreamProcessor) -> bytes:
         "late_dropped": engine.late_dropped,
         "unknown_cells": engine.unknown_cells,
         "kinds": kinds,
-        "dedup": _dump_dedup(processor._occurrences, lists),
+        "dedup": _dump_dedup(processor._occurrences, engine),
         "episodes": sorted(list(e) for e in processor._episodes),
-        "event_id_lists": lists.items,
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta, separators=(",", ":"),
                                               ensure_ascii=False).encode(), dtype=np.uint8)
@@ -150,7 +143,6 @@ def restore(processor: StreamProcessor, data: bytes) -> None:
     if meta["fingerprint"] != fingerprint(engine):
         raise CheckpointError("the checkpoint was written for another grid or other "
                               "hot-spot windows (cells, towns or windows_s changed)")
-    lists: list[list[str]] = meta["event_id_lists"]
     n_cells = len(engine.cell_ids)
     engine._kinds = {}
     for k, saved in enumerate(meta["kinds"]):
@@ -167,17 +159,12 @@ def restore(processor: StreamProcessor, data: bytes) -> None:
         for centre, members, first, last, reported in saved["hotspots"]:
             state.hotspots[centre] = _Active(centre, frozenset(members), first, last,
                                              reported)
-        for idx, hours, sources, ids, snaps in saved["trails"]:
-            trail = state.evidence[idx] = _Trail()
-            trail.hours.extend(hours)
-            trail.sources.extend(sources)
-            trail.ids.extend(lists[i] for i in ids)
-            trail.snaps.extend(snaps)
+        _restore_trails(f"k{k}.", state, arrays)
         engine._kinds[saved["kind"]] = state
     engine._hour = meta["hour"]
     engine.late_dropped = meta["late_dropped"]
     engine.unknown_cells = meta["unknown_cells"]
-    _restore_dedup(processor._occurrences, meta["dedup"], lists)
+    _restore_dedup(processor._occurrences, meta["dedup"], engine)
     processor._episodes = {tuple(e) for e in meta["episodes"]}  # type: ignore[misc]
 
 
@@ -195,23 +182,94 @@ def held_event_ids(processor: StreamProcessor) -> list[tuple[str, float]]:
     return out
 
 
-class _Lists:
-    """Event-id lists by identity: a trail and an open track share the occurrence's list
-    (dedup still appends to it), so the restored ones must share it too."""
-
-    def __init__(self) -> None:
-        self.items: list[list[str]] = []
-        self._index: dict[int, int] = {}
-
-    def ref(self, ids: list[str]) -> int:
-        i = self._index.get(id(ids))
-        if i is None:
-            i = self._index[id(ids)] = len(self.items)
-            self.items.append(ids)
-        return i
+def _pack(strings: list[str], prefix: str) -> Arrays:
+    """Strings as two arrays (lengths, UTF-8 of them all joined): C-speed both ways."""
+    joined = "".join(strings)
+    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+    return {f"{prefix}.len": lengths,
+            f"{prefix}.utf8": np.frombuffer(joined.encode(), dtype=np.uint8)}
 
 
-def _dump_dedup(dedup: OccurrenceDeduper, lists: _Lists) -> dict[str, Any]:
+def _unpack(arrays: Arrays, prefix: str) -> list[str]:
+    joined = arrays[f"{prefix}.utf8"].tobytes().decode()
+    ends = np.cumsum(arrays[f"{prefix}.len"]).tolist()
+    out, start = [], 0
+    for end in ends:
+        out.append(joined[start:end])
+        start = end
+    return out
+
+
+def _dump_trails(prefix: str, state: _KindState) -> Arrays:
+    """A kind's evidence trails as columns: the cells that have one and their lengths,
+    then every entry's hour, source, event ids (flattened, with their counts) and
+    snapshot (``None`` marked apart from ``""``)."""
+    cells = [idx for idx in sorted(state.evidence) if state.evidence[idx].hours]
+    trails = [state.evidence[idx] for idx in cells]
+    hours: list[int] = []
+    sources: list[str] = []
+    id_lists: list[list[str]] = []
+    snaps: list[str | None] = []
+    for trail in trails:
+        hours.extend(trail.hours)
+        sources.extend(trail.sources)
+        id_lists.extend(trail.ids)
+        snaps.extend(trail.snaps)
+    flat_ids = list(chain.from_iterable(id_lists))
+    return {
+        f"{prefix}trail.cells": np.array(cells, dtype=np.int64),
+        f"{prefix}trail.count": np.fromiter((len(t.hours) for t in trails), dtype=np.int64,
+                                            count=len(trails)),
+        f"{prefix}trail.hours": np.array(hours, dtype=np.int64),
+        f"{prefix}trail.ids_per": np.fromiter(map(len, id_lists), dtype=np.int64,
+                                              count=len(id_lists)),
+        f"{prefix}trail.snap_none": np.fromiter((x is None for x in snaps), dtype=bool,
+                                                count=len(snaps)),
+        **_pack(sources, f"{prefix}trail.sources"),
+        **_pack(flat_ids, f"{prefix}trail.ids"),
+        **_pack([x or "" for x in snaps], f"{prefix}trail.snaps"),
+    }
+
+
+def _restore_trails(prefix: str, state: _KindState, arrays: Arrays) -> None:
+    counts = arrays[f"{prefix}trail.count"].tolist()
+    hours = arrays[f"{prefix}trail.hours"].tolist()
+    sources = _unpack(arrays, f"{prefix}trail.sources")
+    flat_ids = _unpack(arrays, f"{prefix}trail.ids")
+    snaps_text = _unpack(arrays, f"{prefix}trail.snaps")
+    none = arrays[f"{prefix}trail.snap_none"].tolist()
+    ids: list[list[str]] = []
+    at = 0
+    for n in arrays[f"{prefix}trail.ids_per"].tolist():
+        ids.append(flat_ids[at:at + n])
+        at += n
+    snaps = [None if gone else text for gone, text in zip(none, snaps_text, strict=True)]
+    at = 0
+    for idx, n in zip(arrays[f"{prefix}trail.cells"].tolist(), counts, strict=True):
+        trail = state.evidence[idx] = _Trail()
+        trail.hours.extend(hours[at:at + n])
+        trail.sources.extend(sources[at:at + n])
+        trail.ids.extend(ids[at:at + n])
+        trail.snaps.extend(snaps[at:at + n])
+        at += n
+
+
+def _trail_ref(engine: HotspotEngine, occ: Occurrence) -> list[Any] | None:
+    """Where the trail holds this occurrence's event-id list (the same list object: dedup
+    appends to it while the track lasts): ``[kind, cell index, position from the end]``.
+    Open tracks are recent, so the search from the end is short."""
+    state = engine._kinds.get(occ.kind)
+    idx = engine._index.get(occ.cell_id)
+    trail = None if state is None or idx is None else state.evidence.get(idx)
+    if trail is None:
+        return None
+    for back, ids in enumerate(reversed(trail.ids)):
+        if ids is occ.event_ids:
+            return [occ.kind, idx, back]
+    return None
+
+
+def _dump_dedup(dedup: OccurrenceDeduper, engine: HotspotEngine) -> dict[str, Any]:
     recents: list[list[Any]] = []
     occurrences: list[list[Any]] = []
     recent_index: dict[int, int] = {}
@@ -224,10 +282,12 @@ def _dump_dedup(dedup: OccurrenceDeduper, lists: _Lists) -> dict[str, Any]:
             j = occurrence_index.get(id(occ))
             if j is None:
                 j = occurrence_index[id(occ)] = len(occurrences)
+                # the event ids: a reference into the trail that shares the list, or the
+                # list itself where no trail holds it (dropped as too late)
+                ids = _trail_ref(engine, occ) or {"ids": list(occ.event_ids)}
                 occurrences.append([occ.kind, occ.cell_id, occ.observed_at.isoformat(),
                                     occ.station_id, occ.source_id, occ.lon, occ.lat,
-                                    occ.confidence, lists.ref(occ.event_ids),
-                                    occ.snapshot_url, occ.track_key])
+                                    occ.confidence, ids, occ.snapshot_url, occ.track_key])
             i = recent_index[id(recent)] = len(recents)
             recents.append([j, recent.last_ts])
         return i
@@ -243,11 +303,18 @@ def _dump_dedup(dedup: OccurrenceDeduper, lists: _Lists) -> dict[str, Any]:
 
 
 def _restore_dedup(dedup: OccurrenceDeduper, saved: dict[str, Any],
-                   lists: list[list[str]]) -> None:
+                   engine: HotspotEngine) -> None:
+    def event_ids(ref: Any) -> list[str]:
+        if isinstance(ref, dict):
+            return list(ref["ids"])
+        kind, idx, back = ref
+        ids: list[str] = engine._kinds[kind].evidence[idx].ids[-1 - back]
+        return ids
+
     occurrences = [
         Occurrence(kind=o[0], cell_id=o[1], observed_at=datetime.fromisoformat(o[2]),
                    station_id=o[3], source_id=o[4], lon=o[5], lat=o[6], confidence=o[7],
-                   event_ids=lists[o[8]], snapshot_url=o[9], track_key=o[10])
+                   event_ids=event_ids(o[8]), snapshot_url=o[9], track_key=o[10])
         for o in saved["occurrences"]]
     recents = [_Recent(occurrences[j], last_ts) for j, last_ts in saved["recents"]]
     dedup._ops = saved["ops"]
