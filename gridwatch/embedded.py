@@ -175,14 +175,16 @@ class EmbeddedPipeline:
         if saved.empty:
             return {}
         processor = self._core.processor
-        if saved.body is not None:
-            try:
+        try:
+            # the journal was written from valid detections; one that no longer parses
+            # (a schema change) makes the state unusable, not the service
+            journal = [parse_detection(raw) for lines in saved.journal
+                       for raw in lines.splitlines()]
+            if saved.body is not None:
                 hotspot_state.restore(processor, saved.body)
-            except hotspot_state.CheckpointError as exc:
-                log.warning("hot-spot state %r not restored, starting cold: %s", name, exc)
-                return {}
-        journal = [parse_detection(raw) for lines in saved.journal
-                   for raw in lines.splitlines()]
+        except (hotspot_state.CheckpointError, DetectionRejected) as exc:
+            log.warning("hot-spot state %r not restored, starting cold: %s", name, exc)
+            return {}
         findings = sum(1 for output in self._core.stream(journal)
                        if isinstance(output, HotspotFinding))
         if findings:  # a journal never spans a closed hour, so it cannot find anything

@@ -148,3 +148,16 @@ def test_without_a_checkpoint_name_nothing_is_written(tmp_path: Path) -> None:
     pipeline.close()
     with store.connection() as conn:
         assert checkpoints.load(conn, name="embedded").empty
+
+
+def test_an_unreadable_journal_means_a_cold_start_not_a_crash(tmp_path: Path) -> None:
+    grid, lines = scenario()
+    store = SqliteTicketStore(tmp_path / "t.db")
+    with store.transaction() as conn:
+        checkpoints.append_journal(conn, name="embedded", lines='{"schema": "old/0"}')
+    pipeline = EmbeddedPipeline(config(), grid, store)
+    assert pipeline.restored == {}
+    submit(pipeline, lines[:50])  # and it works on
+    pipeline.close()
+    with store.connection() as conn:
+        assert checkpoints.load(conn, name="embedded").body is not None
