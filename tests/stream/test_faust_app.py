@@ -452,7 +452,7 @@ def test_a_stopped_worker_checkpoints_and_its_successor_gives_the_same_hot_spots
     at = int(len(lines) * 0.6) + 11
     feed_worker(first, recorder, lines[:at])
     owned = first.worker.partitions
-    asyncio.run(first._on_shutdown(first.app))  # what faust's on_before_shutdown calls
+    asyncio.run(first.app.on_before_shutdown.send())  # what faust's App.on_stop sends
     assert first.worker.counts["checkpoints"] >= len(owned)
     successor = hotspot_scaleout(store, recorder)
     feed_worker(successor, recorder, lines[at:])
