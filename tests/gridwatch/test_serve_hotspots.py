@@ -118,6 +118,10 @@ def test_serve_killed_and_restarted_gives_the_same_hot_spot_tickets(tmp_path: Pa
                                   interval_s=0.2), processed(port)
                 second.send_signal(signal.SIGTERM)
                 assert second.wait(30) == 0, second.stderr.read() if second.stderr else ""
+                with SqliteTicketStore(tmp_path / "t.db").connection() as conn:
+                    saved = checkpoints.load(conn, name="embedded")
+                # the clean stop's flush: one checkpoint, the journal folded into it
+                assert saved.body is not None and saved.journal == []
             finally:
                 if second.poll() is None:
                     second.kill()
