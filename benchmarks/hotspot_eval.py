@@ -3,10 +3,14 @@
     python benchmarks/hotspot_eval.py                 # both families x 3 seeds x 900 cells
     python benchmarks/hotspot_eval.py --family quiet --seeds 1 2 3 4 5 --json out.json
 
-Two scenario families (``stream.hotspot_scenarios.FAMILIES``), both evaluated by default:
-"mixed" (12 to 1,500 occurrences per cell and day) and "quiet" (2 to 40 a day, half the
-cells without a camera, like real cameras on quiet roads). Figures are printed per family,
-pooled over the seeds and for each seed.
+Three scenario families (``stream.hotspot_scenarios.FAMILIES``), all evaluated by
+default: "mixed" (12 to 1,500 occurrences per cell and day), "quiet" (2 to 40 a day, a
+camera in one cell of ten, like real cameras on quiet roads) and "quiet_busy" (2 to 600 a
+day side by side; only single-cell, one-day clusters of 3x to 6x). Three methods side by
+side: GridWatch's engine, the naive fixed-count threshold (two quantiles) and a
+prospective space-time scan run daily as SaTScan's surveillance does
+(``SpaceTimeScanEngine``). Figures are printed per family, pooled over the seeds and for
+each seed.
 
 Drives both engines with the scenario's occurrences directly (what the stream stage would
 emit after dedup); ``--replay`` also runs the first scenario end to end through
@@ -32,7 +36,12 @@ if str(ROOT) not in sys.path:
 
 from stream.hotspot import HotspotEngine, HotspotSettings  # noqa: E402
 from stream.hotspot_scenarios import FAMILIES, Scenario, family_spec  # noqa: E402
-from stream.hotspot_scoring import NaiveThresholdEngine, Score, score  # noqa: E402
+from stream.hotspot_scoring import (  # noqa: E402
+    NaiveThresholdEngine,
+    Score,
+    SpaceTimeScanEngine,
+    score,
+)
 from stream.types import HotspotFinding  # noqa: E402
 
 
@@ -62,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", nargs="+", choices=sorted(FAMILIES),
-                        default=["mixed", "quiet"])
+                        default=sorted(FAMILIES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--cols", type=int, default=30)
@@ -70,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clusters", type=int,
                         help="injected clusters per scenario (default: the family's)")
     parser.add_argument("--naive-quantile", type=float, nargs="+", default=[0.99, 0.999])
+    parser.add_argument("--scan-alpha", type=float, default=0.01,
+                        help="the space-time scan's signal level per daily analysis "
+                             "(recurrence interval 1/alpha days; default %(default)s)")
+    parser.add_argument("--scan-replicates", type=int, default=199)
     parser.add_argument("--config", type=Path, help="a GridWatch YAML config (hotspot:)")
     parser.add_argument("--json", type=Path, help="write all figures here")
     parser.add_argument("--replay", action="store_true",
@@ -124,6 +137,13 @@ def evaluate_family(family: str, args: argparse.Namespace,
             name = f"naive q{q}"
             scores[name] = score(name, nf, sc.clusters, n_cells=n_scored, days=spec.days,
                                  warmup_days=warmup_days)
+        scan = SpaceTimeScanEngine(sc.grid, warmup_s=settings.warmup_s,
+                                   utc_offset_s=settings.utc_offset_s,
+                                   alpha=args.scan_alpha, replicates=args.scan_replicates,
+                                   seed=seed)
+        name = "space-time scan"
+        scores[name] = score(name, run_engine(scan, sc), sc.clusters, n_cells=n_scored,
+                             days=spec.days, warmup_days=warmup_days)
         for name, sc_score in scores.items():
             totals[name] = totals[name].merge(sc_score) if name in totals else sc_score
         per_seed[seed] = scores

@@ -34,13 +34,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy.exc
+from sqlalchemy import Connection
 
 from detectors.schema import Detection, DetectionRejected, parse_detection
 from geo.grid import Grid
 from gridwatch.config import GridWatchConfig
 from gridwatch.replay import Pipeline
+from stream import hotspot_state
 from stream.dedup import EventIdFilter
+from stream.policy import Mode
 from stream.processor import StreamOutput
+from stream.types import HotspotFinding
+from ticketing import checkpoints
 from ticketing.batch import BatchingStore
 from ticketing.desk import TicketDesk
 from ticketing.evidence import evidence_path
@@ -51,6 +56,9 @@ log = logging.getLogger(__name__)
 OnCommitted = Callable[[], None]
 OnFailed = Callable[[], None]
 Submission = tuple[Detection, OnCommitted | None, OnFailed | None]
+AlsoWrite = Callable[[Connection], None]
+# the name of the embedded service's hot-spot state in the ticket store (one per store)
+CHECKPOINT_NAME = "embedded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +106,14 @@ class EmbeddedPipeline:
     that over more detections; when the worker keeps up, batches stay small and latency
     low. At 2,000 a full batch takes about 0.1 s on a 2-core box.
 
+    With a SQL store the hot-spot state is durable (``checkpoint_name``, ``None``: off):
+    at every closed hour and at :meth:`close` a checkpoint
+    (:mod:`stream.hotspot_state`), and between checkpoints a journal of the hot-spot
+    detections of each batch, both in the batch's own transaction
+    (:mod:`ticketing.checkpoints`). A new pipeline on the same store restores the
+    checkpoint and re-feeds the journal, so after a clean stop or a crash it continues
+    exactly where the committed tickets end.
+
     Example:
         >>> pipeline = EmbeddedPipeline(config, grid, SqliteTicketStore("tickets.db"))
         >>> pipeline.submit_raw(payload, origin="mqtt:gridwatch/v1/st1/smoke-3/detection")
@@ -117,6 +133,7 @@ class EmbeddedPipeline:
         retry_max_s: float = 30.0,
         link_evidence: bool = True,
         received: Callable[[], datetime] | None = _utc_now,
+        checkpoint_name: str | None = CHECKPOINT_NAME,
     ) -> None:
         live = config.model_copy(
             update={"stream": config.stream.model_copy(update={"lateness_s": 0})})
@@ -154,10 +171,90 @@ class EmbeddedPipeline:
         self._closing = threading.Event()
         self._idle = threading.Condition()
         self._pending = 0
+        self._checkpoint_name = checkpoint_name if self._batching is not None else None
+        self._hotspot_kinds: dict[str, bool] = {}
+        self._also: list[AlsoWrite] = []  # the worker's write for the durable state
+        self.restored = self._restore()
         self._seed_seen_ids()
         self._worker = threading.Thread(target=self._run, name="gridwatch-pipeline",
                                         daemon=True)
         self._worker.start()
+
+    # -- durable hot-spot state -------------------------------------------------------------
+    def _restore(self) -> dict[str, int]:
+        """Load the checkpoint and re-feed the journal (see the class doc); what was
+        restored, for the log and the tests."""
+        name = self._checkpoint_name
+        if name is None:
+            return {}
+        assert self._batching is not None
+        with self._batching.inner.connection() as conn:
+            saved = checkpoints.load(conn, name=name)
+        if saved.empty:
+            return {}
+        processor = self._core.processor
+        try:
+            # the journal was written from valid detections; one that no longer parses
+            # (a schema change) makes the state unusable, not the service
+            journal = [parse_detection(raw) for lines in saved.journal
+                       for raw in lines.splitlines()]
+            if saved.body is not None:
+                hotspot_state.restore(processor, saved.body)
+        except (hotspot_state.CheckpointError, DetectionRejected) as exc:
+            log.warning("hot-spot state %r not restored, starting cold: %s", name, exc)
+            return {}
+        findings = sum(1 for output in self._core.stream(journal)
+                       if isinstance(output, HotspotFinding))
+        if findings:  # a journal never spans a closed hour, so it cannot find anything
+            log.warning("re-feeding the hot-spot journal produced %d findings", findings)
+        for event_id, ts in hotspot_state.held_event_ids(processor):
+            self._ids.seen(event_id, ts)
+        for detection in journal:
+            self._ids.seen(detection.event_id, detection.observed_at.timestamp())
+        restored = {"checkpoint": int(saved.body is not None), "journal": len(journal),
+                    "open_hour": processor.hotspots.open_hour or 0}
+        log.info("hot-spot state %r restored (checkpoint of %s, %d detections since)",
+                 name, saved.saved_at, len(journal))
+        return restored
+
+    def _is_hotspot(self, kind: str) -> bool:
+        known = self._hotspot_kinds.get(kind)
+        if known is None:
+            known = self._hotspot_kinds[kind] = \
+                self.config.policies.for_kind(kind).mode is Mode.HOTSPOT
+        return known
+
+    def _checkpoint_write(self) -> AlsoWrite | None:
+        """The checkpoint of the state as it is now, as a write for the batch's
+        transaction."""
+        name = self._checkpoint_name
+        if name is None or self._core.processor.hotspots.open_hour is None:
+            return None
+        body = hotspot_state.dump(self._core.processor)
+        saved_at = datetime.now(UTC)
+
+        def write(conn: Connection) -> None:
+            checkpoints.save_checkpoint(conn, name=name, format=hotspot_state.FORMAT,
+                                        body=body, saved_at=saved_at)
+        return write
+
+    def _persist(self, detections: list[Detection], hour_before: int | None
+                 ) -> AlsoWrite | None:
+        """What a batch adds to the durable state: a checkpoint if it closed an hour,
+        else its hot-spot detections for the journal."""
+        name = self._checkpoint_name
+        if name is None:
+            return None
+        if hour_before is not None and \
+                self._core.processor.hotspots.open_hour != hour_before:
+            return self._checkpoint_write()
+        lines = "\n".join(d.to_json() for d in detections if self._is_hotspot(d.kind))
+        if not lines:
+            return None
+
+        def write(conn: Connection) -> None:
+            checkpoints.append_journal(conn, name=name, lines=lines)
+        return write
 
     def _seed_seen_ids(self) -> None:
         # after a restart, detections redelivered by the broker must not be counted twice;
@@ -235,16 +332,19 @@ class EmbeddedPipeline:
 
     # -- the worker ------------------------------------------------------------------------
     def _apply(self, outputs: list[StreamOutput]) -> None:
-        """Apply stream outputs to tickets: batched, or one by one after a conflict.
+        """Apply stream outputs to tickets: batched, or one by one after a conflict;
+        ``_also`` (the durable hot-spot state's write, set by :meth:`_write`) with them.
 
         On an error, ``outputs`` is left holding what is not written yet (a batch is
-        written whole or not at all; one by one, the written ones are removed), so a retry
-        applies nothing twice."""
+        written whole or not at all; one by one, the written ones are removed), and
+        ``_also`` until it is written, so a retry applies nothing twice."""
+        also = self._also
         if self._batching is not None:
             try:
-                with self._batching.batch():
+                with self._batching.batch(also=also[0] if also else None):
                     self._core.apply(outputs)
                 outputs.clear()
+                also.clear()
                 return
             except VersionConflict:
                 # an operator changed a ticket meanwhile: nothing of the batch was written;
@@ -254,13 +354,19 @@ class EmbeddedPipeline:
         while outputs:
             self._direct_desk.apply(outputs[0])
             del outputs[0]
+        if also and self._batching is not None:
+            with self._batching.inner.transaction() as conn:
+                also[0](conn)
+            also.clear()
 
-    def _write(self, outputs: list[StreamOutput], size: int) -> bool:
+    def _write(self, outputs: list[StreamOutput], size: int,
+               also: AlsoWrite | None = None) -> bool:
         """Apply ``outputs``, retrying a failing store (disk full, database gone) with
         back-off until it works or the pipeline closes. While it retries, the queue fills
         and intake blocks: the broker holds what is not acknowledged. Returns whether
         everything was written."""
         delay = self.retry_delay_s
+        self._also[:] = [also] if also is not None else []
         while True:
             try:
                 self._apply(outputs)
@@ -287,9 +393,11 @@ class EmbeddedPipeline:
                     if batch:
                         self._process(batch)
                     if not isinstance(item, _Flush):
+                        self._shutdown_checkpoint()
                         return
                     # close the hot-spot windows here, in the only thread that writes
-                    self._write(self._core.processor.flush(), 0)
+                    outputs = self._core.processor.flush()
+                    self._write(outputs, 0, self._checkpoint_write())
                     item.done.set()
                     break
                 batch.extend(item)
@@ -302,12 +410,29 @@ class EmbeddedPipeline:
                     self._process(batch)
                     break
 
+    def _shutdown_checkpoint(self) -> None:
+        """The shutdown flush: everything is committed already (batch by batch); the
+        checkpoint folds the journal into one snapshot so the next start is quick. The
+        open hour is *not* closed: the next run continues it, as an uninterrupted one."""
+        if self._closing.is_set():
+            return  # the store was failing: the journal in it is as far as it got
+        try:
+            also = self._checkpoint_write()
+            if also is not None and self._batching is not None:
+                with self._batching.inner.transaction() as conn:
+                    also(conn)
+        except Exception:
+            log.exception("hot-spot checkpoint at shutdown failed; the next start "
+                          "re-feeds the journal instead")
+
     def _process(self, batch: list[tuple[Detection, OnCommitted | None,
                                          OnFailed | None]]) -> None:
         detections = [item[0] for item in batch]
         try:
+            hour_before = self._core.processor.hotspots.open_hour
             outputs = self._core.stream(detections)
-            written = self._write(outputs, len(batch))
+            written = self._write(outputs, len(batch),
+                                  self._persist(detections, hour_before))
         except Exception:
             # a bug on this batch's data (not a store that cannot write, which _write
             # retries): nothing of it was written; forget the ids so that the broker's

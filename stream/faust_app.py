@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from detectors.schema import Detection, DetectionRejected, parse_detection
 from geo.grid import Grid
+from stream import hotspot_state
 from stream.dedup import EventIdFilter
 from stream.hotspot import HotspotEngine, HotspotSettings
 from stream.policy import PolicyBook, StreamSettings
@@ -153,6 +154,20 @@ class TicketSink(Protocol):
         ...
 
 
+class StateSink(Protocol):
+    """Where a cell worker keeps each partition's hot-spot checkpoint
+    (``gridwatch.commands.worker.StoreCheckpoints``: the ticket store). Both methods may
+    raise :class:`StoreUnavailable`."""
+
+    def load_state(self, name: str) -> bytes | None:
+        """The checkpoint saved under ``name``, or ``None``."""
+        ...
+
+    def save_state(self, name: str, body: bytes) -> None:
+        """Replace the checkpoint under ``name``."""
+        ...
+
+
 # -- ingest: validate, look up the cell, re-key ---------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -211,13 +226,19 @@ class CellWorker:
     """One :class:`StreamProcessor` and event-id filter per owned partition; outputs go
     to one :class:`TicketSink`.
 
+    With a ``state`` sink each partition's hot-spot state is durable: restored when the
+    worker first sees the partition (after a restart or a rebalance), checkpointed after
+    the outputs of every hour it closes are applied, when the partition is revoked, and
+    at shutdown (:meth:`shutdown`). Checkpoints are named ``<state_prefix>:<partition>``.
+
     Thread-safe: the faust agent runs :meth:`stream` and :meth:`apply` in a worker thread
     (the store does blocking I/O) while rebalance callbacks call :meth:`revoke` on the
     event loop.
     """
 
     def __init__(self, *, stream: StreamSettings, policies: PolicyBook,
-                 hotspot: HotspotSettings, grid: Grid, sink: TicketSink) -> None:
+                 hotspot: HotspotSettings, grid: Grid, sink: TicketSink,
+                 state: StateSink | None = None, state_prefix: str = "worker") -> None:
         self.settings = live_stream_settings(stream)
         self.policies = policies
         self.hotspot = hotspot
@@ -228,15 +249,53 @@ class CellWorker:
         self._seeded: dict[int, set[str]] = {}
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.state = state
+        self.state_prefix = state_prefix
+        self._due: set[int] = set()  # partitions that closed an hour since their checkpoint
 
     def _partition(self, partition: int) -> tuple[StreamProcessor, EventIdFilter, set[str]]:
         processor = self._processors.get(partition)
         if processor is None:
-            processor = self._processors[partition] = StreamProcessor(
-                self.settings, self.policies, HotspotEngine(self.hotspot, self.grid))
-            self._ids[partition] = EventIdFilter(self.settings.dedup_horizon_s)
+            processor = StreamProcessor(self.settings, self.policies,
+                                        HotspotEngine(self.hotspot, self.grid))
+            ids = EventIdFilter(self.settings.dedup_horizon_s)
+            self._restore(partition, processor, ids)  # may raise StoreUnavailable
+            self._processors[partition] = processor
+            self._ids[partition] = ids
             self._seeded[partition] = set()
         return processor, self._ids[partition], self._seeded[partition]
+
+    def _state_name(self, partition: int) -> str:
+        return f"{self.state_prefix}:{partition}"
+
+    def _restore(self, partition: int, processor: StreamProcessor,
+                 ids: EventIdFilter) -> None:
+        if self.state is None:
+            return
+        data = self.state.load_state(self._state_name(partition))
+        if data is None:
+            return
+        try:
+            hotspot_state.restore(processor, data)
+        except hotspot_state.CheckpointError as exc:
+            log.warning("hot-spot state of partition %d not restored, starting cold: %s",
+                        partition, exc)
+            return
+        # a redelivered detection the checkpoint already counted is not counted again
+        for event_id, ts in hotspot_state.held_event_ids(processor):
+            ids.seen(event_id, ts)
+        self.counts["restored"] += 1
+
+    def _checkpoint(self, partitions: Iterable[int]) -> None:
+        if self.state is None:
+            return
+        for partition in sorted(partitions):
+            processor = self._processors.get(partition)
+            if processor is not None and processor.hotspots.open_hour is not None:
+                self.state.save_state(self._state_name(partition),
+                                      hotspot_state.dump(processor))
+                self.counts["checkpoints"] += 1
+            self._due.discard(partition)
 
     def stream(self, partition: int, cell_id: str, detection: Detection) -> list[StreamOutput]:
         """The stream stage for one detection of a cell on ``partition``."""
@@ -253,25 +312,51 @@ class CellWorker:
                 self.counts["duplicates"] += 1
                 return []
             self.counts["processed"] += 1
-            return processor.push(detection, cell_id)
+            hour_before = processor.hotspots.open_hour
+            outputs = processor.push(detection, cell_id)
+            if hour_before is not None and processor.hotspots.open_hour != hour_before:
+                self._due.add(partition)
+            return outputs
 
     def apply(self, outputs: Sequence[StreamOutput]) -> list[str]:
-        """Apply outputs to tickets (the sink makes a repeat harmless)."""
-        if not outputs:
-            return []
+        """Apply outputs to tickets (the sink makes a repeat harmless), then checkpoint
+        the partitions that closed an hour (so a checkpoint never holds findings whose
+        tickets are not written)."""
         with self._lock:
-            return self.sink.apply(outputs)
+            written = self.sink.apply(outputs) if outputs else []
+            if self._due:
+                self._checkpoint(list(self._due))
+            return written
 
     def flush(self) -> list[str]:
-        """Close open hot-spot windows of every owned partition (a clean shutdown)."""
+        """Close open hot-spot windows of every owned partition (the end of a finite
+        input; a worker that stops and starts again uses :meth:`shutdown`)."""
         with self._lock:
             outputs = [o for p in sorted(self._processors) for o in self._processors[p].flush()]
         return self.apply(outputs)
 
-    def revoke(self, partitions: Iterable[int]) -> None:
-        """Forget the state of partitions this worker no longer owns; whoever gets them
-        rebuilds it from the redelivered detections and the store."""
+    def shutdown(self) -> list[str]:
+        """The shutdown flush: with a state sink, checkpoint every owned partition (the
+        open hour stays open: the next run continues it, as an uninterrupted one would);
+        without one, close the open windows (:meth:`flush`) so their findings are not
+        lost. Returns the tickets written."""
+        if self.state is None:
+            return self.flush()
         with self._lock:
+            self._checkpoint(list(self._processors))
+        return []
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Checkpoint (with a state sink) and forget the state of partitions this worker
+        no longer owns; whoever gets them restores the checkpoint and takes the
+        redelivered detections on from there."""
+        partitions = list(partitions)
+        with self._lock:
+            try:
+                self._checkpoint([p for p in partitions if p in self._processors])
+            except StoreUnavailable as exc:
+                log.warning("checkpoint of revoked partitions %s failed (%s); their next "
+                            "owner starts from the previous one", partitions, exc)
             for partition in partitions:
                 self._processors.pop(partition, None)
                 self._ids.pop(partition, None)
@@ -329,6 +414,7 @@ class Scaleout:
         self.cell_agent = self.app.agent(self.by_cell_topic, name="gridwatch.cells")(
             self._cells)
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
 
     def _raw_topic(self, name: str, *, partitions: int | None = None) -> Any:
         # bytes in, bytes out: validation is ours (parse_detection), not a codec's
@@ -347,6 +433,16 @@ class Scaleout:
             log.info("partitions %s of %s revoked; dropping their state", partitions,
                      TOPIC_BY_CELL)
             self.worker.revoke(partitions)
+
+    async def _on_shutdown(self, _sender: Any, **_: Any) -> None:
+        # after the consumer stopped, before the producer's last flush
+        try:
+            tickets = await asyncio.to_thread(self.worker.shutdown)
+            log.info("shutdown flush: partitions %s checkpointed, %d tickets written",
+                     self.worker.partitions, len(tickets))
+        except StoreUnavailable as exc:
+            log.error("shutdown flush failed, the ticket store is unavailable (%s); the "
+                      "next start restores the last hourly checkpoints", exc)
 
     async def _dead_letter(self, event: Any, code: str, reason: str) -> None:
         message = event.message

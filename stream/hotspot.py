@@ -627,6 +627,12 @@ class HotspotEngine:
         """Kinds seen so far, sorted."""
         return sorted(self._kinds)
 
+    @property
+    def open_hour(self) -> int | None:
+        """The open hour (local hours since the epoch; ``None`` before any input): it
+        moves when an hour closes, which is when a runtime checkpoints the state."""
+        return self._hour
+
 
 def _day_type_ratio(total: FloatArray, expected: FloatArray, prior_count: float
                     ) -> FloatArray:

@@ -72,7 +72,7 @@ class ScenarioSpec:
 # roads like the sample data's cameras: 2 to 40 a day, a camera in one cell of ten (about
 # ten per town), so one week of a cell's hour-of-week slot holds less than one occurrence,
 # a town's profile rests on a few cameras and few cells share the multiple-testing family;
-# clusters of one or two cells.
+# clusters of one or two cells. "quiet_busy": see below.
 FAMILIES: dict[str, dict[str, object]] = {
     "mixed": {},
     "quiet": {
@@ -80,6 +80,16 @@ FAMILIES: dict[str, dict[str, object]] = {
         "camera_share": 0.1,
         "n_clusters": 12,
         "cluster_sizes": (1, 2),
+    },
+    # quiet and busy cells side by side (2 to 600 a day, a camera in half the cells) and
+    # only the hardest kind of cluster: one cell, one day, 3x to 6x
+    "quiet_busy": {
+        "rate_bands": ((0.5, 2.0, 10.0), (0.3, 10.0, 60.0), (0.2, 60.0, 600.0)),
+        "camera_share": 0.5,
+        "n_clusters": 16,
+        "cluster_sizes": (1,),
+        "cluster_hours": (24,),
+        "cluster_strengths": (3.0, 3.5, 4.0, 6.0),
     },
 }
 

@@ -128,6 +128,13 @@ class StreamProcessor:
         outputs.extend(findings)
         return outputs
 
+    def release(self) -> list[StreamOutput]:
+        """Release everything in the reorder buffer without closing the open hour (the
+        end of a history that live input continues, e.g. a hot-spot warm-up)."""
+        outputs: list[StreamOutput] = []
+        self._release(float("inf"), outputs)
+        return outputs
+
     def _count_hotspots(self, findings: list[HotspotFinding]) -> None:
         for finding in findings:
             self.stats.hotspot_reports += 1

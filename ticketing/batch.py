@@ -33,9 +33,11 @@ import copy
 import dataclasses
 import operator
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from sqlalchemy import Connection
 
 from ticketing.models import Ticket
 from ticketing.store import SqlTicketStore
@@ -120,8 +122,12 @@ class BatchingStore:
         return getattr(self.inner, name)
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, also: Callable[[Connection], None] | None = None
+              ) -> Iterator[None]:
         """Hold the desk's writes; commit them together when the block ends.
+
+        ``also(conn)`` is written in the same transaction (even when no ticket changed):
+        the stream stage's checkpoint or journal of this batch.
 
         Raises:
             VersionConflict: a ticket changed underneath (nothing of the batch written,
@@ -138,7 +144,11 @@ class BatchingStore:
             if self._dirty:
                 linked = self.inner.save_many(
                     [(self._tickets[tid], links) for tid, links in self._dirty.items()],
-                    read_versions=self._read_versions, open_tickets=self._open_unread)
+                    read_versions=self._read_versions, open_tickets=self._open_unread,
+                    also=also)
+            elif also is not None:
+                with self.inner.transaction() as conn:
+                    also(conn)
             committed = True
         finally:
             self._active = False

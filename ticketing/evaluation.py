@@ -278,7 +278,7 @@ def monthly_report(*, store: SqlTicketStore, month: str, as_of: datetime,
         tickets.extend(batch)
     work = [t for t in tickets if t.status not in NOT_WORK and t.merged_into is None]
     ids = [t.ticket_id for t in work]
-    with store.reading() as conn:
+    with store.connection() as conn:
         entries = audit_of(conn, ids)
         cards = cards_of(conn, ids)
     spells = [s for t in work for s in spells_of(t, entries[t.ticket_id])]

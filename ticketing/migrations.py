@@ -10,7 +10,8 @@ each ticket's ``event_ids`` out of the JSON ``body`` into the append-only
 version 4 records each card against the unit that held the ticket and per deadline clock
 (:func:`_cards_per_unit`); version 5 adds named user accounts, their API tokens, login
 sessions and the failed-login counters (:mod:`ticketing.users`, :mod:`ticketing.login`);
-version 6 adds the centre's evidence metadata (``ticketing/evidence.py``).
+version 6 adds the centre's evidence metadata (``ticketing/evidence.py``); version 8 adds
+the stream stage's checkpoints (``ticketing/checkpoints.py``).
 
 To change the schema, append a migration; never edit one that has shipped. Versions need
 not be contiguous (parallel branches take numbers ahead of time): every version not yet
@@ -36,7 +37,8 @@ class Migration:
     version: int
     name: str
     # ``{serial}`` becomes the dialect's auto-increment key; ``{without_rowid}`` is SQLite's
-    # WITHOUT ROWID (the table is its primary key's B-tree) and nothing on PostgreSQL
+    # WITHOUT ROWID (the table is its primary key's B-tree) and nothing on PostgreSQL;
+    # ``{blob}`` is BLOB (SQLite) or BYTEA (PostgreSQL)
     statements: tuple[str, ...]
     # a data step after the statements, in the same transaction: ``run(conn, dialect)``
     run: Callable[[Connection, str], None] | None = None
@@ -248,6 +250,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX evidence_stored ON evidence (stored_at, event_id)",
         "CREATE INDEX ticket_event_ids_event ON ticket_event_ids (event_id)",
     )),
+    # The stream stage's durable state (hot-spot baselines, windows, open tracks): the
+    # latest checkpoint per runtime instance, and the detections committed since it, one
+    # row per batch, written in the batch's transaction (ticketing/checkpoints.py).
+    Migration(8, "stream_checkpoints and stream_journal: durable hot-spot state", (
+        """CREATE TABLE stream_checkpoints (
+            name TEXT PRIMARY KEY,
+            format INTEGER NOT NULL,
+            saved_at TEXT NOT NULL,
+            body {blob} NOT NULL)""",
+        """CREATE TABLE stream_journal (
+            id {serial},
+            name TEXT NOT NULL,
+            lines TEXT NOT NULL)""",
+        "CREATE INDEX stream_journal_name ON stream_journal (name, id)",
+    )),
 )
 
 MIGRATIONS = tuple(sorted(MIGRATIONS, key=lambda m: m.version))
@@ -275,7 +292,8 @@ def migrate(conn: Connection, *, dialect: str, lock_name: str = "gridwatch") -> 
             continue
         for statement in migration.statements:
             conn.execute(text(statement.replace("{serial}", serial).replace(
-                "{without_rowid}", " WITHOUT ROWID" if dialect == "sqlite" else "")))
+                "{without_rowid}", " WITHOUT ROWID" if dialect == "sqlite" else "").replace(
+                "{blob}", "BYTEA" if dialect == "postgresql" else "BLOB")))
         if migration.run is not None:
             migration.run(conn, dialect)
         conn.execute(text("INSERT INTO schema_migrations (version, name, applied_at) "

@@ -1,6 +1,6 @@
 """Reading the accountability records of some tickets: their audit entries and the cards
 (escalations) recorded against the unit that held each ticket. Functions over a
-connection (``SqlTicketStore.reading()``); the 考核 report is computed from these."""
+connection (``SqlTicketStore.connection()``); the 考核 report is computed from these."""
 
 from __future__ import annotations
 

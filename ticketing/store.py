@@ -17,7 +17,6 @@ never apply the same change twice.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import functools
 import json
 import logging
@@ -450,11 +449,6 @@ class SqlTicketStore:
                 except Exception:  # a listener must not undo a committed write
                     log.exception("change listener failed for %s", change.ticket.ticket_id)
 
-    def reading(self) -> contextlib.AbstractContextManager[Connection]:
-        """A read connection, for the query modules that take one
-        (``ticketing.records``)."""
-        return self._read()
-
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self._locked(), self.engine.connect() as conn:
@@ -477,11 +471,13 @@ class SqlTicketStore:
 
     def transaction(self) -> AbstractContextManager[Connection]:
         """A write transaction on this database (committed on exit), for the modules
-        that keep tables of their own in it (:mod:`ticketing.users`, ``ticketing.login``)."""
+        that keep tables of their own in it (:mod:`ticketing.users`, :mod:`ticketing.login`,
+        :mod:`ticketing.checkpoints`); committed on exit, rolled back on an error."""
         return self._write()
 
     def connection(self) -> AbstractContextManager[Connection]:
-        """A read connection on this database (see :meth:`transaction`)."""
+        """A read connection on this database, for those modules and the query modules
+        that take one (:mod:`ticketing.records`)."""
         return self._read()
 
     def schema_version(self) -> int:
@@ -684,7 +680,8 @@ class SqlTicketStore:
 
     def save_many(self, items: builtins.list[tuple[Ticket, builtins.list[str]]], *,
                   read_versions: dict[str, int] | None = None,
-                  open_tickets: dict[tuple[str, str], str] | None = None) -> int:
+                  open_tickets: dict[tuple[str, str], str] | None = None,
+                  also: Callable[[Connection], None] | None = None) -> int:
         """Several desk upserts (each with the incident ids it newly absorbed) in one
         transaction: all are written or, on a :class:`VersionConflict`, none.
 
@@ -694,6 +691,9 @@ class SqlTicketStore:
         exist yet. ``open_tickets`` ((cell id, kind) → ticket id) is what a caller took
         for :meth:`open_ticket_for` without asking (a cache): each must still be the
         answer, else :class:`OpenTicketMoved` (a :class:`VersionConflict`).
+
+        ``also(conn)`` runs last in the same transaction (the stream stage's checkpoint
+        or journal, so it commits exactly with the tickets it produced).
 
         Returns how many of the incident links were new: fewer than given means another
         writer linked an incident first (its link is kept)."""
@@ -760,6 +760,8 @@ class SqlTicketStore:
             linked = conn.execute(_LINK_INCIDENT, links).rowcount if links else 0
             self._insert_event_ids(conn, new_ids)
             self._record(conn, changes)
+            if also is not None:
+                also(conn)
         self._notify(changes)
         return int(linked)
 

@@ -30,9 +30,10 @@ from geo.grid import Grid
 from gridwatch.config import GridWatchConfig
 from gridwatch.errors import UserError
 from stream.processor import StreamOutput
+from ticketing import checkpoints
 from ticketing.desk import TicketDesk
 from ticketing.idempotent import IdempotentDesk
-from ticketing.store import TicketFilter, TicketStore, configured_url
+from ticketing.store import SqlTicketStore, TicketFilter, TicketStore, configured_url
 
 if TYPE_CHECKING:
     from stream.faust_app import Scaleout, ScaleoutSettings, Sender
@@ -81,6 +82,36 @@ class StoreSink:
                 for event_id in t.event_ids]
 
 
+class StoreCheckpoints:
+    """The scale-out runtime's :class:`~stream.faust_app.StateSink`: each partition's
+    hot-spot checkpoint in the ticket store (:mod:`ticketing.checkpoints`)."""
+
+    def __init__(self, store: TicketStore) -> None:
+        if not isinstance(store, SqlTicketStore):
+            raise ValueError(f"expected a SQL ticket store, got {type(store).__name__}")
+        self.store = store
+
+    def load_state(self, name: str) -> bytes | None:
+        from stream.faust_app import StoreUnavailable
+
+        try:
+            with self.store.connection() as conn:
+                return checkpoints.load(conn, name=name).body
+        except (OSError, OperationalError, InterfaceError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    def save_state(self, name: str, body: bytes) -> None:
+        from stream.faust_app import StoreUnavailable
+        from stream.hotspot_state import FORMAT
+
+        try:
+            with self.store.transaction() as conn:
+                checkpoints.save_checkpoint(conn, name=name, format=FORMAT, body=body,
+                                            saved_at=datetime.now(UTC))
+        except (OSError, OperationalError, InterfaceError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+
 # -- construction -------------------------------------------------------------------------
 
 def resolved_store_url(settings: ScaleoutSettings, config: GridWatchConfig,
@@ -108,7 +139,9 @@ def scaleout_for(settings: ScaleoutSettings, config: GridWatchConfig, grid: Grid
 
     worker = CellWorker(stream=config.stream, policies=config.policies,
                         hotspot=config.hotspot, grid=grid,
-                        sink=StoreSink(config, grid, store, received=received))
+                        sink=StoreSink(config, grid, store, received=received),
+                        state=StoreCheckpoints(store) if isinstance(store, SqlTicketStore)
+                        else None, state_prefix=f"worker:{settings.app_id}")
     return Scaleout(settings, grid=grid, worker=worker, sender=sender)
 
 

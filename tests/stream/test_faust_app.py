@@ -421,3 +421,91 @@ def test_the_production_worker_starts_deadline_clocks_on_receipt(tmp_path: Path)
                          store, sender=Recorder())
     sink = built.worker.sink
     assert isinstance(sink, StoreSink) and sink.desk.desk.received is utc_now
+# -- durable hot-spot state ----------------------------------------------------------------------
+
+def hotspot_scaleout(store: SqlTicketStore, recorder: Recorder) -> Scaleout:
+    from tests.gridwatch.test_hotspot_durable import config, scenario
+
+    grid, _ = scenario()
+    # deadline clocks on event time, so two runs give the same tickets
+    return scaleout_for(ScaleoutSettings(partitions=PARTITIONS), config(), grid, store,
+                        sender=recorder, received=None)
+
+
+def hot(store: SqlTicketStore) -> list[dict[str, Any]]:
+    return sorted((t.to_public() for t in store.all() if t.hotspot is not None),
+                  key=lambda t: t["ticket_id"])
+
+
+def feed_worker(scaleout: Scaleout, recorder: Recorder, lines: list[str | bytes]) -> None:
+    recorder.records.clear()
+    asyncio.run(ingest(scaleout, lines))
+    asyncio.run(cells(scaleout, recorder.on(TOPIC_BY_CELL)))
+
+
+def test_a_stopped_worker_checkpoints_and_its_successor_gives_the_same_hot_spots(
+        tmp_path: Path) -> None:
+    from tests.gridwatch.test_hotspot_durable import scenario
+
+    _, all_lines = scenario()
+    lines: list[str | bytes] = list(all_lines)
+    straight_store = SqliteTicketStore(tmp_path / "straight.sqlite3")
+    recorder = Recorder()
+    feed_worker(hotspot_scaleout(straight_store, recorder), recorder, lines)
+    expected = hot(straight_store)
+    # (more than the embedded service's 2: each partition's engine tests its own cells,
+    # a smaller multiple-testing family; docs/scaleout.md)
+    assert expected
+
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    recorder = Recorder()
+    first = hotspot_scaleout(store, recorder)
+    at = int(len(lines) * 0.6) + 11
+    feed_worker(first, recorder, lines[:at])
+    owned = first.worker.partitions
+    asyncio.run(first.app.on_before_shutdown.send())  # what faust's App.on_stop sends
+    assert first.worker.counts["checkpoints"] >= len(owned)
+    successor = hotspot_scaleout(store, recorder)
+    feed_worker(successor, recorder, lines[at:])
+    assert successor.worker.counts["restored"] == len(owned)
+    assert hot(store) == expected
+
+
+def test_a_revoked_partition_is_checkpointed_for_its_next_owner(tmp_path: Path) -> None:
+    from tests.gridwatch.test_hotspot_durable import scenario
+
+    _, all_lines = scenario()
+    lines: list[str | bytes] = list(all_lines[:800])
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    recorder = Recorder()
+    first = hotspot_scaleout(store, recorder)
+    feed_worker(first, recorder, lines)
+    owned = first.worker.partitions
+    asyncio.run(first._on_revoked(first.app, {TP(TOPIC_BY_CELL, owned[0])}))
+    assert first.worker.partitions == owned[1:]
+    other = hotspot_scaleout(store, recorder)
+    processor, _, _ = other.worker._partition(owned[0])
+    assert other.worker.counts["restored"] == 1
+    assert processor.hotspots.open_hour is not None
+
+
+def test_without_a_state_sink_shutdown_closes_the_open_windows(tmp_path: Path) -> None:
+    from stream.faust_app import CellWorker
+    from tests.gridwatch.test_hotspot_durable import config, scenario
+
+    grid, all_lines = scenario()
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    sink = worker_command.StoreSink(config(), grid, store)
+    worker = CellWorker(stream=config().stream, policies=config().policies,
+                        hotspot=config().hotspot, grid=grid, sink=sink)
+    from detectors.schema import parse_detection
+
+    for raw in all_lines[:300]:
+        d = parse_detection(raw)
+        cell = grid.cell_at(d.lon, d.lat)
+        assert cell is not None
+        worker.stream(partition_for(cell.cell_id, PARTITIONS), cell.cell_id, d)
+    hours = {p: worker._processors[p].hotspots.open_hour for p in worker.partitions}
+    worker.shutdown()
+    assert all(worker._processors[p].hotspots.open_hour == h + 1  # type: ignore[operator]
+               for p, h in hours.items())

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 from scipy.stats import nbinom, poisson
 
-from stream.hotspot_scenarios import Scenario, ScenarioSpec
-from stream.hotspot_scoring import NaiveThresholdEngine, score, tickets_from_findings
+from stream.hotspot_scenarios import Scenario, ScenarioSpec, family_spec
+from stream.hotspot_scoring import (
+    NaiveThresholdEngine,
+    SpaceTimeScanEngine,
+    score,
+    tickets_from_findings,
+)
 from stream.hotspot_stats import (
     benjamini_hochberg,
     nb_upper_tail,
@@ -131,3 +136,56 @@ def test_naive_threshold_flags_busy_cells_for_being_busy() -> None:
     engine = NaiveThresholdEngine(sc.grid, threshold=100, warmup_s=86400)
     found = [f for o in sc.occurrences() for f in engine.observe(o)] + engine.flush()
     assert found and {f.cell_id for f in found} == {sc.grid.cells[0].cell_id}
+
+
+def _pure_poisson(rates: np.ndarray, spec: ScenarioSpec, seed: int = 1) -> Scenario:
+    base = Scenario.generate(spec)
+    return Scenario(spec=spec, grid=base.grid, start_s=base.start_s, rates=rates,
+                    counts=np.random.default_rng(seed).poisson(rates), clusters=[],
+                    sources=base.sources)
+
+
+def _run(engine: SpaceTimeScanEngine, sc: Scenario) -> list[HotspotFinding]:
+    return [f for o in sc.occurrences() for f in engine.observe(o)] + engine.flush()
+
+
+def test_space_time_scan_finds_a_one_day_excess_and_not_a_busy_road() -> None:
+    spec = ScenarioSpec(rows=4, cols=4, days=14, n_clusters=0)
+    rates = np.full((14 * 24, 16), 0.25)  # 6 a day
+    rates[:, 5] = 10.0  # a busy road: 240 a day, every day
+    rates[11 * 24:12 * 24, 10] = 1.5  # day 12: 36 instead of 6 in one cell
+    sc = _pure_poisson(rates, spec)
+    found = _run(SpaceTimeScanEngine(sc.grid, warmup_s=7 * 86400, seed=3), sc)
+    cells = {c for f in found for c in f.member_cells}
+    assert sc.grid.cells[10].cell_id in cells
+    assert sc.grid.cells[5].cell_id not in cells
+    first = min(found, key=lambda f: f.window_end)
+    assert first.window_end.timestamp() == sc.start_s + 12 * 86400  # that day's analysis
+    assert first.observed > 3 * first.expected and first.p_value <= 0.01
+
+
+def test_space_time_scan_is_quiet_on_a_null_map_and_deterministic() -> None:
+    spec = ScenarioSpec(rows=4, cols=4, days=14, n_clusters=0)
+    sc = _pure_poisson(np.full((14 * 24, 16), 0.5), spec, seed=4)
+    runs = [_run(SpaceTimeScanEngine(sc.grid, seed=3), sc) for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert len(runs[0]) <= 1  # 7 daily analyses at alpha 0.01
+
+
+@pytest.mark.parametrize(("kwargs", "error"), [
+    ({"alpha": 0.0}, "0 < alpha < 1"),
+    ({"alpha": 0.01, "replicates": 50}, "replicates >= 1/alpha - 1"),
+])
+def test_space_time_scan_settings_are_checked(kwargs: dict[str, float], error: str) -> None:
+    grid = Scenario.generate(ScenarioSpec(rows=2, cols=2, days=1, n_clusters=0)).grid
+    with pytest.raises(ValueError, match=error):
+        SpaceTimeScanEngine(grid, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_quiet_busy_family_has_single_cell_one_day_clusters() -> None:
+    sc = Scenario.generate(family_spec("quiet_busy", rows=12, cols=12, days=21,
+                                       n_clusters=5))
+    assert sc.clusters and all(len(c.cells) == 1 and c.hours == 24 for c in sc.clusters)
+    daily = sc.rates.sum(axis=0) / 21
+    with_camera = daily[daily > 0]
+    assert with_camera.min() < 10 and with_camera.max() > 60  # quiet and busy side by side

@@ -83,7 +83,7 @@ def test_cards_stay_with_the_unit_that_held_the_ticket(client: TestClient,
     _act(client, fire, waited, "resolve", note="checked")
     clock.now = T0 + 130 * M
 
-    with store.reading() as conn:
+    with store.connection() as conn:
         recorded = cards_of(conn, [moved["ticket_id"], waited["ticket_id"]])
     assert sorted((c.department, c.phase, c.clock_seq, c.stage.value) for c in recorded) == [
         ("command_centre", "review", 1, "yellow"), ("community_security", "unit", 3, "yellow"),
@@ -160,7 +160,7 @@ def test_a_schema_3_database_keeps_its_cards_on_the_escalated_unit(
     monkeypatch.undo()
     upgraded = store_factory()
     assert 4 in upgraded.applied_migrations
-    with upgraded.reading() as conn:
+    with upgraded.connection() as conn:
         [card] = cards_of(conn, [ticket.ticket_id])
     assert (card.department, card.phase, card.clock_seq, card.stage, card.unit) == (
         "fire_rescue", "unit", 1, Escalation.YELLOW, "V0")
