@@ -6,7 +6,9 @@ transaction-scoped advisory lock, SQLite a ``BEGIN IMMEDIATE`` write lock. Versi
 the foundation schema (``IF NOT EXISTS``, so a database written by the first
 ``SqliteTicketStore`` upgrades in place); version 2 adds the lifecycle; version 3 moves
 each ticket's ``event_ids`` out of the JSON ``body`` into the append-only
-``ticket_event_ids`` table (a Python step, :func:`_move_event_ids`, runs after its DDL).
+``ticket_event_ids`` table (a Python step, :func:`_move_event_ids`, runs after its DDL);
+version 7 adds the change log (``ticket_changes``, see :mod:`ticketing.changelog`).
+Versions need not be contiguous (each change is assigned its number up front).
 
 To change the schema, append a migration; never edit one that has shipped.
 """
@@ -140,9 +142,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX ticket_event_ids_added ON ticket_event_ids (added_at)",
         "ALTER TABLE tickets ADD COLUMN event_count INTEGER NOT NULL DEFAULT 0",
     ), run=_move_event_ids),
+    # Versions 4-6 are other changes' (numbers are assigned per change, so a database may
+    # have a gap until every one is merged; migrate() applies what it has, in order).
+    # The change log behind resumable live updates (ticketing.changelog): seq is given
+    # by the writer under a lock, in commit order, so it is not an auto-increment key.
+    Migration(7, "ticket_changes: change log for resumable live updates; sort indexes", (
+        """CREATE TABLE ticket_changes (
+            seq BIGINT PRIMARY KEY,
+            at TEXT NOT NULL,
+            ticket_id TEXT NOT NULL,
+            department TEXT NOT NULL,
+            message TEXT NOT NULL){without_rowid}""",
+        "CREATE INDEX ticket_changes_at ON ticket_changes (at)",
+        "CREATE INDEX tickets_due_at ON tickets (due_at, ticket_id)",
+        "CREATE INDEX tickets_updated_at ON tickets (updated_at, ticket_id)",
+    )),
 )
 
 LATEST = MIGRATIONS[-1].version
+VERSIONS = tuple(m.version for m in MIGRATIONS)  # in order; gaps allowed
 
 
 def migrate(conn: Connection, *, dialect: str, lock_name: str = "gridwatch") -> list[int]:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.ticketing.builders import T0, make_ticket
 from ticketing.lifecycle import Action, ActionRequest, apply_action
-from ticketing.migrations import LATEST
+from ticketing.migrations import LATEST, VERSIONS
 from ticketing.models import Ticket, TicketStatus
 from ticketing.store import (
     OpenTicketMoved,
@@ -125,7 +125,7 @@ def test_source_review_counts_and_suspension(store: SqlTicketStore) -> None:
 def test_reopening_a_store_does_not_migrate_again(store_factory) -> None:  # type: ignore[no-untyped-def]
     first = store_factory()
     second = store_factory()
-    assert first.applied_migrations == list(range(1, LATEST + 1))
+    assert first.applied_migrations == list(VERSIONS)
     assert second.applied_migrations == []
 
 
@@ -151,7 +151,7 @@ def test_a_foundation_sqlite_file_is_upgraded_in_place(tmp_path) -> None:  # typ
     legacy.commit()
     legacy.close()
     store = SqliteTicketStore(path)
-    assert store.applied_migrations == list(range(1, LATEST + 1))
+    assert store.applied_migrations == list(VERSIONS)
     upgraded = store.get(ticket.ticket_id)
     assert upgraded is not None and upgraded.escalation.value == "none"
     _act(store, ticket.ticket_id, ActionRequest(Action.ACCEPT), version=1)
