@@ -31,8 +31,8 @@ class TicketFilter:
     """Conditions combined with AND; a tuple of values matches any of them (IN).
 
     ``open``: True keeps the open statuses (pending review, dispatched, accepted,
-    returned, reopened), False the others. ``overdue_at``: keep open tickets whose
-    ``due_at`` is before this time (the caller's "now").
+    returned, reopened), False the others. ``overdue``: True keeps open tickets whose
+    ``due_at`` is before ``now`` (the caller's clock), False every other ticket.
     """
 
     status: Values = None
@@ -49,7 +49,12 @@ class TicketFilter:
     origin: Values = None
     priority: Values = None
     open: bool | None = None
-    overdue_at: datetime | None = None
+    overdue: bool | None = None
+    now: datetime | None = None  # what ``overdue`` is judged at
+
+    def __post_init__(self) -> None:
+        if self.overdue is not None and self.now is None:
+            raise ValueError("expected now= with overdue= (overdue is judged at a time)")
 
 
 ANY_TICKET = TicketFilter()
@@ -67,6 +72,9 @@ def _values(value: Values) -> tuple[str, ...] | None:
 SORT_KEYS: dict[str, str] = {"opened": "opened_at", "due": "due_at",
                              "priority": "priority", "updated": "updated_at"}
 """``sort=`` key -> column. ``priority`` ascending is P1 (most urgent) first."""
+
+SORT_PATTERN = r"^[+-]?[a-z_]+(,[+-]?[a-z_]+)*$"
+"""The shape of a ``sort=`` value (the keys are checked by :func:`parse_sort`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +95,7 @@ def parse_sort(text: str) -> Sort:
     >>> parse_sort("priority,-due").keys
     (('priority', False), ('due', True))
     """
-    keys = []
+    keys: list[tuple[str, bool]] = []
     for part in text.split(","):
         part = part.strip()
         descending = part.startswith("-")
@@ -131,9 +139,10 @@ def where_sql(f: TicketFilter, *, time: Callable[[datetime], str] = _stored_time
     open_list = ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATUSES, key=lambda s: s.value))
     if f.open is not None:
         clauses.append(f"status {'' if f.open else 'NOT '}IN ({open_list})")
-    if f.overdue_at is not None:
-        clauses.append(f"status IN ({open_list}) AND due_at < :overdue_at")
-        params["overdue_at"] = time(f.overdue_at)
+    if f.overdue is not None and f.now is not None:
+        clauses.append(f"{'' if f.overdue else 'NOT '}"
+                       f"(status IN ({open_list}) AND due_at < :now)")
+        params["now"] = time(f.now)
     if f.opened_from is not None:
         clauses.append("opened_at >= :opened_from")
         params["opened_from"] = time(f.opened_from)
@@ -158,7 +167,8 @@ def matches(t: Ticket, f: TicketFilter) -> bool:
             return False
     if f.open is not None and t.is_open is not f.open:
         return False
-    if f.overdue_at is not None and not (t.is_open and t.due_at < f.overdue_at):
+    if f.overdue is not None and f.now is not None and (
+            t.is_open and t.due_at < f.now) is not f.overdue:
         return False
     if f.opened_from is not None and t.opened_at < f.opened_from:
         return False

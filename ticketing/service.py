@@ -8,12 +8,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from geo.grid import Grid
 from stream.policy import PolicyBook
 from ticketing.config import TicketingSettings
 from ticketing.lifecycle import ActionRequest, AuditEntry, apply_action
 from ticketing.models import Origin, Review, Ticket, TicketStatus, ticket_id_for
+from ticketing.queries import DEFAULT_SORT, Sort
 from ticketing.routing import due_at, route_for
 from ticketing.store import SqlTicketStore, TicketFilter, TicketNotFound
 
@@ -23,9 +25,16 @@ class OutsideGrid(ValueError):
 
 
 def list_tickets(*, store: SqlTicketStore, flt: TicketFilter, limit: int,
-                 offset: int) -> tuple[list[Ticket], int]:
-    """One page of tickets (oldest first) and the total matching ``flt``."""
-    return store.list(flt, limit=limit, offset=offset), store.count(flt)
+                 offset: int, sort: Sort = DEFAULT_SORT) -> tuple[list[Ticket], int]:
+    """One page of tickets (oldest first by default) and the total matching ``flt``."""
+    return store.list(flt, limit=limit, offset=offset, sort=sort), store.count(flt)
+
+
+def list_public(*, store: SqlTicketStore, flt: TicketFilter, limit: int, offset: int,
+                sort: Sort = DEFAULT_SORT) -> tuple[list[dict[str, Any]], int]:
+    """:func:`list_tickets` as ``Ticket.to_public()`` dicts, read without building
+    tickets (what the API's list encodes)."""
+    return store.list_public(flt, limit=limit, offset=offset, sort=sort), store.count(flt)
 
 
 def get_visible(*, store: SqlTicketStore, ticket_id: str,

@@ -24,7 +24,7 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -587,7 +587,7 @@ class SqlTicketStore:
         return out
 
     def _page(self, conn: Connection, flt: TicketFilter, *, limit: int, offset: int,
-              sort: Sort) -> builtins.list[Any]:
+              sort: Sort) -> Sequence[Any]:
         where, params = self._where(flt)
         return conn.execute(text(
             f"SELECT {_BODY} FROM tickets{where} {order_sql(sort)}"

@@ -123,7 +123,8 @@ def test_a_schema_2_database_is_upgraded_in_place_with_its_ids(
     monkeypatch.undo()
 
     upgraded = store_factory()
-    assert upgraded.applied_migrations == [v for v in VERSIONS if v > 2] and upgraded.schema_version() == LATEST
+    assert upgraded.applied_migrations == [v for v in VERSIONS if v > 2]
+    assert upgraded.schema_version() == LATEST
     assert upgraded.get(tickets[0].ticket_id).event_ids == []  # type: ignore[union-attr]
     assert upgraded.get(tickets[1].ticket_id).event_ids == ["x0"]  # type: ignore[union-attr]
     big = upgraded.get(tickets[2].ticket_id)

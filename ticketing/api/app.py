@@ -16,11 +16,12 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from geo.grid import Grid
 from stream.policy import PolicyBook
-from ticketing.api.deps import AppState
+from ticketing.api.deps import AppState, reject_unknown_query
 from ticketing.api.routes import events, health, open311, reports, review, tickets
 from ticketing.auth import TokenAuth
 from ticketing.config import TicketingSettings
@@ -60,8 +61,9 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         bus: live-update fan-out. None: Redis if ``settings.redis_url`` is set, else
             in-process.
         clock: "now" for changes made through the API (tests pass a fixed clock).
-        run_workers: also run the escalation worker and (if ``settings.webhook.url``)
-            the webhook dispatcher inside this process, in background threads. Any
+        run_workers: also run the escalation worker, the change-log pruner and (if
+            ``settings.webhook.url``) the webhook dispatcher inside this process, in
+            background threads. Any
             number of replicas may do so on one database: each escalation and delivery
             still happens once.
 
@@ -100,6 +102,11 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
             escalator = Escalator(store=store, settings=settings.escalation)
             workers.append(_Loop("escalator", settings.escalation.interval_s,
                                  lambda: escalator.run_once(now=clock())))
+            log_settings = settings.change_log
+            workers.append(_Loop("change-log", log_settings.prune_interval_s,
+                                 lambda: store.prune_changes(
+                                     now=clock(), retention_s=log_settings.retention_s,
+                                     max_rows=log_settings.max_rows)))
             if settings.webhook.url:
                 dispatcher = WebhookDispatcher.from_settings(store=store,
                                                              settings=settings.webhook)
@@ -115,12 +122,17 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
             store.remove_listener(publish)
             await state.bus.stop()
 
-    app = FastAPI(title="GridWatch ticketing", version="1.0.0", lifespan=lifespan,
-                  description="Work orders from sensors and cameras: lifecycle, deadlines, "
-                              "review, evaluation, Open311 GeoReport v2, live updates.")
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package (served
+    # under /static-offline-docs), not from a CDN: they work on a network with no internet
+    app = FastAPIOffline(
+        title="GridWatch ticketing", version="1.0.0", lifespan=lifespan,
+        description="Work orders from sensors and cameras: lifecycle, deadlines, review, "
+                    "evaluation, Open311 GeoReport v2, live updates.",
+        dependencies=[Depends(reject_unknown_query)])
     app.state.gridwatch = state
     for module in (health, tickets, review, reports, events, open311):
         app.include_router(module.router)
+    open311.install_error_shape(app)
     return app
 
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -111,3 +112,39 @@ def unprocessable(loc: tuple[str, ...], message: str) -> RequestValidationError:
     (a position outside the grid, an action without its reason)."""
     return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message,
                                     "input": None}])
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    names: set[str] = set()
+    stack = [dependant]
+    while stack:
+        current = stack.pop()
+        names.update(field.alias for field in current.query_params)
+        stack.extend(current.dependencies)
+    return frozenset(names)
+
+
+_NAMES = "_gridwatch_query_names"  # kept on the route: what it declares
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """An app-wide dependency: a query parameter the route does not declare is a 422
+    naming it and the ones allowed (a typo such as ``?stauts=`` would otherwise be
+    ignored and return everything)."""
+    if not request.query_params:
+        return
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    allowed: frozenset[str] | None = getattr(route, _NAMES, None)
+    if allowed is None:
+        allowed = _query_names(dependant)
+        setattr(route, _NAMES, allowed)
+    unknown = [name for name in request.query_params if name not in allowed]
+    if unknown:
+        expected = ", ".join(sorted(allowed)) or "none"
+        raise RequestValidationError([
+            {"type": "extra_forbidden", "loc": ("query", name),
+             "msg": f"unknown query parameter {name!r}; expected one of: {expected}",
+             "input": request.query_params.get(name)} for name in dict.fromkeys(unknown)])
