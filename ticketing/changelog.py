@@ -70,7 +70,7 @@ def change_message(change: Change, *, seq: int | None = None) -> dict[str, Any]:
     }
 
 
-_MAX = text("SELECT max(seq) FROM ticket_changes")
+NEWEST = _MAX = text("SELECT max(seq) FROM ticket_changes")
 _WINDOW = text("SELECT min(seq), max(seq) FROM ticket_changes")
 _APPEND = ("INSERT INTO ticket_changes (seq, at, ticket_id, department, message)"
            " VALUES (:seq, :at, :ticket_id, :department, :message)")

@@ -94,3 +94,6 @@ class TicketingSettings(BaseModel):
     redis_url: str | None = None
     change_log: ChangeLogSettings = ChangeLogSettings()
     max_page_size: Annotated[int, Field(ge=1, le=10000)] = 500
+    # GET /tickets pages kept encoded per API process, reused until any ticket changes
+    # (0: off)
+    list_cache_entries: Annotated[int, Field(ge=0, le=100_000)] = 256

@@ -34,7 +34,7 @@ def list_public(*, store: SqlTicketStore, flt: TicketFilter, limit: int, offset:
                 sort: Sort = DEFAULT_SORT) -> tuple[list[dict[str, Any]], int]:
     """:func:`list_tickets` as ``Ticket.to_public()`` dicts, read without building
     tickets (what the API's list encodes)."""
-    return store.list_public(flt, limit=limit, offset=offset, sort=sort), store.count(flt)
+    return store.page_public(flt, limit=limit, offset=offset, sort=sort)
 
 
 def get_visible(*, store: SqlTicketStore, ticket_id: str,

@@ -359,7 +359,8 @@ class SqlTicketStore:
             ``postgresql://user@host/db`` (psycopg 3).
         schema: PostgreSQL only: keep the tables in this schema (created if missing).
         outbox: also write every change to the webhook outbox (same transaction).
-        pool_size: PostgreSQL connection pool size.
+        pool_size: connections kept open (SQLite file or PostgreSQL); as many again
+            may be opened for a burst.
 
     The schema is migrated on construction (see :mod:`ticketing.migrations`).
     """
@@ -386,6 +387,9 @@ class SqlTicketStore:
             if memory:
                 kwargs["poolclass"] = StaticPool
             else:
+                # as many pooled connections as PostgreSQL gets (a file connection is
+                # cheap, but one opened per request past the pool is not free either)
+                kwargs.update(pool_size=pool_size, max_overflow=pool_size)
                 db = self.url.split("sqlite:///", 1)[-1]
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(self.url, **kwargs)
@@ -566,16 +570,23 @@ class SqlTicketStore:
             return self._hydrate(conn, self._page(conn, flt, limit=limit, offset=offset,
                                                   sort=sort))
 
-    def list_public(self, flt: TicketFilter = ANY_TICKET, *, limit: int = 100,
+    def page_public(self, flt: TicketFilter = ANY_TICKET, *, limit: int = 100,
                     offset: int = 0, sort: Sort = DEFAULT_SORT
-                    ) -> builtins.list[dict[str, Any]]:
+                    ) -> tuple[builtins.list[dict[str, Any]], int]:
         """What :meth:`list` gives, as ``Ticket.to_public()`` dicts read straight from the
-        stored JSON bodies (no :class:`Ticket` is built: the API's list is this plus JSON
-        encoding)."""
+        stored JSON bodies (no :class:`Ticket` is built), and :meth:`count`'s total: the
+        API's list is this plus JSON encoding. One connection; the count is skipped when
+        the page itself shows the total."""
+        where, params = self._where(flt)
         with self._read() as conn:
             rows = self._page(conn, flt, limit=limit, offset=offset, sort=sort)
             ids = self._event_ids(conn, {row.ticket_id: int(row.event_count)
                                          for row in rows})
+            if len(rows) < limit and (rows or offset == 0):
+                total = offset + len(rows)
+            else:
+                total = int(conn.execute(text(f"SELECT count(*) FROM tickets{where}"),
+                                         params).scalar_one())
         defaults = _PUBLIC_DEFAULTS
         out = []
         for row in rows:
@@ -584,7 +595,7 @@ class SqlTicketStore:
                       for name in _PUBLIC_NAMES}
             public["event_ids"] = ids.get(row.ticket_id, [])
             out.append(public)
-        return out
+        return out, total
 
     def _page(self, conn: Connection, flt: TicketFilter, *, limit: int, offset: int,
               sort: Sort) -> Sequence[Any]:
@@ -678,6 +689,12 @@ class SqlTicketStore:
         """The oldest and newest ``seq`` still in the change log."""
         with self._read() as conn:
             return changelog.window(conn)
+
+    def change_version(self) -> int:
+        """The newest change's ``seq`` (0 before any): it moves on with every committed
+        ticket write, from any process (a version of the whole ticket table)."""
+        with self._read() as conn:
+            return int(conn.execute(changelog.NEWEST).scalar() or 0)
 
     def changes_since(self, after: int, *, limit: int = 500) -> builtins.list[
             dict[str, Any]]:
@@ -1030,11 +1047,12 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 
 def _sqlite_begin(conn: Connection) -> None:
     # a writer takes the write lock up front, so two writers queue (busy timeout)
-    # instead of failing with SQLITE_BUSY when a read lock would have to be upgraded
+    # instead of failing with SQLITE_BUSY when a read lock would have to be upgraded.
+    # A reader runs each statement on its own (autocommit), as PostgreSQL's READ
+    # COMMITTED does: reads are written for that (see _event_ids), and a read then
+    # costs no BEGIN / ROLLBACK round.
     if conn.get_execution_options().get("gridwatch_write"):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
 
 
 

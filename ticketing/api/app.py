@@ -22,6 +22,7 @@ from fastapi_offline import FastAPIOffline
 from geo.grid import Grid
 from stream.policy import PolicyBook
 from ticketing.api.deps import AppState, reject_unknown_query
+from ticketing.api.pagecache import PageCache
 from ticketing.api.routes import events, health, open311, reports, review, tickets
 from ticketing.auth import TokenAuth
 from ticketing.config import TicketingSettings
@@ -88,7 +89,8 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
     if bus is None:
         bus = RedisBus(settings.redis_url) if settings.redis_url else LocalBus()
     state = AppState(store=store, settings=settings, auth=auth,
-                     policies=policies or PolicyBook(), grid=grid, bus=bus, clock=clock)
+                     policies=policies or PolicyBook(), grid=grid, bus=bus, clock=clock,
+                     pages=PageCache(settings.list_cache_entries))
 
     def publish(change: Change) -> None:
         state.bus.publish(change_message(change))

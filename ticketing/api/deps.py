@@ -6,8 +6,8 @@ rest.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated
 
@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from geo.grid import Grid
 from stream.policy import PolicyBook
+from ticketing.api.pagecache import PageCache
 from ticketing.auth import ANONYMOUS_READER, CREATE, READ, SUPERVISE, Principal, Role, TokenAuth
 from ticketing.config import TicketingSettings
 from ticketing.events import EventBus
@@ -36,9 +37,12 @@ class AppState:
     grid: Grid | None
     bus: EventBus
     clock: Callable[[], datetime]
+    pages: PageCache = field(default_factory=PageCache)  # encoded GET /tickets pages
 
 
-def get_state(request: Request) -> AppState:
+# The dependencies below are ``async def`` because they never block (no I/O): a plain
+# ``def`` dependency costs a hop to the threadpool on every request.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.gridwatch
     return state
 
@@ -48,7 +52,7 @@ StateDep = Annotated[AppState, Depends(get_state)]
 bearer = HTTPBearer(auto_error=False, description="An API token (see ticketing.auth)")
 
 
-def get_principal(request: Request, state: StateDep,
+async def get_principal(request: Request, state: StateDep,
                   credentials: Annotated[HTTPAuthorizationCredentials | None,
                                          Depends(bearer)] = None) -> Principal:
     """The caller, from ``Authorization: Bearer <token>``; 401 without a valid one."""
@@ -67,10 +71,11 @@ def get_principal(request: Request, state: StateDep,
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require(roles: frozenset[Role], what: str) -> Callable[[Principal], Principal]:
+def require(roles: frozenset[Role], what: str) -> Callable[[Principal],
+                                                          Awaitable[Principal]]:
     """A dependency that lets only ``roles`` through (403 otherwise)."""
 
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:
         if principal.role not in roles:
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"role {principal.role.value} may not {what}")
@@ -89,7 +94,7 @@ def visibility(principal: Principal) -> Callable[[Ticket], bool]:
     return lambda ticket: principal.can_see(ticket.department)
 
 
-def require_grid(state: StateDep) -> Grid:
+async def require_grid(state: StateDep) -> Grid:
     if state.grid is None:
         raise unprocessable(("body",), "this service has no grid, so it cannot place reports")
     return state.grid
@@ -98,7 +103,7 @@ def require_grid(state: StateDep) -> Grid:
 GridDep = Annotated[Grid, Depends(require_grid)]
 
 
-def get_optional_principal(state: StateDep, credentials: Annotated[
+async def get_optional_principal(state: StateDep, credentials: Annotated[
         HTTPAuthorizationCredentials | None, Depends(bearer)] = None) -> Principal | None:
     """The caller if a valid bearer token came, else None (Open311 also takes api_key)."""
     return state.auth.authenticate(credentials.credentials if credentials else None)

@@ -7,7 +7,7 @@ from enum import Enum
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import StringConstraints
 
@@ -78,7 +78,7 @@ Names = Annotated[list[Name] | None, Query(max_length=100)]
 
 
 @router.get("", response_model=TicketList)
-def list_(state: StateDep, principal: Reader,
+def list_(request: Request, state: StateDep, principal: Reader,
           status_: Annotated[list[TicketStatus] | None, Query(alias="status",
                                                               max_length=20)] = None,
           kind: Names = None, cell_id: Names = None, district: Names = None,
@@ -118,6 +118,12 @@ def list_(state: StateDep, principal: Reader,
         order = parse_sort(sort)
     except ValueError as exc:
         raise unprocessable(("query", "sort"), str(exc)) from None
+    # the page as encoded before, if no ticket changed since (a console polls the same
+    # pages); not for overdue=, which moves with the clock
+    key = (principal.role.value, principal.department, request.url.query)
+    version = state.store.change_version() if overdue is None else None
+    if version is not None and (body := state.pages.get(key, version)) is not None:
+        return Response(body, media_type="application/json")
     flt = TicketFilter(
         status=_values(status_), kind=_values(kind), cell_id=_values(cell_id),
         district=_values(district), town=_values(town), village=_values(village),
@@ -128,8 +134,10 @@ def list_(state: StateDep, principal: Reader,
     items, total = list_public(store=state.store, flt=flt, limit=limit, offset=offset,
                                sort=order)
     # the stored bodies are already the public form: encode them once, unvalidated
-    return Response(orjson.dumps({"items": items, "total": total, "limit": limit,
-                                  "offset": offset}), media_type="application/json")
+    body = orjson.dumps({"items": items, "total": total, "limit": limit, "offset": offset})
+    if version is not None:
+        state.pages.put(key, version, body)
+    return Response(body, media_type="application/json")
 
 
 def _values(values: list[Any] | None) -> tuple[str, ...] | None:
