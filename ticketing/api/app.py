@@ -130,7 +130,8 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         title="GridWatch ticketing", version="1.0.0", lifespan=lifespan,
         description="Work orders from sensors and cameras: lifecycle, deadlines, review, "
                     "evaluation, Open311 GeoReport v2, live updates.",
-        dependencies=[Depends(reject_unknown_query)])
+        dependencies=[Depends(reject_unknown_query)],
+        swagger_ui_parameters={"validatorUrl": None})  # no badge from validator.swagger.io
     app.state.gridwatch = state
     for module in (health, tickets, review, reports, events, open311):
         app.include_router(module.router)
