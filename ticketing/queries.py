@@ -154,16 +154,20 @@ def where_sql(f: TicketFilter, *, time: Callable[[datetime], str] = _stored_time
 
 # -- in memory ----------------------------------------------------------------------------
 
+_FIELDS: dict[str, Callable[[Ticket], str | None]] = {
+    "status": lambda t: t.status.value, "kind": lambda t: t.kind,
+    "cell_id": lambda t: t.cell_id, "district": lambda t: t.district,
+    "town": lambda t: t.town, "village": lambda t: t.village,
+    "department": lambda t: t.department, "review": lambda t: t.review.value,
+    "escalation": lambda t: t.escalation.value, "origin": lambda t: t.origin.value,
+    "priority": lambda t: t.priority}
+
+
 def matches(t: Ticket, f: TicketFilter) -> bool:
     """What :func:`where_sql` selects, for a ticket in memory."""
-    row: dict[str, Any] = {
-        "status": t.status.value, "kind": t.kind, "cell_id": t.cell_id,
-        "district": t.district, "town": t.town, "village": t.village,
-        "department": t.department, "review": t.review.value,
-        "escalation": t.escalation.value, "origin": t.origin.value, "priority": t.priority}
     for column in FILTER_COLUMNS:
         values = _values(getattr(f, column))
-        if values is not None and row[column] not in values:
+        if values is not None and _FIELDS[column](t) not in values:
             return False
     if f.open is not None and t.is_open is not f.open:
         return False
