@@ -216,3 +216,29 @@ def test_a_lost_bus_message_is_read_from_the_log(store, clock) -> None:  # type:
         seen = _report(client)
         thread.join(timeout=20)
     assert [e["data"]["ticket_id"] for e in got] == [lost["ticket_id"], seen["ticket_id"]]
+
+
+def test_a_change_right_after_subscribing_is_delivered(store, clock) -> None:  # type: ignore[no-untyped-def]
+    """Regression: the stream read the log's newest id after subscribing, so a change
+    committed in between was queued but taken as already examined, and never sent."""
+    import contextlib
+
+    from tests.ticketing.builders import make_ticket
+
+    app = create_app(store=store, policies=make_policies(), grid=make_grid(),
+                     auth=make_auth(), clock=clock)
+    bus = app.state.gridwatch.bus
+    subscribe = bus.subscribe
+    ticket = make_ticket()
+
+    @contextlib.asynccontextmanager
+    async def subscribe_then_write(maxsize: int = 1000):  # type: ignore[no-untyped-def]
+        async with subscribe(maxsize) as queue:
+            store.save(ticket)  # commits while this client is already subscribed
+            yield queue
+
+    bus.subscribe = subscribe_then_write
+    with TestClient(app) as client:
+        got = _resume(client, FIRE, limit=1)
+    assert [(e["event"], e["data"]["ticket_id"]) for e in got] == [
+        ("ticket.created", ticket.ticket_id)]

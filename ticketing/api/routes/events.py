@@ -69,8 +69,11 @@ async def stream(state: StateDep, principal: Reader,
     resume = header if header is not None else last_event_id
     store = state.store
     sent = 0
+    # the log's window before subscribing: a change committed in between is not in the
+    # queue, but the next message (or the idle poll) shows the gap, which is read from
+    # the log; read after subscribing, such a change would look already examined
+    window = await run_in_threadpool(store.change_window)
     async with state.bus.subscribe() as queue:
-        window = await run_in_threadpool(store.change_window)
         last = window.newest or 0  # the newest change examined (seen or not ours)
         if resume is not None:
             if resume >= 0 and window.can_resume(resume):
