@@ -159,6 +159,9 @@ async def _wait_ready(base: str) -> None:
     raise RuntimeError(f"the server at {base} did not start")
 
 
+SCENARIOS = ("bare", "list", "list_nocache", "create")
+
+
 def run_backend(name: str, url: str, schema: str | None, args: argparse.Namespace
                 ) -> list[dict[str, Any]]:
     port = args.port
@@ -170,13 +173,30 @@ def run_backend(name: str, url: str, schema: str | None, args: argparse.Namespac
         asyncio.run(_wait_ready(base))
         asyncio.run(_seed(base, args.seed))
         results = []
-        for scenario in ("bare", "list", "list_nocache", "create"):
-            result = asyncio.run(_load(base, scenario, duration_s=args.duration,
-                                       concurrency=args.concurrency))
-            results.append({"backend": name, **result})
-            print(f"{name:<10} {scenario:<12} {result['rps']:>8} req/s  "
-                  f"p50 {result['p50_ms']:>7} ms  p99 {result['p99_ms']:>7} ms  "
-                  f"({result['requests']} requests, {result['errors']} errors)", flush=True)
+        for round_ in range(1, args.rounds + 1):
+            bare: dict[str, Any] = {}
+            for scenario in SCENARIOS:
+                result = asyncio.run(_load(base, scenario, duration_s=args.duration,
+                                           concurrency=args.concurrency))
+                if scenario == "bare":
+                    bare = result
+                # against the bare endpoint of the same round (the machine's load moves)
+                result["rps_ratio"] = round(result["rps"] / bare["rps"], 2)
+                result["p99_ratio"] = round(result["p99_ms"] / bare["p99_ms"], 2)
+                results.append({"backend": name, "round": round_, **result})
+                print(f"{name:<10} {round_:>2} {scenario:<12} {result['rps']:>8} req/s  "
+                      f"p50 {result['p50_ms']:>7} ms  p99 {result['p99_ms']:>7} ms  "
+                      f"vs bare: {result['rps_ratio']:>4} x req/s, "
+                      f"{result['p99_ratio']:>4} x p99  "
+                      f"({result['requests']} requests, {result['errors']} errors)",
+                      flush=True)
+        if args.rounds > 1:
+            for scenario in SCENARIOS[1:]:
+                rows = [r for r in results if r["scenario"] == scenario]
+                print(f"{name:<10} median of {args.rounds} rounds, {scenario:<12} "
+                      f"{statistics.median(r['rps_ratio'] for r in rows):>4} x bare req/s, "
+                      f"{statistics.median(r['p99_ratio'] for r in rows):>4} x bare p99",
+                      flush=True)
         return results
     finally:
         server.terminate()
@@ -187,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every scenario this many times, interleaved (ratios are "
+                             "taken against the bare endpoint of the same round)")
     parser.add_argument("--seed", type=int, default=2000, help="tickets stored first")
     parser.add_argument("--port", type=int, default=18931)
     parser.add_argument("--postgres", default=None,
