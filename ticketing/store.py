@@ -334,6 +334,7 @@ def _public_default(field: Any) -> Any:
 # what a stored body lacks (written before a field existed) reads as the field's default
 _PUBLIC_NAMES = tuple(f.name for f in fields(Ticket))
 _PUBLIC_DEFAULTS = {f.name: _public_default(f) for f in fields(Ticket)}
+_BODY_KEYS = frozenset(_PUBLIC_NAMES) - {"event_ids"}  # a stored body's keys
 
 _IdRow = tuple[str, str, int, str]  # ticket_id, event_id, seq, added_at
 
@@ -585,25 +586,29 @@ class SqlTicketStore:
             if len(rows) < limit and (rows or offset == 0):
                 total = offset + len(rows)
             else:
-                total = int(conn.execute(text(f"SELECT count(*) FROM tickets{where}"),
-                                         params).scalar_one())
+                total = int(conn.exec_driver_sql(_driver_sql(
+                    f"SELECT count(*) FROM tickets{where}", self.dialect),
+                    params).scalar_one())
         defaults = _PUBLIC_DEFAULTS
         out = []
-        for row in rows:
-            body = orjson.loads(row.body)
-            public = {name: body[name] if name in body else defaults[name]
-                      for name in _PUBLIC_NAMES}
-            public["event_ids"] = ids.get(row.ticket_id, [])
-            out.append(public)
+        for ticket_id, body_text in ((row.ticket_id, row.body) for row in rows):
+            body = orjson.loads(body_text)
+            if body.keys() != _BODY_KEYS:  # written before (or after) a field existed
+                body = {name: body[name] if name in body else defaults[name]
+                        for name in _PUBLIC_NAMES}
+            body["event_ids"] = ids.get(ticket_id, [])
+            out.append(body)
         return out, total
 
     def _page(self, conn: Connection, flt: TicketFilter, *, limit: int, offset: int,
               sort: Sort) -> Sequence[Any]:
         where, params = self._where(flt)
-        return conn.execute(text(
-            f"SELECT {_BODY} FROM tickets{where} {order_sql(sort)}"
-            " LIMIT :limit OFFSET :offset"),
-            {**params, "limit": limit, "offset": offset}).fetchall()
+        # the driver's own statement: text() would parse the SQL and compute a cache key
+        # on every call, which cost as much as SQLite running it
+        sql = _driver_sql(f"SELECT {_BODY} FROM tickets{where} {order_sql(sort)}"
+                          " LIMIT :limit OFFSET :offset", self.dialect)
+        return conn.exec_driver_sql(sql, {**params, "limit": limit,
+                                          "offset": offset}).fetchall()
 
     def count(self, flt: TicketFilter = ANY_TICKET) -> int:
         where, params = self._where(flt)

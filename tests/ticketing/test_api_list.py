@@ -237,3 +237,20 @@ def test_a_page_cached_by_one_replica_sees_another_replicas_write(
                       json={"kind": "smoke", "lon": 0.5, "lat": 0.5}).json()
         listed = b.get("/tickets", headers=OPS).json()
     assert [t["ticket_id"] for t in listed["items"]] == [made["ticket_id"]]
+
+
+def test_a_body_written_before_a_field_existed_lists_its_default(client: TestClient,
+                                                                 store: Any) -> None:
+    import json
+
+    from sqlalchemy import text
+
+    ticket = make_ticket(description="old")
+    store.save(ticket)
+    with store.engine.begin() as conn:  # as an older version wrote it: no description
+        body = json.loads(conn.execute(text("SELECT body FROM tickets")).scalar_one())
+        del body["description"]
+        conn.execute(text("UPDATE tickets SET body = :b"), {"b": json.dumps(body)})
+    [item] = client.get("/tickets?sort=-updated", headers=OPS).json()["items"]
+    assert item["description"] is None
+    assert item == client.get(f"/tickets/{ticket.ticket_id}", headers=OPS).json()
