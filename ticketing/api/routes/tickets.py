@@ -121,7 +121,8 @@ def list_(request: Request, state: StateDep, principal: Reader,
     # the page as encoded before, if no ticket changed since (a console polls the same
     # pages); not for overdue=, which moves with the clock
     key = (principal.role.value, principal.department, request.url.query)
-    version = state.store.change_version() if overdue is None else None
+    cached = overdue is None and state.pages.max_entries > 0
+    version = state.store.change_version() if cached else None
     if version is not None and (body := state.pages.get(key, version)) is not None:
         return Response(body, media_type="application/json")
     flt = TicketFilter(
