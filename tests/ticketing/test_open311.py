@@ -76,3 +76,8 @@ def test_other_routes_keep_fastapis_shapes(client: TestClient) -> None:
     assert response.status_code == 422 and "detail" in response.json()
     assert client.get("/tickets/GW-none", headers=READ).json() == {
         "detail": "no ticket GW-none"}
+
+
+def test_only_gets_are_checked_for_unknown_query_parameters(client: TestClient) -> None:
+    response = client.post("/open311/v2/requests.json?jurisdiction_id=x", data=FORM)
+    assert response.status_code == 201, response.text

@@ -133,10 +133,11 @@ _NAMES = "_gridwatch_query_names"  # kept on the route: what it declares
 
 
 async def reject_unknown_query(request: Request) -> None:
-    """An app-wide dependency: a query parameter the route does not declare is a 422
-    naming it and the ones allowed (a typo such as ``?stauts=`` would otherwise be
-    ignored and return everything)."""
-    if not request.query_params:
+    """An app-wide dependency: on a GET, a query parameter the route does not declare is
+    a 422 naming it and the ones allowed (a typo such as ``?stauts=`` would otherwise be
+    ignored and return everything). Changes (POST, PATCH) are left alone: their input is
+    the body, and some Open311 clients add ``?api_key=`` to a POST."""
+    if not request.query_params or request.method not in ("GET", "HEAD"):
         return
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
