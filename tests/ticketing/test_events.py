@@ -242,3 +242,33 @@ def test_a_change_right_after_subscribing_is_delivered(store, clock) -> None:  #
         got = _resume(client, FIRE, limit=1)
     assert [(e["event"], e["data"]["ticket_id"]) for e in got] == [
         ("ticket.created", ticket.ticket_id)]
+
+
+def test_a_backlog_longer_than_a_page_comes_whole_and_in_order(client: TestClient, store,  # type: ignore[no-untyped-def]
+                                                               monkeypatch) -> None:
+    import ticketing.api.routes.events as events_route
+    from tests.ticketing.builders import make_ticket
+
+    monkeypatch.setattr(events_route, "_PAGE", 4)  # the log is read 4 changes at a time
+    made = [make_ticket() for _ in range(11)]
+    store.save_many([(t, []) for t in made])
+    got = _resume(client, FIRE, limit=11, last_event_id="0")
+    assert [e["data"]["ticket_id"] for e in got] == [t.ticket_id for t in made]
+    assert [e["id"] for e in got] == [str(n) for n in range(1, 12)]
+
+
+def test_the_api_workers_prune_the_log(store, clock) -> None:  # type: ignore[no-untyped-def]
+    from tests.ticketing.builders import make_ticket
+    from ticketing.config import ChangeLogSettings, TicketingSettings
+
+    for _ in range(5):
+        store.save(make_ticket())
+    settings = TicketingSettings(change_log=ChangeLogSettings(max_rows=2,
+                                                              prune_interval_s=0.05))
+    app = create_app(store=store, settings=settings, policies=make_policies(),
+                     grid=make_grid(), auth=make_auth(), clock=clock, run_workers=True)
+    with TestClient(app):
+        deadline = time.monotonic() + 20
+        while store.change_window() != LogWindow(4, 5):
+            assert time.monotonic() < deadline, store.change_window()
+            time.sleep(0.05)
