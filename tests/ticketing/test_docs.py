@@ -48,5 +48,8 @@ def test_the_assets_are_the_real_bundles(docs_client: TestClient) -> None:
     assert js.headers["content-type"].startswith(("application/javascript", "text/javascript"))
     redoc = docs_client.get("/static-offline-docs/redoc.standalone.js")
     assert redoc.status_code == 200 and len(redoc.content) > 500_000
+    served = docs_client.get("/docs-assets/redoc.standalone.js")  # what /redoc loads
+    assert served.status_code == 200 and len(served.content) > 500_000
+    assert b"https://cdn." not in served.content
     css = docs_client.get("/static-offline-docs/swagger-ui.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")

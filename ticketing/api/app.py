@@ -22,6 +22,7 @@ from fastapi_offline import FastAPIOffline
 from geo.grid import Grid
 from stream.policy import PolicyBook
 from ticketing.api.deps import AppState, reject_unknown_query
+from ticketing.api.docs_pages import install_redoc
 from ticketing.api.pagecache import PageCache
 from ticketing.api.routes import events, health, open311, reports, review, tickets
 from ticketing.auth import TokenAuth
@@ -127,6 +128,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
     # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package (served
     # under /static-offline-docs), not from a CDN: they work on a network with no internet
     app = FastAPIOffline(
+        redoc_url=None,  # install_redoc below: the same bundle without its one remote logo
         title="GridWatch ticketing", version="1.0.0", lifespan=lifespan,
         description="Work orders from sensors and cameras: lifecycle, deadlines, review, "
                     "evaluation, Open311 GeoReport v2, live updates.",
@@ -135,6 +137,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
     app.state.gridwatch = state
     for module in (health, tickets, review, reports, events, open311):
         app.include_router(module.router)
+    install_redoc(app)
     open311.install_error_shape(app)
     return app
 
