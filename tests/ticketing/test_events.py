@@ -272,3 +272,17 @@ def test_the_api_workers_prune_the_log(store, clock) -> None:  # type: ignore[no
         while store.change_window() != LogWindow(4, 5):
             assert time.monotonic() < deadline, store.change_window()
             time.sleep(0.05)
+
+
+def test_resume_on_another_replica(store_factory, clock) -> None:  # type: ignore[no-untyped-def]
+    """The log is in the ticket database: a client that saw an id on replica A gets what
+    changed since from replica B (no shared bus needed for the backlog)."""
+    apps = [create_app(store=store_factory(), policies=make_policies(), grid=make_grid(),
+                       auth=make_auth(), clock=clock) for _ in range(2)]
+    with TestClient(apps[0]) as replica_a, TestClient(apps[1]) as replica_b:
+        first = _report(replica_a)
+        [seen] = _resume(replica_a, FIRE, limit=1, last_event_id="0")
+        later = [_report(replica_a), _report(replica_a)]
+        got = _resume(replica_b, FIRE, limit=2, last_event_id=seen["id"])
+    assert seen["data"]["ticket_id"] == first["ticket_id"]
+    assert [e["data"]["ticket_id"] for e in got] == [t["ticket_id"] for t in later]

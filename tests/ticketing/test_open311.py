@@ -81,3 +81,20 @@ def test_other_routes_keep_fastapis_shapes(client: TestClient) -> None:
 def test_only_gets_are_checked_for_unknown_query_parameters(client: TestClient) -> None:
     response = client.post("/open311/v2/requests.json?jurisdiction_id=x", data=FORM)
     assert response.status_code == 201, response.text
+
+
+def test_listing_by_an_unknown_service_code_is_refused(client: TestClient,
+                                                       store: Any) -> None:
+    from tests.ticketing.builders import make_ticket
+
+    response = client.get("/open311/v2/requests.json?service_code=smok", headers=READ)
+    assert _error(response, 400) == [
+        "service_code: unknown service 'smok'; expected one of: door_forced, smoke "
+        "(GET /open311/v2/services.json)"]
+    # a configured service with no requests yet, and a plug-in's kind that has tickets
+    assert client.get("/open311/v2/requests.json?service_code=door_forced",
+                      headers=READ).json() == []
+    plugin = make_ticket(kind="plugin_kind")
+    store.save(plugin)
+    listed = client.get("/open311/v2/requests.json?service_code=plugin_kind", headers=READ)
+    assert [r["service_request_id"] for r in listed.json()] == [plugin.ticket_id]

@@ -128,6 +128,12 @@ def install_error_shape(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http)
 
 
+def _unknown_service(state: StateDep, code: str) -> JSONResponse:
+    known = ", ".join(sorted(state.policies.kinds)) or "none configured"
+    return _error(400, f"service_code: unknown service {code!r}; expected one of: "
+                       f"{known} (GET {PREFIX}/services.json)")
+
+
 def _caller(state: StateDep, principal: Principal | None, api_key: str | None,
             roles: frozenset[Role]) -> Principal:
     who = principal or state.auth.authenticate(api_key)
@@ -185,11 +191,15 @@ def list_requests(
         start_date: Timestamp | None = None, end_date: Timestamp | None = None,
         status_: Annotated[Literal["open", "closed"] | None, Query(alias="status")] = None,
         api_key: Annotated[str | None, Query(max_length=512)] = None,
-) -> list[ServiceRequest]:
+) -> Any:
     """Requests oldest first (1000 at most), filtered by ids (comma separated), service
     code, ``requested_datetime`` range (``start_date`` ≤ t < ``end_date``) and status."""
     who = _caller(state, principal, api_key, READ)
     can_see = visibility(who)
+    if service_code is not None and service_code not in state.policies.kinds and \
+            state.store.count(TicketFilter(kind=service_code)) == 0:
+        # neither a configured service nor the kind of any ticket (a plug-in's): a typo
+        return _unknown_service(state, service_code)
     if service_request_id is not None:
         found = (state.store.get(i.strip()) for i in service_request_id.split(",")[:100])
         tickets = [t for t in found if t is not None and can_see(t)]
@@ -229,9 +239,7 @@ def post_request(form: Annotated[RequestCreate, Form()], state: StateDep,
     ``description`` + position posted again by the same caller is not a new ticket."""
     who = _caller(state, principal, form.api_key, CREATE)
     if form.service_code not in state.policies.kinds:
-        known = ", ".join(sorted(state.policies.kinds)) or "none configured"
-        return _error(400, f"service_code: unknown service {form.service_code!r}; "
-                           f"expected one of: {known} (GET {PREFIX}/services.json)")
+        return _unknown_service(state, form.service_code)
     key = "|".join(str(v) for v in (form.account_id, form.device_id, form.service_code,
                                     form.lat, form.long, form.description))
     try:
