@@ -65,9 +65,8 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         clock: "now" for changes made through the API (tests pass a fixed clock).
         run_workers: also run the escalation worker, the change-log pruner and (if
             ``settings.webhook.url``) the webhook dispatcher inside this process, in
-            background threads. Any
-            number of replicas may do so on one database: each escalation and delivery
-            still happens once.
+            background threads. Any number of replicas may do so on one database: each
+            escalation and delivery still happens once.
 
     Returns:
         The FastAPI application (serve it with uvicorn).

@@ -53,8 +53,8 @@ bearer = HTTPBearer(auto_error=False, description="An API token (see ticketing.a
 
 
 async def get_principal(request: Request, state: StateDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                         Depends(bearer)] = None) -> Principal:
+                        credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                               Depends(bearer)] = None) -> Principal:
     """The caller, from ``Authorization: Bearer <token>``; 401 without a valid one."""
     token = credentials.credentials if credentials is not None else None
     principal = state.auth.authenticate(token)
