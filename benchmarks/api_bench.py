@@ -6,7 +6,11 @@ own cost is measured in the same run, on the same server. A closed-loop async cl
 (``--concurrency`` requests in flight) runs each scenario for ``--duration`` seconds:
 
 * ``bare``   GET /bench/bare
-* ``list``   GET /tickets?limit=50 (the first page of ``--seed`` tickets, as an operator)
+* ``list``   GET /tickets?limit=50 (the first page of ``--seed`` tickets, as an operator;
+  after the first request the page comes from the app's page cache, as it does for a
+  console polling a page while no ticket changes)
+* ``list_nocache`` the same on a second app over the same store with the page cache off
+  (``ticketing.list_cache_entries: 0``): every request reads and encodes the page
 * ``create`` POST /tickets (a report placed in the grid and routed; as ingest)
 
 Run::
@@ -58,6 +62,7 @@ def serve(url: str, schema: str | None, port: int) -> None:
     from stream.policy import KindPolicy, Level, PolicyBook
     from ticketing.api.app import create_app
     from ticketing.auth import Principal, Role, TokenAuth
+    from ticketing.config import TicketingSettings
     from ticketing.store import SqlTicketStore
 
     store = SqlTicketStore(url, schema=schema)
@@ -66,6 +71,11 @@ def serve(url: str, schema: str | None, port: int) -> None:
     auth = TokenAuth.from_mapping({TOKENS["ops"]: Principal("ops", Role.OPERATOR),
                                    TOKENS["ingest"]: Principal("ingest", Role.INGEST)})
     app = create_app(store=store, policies=policies, grid=_grid(), auth=auth)
+    # the same app without its page cache, on the same store: what a list costs when
+    # the page is not cached (the first read after any ticket changed)
+    app.mount("/nocache", create_app(store=store, policies=policies, grid=_grid(),
+                                     auth=auth,
+                                     settings=TicketingSettings(list_cache_entries=0)))
 
     @app.get("/bench/bare", include_in_schema=False)
     def bare() -> dict[str, bool]:
@@ -96,6 +106,9 @@ async def _load(base: str, scenario: str, *, duration_s: float, concurrency: int
                     r = await client.get("/bench/bare")
                 elif scenario == "list":
                     r = await client.get("/tickets", params={"limit": 50}, headers=ops)
+                elif scenario == "list_nocache":
+                    r = await client.get("/nocache/tickets", params={"limit": 50},
+                                         headers=ops)
                 else:
                     r = await client.post("/tickets", headers=ingest, json={
                         "kind": "smoke", "lon": (i % 40) / 10 + 0.05, "lat": (n % 40) / 10
@@ -146,6 +159,9 @@ async def _wait_ready(base: str) -> None:
     raise RuntimeError(f"the server at {base} did not start")
 
 
+SCENARIOS = ("bare", "list", "list_nocache", "create")
+
+
 def run_backend(name: str, url: str, schema: str | None, args: argparse.Namespace
                 ) -> list[dict[str, Any]]:
     port = args.port
@@ -157,13 +173,30 @@ def run_backend(name: str, url: str, schema: str | None, args: argparse.Namespac
         asyncio.run(_wait_ready(base))
         asyncio.run(_seed(base, args.seed))
         results = []
-        for scenario in ("bare", "list", "create"):
-            result = asyncio.run(_load(base, scenario, duration_s=args.duration,
-                                       concurrency=args.concurrency))
-            results.append({"backend": name, **result})
-            print(f"{name:<10} {scenario:<7} {result['rps']:>8} req/s  "
-                  f"p50 {result['p50_ms']:>7} ms  p99 {result['p99_ms']:>7} ms  "
-                  f"({result['requests']} requests, {result['errors']} errors)", flush=True)
+        for round_ in range(1, args.rounds + 1):
+            bare: dict[str, Any] = {}
+            for scenario in SCENARIOS:
+                result = asyncio.run(_load(base, scenario, duration_s=args.duration,
+                                           concurrency=args.concurrency))
+                if scenario == "bare":
+                    bare = result
+                # against the bare endpoint of the same round (the machine's load moves)
+                result["rps_ratio"] = round(result["rps"] / bare["rps"], 2)
+                result["p99_ratio"] = round(result["p99_ms"] / bare["p99_ms"], 2)
+                results.append({"backend": name, "round": round_, **result})
+                print(f"{name:<10} {round_:>2} {scenario:<12} {result['rps']:>8} req/s  "
+                      f"p50 {result['p50_ms']:>7} ms  p99 {result['p99_ms']:>7} ms  "
+                      f"vs bare: {result['rps_ratio']:>4} x req/s, "
+                      f"{result['p99_ratio']:>4} x p99  "
+                      f"({result['requests']} requests, {result['errors']} errors)",
+                      flush=True)
+        if args.rounds > 1:
+            for scenario in SCENARIOS[1:]:
+                rows = [r for r in results if r["scenario"] == scenario]
+                print(f"{name:<10} median of {args.rounds} rounds, {scenario:<12} "
+                      f"{statistics.median(r['rps_ratio'] for r in rows):>4} x bare req/s, "
+                      f"{statistics.median(r['p99_ratio'] for r in rows):>4} x bare p99",
+                      flush=True)
         return results
     finally:
         server.terminate()
@@ -174,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every scenario this many times, interleaved (ratios are "
+                             "taken against the bare endpoint of the same round)")
     parser.add_argument("--seed", type=int, default=2000, help="tickets stored first")
     parser.add_argument("--port", type=int, default=18931)
     parser.add_argument("--postgres", default=None,

@@ -80,6 +80,19 @@ class AuthSettings(BaseModel):
     lockout_s: PositiveSeconds = 900
 
 
+class ChangeLogSettings(BaseModel):
+    """How long ``GET /events`` can resume: committed changes are kept in the ticket
+    database for ``retention_s`` (by the change's time) and at most ``max_rows`` of them;
+    a client resuming from an older id gets ``event: reset`` (reload, then listen on).
+    The API's workers prune every ``prune_interval_s``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retention_s: PositiveSeconds = 86400
+    max_rows: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
+    prune_interval_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+
+
 class TicketingSettings(BaseModel):
     """The ``ticketing:`` section of the root config (documented in default.yaml)."""
 
@@ -102,5 +115,9 @@ class TicketingSettings(BaseModel):
     webhook: WebhookSettings = WebhookSettings()
     # Redis for live-update fan-out between API replicas; None: in-process only.
     redis_url: str | None = None
+    change_log: ChangeLogSettings = ChangeLogSettings()
     max_page_size: Annotated[int, Field(ge=1, le=10000)] = 500
     auth: AuthSettings = AuthSettings()
+    # GET /tickets pages kept encoded per API process, reused until any ticket changes
+    # (0: off)
+    list_cache_entries: Annotated[int, Field(ge=0, le=100_000)] = 256

@@ -19,27 +19,13 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from ticketing.models import rfc3339
-from ticketing.store import Change
+from ticketing.changelog import change_message
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "gridwatch:tickets"
 
-
-def change_message(change: Change) -> dict[str, Any]:
-    """The JSON message for one committed change (what SSE clients receive)."""
-    ticket = change.ticket
-    return {
-        "id": f"{ticket.ticket_id}:{ticket.version}:{change.type}",
-        "type": f"ticket.{change.type}",
-        "ticket_id": ticket.ticket_id,
-        "department": ticket.department,
-        "status": ticket.status.value,
-        "escalation": ticket.escalation.value,
-        "version": ticket.version,
-        "at": rfc3339(change.entries[0].at if change.entries else ticket.updated_at),
-    }
+__all__ = ["CHANNEL", "EventBus", "LocalBus", "RedisBus", "change_message"]
 
 
 class EventBus(Protocol):

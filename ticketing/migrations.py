@@ -10,7 +10,8 @@ each ticket's ``event_ids`` out of the JSON ``body`` into the append-only
 version 4 records each card against the unit that held the ticket and per deadline clock
 (:func:`_cards_per_unit`); version 5 adds named user accounts, their API tokens, login
 sessions and the failed-login counters (:mod:`ticketing.users`, :mod:`ticketing.login`);
-version 6 adds the centre's evidence metadata (``ticketing/evidence.py``); version 8 adds
+version 6 adds the centre's evidence metadata (``ticketing/evidence.py``); version 7 adds
+the change log (``ticket_changes``, see :mod:`ticketing.changelog`); version 8 adds
 the stream stage's checkpoints (``ticketing/checkpoints.py``).
 
 To change the schema, append a migration; never edit one that has shipped. Versions need
@@ -249,6 +250,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             stored_at TEXT NOT NULL)""",
         "CREATE INDEX evidence_stored ON evidence (stored_at, event_id)",
         "CREATE INDEX ticket_event_ids_event ON ticket_event_ids (event_id)",
+    )),
+    # The change log behind resumable live updates (ticketing.changelog): seq is given
+    # by the writer under a lock, in commit order, so it is not an auto-increment key.
+    Migration(7, "ticket_changes: change log for resumable live updates; sort indexes", (
+        """CREATE TABLE ticket_changes (
+            seq BIGINT PRIMARY KEY,
+            at TEXT NOT NULL,
+            ticket_id TEXT NOT NULL,
+            department TEXT NOT NULL,
+            message TEXT NOT NULL){without_rowid}""",
+        "CREATE INDEX ticket_changes_at ON ticket_changes (at)",
+        "CREATE INDEX tickets_due_at ON tickets (due_at, ticket_id)",
+        "CREATE INDEX tickets_updated_at ON tickets (updated_at, ticket_id)",
     )),
     # The stream stage's durable state (hot-spot baselines, windows, open tracks): the
     # latest checkpoint per runtime instance, and the detections committed since it, one

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from geo.grid import Grid
 from stream.policy import PolicyBook
@@ -15,6 +16,7 @@ from ticketing.config import TicketingSettings
 from ticketing.desk import review_reason
 from ticketing.lifecycle import ActionRequest, AuditEntry, apply_action
 from ticketing.models import Origin, Review, ReviewReason, Ticket, TicketStatus, ticket_id_for
+from ticketing.queries import DEFAULT_SORT, Sort
 from ticketing.routing import Rules, clock_record
 from ticketing.store import SqlTicketStore, TicketFilter, TicketNotFound
 
@@ -24,9 +26,16 @@ class OutsideGrid(ValueError):
 
 
 def list_tickets(*, store: SqlTicketStore, flt: TicketFilter, limit: int,
-                 offset: int) -> tuple[list[Ticket], int]:
-    """One page of tickets (oldest first) and the total matching ``flt``."""
-    return store.list(flt, limit=limit, offset=offset), store.count(flt)
+                 offset: int, sort: Sort = DEFAULT_SORT) -> tuple[list[Ticket], int]:
+    """One page of tickets (oldest first by default) and the total matching ``flt``."""
+    return store.list(flt, limit=limit, offset=offset, sort=sort), store.count(flt)
+
+
+def list_public(*, store: SqlTicketStore, flt: TicketFilter, limit: int, offset: int,
+                sort: Sort = DEFAULT_SORT) -> tuple[list[dict[str, Any]], int]:
+    """:func:`list_tickets` as ``Ticket.to_public()`` dicts, read without building
+    tickets (what the API's list encodes)."""
+    return store.page_public(flt, limit=limit, offset=offset, sort=sort)
 
 
 def get_visible(*, store: SqlTicketStore, ticket_id: str,

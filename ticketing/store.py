@@ -17,45 +17,43 @@ never apply the same change twice.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import functools
 import json
 import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import Connection, Engine, TextClause, bindparam, create_engine, event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
+from ticketing import changelog
 from ticketing.lifecycle import AuditEntry
 from ticketing.migrations import migrate
 from ticketing.models import OPEN_STATUSES, Review, Ticket, rfc3339
+from ticketing.queries import (
+    ANY_TICKET,
+    DEFAULT_SORT,
+    Sort,
+    TicketFilter,
+    matches,
+    order_sql,
+    sort_key,
+    where_sql,
+)
 from ticketing.routing import clock_record
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class TicketFilter:
-    status: str | None = None
-    kind: str | None = None
-    cell_id: str | None = None
-    district: str | None = None
-    town: str | None = None
-    village: str | None = None
-    department: str | None = None
-    review: str | None = None
-    opened_from: datetime | None = None
-    opened_to: datetime | None = None
-    escalation: str | None = None
-    origin: str | None = None
 
 
 class TicketStore(Protocol):
@@ -64,24 +62,9 @@ class TicketStore(Protocol):
     def ticket_for_incident(self, incident_id: str) -> Ticket | None: ...
     def save(self, ticket: Ticket, *, incident_id: str | None = None) -> None: ...
     def list(self, flt: TicketFilter = ..., *, limit: int = 100,
-             offset: int = 0) -> list[Ticket]: ...
+             offset: int = 0, sort: Sort = ...) -> list[Ticket]: ...
     def count(self, flt: TicketFilter = ...) -> int: ...
     def all(self) -> Iterator[Ticket]: ...
-
-
-def _matches(t: Ticket, f: TicketFilter) -> bool:
-    return ((f.status is None or t.status.value == f.status)
-            and (f.kind is None or t.kind == f.kind)
-            and (f.cell_id is None or t.cell_id == f.cell_id)
-            and (f.district is None or t.district == f.district)
-            and (f.town is None or t.town == f.town)
-            and (f.village is None or t.village == f.village)
-            and (f.department is None or t.department == f.department)
-            and (f.review is None or t.review.value == f.review)
-            and (f.escalation is None or t.escalation.value == f.escalation)
-            and (f.origin is None or t.origin.value == f.origin)
-            and (f.opened_from is None or t.opened_at >= f.opened_from)
-            and (f.opened_to is None or t.opened_at < f.opened_to))
 
 
 class MemoryTicketStore:
@@ -116,14 +99,14 @@ class MemoryTicketStore:
         if incident_id is not None:
             self._by_incident[incident_id] = ticket.ticket_id
 
-    def list(self, flt: TicketFilter = TicketFilter(), *, limit: int = 100,
-             offset: int = 0) -> list[Ticket]:
-        rows = sorted((t for t in self._tickets.values() if _matches(t, flt)),
-                      key=lambda t: (t.opened_at, t.ticket_id))
+    def list(self, flt: TicketFilter = ANY_TICKET, *, limit: int = 100,
+             offset: int = 0, sort: Sort = DEFAULT_SORT) -> list[Ticket]:
+        rows = sorted((t for t in self._tickets.values() if matches(t, flt)),
+                      key=sort_key(sort))
         return rows[offset:offset + limit]
 
-    def count(self, flt: TicketFilter = TicketFilter()) -> int:
-        return sum(1 for t in self._tickets.values() if _matches(t, flt))
+    def count(self, flt: TicketFilter = ANY_TICKET) -> int:
+        return sum(1 for t in self._tickets.values() if matches(t, flt))
 
     def all(self) -> Iterator[Ticket]:
         return iter(sorted(self._tickets.values(), key=lambda t: (t.opened_at, t.ticket_id)))
@@ -188,6 +171,7 @@ class Change:
     type: str  # created | updated | an action (accept, dismiss, ...) | escalate
     ticket: Ticket
     entries: tuple[AuditEntry, ...] = ()
+    seq: int | None = None  # its place in the change log (set when committed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +327,19 @@ def _ticket_row(ticket: Ticket, *, event_count: int) -> dict[str, object]:
     }
 
 
+def _public_default(field: Any) -> Any:
+    if field.default is not MISSING:
+        return field.default.value if isinstance(field.default, Enum) else field.default
+    if field.default_factory is not MISSING:
+        return field.default_factory()
+    return None
+
+
+# what a stored body lacks (written before a field existed) reads as the field's default
+_PUBLIC_NAMES = tuple(f.name for f in fields(Ticket))
+_PUBLIC_DEFAULTS = {f.name: _public_default(f) for f in fields(Ticket)}
+_BODY_KEYS = frozenset(_PUBLIC_NAMES) - {"event_ids"}  # a stored body's keys
+
 _IdRow = tuple[str, str, int, str]  # ticket_id, event_id, seq, added_at
 
 
@@ -367,7 +364,8 @@ class SqlTicketStore:
             ``postgresql://user@host/db`` (psycopg 3).
         schema: PostgreSQL only: keep the tables in this schema (created if missing).
         outbox: also write every change to the webhook outbox (same transaction).
-        pool_size: PostgreSQL connection pool size.
+        pool_size: connections kept open (SQLite file or PostgreSQL); as many again
+            may be opened for a burst.
 
     The schema is migrated on construction (see :mod:`ticketing.migrations`).
     """
@@ -394,6 +392,9 @@ class SqlTicketStore:
             if memory:
                 kwargs["poolclass"] = StaticPool
             else:
+                # as many pooled connections as PostgreSQL gets (a file connection is
+                # cheap, but one opened per request past the pool is not free either)
+                kwargs.update(pool_size=pool_size, max_overflow=pool_size)
                 db = self.url.split("sqlite:///", 1)[-1]
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(self.url, **kwargs)
@@ -424,6 +425,7 @@ class SqlTicketStore:
         self._get_for_update = text(f"SELECT {_BODY} FROM tickets WHERE ticket_id = :id"
                                     f"{self._for_update}")
         self.schema = schema
+        self._changes_key = changelog.lock_key(schema)
         with self._write() as conn:
             self.applied_migrations = migrate(conn, dialect=self.dialect,
                                               lock_name=f"gridwatch:{schema or ''}")
@@ -493,20 +495,29 @@ class SqlTicketStore:
     def _hydrate(self, conn: Connection, rows: Any, *,
                  every: bool = False) -> builtins.list[Ticket]:
         """Tickets from ``(ticket_id, event_count, body)`` rows with their ``event_ids``
-        (in the order absorbed). Only ids with ``seq < event_count`` are taken: ids are
-        appended in the transaction that raises ``event_count``, so the list matches the
-        body even where a writer commits between the two reads (READ COMMITTED).
-        ``every``: the rows are all tickets (read the id table whole, not by ticket).
-
-        Rows are never updated or deleted, so the ids of a long-open ticket are cached
-        and the next read fetches only ``seq`` from the cached count on: the desk reads
-        its hot tickets once per batch without reading their whole history again."""
+        (see :meth:`_event_ids`). ``every``: the rows are all tickets (read the id table
+        whole, not by ticket)."""
         tickets: builtins.list[Ticket] = []
         counts: dict[str, int] = {}
         for row in rows:
             ticket = Ticket.from_public(json.loads(row.body))
             tickets.append(ticket)
             counts[ticket.ticket_id] = int(row.event_count)
+        ids = self._event_ids(conn, counts, every=every)
+        for ticket in tickets:
+            ticket.event_ids = ids.get(ticket.ticket_id, [])
+        return tickets
+
+    def _event_ids(self, conn: Connection, counts: dict[str, int], *,
+                   every: bool = False) -> dict[str, builtins.list[str]]:
+        """The ``event_ids`` (in the order absorbed) of tickets with these
+        ``event_count``s. Only ids with ``seq < event_count`` are taken: ids are appended
+        in the transaction that raises ``event_count``, so the list matches the body even
+        where a writer commits between the two reads (READ COMMITTED).
+
+        Rows are never updated or deleted, so the ids of a long-open ticket are cached
+        and the next read fetches only ``seq`` from the cached count on: the desk reads
+        its hot tickets once per batch without reading their whole history again."""
         ids: dict[str, builtins.list[str]] = {}
         uncached: builtins.list[str] = []
         for ticket_id, count in counts.items():
@@ -534,12 +545,10 @@ class SqlTicketStore:
             for ticket_id, event_id, seq in result:
                 if seq < counts.get(ticket_id, 0):
                     ids.setdefault(ticket_id, []).append(event_id)
-        for ticket in tickets:
-            ticket.event_ids = ids.get(ticket.ticket_id, [])
-            if not every and ticket.event_ids:
-                self._cache_ids(ticket.ticket_id, counts[ticket.ticket_id],
-                                tuple(ticket.event_ids))
-        return tickets
+        if not every:
+            for ticket_id, event_ids in ids.items():
+                self._cache_ids(ticket_id, counts[ticket_id], tuple(event_ids))
+        return ids
 
     def _cache_ids(self, ticket_id: str, count: int, event_ids: tuple[str, ...]) -> None:
         with self._ids_cache_lock:
@@ -568,31 +577,55 @@ class SqlTicketStore:
         return self._one(_FOR_INCIDENT, {"id": incident_id})
 
     def _where(self, f: TicketFilter) -> tuple[str, dict[str, object]]:
-        clauses, params = [], {}
-        for column in ("status", "kind", "cell_id", "district", "town", "village",
-                       "department", "review", "escalation", "origin"):
-            value = getattr(f, column)
-            if value is not None:
-                clauses.append(f"{column} = :{column}")
-                params[column] = value
-        if f.opened_from is not None:
-            clauses.append("opened_at >= :opened_from")
-            params["opened_from"] = sortable(f.opened_from)
-        if f.opened_to is not None:
-            clauses.append("opened_at < :opened_to")
-            params["opened_to"] = sortable(f.opened_to)
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+        return where_sql(f, time=sortable)
 
-    def list(self, flt: TicketFilter = TicketFilter(), *, limit: int = 100,
-             offset: int = 0) -> builtins.list[Ticket]:
+    def list(self, flt: TicketFilter = ANY_TICKET, *, limit: int = 100,
+             offset: int = 0, sort: Sort = DEFAULT_SORT) -> builtins.list[Ticket]:
+        """Tickets matching ``flt`` in ``sort`` order (oldest opened first by default)."""
+        with self._read() as conn:
+            return self._hydrate(conn, self._page(conn, flt, limit=limit, offset=offset,
+                                                  sort=sort))
+
+    def page_public(self, flt: TicketFilter = ANY_TICKET, *, limit: int = 100,
+                    offset: int = 0, sort: Sort = DEFAULT_SORT
+                    ) -> tuple[builtins.list[dict[str, Any]], int]:
+        """What :meth:`list` gives, as ``Ticket.to_public()`` dicts read straight from the
+        stored JSON bodies (no :class:`Ticket` is built), and :meth:`count`'s total: the
+        API's list is this plus JSON encoding. One connection; the count is skipped when
+        the page itself shows the total."""
         where, params = self._where(flt)
         with self._read() as conn:
-            rows = conn.execute(text(
-                f"SELECT {_BODY} FROM tickets{where} ORDER BY opened_at, ticket_id"
-                " LIMIT :limit OFFSET :offset"), {**params, "limit": limit, "offset": offset})
-            return self._hydrate(conn, rows.fetchall())
+            rows = self._page(conn, flt, limit=limit, offset=offset, sort=sort)
+            ids = self._event_ids(conn, {row.ticket_id: int(row.event_count)
+                                         for row in rows})
+            if len(rows) < limit and (rows or offset == 0):
+                total = offset + len(rows)
+            else:
+                total = int(conn.exec_driver_sql(_driver_sql(
+                    f"SELECT count(*) FROM tickets{where}", self.dialect),
+                    params).scalar_one())
+        defaults = _PUBLIC_DEFAULTS
+        out = []
+        for ticket_id, body_text in ((row.ticket_id, row.body) for row in rows):
+            body = orjson.loads(body_text)
+            if body.keys() != _BODY_KEYS:  # written before (or after) a field existed
+                body = {name: body[name] if name in body else defaults[name]
+                        for name in _PUBLIC_NAMES}
+            body["event_ids"] = ids.get(ticket_id, [])
+            out.append(body)
+        return out, total
 
-    def count(self, flt: TicketFilter = TicketFilter()) -> int:
+    def _page(self, conn: Connection, flt: TicketFilter, *, limit: int, offset: int,
+              sort: Sort) -> Sequence[Any]:
+        where, params = self._where(flt)
+        # the driver's own statement: text() would parse the SQL and compute a cache key
+        # on every call, which cost as much as SQLite running it
+        sql = _driver_sql(f"SELECT {_BODY} FROM tickets{where} {order_sql(sort)}"
+                          " LIMIT :limit OFFSET :offset", self.dialect)
+        return conn.exec_driver_sql(sql, {**params, "limit": limit,
+                                          "offset": offset}).fetchall()
+
+    def count(self, flt: TicketFilter = ANY_TICKET) -> int:
         where, params = self._where(flt)
         with self._read() as conn:
             return int(conn.execute(text(f"SELECT count(*) FROM tickets{where}"), params)
@@ -670,6 +703,31 @@ class SqlTicketStore:
                 " OR (escalation = 'yellow' AND red_at <= :now))"
                 " ORDER BY due_at, ticket_id LIMIT :limit"), params).fetchall()
             return self._hydrate(conn, rows)
+
+    # -- change log (ticketing.changelog) ---------------------------------------------
+    def change_window(self) -> changelog.LogWindow:
+        """The oldest and newest ``seq`` still in the change log."""
+        with self._read() as conn:
+            return changelog.window(conn)
+
+    def change_version(self) -> int:
+        """The newest change's ``seq`` (0 before any): it moves on with every committed
+        ticket write, from any process (a version of the whole ticket table)."""
+        with self._read() as conn:
+            return int(conn.execute(changelog.NEWEST).scalar() or 0)
+
+    def changes_since(self, after: int, *, limit: int = 500) -> builtins.list[
+            dict[str, Any]]:
+        """Logged change messages with ``seq > after``, oldest first (``limit`` at most)."""
+        with self._read() as conn:
+            return changelog.since(conn, after, limit=limit)
+
+    def prune_changes(self, *, now: datetime, retention_s: float, max_rows: int) -> int:
+        """Drop changes older than ``retention_s`` before ``now`` (by the change's time)
+        and all but the newest ``max_rows``; the newest is always kept."""
+        with self._write() as conn:
+            return changelog.prune(conn, keep=max_rows, before=sortable(
+                now - timedelta(seconds=retention_s)))
 
     # -- writes -----------------------------------------------------------------------
     def save(self, ticket: Ticket, *, incident_id: str | None = None) -> None:
@@ -897,6 +955,16 @@ class SqlTicketStore:
             conn.exec_driver_sql(self._ids_append_sql, rows)
 
     def _record(self, conn: Connection, changes: builtins.list[Change]) -> None:
+        """Audit entries, review counts, escalation records, the webhook outbox and the
+        change log of ``changes``; numbers each change (``seq``) in place."""
+        self._record_effects(conn, changes)
+        # last: on PostgreSQL this takes the change-log lock, held until commit
+        seqs = changelog.append(conn, changes, dialect=self.dialect,
+                                key=self._changes_key, time=sortable)
+        changes[:] = [dataclasses.replace(c, seq=n) for c, n in zip(changes, seqs,
+                                                                    strict=True)]
+
+    def _record_effects(self, conn: Connection, changes: builtins.list[Change]) -> None:
         for change in changes:
             ticket = change.ticket
             for entry in change.entries:
@@ -1015,11 +1083,12 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 
 def _sqlite_begin(conn: Connection) -> None:
     # a writer takes the write lock up front, so two writers queue (busy timeout)
-    # instead of failing with SQLITE_BUSY when a read lock would have to be upgraded
+    # instead of failing with SQLITE_BUSY when a read lock would have to be upgraded.
+    # A reader runs each statement on its own (autocommit), as PostgreSQL's READ
+    # COMMITTED does: reads are written for that (see _event_ids), and a read then
+    # costs no BEGIN / ROLLBACK round.
     if conn.get_execution_options().get("gridwatch_write"):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
 
 
 

@@ -138,8 +138,10 @@ def test_a_ticket_without_clock_records_is_one_spell() -> None:
 
 def test_a_schema_3_database_keeps_its_cards_on_the_escalated_unit(
         store_factory, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    # the database as it was before version 4; this store's writes also log each change,
+    # so it has the change log (7), which is independent of the cards
     monkeypatch.setattr(migrations, "MIGRATIONS",
-                        tuple(m for m in migrations.MIGRATIONS if m.version <= 3))
+                        tuple(m for m in migrations.MIGRATIONS if m.version in (1, 2, 3, 7)))
     old = store_factory()
     ticket = make_ticket(department="community_security")  # moved on since the card
     old.save(ticket)

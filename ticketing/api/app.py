@@ -16,11 +16,14 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from geo.grid import Grid
 from stream.policy import PolicyBook
-from ticketing.api.deps import AppState
+from ticketing.api.deps import AppState, reject_unknown_query
+from ticketing.api.docs_pages import install_redoc
+from ticketing.api.pagecache import PageCache
 from ticketing.api.routes import auth as auth_routes
 from ticketing.api.routes import (
     departments,
@@ -83,8 +86,9 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         users: the named accounts people log in with (``/auth/login``) and whose API
             tokens are accepted; None: those of ``store``'s database
             (``gridwatch users ...`` manages them).
-        run_workers: also run the escalation worker and (if ``settings.webhook.url``)
-            the webhook dispatcher inside this process, in background threads. Any
+        run_workers: also run the escalation worker, the change-log pruner and (if
+            ``settings.webhook.url``) the webhook dispatcher inside this process, in
+            background threads. Any
             number of replicas may do so on one database: each escalation and delivery
             still happens once.
         evidence: camera snapshots served at ``/evidence/<event_id>`` (the links in the
@@ -120,7 +124,8 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
     users = users or UserStore(store, departments=settings.departments)
     state = AppState(store=store, settings=settings, auth=auth, policies=policies,
                      grid=grid, bus=bus, clock=clock, rules=rules, users=users,
-                     logins=Logins(users, settings.auth), evidence=evidence)
+                     logins=Logins(users, settings.auth), evidence=evidence,
+                     pages=PageCache(settings.list_cache_entries))
 
     def publish(change: Change) -> None:
         state.bus.publish(change_message(change))
@@ -137,6 +142,11 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
             if evidence is not None:
                 workers.append(_Loop("evidence-retention", EVIDENCE_SWEEP_S,
                                      lambda: evidence.evict(now=clock())))
+            log_settings = settings.change_log
+            workers.append(_Loop("change-log", log_settings.prune_interval_s,
+                                 lambda: store.prune_changes(
+                                     now=clock(), retention_s=log_settings.retention_s,
+                                     max_rows=log_settings.max_rows)))
             if settings.webhook.url:
                 dispatcher = WebhookDispatcher.from_settings(store=store,
                                                              settings=settings.webhook)
@@ -152,13 +162,21 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
             store.remove_listener(publish)
             await state.bus.stop()
 
-    app = FastAPI(title="GridWatch ticketing", version="1.0.0", lifespan=lifespan,
-                  description="Work orders from sensors and cameras: lifecycle, deadlines, "
-                              "review, evaluation, Open311 GeoReport v2, live updates.")
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package (served
+    # under /static-offline-docs), not from a CDN: they work on a network with no internet
+    app = FastAPIOffline(
+        redoc_url=None,  # install_redoc below: the same bundle without its one remote logo
+        title="GridWatch ticketing", version="1.0.0", lifespan=lifespan,
+        description="Work orders from sensors and cameras: lifecycle, deadlines, review, "
+                    "evaluation, Open311 GeoReport v2, live updates.",
+        dependencies=[Depends(reject_unknown_query)],
+        swagger_ui_parameters={"validatorUrl": None})  # no badge from validator.swagger.io
     app.state.gridwatch = state
     for module in (health, auth_routes, tickets, review, reports, departments, events,
                    open311, evidence_routes):
         app.include_router(module.router)
+    install_redoc(app)
+    open311.install_error_shape(app)
     return app
 
 

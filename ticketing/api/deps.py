@@ -11,17 +11,20 @@ the routes raise the rest.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from geo.grid import Grid
 from stream.policy import PolicyBook
+from ticketing.api.pagecache import PageCache
 from ticketing.auth import ANONYMOUS_READER, CREATE, READ, SUPERVISE, Principal, Role, TokenAuth
 from ticketing.config import TicketingSettings
 from ticketing.events import EventBus
@@ -48,9 +51,12 @@ class AppState:
     users: UserStore
     logins: Logins
     evidence: EvidenceStore | None = None  # camera snapshots (None: none kept here)
+    pages: PageCache = field(default_factory=PageCache)  # encoded GET /tickets pages
 
 
-def get_state(request: Request) -> AppState:
+# The dependencies below are ``async def`` because they never block (no I/O): a plain
+# ``def`` dependency costs a hop to the threadpool on every request.
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.gridwatch
     return state
 
@@ -100,21 +106,26 @@ def session_principal(request: Request, state: AppState) -> Principal | None:
     return session.principal
 
 
-def get_principal(request: Request, state: StateDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                         Depends(bearer)] = None,
-                  _cookie: SessionCookie = None) -> Principal:
-    """The caller, from a bearer token or the session cookie; 401 without a valid one."""
+async def get_principal(request: Request, state: StateDep,
+                        credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                               Depends(bearer)] = None,
+                        _cookie: SessionCookie = None) -> Principal:
+    """The caller, from a bearer token or the session cookie; 401 without a valid one.
+
+    An environment token is checked in memory; a person's token and a session need the
+    database, so those lookups run in the threadpool, off the event loop."""
     token = credentials.credentials if credentials is not None else None
     if token:
-        principal = token_principal(state, token)
+        principal = state.auth.authenticate(token) or await run_in_threadpool(
+            state.users.principal_for_token, token)
         if principal is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API token",
                                 headers={"WWW-Authenticate": "Bearer"})
         return principal
-    principal = session_principal(request, state)
-    if principal is not None:
-        return principal
+    if SESSION_COOKIE in request.cookies:
+        principal = await run_in_threadpool(session_principal, request, state)
+        if principal is not None:
+            return principal
     if state.auth.anonymous_read and request.method in ("GET", "HEAD"):
         return ANONYMOUS_READER
     raise HTTPException(status.HTTP_401_UNAUTHORIZED,
@@ -128,10 +139,11 @@ def get_principal(request: Request, state: StateDep,
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require(roles: frozenset[Role], what: str) -> Callable[[Principal], Principal]:
+def require(roles: frozenset[Role], what: str) -> Callable[[Principal],
+                                                          Awaitable[Principal]]:
     """A dependency that lets only ``roles`` through (403 otherwise)."""
 
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:
         if principal.role not in roles:
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"role {principal.role.value} may not {what}")
@@ -150,7 +162,7 @@ def visibility(principal: Principal) -> Callable[[Ticket], bool]:
     return lambda ticket: principal.can_see(ticket.department)
 
 
-def require_grid(state: StateDep) -> Grid:
+async def require_grid(state: StateDep) -> Grid:
     if state.grid is None:
         raise unprocessable(("body",), "this service has no grid, so it cannot place reports")
     return state.grid
@@ -159,15 +171,18 @@ def require_grid(state: StateDep) -> Grid:
 GridDep = Annotated[Grid, Depends(require_grid)]
 
 
-def get_optional_principal(request: Request, state: StateDep, credentials: Annotated[
+async def get_optional_principal(request: Request, state: StateDep, credentials: Annotated[
         HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
         _cookie: SessionCookie = None) -> Principal | None:
     """The caller if a valid bearer token or session came, else None (Open311 also takes
     ``api_key``; see :func:`token_principal`)."""
     token = credentials.credentials if credentials else None
     if token:
-        return token_principal(state, token)
-    return session_principal(request, state)
+        return state.auth.authenticate(token) or await run_in_threadpool(
+            state.users.principal_for_token, token)
+    if SESSION_COOKIE not in request.cookies:
+        return None
+    return await run_in_threadpool(session_principal, request, state)
 
 
 OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]
@@ -178,3 +193,40 @@ def unprocessable(loc: tuple[str, ...], message: str) -> RequestValidationError:
     (a position outside the grid, an action without its reason)."""
     return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message,
                                     "input": None}])
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    names: set[str] = set()
+    stack = [dependant]
+    while stack:
+        current = stack.pop()
+        names.update(field.alias for field in current.query_params)
+        stack.extend(current.dependencies)
+    return frozenset(names)
+
+
+_NAMES = "_gridwatch_query_names"  # kept on the route: what it declares
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """An app-wide dependency: on a GET, a query parameter the route does not declare is
+    a 422 naming it and the ones allowed (a typo such as ``?stauts=`` would otherwise be
+    ignored and return everything). Changes (POST, PATCH) are left alone: their input is
+    the body, and some Open311 clients add ``?api_key=`` to a POST."""
+    if not request.query_params or request.method not in ("GET", "HEAD"):
+        return
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    allowed: frozenset[str] | None = getattr(route, _NAMES, None)
+    if allowed is None:
+        allowed = _query_names(dependant)
+        setattr(route, _NAMES, allowed)
+    unknown = [name for name in request.query_params if name not in allowed]
+    if unknown:
+        expected = ", ".join(sorted(allowed)) or "none"
+        raise RequestValidationError([
+            {"type": "extra_forbidden", "loc": ("query", name),
+             "msg": f"unknown query parameter {name!r}; expected one of: {expected}",
+             "input": request.query_params.get(name)} for name in dict.fromkeys(unknown)])

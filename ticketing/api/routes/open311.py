@@ -11,9 +11,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, HTTPException, Query, status
+from fastapi import APIRouter, FastAPI, Form, HTTPException, Query, Request, Response, status
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ticketing.api.deps import (
     GridDep,
@@ -28,7 +34,17 @@ from ticketing.models import OPEN_STATUSES, Origin, Ticket, TicketStatus, rfc333
 from ticketing.service import OutsideGrid, create_report
 from ticketing.store import TicketFilter
 
-router = APIRouter(prefix="/open311/v2", tags=["open311"])
+
+class Open311Error(BaseModel):
+    code: int
+    description: str
+
+
+PREFIX = "/open311/v2"
+router = APIRouter(prefix=PREFIX, tags=["open311"], responses={"4XX": {
+    "model": list[Open311Error],
+    "description": "GeoReport v2 errors: 400 for invalid input (each field named), 401 / "
+                   "403 for the key, 404 for an unknown request id"}})
 
 
 class Service(BaseModel):
@@ -82,13 +98,46 @@ class RequestCreated(BaseModel):
     account_id: str | None
 
 
-class Open311Error(BaseModel):
-    code: int
-    description: str
+def _error(code: int, description: str, headers: dict[str, str] | None = None
+           ) -> JSONResponse:
+    return JSONResponse(status_code=code, headers=headers,
+                        content=[{"code": code, "description": description}])
 
 
-def _error(code: int, description: str) -> JSONResponse:
-    return JSONResponse(status_code=code, content=[{"code": code, "description": description}])
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    # ("body", "lat") -> "lat"; ("query", "start_date") -> "start_date"
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or ".".join(str(p) for p in loc)
+
+
+def install_error_shape(app: FastAPI) -> None:
+    """Answer every error under ``/open311/`` as GeoReport v2 does, a list of
+    ``{code, description}``: validation errors are 400 (one entry per field, naming it),
+    authentication and lookup errors keep their status. Other routes keep FastAPI's
+    shapes."""
+
+    async def validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        if not request.url.path.startswith(PREFIX + "/"):
+            return await request_validation_exception_handler(request, exc)
+        return JSONResponse(status_code=400, content=[
+            {"code": 400, "description": f"{_field(e.get('loc', ()))}: {e.get('msg')}"}
+            for e in exc.errors()])
+
+    async def http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if not request.url.path.startswith(PREFIX + "/"):
+            return await http_exception_handler(request, exc)
+        return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
+
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(StarletteHTTPException, http)
+
+
+def _unknown_service(state: StateDep, code: str) -> JSONResponse:
+    known = ", ".join(sorted(state.policies.kinds)) or "none configured"
+    return _error(400, f"service_code: unknown service {code!r}; expected one of: "
+                       f"{known} (GET {PREFIX}/services.json)")
 
 
 def _caller(state: StateDep, principal: Principal | None, api_key: str | None,
@@ -149,11 +198,15 @@ def list_requests(
         start_date: Timestamp | None = None, end_date: Timestamp | None = None,
         status_: Annotated[Literal["open", "closed"] | None, Query(alias="status")] = None,
         api_key: Annotated[str | None, Query(max_length=512)] = None,
-) -> list[ServiceRequest]:
+) -> Any:
     """Requests oldest first (1000 at most), filtered by ids (comma separated), service
     code, ``requested_datetime`` range (``start_date`` ≤ t < ``end_date``) and status."""
     who = _caller(state, principal, api_key, READ)
     can_see = visibility(who)
+    if service_code is not None and service_code not in state.policies.kinds and \
+            state.store.count(TicketFilter(kind=service_code)) == 0:
+        # neither a configured service nor the kind of any ticket (a plug-in's): a typo
+        return _unknown_service(state, service_code)
     if service_request_id is not None:
         found = (state.store.get(i.strip()) for i in service_request_id.split(",")[:100])
         tickets = [t for t in found if t is not None and can_see(t)]
@@ -172,8 +225,7 @@ def list_requests(
     return out
 
 
-@router.get("/requests/{service_request_id}.json", response_model=list[ServiceRequest],
-            responses={404: {"model": list[Open311Error]}})
+@router.get("/requests/{service_request_id}.json", response_model=list[ServiceRequest])
 def get_request(service_request_id: str, state: StateDep, principal: OptionalPrincipal,
                 api_key: Annotated[str | None, Query(max_length=512)] = None) -> Any:
     """One request (as a one-element list, as GeoReport v2 has it)."""
@@ -185,8 +237,7 @@ def get_request(service_request_id: str, state: StateDep, principal: OptionalPri
 
 
 @router.post("/requests.json", response_model=list[RequestCreated],
-             status_code=status.HTTP_201_CREATED,
-             responses={400: {"model": list[Open311Error]}})
+             status_code=status.HTTP_201_CREATED)
 def post_request(form: Annotated[RequestCreate, Form()], state: StateDep,
                  principal: OptionalPrincipal, grid: GridDep) -> Any:
     """Create a service request; it becomes a ticket routed by ``service_code`` (the
@@ -194,6 +245,8 @@ def post_request(form: Annotated[RequestCreate, Form()], state: StateDep,
     false-positive record applies); the same ``account_id`` + ``device_id`` +
     ``description`` + position posted again by the same caller is not a new ticket."""
     who = _caller(state, principal, form.api_key, CREATE)
+    if form.service_code not in state.policies.kinds:
+        return _unknown_service(state, form.service_code)
     key = "|".join(str(v) for v in (form.account_id, form.device_id, form.service_code,
                                     form.lat, form.long, form.description))
     try:

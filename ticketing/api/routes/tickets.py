@@ -3,11 +3,15 @@ lifecycle actions (optimistic concurrency on every change)."""
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from pydantic import StringConstraints
 
+from stream.policy import Priority
 from ticketing.api.deps import (
     Creator,
     GridDep,
@@ -36,15 +40,16 @@ from ticketing.lifecycle import (
     TransitionError,
 )
 from ticketing.models import Escalation, Origin, TicketStatus
+from ticketing.queries import SORT_PATTERN, TicketFilter, parse_sort
 from ticketing.service import (
     OutsideGrid,
     act,
     create_report,
     get_visible,
-    list_tickets,
+    list_public,
     update_ticket,
 )
-from ticketing.store import TicketFilter, TicketNotFound, VersionConflict, audit_public
+from ticketing.store import TicketNotFound, VersionConflict, audit_public
 
 router = APIRouter(prefix="/tickets", tags=["tickets"])
 
@@ -52,7 +57,6 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No such ticket (or not yours)"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Problem,
                   "description": "Stale version, or an action the state does not allow"}}
-Name = Annotated[str | None, Query(min_length=1, max_length=128)]
 
 
 def not_found(ticket_id: str) -> HTTPException:
@@ -68,31 +72,79 @@ def etag(response: Response, version: int) -> None:
     response.headers["ETag"] = f'"{version}"'
 
 
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# a repeatable filter: ?status=dispatched&status=accepted keeps either
+Names = Annotated[list[Name] | None, Query(max_length=100)]
+
+
 @router.get("", response_model=TicketList)
-def list_(state: StateDep, principal: Reader,
-          status_: Annotated[TicketStatus | None, Query(alias="status")] = None,
-          kind: Name = None, cell_id: Name = None, district: Name = None, town: Name = None,
-          village: Name = None, department: Name = None,
-          escalation: Escalation | None = None, origin: Origin | None = None,
+def list_(request: Request, state: StateDep, principal: Reader,
+          status_: Annotated[list[TicketStatus] | None, Query(alias="status",
+                                                              max_length=20)] = None,
+          kind: Names = None, cell_id: Names = None, district: Names = None,
+          town: Names = None, village: Names = None, department: Names = None,
+          escalation: Annotated[list[Escalation] | None, Query(max_length=10)] = None,
+          origin: Annotated[list[Origin] | None, Query(max_length=10)] = None,
+          priority: Annotated[list[Priority] | None, Query(max_length=10)] = None,
+          open_: Annotated[bool | None, Query(
+              alias="open", description="true: only open tickets (pending_review, "
+              "dispatched, accepted, returned, reopened); false: only the others")] = None,
+          overdue: Annotated[bool | None, Query(
+              description="true: open tickets past due_at (at the API's clock); false: "
+              "every other ticket")] = None,
+          sort: Annotated[str, Query(
+              max_length=100, pattern=SORT_PATTERN,
+              description="Keys, comma separated, each optionally with '-' for "
+                          "descending: due, opened, priority (P1 first), updated. Ties: "
+                          "ticket_id.", examples=["-due", "priority,due"])] = "opened",
           opened_from: Timestamp | None = None, opened_to: Timestamp | None = None,
-          limit: Annotated[int, Query(ge=1, le=10000)] = 50,
-          offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> TicketList:
-    """Tickets oldest first; filters combine with AND; ``opened_from`` ≤ opened_at <
-    ``opened_to``. A department token sees only its own department's tickets."""
+          limit: Annotated[int, Query(ge=1, le=10000, description=(
+              "at most ticketing.max_page_size (500 by default); more is a 422"))] = 50,
+          offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> Response:
+    """Tickets, oldest opened first unless ``sort`` says otherwise. Filters combine with
+    AND; a repeated filter (``?status=dispatched&status=accepted``) keeps any of its
+    values; ``opened_from`` ≤ opened_at < ``opened_to``. A department token sees only its
+    own department's tickets. An unknown parameter is a 422 naming it."""
     if principal.role is Role.DEPARTMENT:
-        if department not in (None, principal.department):
+        if department is not None and set(department) != {principal.department}:
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 "a department token reads only its own department")
-        department = principal.department
-    limit = min(limit, state.settings.max_page_size)
-    flt = TicketFilter(status=status_.value if status_ else None, kind=kind, cell_id=cell_id,
-                       district=district, town=town, village=village, department=department,
-                       escalation=escalation.value if escalation else None,
-                       origin=origin.value if origin else None,
-                       opened_from=opened_from, opened_to=opened_to)
-    items, total = list_tickets(store=state.store, flt=flt, limit=limit, offset=offset)
-    return TicketList(items=[TicketPublic.of(t) for t in items], total=total, limit=limit,
-                      offset=offset)
+        department = [str(principal.department)]
+    max_page = state.settings.max_page_size
+    if limit > max_page:
+        raise unprocessable(("query", "limit"), f"limit must be at most {max_page} "
+                            f"(ticketing.max_page_size), got {limit}")
+    try:
+        order = parse_sort(sort)
+    except ValueError as exc:
+        raise unprocessable(("query", "sort"), str(exc)) from None
+    # the page as encoded before, if no ticket changed since (a console polls the same
+    # pages); not for overdue=, which moves with the clock
+    key = (principal.role.value, principal.department, request.url.query)
+    cached = overdue is None and state.pages.max_entries > 0
+    version = state.store.change_version() if cached else None
+    if version is not None and (body := state.pages.get(key, version)) is not None:
+        return Response(body, media_type="application/json")
+    flt = TicketFilter(
+        status=_values(status_), kind=_values(kind), cell_id=_values(cell_id),
+        district=_values(district), town=_values(town), village=_values(village),
+        department=_values(department), escalation=_values(escalation),
+        origin=_values(origin), priority=_values(priority), open=open_, overdue=overdue,
+        now=state.clock() if overdue is not None else None,
+        opened_from=opened_from, opened_to=opened_to)
+    items, total = list_public(store=state.store, flt=flt, limit=limit, offset=offset,
+                               sort=order)
+    # the stored bodies are already the public form: encode them once, unvalidated
+    body = orjson.dumps({"items": items, "total": total, "limit": limit, "offset": offset})
+    if version is not None:
+        state.pages.put(key, version, body)
+    return Response(body, media_type="application/json")
+
+
+def _values(values: list[Any] | None) -> tuple[str, ...] | None:
+    if values is None:
+        return None
+    return tuple(v.value if isinstance(v, Enum) else str(v) for v in values)
 
 
 @router.get("/{ticket_id}", response_model=TicketPublic, responses=NOT_FOUND)
