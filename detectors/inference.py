@@ -44,6 +44,12 @@ class TrackedFrame:
         return self.detections[np.isin(self.detections.class_id, sorted(self.class_ids(names)))]
 
 
+def detector_threshold(config: AnyBackendConfig) -> float | None:
+    """The confidence below which the backend drops boxes (``None`` for ``motion``)."""
+    value = getattr(config, "confidence_threshold", None)
+    return None if value is None else float(value)
+
+
 class InferenceHub:
     """Backends and trackers of one camera, keyed by their configs, with a per-frame memo."""
 
@@ -61,6 +67,10 @@ class InferenceHub:
             self._backends[key] = build_backend(config)
         return self._backends[key]
 
+    def backends(self) -> list[InferenceBackend]:
+        """Every backend built so far."""
+        return list(self._backends.values())
+
     def tracked(
         self,
         backend_config: AnyBackendConfig,
@@ -77,7 +87,8 @@ class InferenceHub:
         if cached is not None and cached[0] == stamp:
             return cached[1]
         if key not in self._trackers:
-            self._trackers[key] = ByteTracker(tracker_config, frame_rate)
+            self._trackers[key] = ByteTracker(
+                tracker_config.resolved(detector_threshold(backend_config)), frame_rate)
         detections = backend.infer(frame)
         self.inference_s += float(getattr(backend, "last_inference_s", 0.0))
         if self._origin is None:

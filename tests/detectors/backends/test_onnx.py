@@ -68,28 +68,51 @@ def test_end_to_end_on_a_tiny_onnx_graph(tmp_path) -> None:
                                               classes={0: "person", 1: "bicycle"}))
     frame = np.zeros((128, 256, 3), np.uint8)  # scale 0.25, pad_y 16
     dets = backend.infer(frame)
-    assert dets.class_id.tolist() == [1, 0]
+    assert [backend.class_names[c] for c in dets.class_id.tolist()] == ["bicycle", "person"]
     np.testing.assert_allclose(dets.xyxy, [[96, 32, 160, 96], [24, 0, 40, 0]])
     backend.close()
 
 
 @pytest.mark.parametrize(
-    ("classes", "names", "error"),
+    ("classes", "names", "roles", "error"),
     [
-        ({0: "person", 5: "bus"}, None, r"indices \[5\] but the model has 2 classes"),
-        ({0: "person", 1: "car"}, {0: "person", 1: "bicycle"}, "config 'car' vs model 'bicycle'"),
-        ({0: "person"}, {0: "person", 1: "bicycle"}, None),
+        ({0: "person", 5: "bus"}, None, None, r"indices \[5\] but the model has 2 classes"),
+        ({"Normal": "person"}, None, None, "carries no class names; use its class indices"),
+        ({"Walking": "person"}, {0: "Normal", 1: "Fall"}, None,
+         r"names class 'Walking', which the model does not have; its classes: "
+         r"\{0: 'Normal', 1: 'Fall'\}"),
+        ({0: "person", "Normal": "rider"}, {0: "Normal", 1: "Fall"}, None,
+         "lists class 0 twice"),
+        # roles, not model names: the model calls class 0 "Normal"
+        ({0: "person"}, {0: "Normal", 1: "Fall"}, {0: "person"}, None),
+        ({0: "person", 1: "person"}, {0: "Normal", 1: "Fall"}, {0: "person"}, None),
+        ({"Normal": "person", "Fall": "person"}, {0: "Normal", 1: "Fall"}, {0: "person"},
+         None),
+        ({"1": "bicycle", 0: "person"}, None, {0: "bicycle", 1: "person"}, None),
     ],
 )
-def test_class_map_is_checked_at_start_up(tmp_path, classes, names, error) -> None:
+def test_class_map_maps_model_classes_to_roles(tmp_path, classes, names, roles, error
+                                               ) -> None:
     model = make_constant_yolo_onnx(tmp_path / "m.onnx", np.zeros((1, 6, 10), np.float32),
                                     names=names)
     config = OnnxBackendConfig(model_path=model, classes=classes)
     if error is None:
-        assert build_backend(config).class_names == classes
+        assert build_backend(config).class_names == roles
     else:
         with pytest.raises(ValueError, match=error):
             build_backend(config)
+
+
+def test_two_classes_of_one_role_give_one_box(tmp_path) -> None:
+    # the same person scored as "Normal" (0.5) and as "Fall" (0.45): one person box
+    out = yolov8_output([[32, 32, 16, 16], [32, 33, 16, 16]] + [[0, 0, 1, 1]] * 6,
+                        [[0.5, 0.0], [0.0, 0.45]] + [[0, 0]] * 6)
+    model = make_constant_yolo_onnx(tmp_path / "m.onnx", out, names={0: "Normal", 1: "Fall"})
+    backend = build_backend(OnnxBackendConfig(
+        model_path=model, classes={"Normal": "person", "Fall": "person"}))
+    dets = backend.infer(np.zeros((64, 64, 3), np.uint8))
+    assert len(dets) == 1 and dets.confidence.tolist() == pytest.approx([0.5])
+    assert backend.class_names[int(dets.class_id[0])] == "person"
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path) -> None:
