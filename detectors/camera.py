@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import typing
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -348,6 +349,9 @@ class CameraPipeline:
         self._last_analysed: datetime | None = None
         self._failures: dict[int, int] = {}
         self.last_error: str | None = None
+        #: called as ``observer(frame, observed_at, detections)`` after every analysed
+        #: frame (``gridwatch detect --annotate``).
+        self.observers: list[Callable[[np.ndarray, datetime, list[Detection]], None]] = []
         self.stats = dict.fromkeys(
             ("frames_in", "frames_sampled_out", "frames_gated", "frames_analysed",
              "frames_failed", "detector_errors", "detections"), 0)
@@ -397,6 +401,8 @@ class CameraPipeline:
         if failed:
             self.stats["frames_failed"] += 1
         self.stats["detections"] += len(out)
+        for observer in self.observers:
+            observer(frame, observed_at, out)
         return out
 
     def _label(self, detector: Any) -> str:

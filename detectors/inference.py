@@ -6,6 +6,7 @@ backend and one tracker, and the model runs once per frame.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -59,6 +60,9 @@ class InferenceHub:
         self._memo: dict[str, tuple[tuple[int, datetime], TrackedFrame]] = {}
         self.inference_s = 0.0
         self._origin: datetime | None = None
+        #: called as ``observer(key, observed_at, tracked)`` for every newly tracked frame
+        #: (tuning tools: ``--tracks-out``, ``--annotate``).
+        self.observers: list[Callable[[str, datetime, TrackedFrame], None]] = []
 
     def backend(self, config: AnyBackendConfig) -> InferenceBackend:
         """The backend for ``config`` (built once; raises ``ValueError`` on bad files)."""
@@ -98,6 +102,8 @@ class InferenceHub:
             self._trackers[key].update(detections, timestamp_s), backend.class_names
         )
         self._memo[key] = (stamp, result)
+        for observer in self.observers:
+            observer(key, observed_at, result)
         return result
 
     def close(self) -> None:

@@ -10,7 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from detectors.core import Detections
 
-
 #: Tracker thresholds for the weight-free motion backend (no confidence threshold).
 MOTION_ACTIVATION = 0.5
 MOTION_HIGH = 0.6

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
@@ -297,6 +298,10 @@ DEFAULT_FILE_FPS = 25.0
 STREAM_TIMEOUT_MS = 10_000
 #: A detector that keeps failing is logged once, then at most once per this many seconds.
 ERROR_LOG_INTERVAL_S = 60.0
+#: A camera is unhealthy while more than half of its last this-many analysed frames failed.
+HEALTH_WINDOW_FRAMES = 20
+#: ... once at least this many frames were processed since it started.
+HEALTH_MIN_FRAMES = 5
 
 
 class CameraWorkers:
@@ -346,6 +351,23 @@ class CameraWorkers:
         self.open_failures = 0
         self._last_error_log = -float("inf")
         self._errors_at_last_log = 0
+        #: outcome (failed?) of the last frames, for :attr:`healthy`
+        self._recent_failures: deque[bool] = deque(maxlen=HEALTH_WINDOW_FRAMES)
+        #: the latest detector failure in one line, or ``None``
+        self.last_error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """False while the detectors fail on most recent frames (or cannot start)."""
+        recent = list(self._recent_failures)
+        if len(recent) < HEALTH_MIN_FRAMES:
+            return True
+        return sum(recent) * 2 <= len(recent)
+
+    def _set_health(self, failed: bool) -> None:
+        self._recent_failures.append(failed)
+        if self.metrics is not None:
+            self.metrics.camera_healthy.labels(self.source.id).set(1 if self.healthy else 0)
 
     # -- reader -------------------------------------------------------------------------
     def run_reader(self, stop: threading.Event) -> None:
@@ -513,9 +535,13 @@ class CameraWorkers:
         if pipeline is None:
             try:
                 pipeline = self.pipeline_factory(self.source)
-            except Exception:
-                logger.exception("station %s camera %s: cannot start the detectors",
-                                 self.station_id, self.source.id)
+            except Exception as exc:
+                self.last_error = f"cannot start the detectors: {_one_line(exc)}"
+                self._recent_failures.extend([True] * HEALTH_WINDOW_FRAMES)
+                if self.metrics is not None:
+                    self.metrics.camera_healthy.labels(self.source.id).set(0)
+                logger.error("station %s camera %s: %s", self.station_id, self.source.id,
+                             self.last_error)
                 raise  # the supervisor restarts this worker with back-off
         inner_errors = _pipeline_errors(pipeline)
         try:
@@ -524,15 +550,23 @@ class CameraWorkers:
                 if item is None:
                     continue
                 frame, observed_at = item
+                failed = False
                 try:
                     detections = list(pipeline.process(frame, observed_at))
-                except Exception:
+                except Exception as exc:
                     detections = []
-                    self._count_errors(1, observed_at, exc_info=True)
+                    failed = True
+                    self.last_error = _one_line(exc)
+                    logger.debug("station %s camera %s: pipeline failed", self.station_id,
+                                 self.source.id, exc_info=True)
+                    self._count_errors(1, observed_at)
                 now_errors = _pipeline_errors(pipeline)
                 if now_errors > inner_errors:
-                    self._count_errors(now_errors - inner_errors, observed_at, exc_info=False)
+                    failed = True
+                    self.last_error = getattr(pipeline, "last_error", None) or self.last_error
+                    self._count_errors(now_errors - inner_errors, observed_at)
                 inner_errors = now_errors
+                self._set_health(failed)
                 if detections:
                     detections = [self._own(d) for d in detections]
                     self.sink(detections)  # committed before the frame counts as processed
@@ -545,7 +579,7 @@ class CameraWorkers:
         finally:
             pipeline.close()
 
-    def _count_errors(self, n: int, observed_at: datetime, *, exc_info: bool) -> None:
+    def _count_errors(self, n: int, observed_at: datetime) -> None:
         self.errors += n
         if self.metrics is not None:
             self.metrics.camera_errors.labels(self.source.id).inc(n)
@@ -553,9 +587,9 @@ class CameraWorkers:
         if now - self._last_error_log < ERROR_LOG_INTERVAL_S:
             return  # a detector failing on every frame must not flood the log
         logger.error("station %s camera %s: detector failed on the frame at %s "
-                     "(%d failures in all, %d since the last report)", self.station_id,
+                     "(%d failures in all, %d since the last report): %s", self.station_id,
                      self.source.id, observed_at.isoformat(), self.errors,
-                     self.errors - self._errors_at_last_log, exc_info=exc_info)
+                     self.errors - self._errors_at_last_log, self.last_error)
         self._last_error_log = now
         self._errors_at_last_log = self.errors
 
@@ -568,6 +602,11 @@ class CameraWorkers:
         wire.pop("schema", None)
         wire.update(station_id=self.station_id, source_id=self.source.id)
         return Detection.new(**wire)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 def _pipeline_errors(pipeline: Any) -> int:

@@ -134,7 +134,10 @@ def test_the_sample_video_gives_exactly_one_wrong_way_detection_over_mqtt(
     assert status["cameras"]["cam-dead"]["open_failures"] >= 2
     assert status["cameras"]["cam-lane"] == {
         "frames_read": 80, "frames_processed": 80, "frames_dropped": 0,
-        "detector_errors": 0, "open_failures": 0, "end_of_file": True}
+        "detector_errors": 0, "open_failures": 0, "end_of_file": True,
+        "healthy": True, "last_error": None}
+    assert agent.metrics.registry.get_sample_value("gridwatch_edge_camera_healthy",
+                                                   {"source": "cam-lane"}) == 1.0
     assert set(status["restarts"].values()) == {0}
     assert all(status["workers"].values())
     frames = agent.metrics.registry.get_sample_value("gridwatch_edge_camera_frames_total",

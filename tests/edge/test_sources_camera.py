@@ -309,7 +309,13 @@ def test_a_detector_exception_is_counted_and_the_worker_carries_on(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1  # logged once, not once per frame
     assert f"station {STATION} camera cam-1: detector failed" in errors[0].getMessage()
-    assert errors[0].exc_info is not None
+    # one line with the reason, no traceback (it is at DEBUG level)
+    assert "RuntimeError: detector broke on call 1" in errors[0].getMessage()
+    assert errors[0].exc_info is None
+    # 11 of the last 20 frames failed: the camera is unhealthy, in status and metrics
+    assert not cam.healthy and cam.last_error is not None
+    assert rig.metrics.registry.get_sample_value("gridwatch_edge_camera_healthy",
+                                                 {"source": "cam-1"}) == 0.0
 
 
 def test_the_pipeline_is_closed_when_the_worker_stops(tmp_path: Path) -> None:
