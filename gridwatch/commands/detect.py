@@ -57,6 +57,8 @@ MAX_FAILED_SHARE = 0.5
 def run(args: argparse.Namespace) -> int:
     import time
 
+    import cv2  # noqa: F401  -- the 'vision' extra; a missing one is named before anything
+
     from detectors.camera import (
         CameraPipeline,
         check_camera,
