@@ -220,3 +220,21 @@ def test_fp16_classifier_by_class_names(tmp_path) -> None:
     classifier = OnnxClassifier(model, {"With Helmet": "helmet", "Without Helmet": "no_helmet"})
     role, probability = classifier.classify(np.zeros((20, 20, 3), np.uint8))
     assert role == "no_helmet" and probability == pytest.approx(0.8, abs=1e-3)
+
+
+def test_from_ultralytics_maps_classes_to_roles() -> None:
+    from types import SimpleNamespace
+
+    from detectors.backends.ultralytics import from_ultralytics
+    from detectors.roles import ClassRoles
+
+    roles = ClassRoles.resolve({"Normal": "person", "Fall": "person"},
+                               model_names={0: "Normal", 1: "Fall", 2: "Dog"}, n_classes=3,
+                               source="best.pt")
+    result = SimpleNamespace(boxes=type("B", (), {
+        "xyxy": np.array([[1, 2, 3, 4], [5, 6, 7, 8], [0, 0, 2, 2]], np.float32),
+        "conf": np.array([0.9, 0.4, 0.8]), "cls": np.array([1.0, 0.0, 2.0]),
+        "__len__": lambda s: 3})())
+    dets = from_ultralytics(result, roles=roles)
+    assert [roles.class_names[c] for c in dets.class_id.tolist()] == ["person", "person"]
+    assert dets.confidence.tolist() == pytest.approx([0.9, 0.4])
