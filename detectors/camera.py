@@ -456,7 +456,10 @@ def check_camera(config: CameraConfig, *, registry: PluginRegistry | None = None
                     summary.append(roles.describe(getattr(backend, "model_names", None)))
         hw = frame_hw or _frame_hw_guess(config)
         start = config.start or datetime.fromisoformat("2026-01-01T08:00:00+00:00")
-        step = timedelta(seconds=1 / pipeline.frame_rate)
+        rate = pipeline.frame_rate
+        if config.sampling.max_fps is not None:
+            rate = min(rate, config.sampling.max_fps)
+        step = timedelta(seconds=1 / rate)  # every frame passes max_fps; every_n thins
         for i in range(frames * config.sampling.every_n_frames):
             pipeline.process(synthetic_frame(hw), start + i * step, strict=True)
         return "; ".join(summary)

@@ -26,7 +26,8 @@ class TrackerConfig(BaseModel):
             the detector keeps can start one.
         high_confidence_threshold: boxes at or above it are matched first and only they
             may start tracks; boxes below it only extend existing tracks. ``None``
-            (default) is the activation threshold.
+            (default) is the activation threshold (with the ``motion`` backend: 0.6, or the
+            activation threshold when that is higher).
         minimum_consecutive_frames: frames a new track must be matched in before it gets
             an id (higher suppresses one-frame false positives, delays every track).
         minimum_iou: IoU a box needs with a track's predicted box to continue it (lower

@@ -173,3 +173,21 @@ def test_the_files_frame_rate_is_used_unless_configured(caplog, configured, file
     config = camera_config_from_dict(camera_dict(frame_rate=configured))
     assert effective_frame_rate(config, file_fps) == expected
     assert ("overrides the video's own" in caplog.text) is warns
+
+
+def test_check_camera_analyses_frames_despite_max_fps(monkeypatch) -> None:
+    from detectors.camera import check_camera
+    from detectors.wrong_way import WrongWayDetector
+
+    seen = []
+    original = WrongWayDetector.process
+
+    def spy(self, frame, observed_at):
+        seen.append(observed_at)
+        return original(self, frame, observed_at)
+
+    monkeypatch.setattr(WrongWayDetector, "process", spy)
+    config = camera_config_from_dict(camera_dict(
+        frame_rate=25, sampling={"every_n_frames": 2, "max_fps": 2}))
+    check_camera(config, frames=3)
+    assert len(seen) == 3
