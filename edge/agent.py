@@ -27,7 +27,14 @@ from edge.config import CameraSource, StationConfig
 from edge.metrics import EdgeMetrics
 from edge.outbox import Outbox
 from edge.publisher import Publisher, detection_topic
-from edge.sources import CameraWorkers, LocalMqttInput, SensorHub, Ticker, WebhookServer
+from edge.sources import (
+    CameraWorkers,
+    LocalMqttInput,
+    SensorHub,
+    Ticker,
+    WebhookServer,
+    camera_frame_rate,
+)
 from edge.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -127,7 +134,8 @@ class EdgeAgent:
                         f"has {self.station_id}/{cam.id}")
                 try:  # synthetic frames through the whole chain first, then the real one
                     check_camera(cam_config)
-                    pipeline = CameraPipeline(cam_config)
+                    pipeline = CameraPipeline(cam_config,
+                                              frame_rate=camera_frame_rate(cam, cam_config))
                 except ValueError as exc:  # a missing model file, a bad class map ...
                     raise AgentStartupError(f"{cam.camera_config}: {exc}") from None
                 prepared[cam.id] = {"pipeline": pipeline, "file_start": cam_config.start,

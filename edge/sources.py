@@ -323,7 +323,8 @@ class CameraWorkers:
         pipeline: a pipeline already built (at start-up, to fail early); the first
             detector run uses it instead of calling the factory.
         file_start: event time of a file's first frame when ``source.start`` is unset.
-        file_fps: frame rate of a file whose header has none.
+        file_fps: the camera YAML's ``frame_rate`` for a file: overrides the file's own
+            (header) rate, which is used when this is ``None``.
     """
 
     def __init__(self, source: CameraSource, station_id: str, sink: Sink,
@@ -462,9 +463,9 @@ class CameraWorkers:
         same file always hands the detectors the same frames.
         """
         src = self.source
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        if not 0 < fps < 1000:
-            fps = self.file_fps or DEFAULT_FILE_FPS
+        header_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        # the camera YAML's frame_rate, when set, overrides the header (as in detect)
+        fps = self.file_fps or (header_fps if 0 < header_fps < 1000 else DEFAULT_FILE_FPS)
         period_s = 1.0 / src.max_fps
         next_keep_s = frame_index / fps
         wall_origin = time.monotonic() - frame_index / fps
@@ -620,4 +621,15 @@ def default_pipeline_factory(source: CameraSource) -> Any:
     """``detectors.camera.CameraPipeline`` built from the camera's own YAML."""
     from detectors.camera import CameraPipeline, load_camera_config
 
-    return CameraPipeline(load_camera_config(source.camera_config))
+    config = load_camera_config(source.camera_config)
+    return CameraPipeline(config, frame_rate=camera_frame_rate(source, config))
+
+
+def camera_frame_rate(source: CameraSource, config: Any) -> float:
+    """The input rate a camera's pipeline runs at: the camera YAML's ``frame_rate``, else
+    a file's own, else 25 (a mismatch between YAML and file is logged as a warning)."""
+    from detectors.camera import effective_frame_rate
+    from detectors.sample import video_fps
+
+    file_fps = video_fps(source.url) if source.is_file and Path(source.url).is_file() else None
+    return effective_frame_rate(config, file_fps, origin=source.url)

@@ -348,3 +348,43 @@ def test_file_start_falls_back_to_the_camera_yaml() -> None:
     assert cam.file_start == START + timedelta(hours=1)
     assert CameraWorkers(make_camera("x.avi"), STATION, lambda d: None,
                          file_start=START + timedelta(hours=1)).file_start == START
+
+
+@pytest.mark.parametrize(("file_fps", "step_s"), [(None, 0.1), (5.0, 0.2)])
+def test_the_camera_yaml_frame_rate_overrides_the_files(tmp_path: Path, file_fps, step_s
+                                                         ) -> None:
+    """A file's own rate gives its event times unless the camera YAML sets frame_rate."""
+    video = make_video(tmp_path, n_frames=6, fps=10)
+    pipeline = RecordingPipeline()
+    cam = CameraWorkers(make_camera(video), STATION, lambda d: None,
+                        pipeline_factory=lambda s: pipeline, file_fps=file_fps)
+    stop = threading.Event()
+    threads = [threading.Thread(target=cam.run_reader, args=(stop,)),
+               threading.Thread(target=cam.run_detector, args=(stop,))]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while not (cam.finished.is_set() and cam.frames_processed == 6):
+        assert time.monotonic() < deadline, "the file was not read"
+        time.sleep(0.01)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert offsets(pipeline.seen) == pytest.approx([i * step_s for i in range(6)])
+
+
+def test_camera_frame_rate_warns_on_a_mismatch(tmp_path: Path, caplog) -> None:
+    from detectors.camera import camera_config_from_dict
+    from edge.sources import camera_frame_rate
+
+    video = make_video(tmp_path, n_frames=3, fps=10)
+    base = {"station_id": STATION, "source_id": "cam-1",
+            "ground": {"fixed_lon_lat": [113.15, 23.04]},
+            "lanes": [{"name": "l", "polygon_xy": [[0, 0], [9, 0], [9, 9]],
+                       "direction_xy": [[0, 0], [9, 0]]}],
+            "detectors": [{"type": "wrong_way_ebike"}]}
+    source = make_camera(video)
+    assert camera_frame_rate(source, camera_config_from_dict(base)) == 10.0
+    assert "overrides" not in caplog.text
+    assert camera_frame_rate(source, camera_config_from_dict({**base, "frame_rate": 25})) == 25
+    assert "camera frame_rate 25 overrides" in caplog.text and "own 10 fps" in caplog.text
