@@ -281,7 +281,13 @@ class HelmetlessRiderDetector:
         has_heads = bool(names & head_roles)
         self.classifier = None
         self.head_backend = None
-        if config.head_detector is not None:
+        if config.head_detector is not None and config.head_detector == config.backend:
+            has_heads = bool(names & head_roles)  # the same model: its own head roles
+            if not has_heads:
+                raise ValueError(f"head_detector is the detection model itself, whose class "
+                                 f"map {sorted(names)} has no head roles "
+                                 f"{config.helmet_classes + config.no_helmet_classes}")
+        elif config.head_detector is not None:
             self.head_backend = self.hub.backend(config.head_detector)
             head_names = set(self.head_backend.class_names.values())
             if not head_names & head_roles:

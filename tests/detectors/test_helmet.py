@@ -267,3 +267,13 @@ def test_a_head_detector_without_head_roles_fails_at_start(tmp_path, model_path)
         "type": "onnx", "model_path": str(heads), "classes": {0: "hat", 1: "bare"}})
     with pytest.raises(ValueError, match="head_detector class map gives roles"):
         HelmetlessRiderDetector(config, make_context())
+
+
+def test_a_head_detector_equal_to_the_backend_runs_the_model_once(model_path) -> None:
+    config = helmet_config(model_path)
+    same = helmet_config(model_path, head_detector=config.backend.model_dump(mode="json"))
+    detector = HelmetlessRiderDetector(same, make_context())
+    assert detector.head_backend is None  # heads come from the tracked frame itself
+    found = [d for i in range(4)
+             for d in detector.process_tracked(rider_frame(1, NO_HELMET), None, at(i))]
+    assert [d.track_id for d in found] == ["kit-camera:1"]
