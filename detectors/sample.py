@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors.camera import CameraConfig, CameraPipeline
+from detectors.camera import CameraConfig, CameraPipeline, effective_frame_rate
 from detectors.schema import Detection
 
 logger = logging.getLogger(__name__)
@@ -165,6 +165,18 @@ def iter_frames(path: str | Path) -> Iterator[tuple[int, np.ndarray, float]]:
         capture.release()
 
 
+def video_fps(path: str | Path) -> float | None:
+    """The frame rate a video file's header gives (``None`` when it gives none)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    finally:
+        capture.release()
+    return fps if 0 < fps < 1000 else None
+
+
 def video_frame_count(path: str | Path) -> int | None:
     """Frames in a video as its header says (``None`` when unknown)."""
     import cv2
@@ -190,7 +202,8 @@ def run_video(
 
     Args:
         path: the video file.
-        camera_config: the camera (its ``frame_rate`` is used when the file has no fps).
+        camera_config: the camera. Its ``frame_rate``, when set, overrides the file's
+            (with a warning if they differ); see :func:`detectors.camera.effective_frame_rate`.
         start: event time of frame 0 (aware); see the module docstring for the default.
         max_frames: stop after this many frames.
         on_frame: called with each frame index (progress bars).
@@ -203,12 +216,16 @@ def run_video(
     if start.tzinfo is None:
         raise ValueError("start must carry a UTC offset (RFC 3339)")
     own_pipeline = pipeline is None
-    pipeline = pipeline or CameraPipeline(camera_config)
+    if pipeline is None:
+        if not Path(path).is_file():
+            raise ValueError(f"video not found: {path}")
+        rate = effective_frame_rate(camera_config, video_fps(path), origin=str(path))
+        pipeline = CameraPipeline(camera_config, frame_rate=rate)
+    fps = pipeline.frame_rate
     try:
-        for index, frame, file_fps in iter_frames(path):
+        for index, frame, _file_fps in iter_frames(path):
             if max_frames is not None and index >= max_frames:
                 break
-            fps = file_fps if file_fps > 0 else camera_config.frame_rate
             observed_at = start + timedelta(seconds=index / fps)
             yield from pipeline.process(frame, observed_at)
             if on_frame is not None:

@@ -30,7 +30,14 @@ from edge.config import CameraSource, StationConfig
 from edge.metrics import EdgeMetrics
 from edge.outbox import Outbox, OutboxItem, evidence_key
 from edge.publisher import Publisher, detection_topic, evidence_topic
-from edge.sources import CameraWorkers, LocalMqttInput, SensorHub, Ticker, WebhookServer
+from edge.sources import (
+    CameraWorkers,
+    LocalMqttInput,
+    SensorHub,
+    Ticker,
+    WebhookServer,
+    camera_frame_rate,
+)
 from edge.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -110,7 +117,7 @@ class EdgeAgent:
             raise AgentStartupError("cameras are configured but OpenCV is not installed "
                             "(pip install 'gridwatch[vision]')") from None
         try:
-            from detectors.camera import CameraPipeline, load_camera_config
+            from detectors.camera import CameraPipeline, check_camera, load_camera_config
         except ImportError as exc:
             raise AgentStartupError(f"cameras are configured but detectors.camera is unavailable: "
                             f"{exc}") from None
@@ -129,8 +136,10 @@ class EdgeAgent:
                         f"{cam.camera_config}: station_id/source_id are "
                         f"{cam_config.station_id}/{cam_config.source_id}, but station.yaml "
                         f"has {self.station_id}/{cam.id}")
-                try:
-                    pipeline = CameraPipeline(cam_config)
+                try:  # synthetic frames through the whole chain first, then the real one
+                    check_camera(cam_config)
+                    pipeline = CameraPipeline(cam_config,
+                                              frame_rate=camera_frame_rate(cam, cam_config))
                 except ValueError as exc:  # a missing model file, a bad class map ...
                     raise AgentStartupError(f"{cam.camera_config}: {exc}") from None
                 prepared[cam.id] = {"pipeline": pipeline, "file_start": cam_config.start,
@@ -264,6 +273,8 @@ class EdgeAgent:
                               "frames_processed": cam.frames_processed,
                               "frames_dropped": cam.frames_dropped,
                               "detector_errors": cam.errors,
+                              "healthy": cam.healthy,
+                              "last_error": cam.last_error,
                               "open_failures": cam.open_failures,
                               "end_of_file": cam.finished.is_set()}
                         for cid, cam in self.cameras.items()},

@@ -55,6 +55,9 @@ class EdgeMetrics:
         self.camera_errors = Counter("gridwatch_edge_camera_errors", "Frames on which a "
                                      "camera's detectors raised (the worker carries on)",
                                      ["source"], registry=r)
+        self.camera_healthy = Gauge("gridwatch_edge_camera_healthy", "1 while the camera's "
+                                    "detectors work; 0 while they fail on most recent "
+                                    "frames or cannot start", ["source"], registry=r)
         self.camera_open_failures = Counter("gridwatch_edge_camera_open_failures", "Failed "
                                             "attempts to open a camera (retried with back-off)",
                                             ["source"], registry=r)

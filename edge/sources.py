@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
@@ -297,6 +298,10 @@ DEFAULT_FILE_FPS = 25.0
 STREAM_TIMEOUT_MS = 10_000
 #: A detector that keeps failing is logged once, then at most once per this many seconds.
 ERROR_LOG_INTERVAL_S = 60.0
+#: A camera is unhealthy while more than half of its last this-many analysed frames failed.
+HEALTH_WINDOW_FRAMES = 20
+#: ... once at least this many frames were processed since it started.
+HEALTH_MIN_FRAMES = 5
 
 
 class CameraWorkers:
@@ -318,7 +323,8 @@ class CameraWorkers:
         pipeline: a pipeline already built (at start-up, to fail early); the first
             detector run uses it instead of calling the factory.
         file_start: event time of a file's first frame when ``source.start`` is unset.
-        file_fps: frame rate of a file whose header has none.
+        file_fps: the camera YAML's ``frame_rate`` for a file: overrides the file's own
+            (header) rate, which is used when this is ``None``.
     """
 
     def __init__(self, source: CameraSource, station_id: str, sink: Sink,
@@ -346,6 +352,23 @@ class CameraWorkers:
         self.open_failures = 0
         self._last_error_log = -float("inf")
         self._errors_at_last_log = 0
+        #: outcome (failed?) of the last frames, for :attr:`healthy`
+        self._recent_failures: deque[bool] = deque(maxlen=HEALTH_WINDOW_FRAMES)
+        #: the latest detector failure in one line, or ``None``
+        self.last_error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """False while the detectors fail on most recent frames (or cannot start)."""
+        recent = list(self._recent_failures)
+        if len(recent) < HEALTH_MIN_FRAMES:
+            return True
+        return sum(recent) * 2 <= len(recent)
+
+    def _set_health(self, failed: bool) -> None:
+        self._recent_failures.append(failed)
+        if self.metrics is not None:
+            self.metrics.camera_healthy.labels(self.source.id).set(1 if self.healthy else 0)
 
     # -- reader -------------------------------------------------------------------------
     def run_reader(self, stop: threading.Event) -> None:
@@ -440,9 +463,9 @@ class CameraWorkers:
         same file always hands the detectors the same frames.
         """
         src = self.source
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        if not 0 < fps < 1000:
-            fps = self.file_fps or DEFAULT_FILE_FPS
+        header_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        # the camera YAML's frame_rate, when set, overrides the header (as in detect)
+        fps = self.file_fps or (header_fps if 0 < header_fps < 1000 else DEFAULT_FILE_FPS)
         period_s = 1.0 / src.max_fps
         next_keep_s = frame_index / fps
         wall_origin = time.monotonic() - frame_index / fps
@@ -513,9 +536,13 @@ class CameraWorkers:
         if pipeline is None:
             try:
                 pipeline = self.pipeline_factory(self.source)
-            except Exception:
-                logger.exception("station %s camera %s: cannot start the detectors",
-                                 self.station_id, self.source.id)
+            except Exception as exc:
+                self.last_error = f"cannot start the detectors: {_one_line(exc)}"
+                self._recent_failures.extend([True] * HEALTH_WINDOW_FRAMES)
+                if self.metrics is not None:
+                    self.metrics.camera_healthy.labels(self.source.id).set(0)
+                logger.error("station %s camera %s: %s", self.station_id, self.source.id,
+                             self.last_error)
                 raise  # the supervisor restarts this worker with back-off
         inner_errors = _pipeline_errors(pipeline)
         try:
@@ -524,15 +551,23 @@ class CameraWorkers:
                 if item is None:
                     continue
                 frame, observed_at = item
+                failed = False
                 try:
                     detections = list(pipeline.process(frame, observed_at))
-                except Exception:
+                except Exception as exc:
                     detections = []
-                    self._count_errors(1, observed_at, exc_info=True)
+                    failed = True
+                    self.last_error = _one_line(exc)
+                    logger.debug("station %s camera %s: pipeline failed", self.station_id,
+                                 self.source.id, exc_info=True)
+                    self._count_errors(1, observed_at)
                 now_errors = _pipeline_errors(pipeline)
                 if now_errors > inner_errors:
-                    self._count_errors(now_errors - inner_errors, observed_at, exc_info=False)
+                    failed = True
+                    self.last_error = getattr(pipeline, "last_error", None) or self.last_error
+                    self._count_errors(now_errors - inner_errors, observed_at)
                 inner_errors = now_errors
+                self._set_health(failed)
                 if detections:
                     detections = [self._own(d) for d in detections]
                     self.sink(detections)  # committed before the frame counts as processed
@@ -545,7 +580,7 @@ class CameraWorkers:
         finally:
             pipeline.close()
 
-    def _count_errors(self, n: int, observed_at: datetime, *, exc_info: bool) -> None:
+    def _count_errors(self, n: int, observed_at: datetime) -> None:
         self.errors += n
         if self.metrics is not None:
             self.metrics.camera_errors.labels(self.source.id).inc(n)
@@ -553,9 +588,9 @@ class CameraWorkers:
         if now - self._last_error_log < ERROR_LOG_INTERVAL_S:
             return  # a detector failing on every frame must not flood the log
         logger.error("station %s camera %s: detector failed on the frame at %s "
-                     "(%d failures in all, %d since the last report)", self.station_id,
+                     "(%d failures in all, %d since the last report): %s", self.station_id,
                      self.source.id, observed_at.isoformat(), self.errors,
-                     self.errors - self._errors_at_last_log, exc_info=exc_info)
+                     self.errors - self._errors_at_last_log, self.last_error)
         self._last_error_log = now
         self._errors_at_last_log = self.errors
 
@@ -570,6 +605,11 @@ class CameraWorkers:
         return Detection.new(**wire)
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
 def _pipeline_errors(pipeline: Any) -> int:
     """Errors a ``CameraPipeline`` caught itself (``stats["detector_errors"]``), else 0."""
     stats = getattr(pipeline, "stats", None)
@@ -581,4 +621,15 @@ def default_pipeline_factory(source: CameraSource) -> Any:
     """``detectors.camera.CameraPipeline`` built from the camera's own YAML."""
     from detectors.camera import CameraPipeline, load_camera_config
 
-    return CameraPipeline(load_camera_config(source.camera_config))
+    config = load_camera_config(source.camera_config)
+    return CameraPipeline(config, frame_rate=camera_frame_rate(source, config))
+
+
+def camera_frame_rate(source: CameraSource, config: Any) -> float:
+    """The input rate a camera's pipeline runs at: the camera YAML's ``frame_rate``, else
+    a file's own, else 25 (a mismatch between YAML and file is logged as a warning)."""
+    from detectors.camera import effective_frame_rate
+    from detectors.sample import video_fps
+
+    file_fps = video_fps(source.url) if source.is_file and Path(source.url).is_file() else None
+    return effective_frame_rate(config, file_fps, origin=source.url)

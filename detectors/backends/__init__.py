@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from detectors.core import Detections
+from detectors.roles import ClassKey, normalise_class_map
 
 MOVING_OBJECT = "moving_object"
 
@@ -24,7 +25,7 @@ MOVING_OBJECT = "moving_object"
 class InferenceBackend(Protocol):
     """A detector model (or a weight-free substitute) behind one interface."""
 
-    #: class index → class name, as the user's class map says.
+    #: role id → role (``Detections.class_id`` carries role ids), from the class map.
     class_names: dict[int, str]
 
     def infer(self, frame: np.ndarray) -> Detections:
@@ -64,19 +65,14 @@ class MotionBackendConfig(_BackendBase):
 
 class _ModelBackendBase(_BackendBase):
     model_path: Path
-    classes: dict[int, str] = Field(min_length=1)
+    classes: dict[ClassKey, str] = Field(min_length=1)
     confidence_threshold: float = Field(default=0.25, ge=0, le=1)
     iou_threshold: float = Field(default=0.45, ge=0, le=1)
 
     @field_validator("classes")
     @classmethod
-    def _unique_names(cls, value: dict[int, str]) -> dict[int, str]:
-        names = list(value.values())
-        if len(set(names)) != len(names):
-            raise ValueError(f"class names must be unique, got {names}")
-        if any(k < 0 for k in value):
-            raise ValueError("class indices must be >= 0")
-        return value
+    def _class_roles(cls, value: dict[ClassKey, str]) -> dict[ClassKey, str]:
+        return normalise_class_map(value)
 
 
 class OnnxBackendConfig(_ModelBackendBase):
@@ -84,11 +80,15 @@ class OnnxBackendConfig(_ModelBackendBase):
 
     Attributes:
         model_path: the ``.onnx`` file (yours; nothing is downloaded).
-        classes: class map ``{index: name}``; indices not listed are ignored. If the
-            model's metadata has ``names`` (ultralytics exports do), they must agree.
+        classes: model class → GridWatch role, ``{index or model name: role}``, many to
+            one allowed (``{Normal: person, Fall: person}``); classes not listed are
+            ignored (see :mod:`detectors.roles`).
+        confidence_threshold: candidates below it are dropped before NMS; the tracker's
+            thresholds follow it unless set.
         input_size_hw: network input ``[h, w]``; read from the model when it is static.
         output_format: ``yolov8`` (``(1, 4+nc, N)``, also YOLO11), ``yolov5``
             (``(1, N, 5+nc)``), ``end2end`` (``(1, N, 6)`` boxes after NMS), or ``auto``.
+            A forced format that does not fit the model's output is a start-up error.
         threads: ONNX Runtime intra-op threads (1 suits several cameras on a small box).
     """
 

@@ -13,12 +13,14 @@ from typing import Any
 import numpy as np
 
 from detectors.backends import UltralyticsBackendConfig
-from detectors.backends.onnx import check_class_map
-from detectors.core import Detections
+from detectors.core import Detections, non_max_suppression
+from detectors.roles import ClassRoles
 
 
-def from_ultralytics(result: Any, class_ids: set[int] | None = None) -> Detections:
-    """Adapter: one ultralytics ``Results`` (``result.boxes``) → :class:`Detections`."""
+def from_ultralytics(result: Any, class_ids: set[int] | None = None,
+                     roles: ClassRoles | None = None) -> Detections:
+    """Adapter: one ultralytics ``Results`` (``result.boxes``) → :class:`Detections`
+    (class ids become role ids with ``roles``; unmapped classes are dropped)."""
     boxes = result.boxes
     if boxes is None or len(boxes) == 0:
         return Detections.empty()
@@ -31,6 +33,10 @@ def from_ultralytics(result: Any, class_ids: set[int] | None = None) -> Detectio
     )
     if class_ids is not None:
         detections = detections[np.isin(detections.class_id, sorted(class_ids))]
+    if roles is not None:
+        keep, role_ids = roles.remap(detections.class_id)
+        kept = detections[keep]
+        detections = Detections(kept.xyxy, kept.confidence, role_ids)
     return detections
 
 
@@ -54,20 +60,43 @@ class UltralyticsBackend:
             ) from exc
         self.config = config
         self._model = YOLO(str(config.model_path), task="detect")
+        task = getattr(self._model, "task", "detect")
+        if task != "detect":
+            raise ValueError(f"{config.model_path}: the model's task is {task!r}, not "
+                             "'detect': use a detection model here")
         names = getattr(self._model, "names", None)
-        model_names = {int(k): str(v) for k, v in names.items()} if names else None
-        check_class_map(config.classes, model_names,
-                        len(model_names) if model_names else None, config.model_path)
-        self.class_names = dict(config.classes)
-        self._class_ids = set(config.classes)
+        self.model_names = {int(k): str(v) for k, v in names.items()} if names else None
+        self.roles = ClassRoles.resolve(
+            config.classes, model_names=self.model_names,
+            n_classes=len(self.model_names) if self.model_names else None,
+            source=str(config.model_path))
+        self.class_names = dict(self.roles.class_names)
+        self.last_inference_s = 0.0
+        from detectors.backends.onnx import synthetic_frame
+
+        try:
+            self.infer(synthetic_frame())
+        except Exception as exc:
+            raise ValueError(f"{config.model_path}: the model fails on a test frame: "
+                             f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+                             ) from None
 
     def infer(self, frame: np.ndarray) -> Detections:
-        """Detections in ``frame`` pixels."""
+        """Detections in ``frame`` pixels (class ids are role ids)."""
+        import time
+
+        started = time.perf_counter()
         results = self._model.predict(
             frame, conf=self.config.confidence_threshold, iou=self.config.iou_threshold,
             imgsz=self.config.image_size, device="cpu", verbose=False,
         )
-        return from_ultralytics(results[0], self._class_ids)
+        self.last_inference_s = time.perf_counter() - started
+        detections = from_ultralytics(results[0], roles=self.roles)
+        if len(detections) > 1:  # two model classes of one role must not give two boxes
+            detections = detections[non_max_suppression(
+                detections.xyxy, detections.confidence, detections.class_id,
+                self.config.iou_threshold)]
+        return detections
 
     def close(self) -> None:
         """Drop the model."""

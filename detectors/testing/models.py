@@ -12,13 +12,17 @@ from pathlib import Path
 import numpy as np
 
 
-def _save(model: object, path: Path, names: Mapping[int, str] | None) -> Path:
+def _save(model: object, path: Path, names: Mapping[int, str] | None,
+          metadata: Mapping[str, str] | None = None) -> Path:
     import onnx
 
     assert isinstance(model, onnx.ModelProto)
     if names is not None:
         entry = model.metadata_props.add()
         entry.key, entry.value = "names", repr(dict(names))
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
@@ -31,29 +35,44 @@ def make_constant_yolo_onnx(
     *,
     input_hw: tuple[int, int] = (64, 64),
     names: Mapping[int, str] | None = None,
+    half: bool = False,
+    metadata: Mapping[str, str] | None = None,
+    output_shape: list[int | str] | None = None,
 ) -> Path:
     """A model that ignores its image and returns ``output`` (any YOLO layout).
 
     The input is still consumed (``+ 0 * mean(image)``) so ONNX Runtime keeps it.
+    ``half=True`` gives float16 input and output (as ``yolo export half=True`` does);
+    ``metadata`` adds entries such as ``task``; ``output_shape`` declares the output's
+    shape (names for dynamic axes) instead of the constant's.
     """
     from onnx import TensorProto, helper, numpy_helper
 
     output = np.asarray(output, dtype=np.float32)
-    nodes = [
-        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
+    io_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    nodes = []
+    image = "images"
+    if half:
+        nodes.append(helper.make_node("Cast", ["images"], ["images32"], to=TensorProto.FLOAT))
+        image = "images32"
+    nodes += [
+        helper.make_node("ReduceMean", [image], ["mean"], keepdims=0),
         helper.make_node("Mul", ["mean", "zero"], ["zeroed"]),
-        helper.make_node("Add", ["const", "zeroed"], ["output0"]),
+        helper.make_node("Add", ["const", "zeroed"], ["sum" if half else "output0"]),
     ]
+    if half:
+        nodes.append(helper.make_node("Cast", ["sum"], ["output0"], to=TensorProto.FLOAT16))
     graph = helper.make_graph(
         nodes, "constant_yolo",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, *input_hw])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))],
+        [helper.make_tensor_value_info("images", io_type, [1, 3, *input_hw])],
+        [helper.make_tensor_value_info("output0", io_type,
+                                       output_shape or list(output.shape))],
         initializer=[numpy_helper.from_array(output, "const"),
                      numpy_helper.from_array(np.zeros((), np.float32), "zero")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return _save(model, Path(path), names)
+    return _save(model, Path(path), names, metadata)
 
 
 def make_conv_yolo_onnx(
@@ -111,9 +130,11 @@ def make_conv_yolo_onnx(
 
 
 def make_constant_classifier_onnx(
-    path: str | Path, probabilities: np.ndarray, *, input_hw: tuple[int, int] = (32, 32)
+    path: str | Path, probabilities: np.ndarray, *, input_hw: tuple[int, int] = (32, 32),
+    names: Mapping[int, str] | None = None, half: bool = False,
 ) -> Path:
     """A crop classifier that always returns ``probabilities`` (shape ``(1, k)``)."""
     return make_constant_yolo_onnx(
-        path, np.asarray(probabilities, np.float32).reshape(1, -1), input_hw=input_hw
+        path, np.asarray(probabilities, np.float32).reshape(1, -1), input_hw=input_hw,
+        names=names, half=half,
     )

@@ -16,7 +16,9 @@ def register(subparsers: Any) -> None:
     listing = sub.add_parser("list", help="installed plug-ins (entry points gridwatch.detectors)")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=run_list)
-    check = sub.add_parser("check", help="validate a camera YAML and start its detectors")
+    check = sub.add_parser(
+        "check", help="validate a camera YAML, start its detectors and push synthetic "
+        "frames through the whole chain (model I/O, decoding, NMS, tracker, decision)")
     check.add_argument("camera", type=Path, help="camera config YAML")
     check.set_defaults(func=run_check)
 
@@ -42,13 +44,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from detectors.camera import CameraPipeline, load_camera_config
+    from detectors.camera import check_camera, load_camera_config
 
     try:
         config = load_camera_config(args.camera)
-        CameraPipeline(config).close()
+        roles = check_camera(config)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     types = ", ".join(d.type for d in config.detectors)  # type: ignore[attr-defined]
-    print(f"{args.camera}: ok ({config.station_id}/{config.source_id}: {types})")
+    print(f"{args.camera}: ok ({config.station_id}/{config.source_id}: {types})"
+          + (f"; classes {roles}" if roles else ""))
     return 0

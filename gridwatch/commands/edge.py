@@ -144,6 +144,11 @@ def status(args: argparse.Namespace) -> int:
         for source_id, seen in sorted(agent.get("sources", {}).items()):
             when = "never" if seen is None else f"{now - seen:.0f}s ago"
             print(f"  source {source_id}: last seen {when}")
+        for camera_id, cam in sorted(agent.get("cameras", {}).items()):
+            if cam.get("healthy", True):
+                continue
+            print(f"  camera {camera_id}: UNHEALTHY, detectors failing "
+                  f"({cam.get('detector_errors', 0)} failed frames): {cam.get('last_error')}")
         dead = [name for name, ok in agent.get("workers", {}).items() if not ok]
         if dead and alive:
             print(f"  workers down (restarting): {', '.join(sorted(dead))}")

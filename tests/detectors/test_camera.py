@@ -118,3 +118,76 @@ def test_a_failing_detector_is_logged_and_the_camera_goes_on(caplog) -> None:
     assert "st-1/cam-1: detector Broken failed" in caplog.text
     pipeline.close()
     pipeline.close()
+
+
+class _Broken:
+    def __init__(self, message: str = "boom") -> None:
+        self.message = message
+
+    def process(self, frame, observed_at):
+        raise RuntimeError(self.message + "\nsecond line of a long traceback-ish message")
+
+    def close(self):
+        pass
+
+
+def test_a_failing_detector_is_logged_once_then_at_powers_of_ten(caplog) -> None:
+    pipeline = CameraPipeline(camera_config_from_dict(camera_dict()))
+    pipeline.detectors = [_Broken()]
+    frame = np.zeros((240, 320, 3), np.uint8)
+    for i in range(120):
+        pipeline.process(frame, T0 + timedelta(seconds=i / 10))
+    records = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage().split("(")[1].split(" ")[0] for r in records] == ["1", "10", "100"]
+    assert all("RuntimeError: boom second line" in r.getMessage() for r in records)
+    assert all(r.exc_info is None for r in records)
+    assert pipeline.stats["frames_failed"] == 120 == pipeline.stats["frames_analysed"]
+    assert pipeline.last_error == "detector _Broken: RuntimeError: boom second line of a " \
+        "long traceback-ish message"
+
+
+def test_check_camera_runs_the_chain_strictly(monkeypatch) -> None:
+    from detectors.camera import check_camera
+    from detectors.wrong_way import WrongWayDetector
+
+    config = camera_config_from_dict(camera_dict())
+    assert check_camera(config) == ""  # the motion backend has no class roles
+    monkeypatch.setattr(WrongWayDetector, "process",
+                        lambda self, frame, observed_at: _Broken("decode failed").process(
+                            frame, observed_at))
+    with pytest.raises(ValueError) as info:
+        check_camera(config)
+    assert str(info.value) == ("camera cam-1: detectors.0 (wrong_way_ebike): RuntimeError: "
+                               "decode failed second line of a long traceback-ish message")
+
+
+@pytest.mark.parametrize(
+    ("configured", "file_fps", "expected", "warns"),
+    [(None, 10.0, 10.0, False), (None, None, 25.0, False), (25.0, 10.0, 25.0, True),
+     (10.0, 10.0, 10.0, False), (12.0, None, 12.0, False)],
+)
+def test_the_files_frame_rate_is_used_unless_configured(caplog, configured, file_fps,
+                                                        expected, warns) -> None:
+    from detectors.camera import effective_frame_rate
+
+    config = camera_config_from_dict(camera_dict(frame_rate=configured))
+    assert effective_frame_rate(config, file_fps) == expected
+    assert ("overrides the video's own" in caplog.text) is warns
+
+
+def test_check_camera_analyses_frames_despite_max_fps(monkeypatch) -> None:
+    from detectors.camera import check_camera
+    from detectors.wrong_way import WrongWayDetector
+
+    seen = []
+    original = WrongWayDetector.process
+
+    def spy(self, frame, observed_at):
+        seen.append(observed_at)
+        return original(self, frame, observed_at)
+
+    monkeypatch.setattr(WrongWayDetector, "process", spy)
+    config = camera_config_from_dict(camera_dict(
+        frame_rate=25, sampling={"every_n_frames": 2, "max_fps": 2}))
+    check_camera(config, frames=3)
+    assert len(seen) == 3

@@ -58,3 +58,66 @@ def test_detectors_list_json(capsys) -> None:
     assert main(["detectors", "list", "--json"]) == 0
     names = {p["name"] for p in json.loads(capsys.readouterr().out)["plugins"]}
     assert {"wrong_way_ebike", "helmetless_rider"} <= names
+
+
+def test_detect_fails_when_most_frames_fail(tmp_path, capsys, caplog, monkeypatch) -> None:
+    """Regression (issue 14): a detector failing on every frame logged a traceback per
+    frame and `detect` exited 0."""
+    import detectors.camera
+    from detectors.wrong_way import WrongWayDetector
+
+    def broken(self, frame, observed_at):
+        raise RuntimeError("output does not decode")
+
+    monkeypatch.setattr(detectors.camera, "check_camera", lambda config: "")
+    monkeypatch.setattr(WrongWayDetector, "process", broken)
+    video = render_sample_video(tmp_path / "v.avi", n_frames=30)
+    code = main(["detect", str(video), "--camera", str(DEMO_CAMERA), "--out",
+                 str(tmp_path / "o.jsonl"), "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error: most frames failed" in err
+    assert "detectors failed on 28 of 28 analysed frames; last: detectors.0 " \
+        "(wrong_way_ebike): RuntimeError: output does not decode" in err
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and "Traceback" not in caplog.text  # failures 1 and 10
+
+
+def test_check_refuses_a_classifier_as_the_detector(tmp_path, capsys) -> None:
+    import numpy as np
+
+    from detectors.testing.models import make_constant_classifier_onnx
+
+    model = make_constant_classifier_onnx(tmp_path / "cls.onnx", np.array([[0.3, 0.7]]))
+    camera = tmp_path / "cam.yaml"
+    camera.write_text(DEMO_CAMERA.read_text().replace(
+        "      type: motion\n      warmup_frames: 2\n",
+        f"      type: onnx\n      model_path: '{model}'\n      classes: {{0: bicycle}}\n"))
+    assert "type: onnx" in camera.read_text()
+    assert main(["detectors", "check", str(camera)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "detectors.0 (wrong_way_ebike)" in err and "is not a detection output" in err
+
+
+def test_detect_tracks_out_and_annotate(tmp_path, capsys) -> None:
+    import cv2
+
+    video = render_sample_video(tmp_path / "v.avi")
+    tracks, annotated = tmp_path / "tracks.jsonl", tmp_path / "a.mp4"
+    code = main(["detect", str(video), "--camera", str(DEMO_CAMERA), "--out",
+                 str(tmp_path / "o.jsonl"), "--tracks-out", str(tracks), "--annotate",
+                 str(annotated), "--no-progress"])
+    assert code == 0
+    rows = [json.loads(line) for line in tracks.read_text().splitlines()]
+    # the right-way rider moves right, the wrong-way one left; each path is its own
+    assert len(rows) == 2
+    assert rows[0]["displacement_xy"][0] > 150 > -150 > rows[1]["displacement_xy"][0]
+    assert all(r["role"] == "moving_object" and len(r["path"]) == r["observations"] >= 10
+               for r in rows)
+    err = capsys.readouterr().err
+    assert "analysed frames/s" in err and "at 10 fps" in err
+    capture = cv2.VideoCapture(str(annotated))
+    n_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    assert f"{n_frames} annotated frames" in err and n_frames > 0
+    capture.release()

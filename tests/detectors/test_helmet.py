@@ -201,6 +201,10 @@ def test_head_classifier_on_the_crop(model_path, tmp_path) -> None:
         ({"backend": {"type": "motion"}}, "needs a detection model"),
         ({"min_votes": 5, "max_votes": 2}, "max_votes"),
         ({"min_vots": 3}, "min_vots"),
+        ({"head_detector": {"type": "motion"}}, "head_detector must be a detection model"),
+        ({"head_detector": {"type": "onnx", "model_path": "h.onnx", "classes": {0: "helmet"}},
+          "head_classifier": {"model_path": "c.onnx", "classes": {0: "helmet", 1: "x"}}},
+         "give head_detector or head_classifier, not both"),
     ],
 )
 def test_config_errors(model_path, overrides, error) -> None:
@@ -221,3 +225,55 @@ def test_classes_without_riders_or_heads_fail_at_start(tmp_path) -> None:
 def test_helmet_plugin_passes_the_contract_kit(model_path) -> None:
     config = helmet_config(model_path).model_dump(mode="json")
     assert check_detector_plugin(load_plugins().get("helmetless_rider"), config) == []
+
+
+def _yolo(rows_cxcywh_scores: list[list[float]], n_candidates: int = 8) -> np.ndarray:
+    n_channels = len(rows_cxcywh_scores[0])
+    rows = rows_cxcywh_scores + [[0.0] * n_channels] * (n_candidates - len(rows_cxcywh_scores))
+    return np.asarray(rows, np.float32).T[None]
+
+
+@pytest.mark.parametrize(("head", "expected"), [("Without Helmet", 1), ("With Helmet", 0)])
+def test_heads_from_a_second_detection_model(tmp_path, head, expected) -> None:
+    """A public head detector ("With Helmet" / "Without Helmet") beside a person/bike model:
+    each head is associated to the rider whose box top it lies in, and voted per track."""
+    riders = make_constant_yolo_onnx(
+        tmp_path / "riders.onnx",
+        _yolo([[28, 26, 16, 36, 0.9, 0.0], [28, 42, 20, 28, 0.0, 0.9]]),
+        names={0: "person", 1: "bicycle"})
+    head_names = {0: "With Helmet", 1: "Without Helmet"}
+    score = [0.9, 0.0] if head == "With Helmet" else [0.0, 0.9]
+    heads = make_constant_yolo_onnx(tmp_path / "heads.onnx", _yolo([[28, 12, 8, 8, *score]]),
+                                    names=head_names)
+    config = HelmetConfig.model_validate({
+        "type": "helmetless_rider", "min_votes": 3,
+        "backend": {"type": "onnx", "model_path": str(riders),
+                    "classes": {"person": "person", "bicycle": "bicycle"}},
+        "head_detector": {"type": "onnx", "model_path": str(heads),
+                          "classes": {"With Helmet": "helmet", "Without Helmet": "no_helmet"}}})
+    detector = HelmetlessRiderDetector(config, make_context())
+    frame = np.zeros((64, 64, 3), np.uint8)
+    found = [d for i in range(8) for d in detector.process(frame, at(i))]
+    detector.close()
+    assert len(found) == expected
+    if found:
+        assert found[0].evidence.bbox_xyxy == (18.0, 8.0, 38.0, 56.0)  # person ∪ bicycle
+
+
+def test_a_head_detector_without_head_roles_fails_at_start(tmp_path, model_path) -> None:
+    heads = make_constant_yolo_onnx(tmp_path / "heads.onnx", np.zeros((1, 6, 8), np.float32),
+                                    names={0: "With Helmet", 1: "Without Helmet"})
+    config = helmet_config(model_path, head_detector={
+        "type": "onnx", "model_path": str(heads), "classes": {0: "hat", 1: "bare"}})
+    with pytest.raises(ValueError, match="head_detector class map gives roles"):
+        HelmetlessRiderDetector(config, make_context())
+
+
+def test_a_head_detector_equal_to_the_backend_runs_the_model_once(model_path) -> None:
+    config = helmet_config(model_path)
+    same = helmet_config(model_path, head_detector=config.backend.model_dump(mode="json"))
+    detector = HelmetlessRiderDetector(same, make_context())
+    assert detector.head_backend is None  # heads come from the tracked frame itself
+    found = [d for i in range(4)
+             for d in detector.process_tracked(rider_frame(1, NO_HELMET), None, at(i))]
+    assert [d.track_id for d in found] == ["kit-camera:1"]

@@ -13,7 +13,7 @@ from detectors.lanes import Lane, LaneConfig
 from detectors.sample import MovingBox, render_video, run_video
 from detectors.wrong_way import WrongWayJudge
 
-from .builders import VTEST_AVI, camera_dict
+from .builders import camera_dict
 
 LANE = Lane(LaneConfig(name="bike", polygon_xy=[(0, 100), (320, 100), (320, 220), (0, 220)],
                        direction_xy=((0, 160), (320, 160))))
@@ -122,10 +122,8 @@ def test_rendered_scene(tmp_path, name) -> None:
         assert detections[0].attributes["lane"] == "bike"
 
 
-@pytest.mark.skipif(not VTEST_AVI.is_file(),
-                    reason="apt-get install opencv-doc (provides vtest.avi)")
 @pytest.mark.parametrize("arrow", [[[0, 300], [768, 300]], [[768, 300], [0, 300]]])
-def test_vtest_people_walking_both_ways(arrow) -> None:
+def test_vtest_people_walking_both_ways(vtest_avi, arrow) -> None:
     """Real video: with the lane pointing either way, someone walks against it."""
     config = camera_config_from_dict(camera_dict(
         source_id="vtest",
@@ -135,6 +133,6 @@ def test_vtest_people_walking_both_ways(arrow) -> None:
                     "backend": {"type": "motion", "min_area_px": 600},
                     "min_distance_px": 60, "min_duration_s": 1.0}],
     ))
-    detections = list(run_video(VTEST_AVI, config, max_frames=200))
+    detections = list(run_video(vtest_avi, config, max_frames=200))
     assert len(detections) >= 2
     assert len({d.track_id for d in detections}) == len(detections)  # once per track

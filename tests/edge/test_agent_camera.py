@@ -134,7 +134,10 @@ def test_the_sample_video_gives_exactly_one_wrong_way_detection_over_mqtt(
     assert status["cameras"]["cam-dead"]["open_failures"] >= 2
     assert status["cameras"]["cam-lane"] == {
         "frames_read": 80, "frames_processed": 80, "frames_dropped": 0,
-        "detector_errors": 0, "open_failures": 0, "end_of_file": True}
+        "detector_errors": 0, "open_failures": 0, "end_of_file": True,
+        "healthy": True, "last_error": None}
+    assert agent.metrics.registry.get_sample_value("gridwatch_edge_camera_healthy",
+                                                   {"source": "cam-lane"}) == 1.0
     assert set(status["restarts"].values()) == {0}
     assert all(status["workers"].values())
     frames = agent.metrics.registry.get_sample_value("gridwatch_edge_camera_frames_total",
@@ -162,3 +165,25 @@ def test_a_bad_camera_stops_the_agent_at_start_up(tmp_path: Path, changes: dict[
         " lon: 113.15, lat: 23.04}\n"))
     with pytest.raises((AgentStartupError, ConfigFileError), match=message):
         EdgeAgent(load_station_config(config_path))
+
+
+def test_a_model_that_cannot_work_stops_the_agent_in_one_line(tmp_path: Path) -> None:
+    """Regression (issue 14): a classifier used as the detector passed start-up, then
+    failed on every frame with a traceback."""
+    import numpy as np
+
+    from detectors.testing.models import make_constant_classifier_onnx
+
+    model = make_constant_classifier_onnx(tmp_path / "cls.onnx", np.array([[0.2, 0.8]]))
+    station = unique("st")
+    camera_yaml(tmp_path, station, "cam-1", detectors=[{
+        "type": "wrong_way_ebike",
+        "backend": {"type": "onnx", "model_path": str(model), "classes": {0: "bicycle"}}}])
+    config_path = station_yaml(tmp_path, station, 1883, (
+        "  - {type: camera, id: cam-1, url: none.avi, camera_config: cameras/cam-1.yaml,"
+        " lon: 113.15, lat: 23.04}\n"))
+    with pytest.raises(AgentStartupError) as info:
+        EdgeAgent(load_station_config(config_path))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "detectors.0 (wrong_way_ebike)" in message and "is not a detection output" in message

@@ -309,7 +309,13 @@ def test_a_detector_exception_is_counted_and_the_worker_carries_on(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1  # logged once, not once per frame
     assert f"station {STATION} camera cam-1: detector failed" in errors[0].getMessage()
-    assert errors[0].exc_info is not None
+    # one line with the reason, no traceback (it is at DEBUG level)
+    assert "RuntimeError: detector broke on call 1" in errors[0].getMessage()
+    assert errors[0].exc_info is None
+    # 11 of the last 20 frames failed: the camera is unhealthy, in status and metrics
+    assert not cam.healthy and cam.last_error is not None
+    assert rig.metrics.registry.get_sample_value("gridwatch_edge_camera_healthy",
+                                                 {"source": "cam-1"}) == 0.0
 
 
 def test_the_pipeline_is_closed_when_the_worker_stops(tmp_path: Path) -> None:
@@ -342,3 +348,43 @@ def test_file_start_falls_back_to_the_camera_yaml() -> None:
     assert cam.file_start == START + timedelta(hours=1)
     assert CameraWorkers(make_camera("x.avi"), STATION, lambda d: None,
                          file_start=START + timedelta(hours=1)).file_start == START
+
+
+@pytest.mark.parametrize(("file_fps", "step_s"), [(None, 0.1), (5.0, 0.2)])
+def test_the_camera_yaml_frame_rate_overrides_the_files(tmp_path: Path, file_fps, step_s
+                                                         ) -> None:
+    """A file's own rate gives its event times unless the camera YAML sets frame_rate."""
+    video = make_video(tmp_path, n_frames=6, fps=10)
+    pipeline = RecordingPipeline()
+    cam = CameraWorkers(make_camera(video), STATION, lambda d: None,
+                        pipeline_factory=lambda s: pipeline, file_fps=file_fps)
+    stop = threading.Event()
+    threads = [threading.Thread(target=cam.run_reader, args=(stop,)),
+               threading.Thread(target=cam.run_detector, args=(stop,))]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while not (cam.finished.is_set() and cam.frames_processed == 6):
+        assert time.monotonic() < deadline, "the file was not read"
+        time.sleep(0.01)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert offsets(pipeline.seen) == pytest.approx([i * step_s for i in range(6)])
+
+
+def test_camera_frame_rate_warns_on_a_mismatch(tmp_path: Path, caplog) -> None:
+    from detectors.camera import camera_config_from_dict
+    from edge.sources import camera_frame_rate
+
+    video = make_video(tmp_path, n_frames=3, fps=10)
+    base = {"station_id": STATION, "source_id": "cam-1",
+            "ground": {"fixed_lon_lat": [113.15, 23.04]},
+            "lanes": [{"name": "l", "polygon_xy": [[0, 0], [9, 0], [9, 9]],
+                       "direction_xy": [[0, 0], [9, 0]]}],
+            "detectors": [{"type": "wrong_way_ebike"}]}
+    source = make_camera(video)
+    assert camera_frame_rate(source, camera_config_from_dict(base)) == 10.0
+    assert "overrides" not in caplog.text
+    assert camera_frame_rate(source, camera_config_from_dict({**base, "frame_rate": 25})) == 25
+    assert "camera frame_rate 25 overrides" in caplog.text and "own 10 fps" in caplog.text
