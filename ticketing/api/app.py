@@ -22,6 +22,7 @@ from geo.grid import Grid
 from stream.policy import PolicyBook
 from ticketing.api.deps import AppState
 from ticketing.api.routes import auth as auth_routes
+from ticketing.api.routes import console as console_routes
 from ticketing.api.routes import (
     departments,
     events,
@@ -159,6 +160,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
     for module in (health, auth_routes, tickets, review, reports, departments, events,
                    open311, evidence_routes):
         app.include_router(module.router)
+    console_routes.mount(app)  # the console page at / and its assets
     return app
 
 

@@ -1,0 +1,287 @@
+"""The console in a real headless Chromium (Debian's ``chromium``, driven by Playwright
+through ``executable_path``; never a browser download), against ``gridwatch serve`` with a
+real Mosquitto: MQTT detections in, the page updated live, work done from the keyboard.
+
+Every page fails its test on a console error or a request to another host. Screenshots go
+to ``$GRIDWATCH_ARTIFACTS`` (else the test's tmp dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.publisher import wait_until
+from edge.testing import MosquittoProcess, free_port
+from gridwatch.config import load_config
+from ticketing.store import SqliteTicketStore
+from ticketing.users import UserStore
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("GRIDWATCH_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+TOKEN = "console-test-admin-token"
+PASSWORD = "console-pass-1234"
+WAIT_MS = 20_000  # upper bound for a live update to show; the test never sleeps
+
+
+@dataclass
+class Centre:
+    url: str
+    broker: MosquittoProcess
+    db: Path
+    artifacts: Path
+    published: list[str] = field(default_factory=list)
+
+    def publish(self, *, kind: str, confidence: float, lon: float, lat: float,
+                source: str = "cam-1", station: str = "st-console") -> str:
+        """One detection on the centre's MQTT ingest; returns its event id."""
+        event_id = f"{station}:{source}:{kind}:{len(self.published)}:{os.getpid()}"
+        detection = {
+            "schema": "gridwatch.detection/1", "event_id": event_id,
+            "observed_at": (datetime.now(UTC) - timedelta(seconds=5)).isoformat(),
+            "station_id": station, "source_id": source,
+            "source_type": "camera" if kind != "smoke" else "smoke_sensor",
+            "kind": kind, "confidence": confidence, "lon": lon, "lat": lat}
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{event_id}")
+        client.connect("127.0.0.1", self.broker.port)
+        client.loop_start()
+        try:
+            client.publish(f"gridwatch/v1/{station}/{source}/detection", json.dumps(detection),
+                           qos=1).wait_for_publish(5)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        self.published.append(event_id)
+        return event_id
+
+    def tickets(self) -> list[dict]:
+        request = urllib.request.Request(f"{self.url}/tickets?limit=500",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            items: list[dict] = json.load(response)["items"]
+        return items
+
+    def ticket_of(self, event_id: str) -> dict | None:
+        return next((t for t in self.tickets() if event_id in t["event_ids"]), None)
+
+
+@pytest.fixture(scope="module")
+def centre(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Centre]:
+    if not Path(CHROMIUM).exists():  # a missing browser fails, never skips
+        pytest.fail(f"chromium not found at {CHROMIUM}: install Debian's chromium "
+                    f"(scripts/services.sh does) or set GRIDWATCH_CHROMIUM", pytrace=False)
+    tmp = tmp_path_factory.mktemp("console")
+    artifacts = Path(os.environ.get("GRIDWATCH_ARTIFACTS", tmp / "screenshots"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    db = tmp / "tickets.db"
+    settings = load_config(None).ticketing
+    users = UserStore(SqliteTicketStore(db), departments=settings.departments)
+    now = datetime.now(UTC)
+    users.add(username="wang.li", password=PASSWORD, role="operator",
+              display_name="王力", now=now)
+    users.add(username="chen.fs", password=PASSWORD, role="department",
+              department="fire_rescue", display_name="陈消防", now=now)
+    port = free_port()
+    with MosquittoProcess(tmp / "broker") as broker:
+        env = {**os.environ, "GRIDWATCH_ADMIN_TOKEN": TOKEN}
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "gridwatch", "serve", "--grid",
+             str(ROOT / "sample_data" / "grid.geojson"), "--db", str(db),
+             "--mqtt-url", broker.url, "--client-id", f"centre-{os.getpid()}",
+             "--port", str(port), "--ingest-thread"],
+            cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        centre = Centre(url=f"http://127.0.0.1:{port}", broker=broker, db=db,
+                        artifacts=artifacts)
+
+        def up() -> bool:
+            try:
+                centre.tickets()
+                return True
+            except OSError:
+                return False
+
+        try:
+            assert wait_until(up, 30), "gridwatch serve never answered"
+            yield centre
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            try:
+                serve.wait(30)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+                serve.wait(10)
+
+
+@dataclass
+class Watch:
+    """What a page did that a test must not accept: console errors, foreign requests."""
+
+    errors: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        assert self.errors == [], f"console errors: {self.errors}"
+        assert self.foreign == [], f"requests to other hosts: {self.foreign}"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: object, centre: Centre) -> Iterator[tuple[object, Watch]]:
+    context = browser.new_context(viewport={"width": 1366, "height": 768},  # type: ignore[attr-defined]
+                                  locale="en-GB")
+    page = context.new_page()
+    watch = Watch()
+    origin = urlsplit(centre.url).netloc
+    page.on("console", lambda m: watch.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: watch.errors.append(str(exc)))
+    page.on("request", lambda r: None if urlsplit(r.url).scheme in ("data", "blob")
+            or urlsplit(r.url).netloc == origin else watch.foreign.append(r.url))
+    yield page, watch
+    context.close()
+
+
+def login(page: object, centre: Centre, username: str) -> None:
+    page.goto(centre.url + "/")  # type: ignore[attr-defined]
+    page.fill("#username", username)  # type: ignore[attr-defined]
+    page.fill("#password", PASSWORD)  # type: ignore[attr-defined]
+    page.press("#password", "Enter")  # type: ignore[attr-defined]
+    page.wait_for_selector("#logout:not([hidden])", timeout=WAIT_MS)  # type: ignore[attr-defined]
+
+
+def test_login_page_loads_clean_and_passes_an_accessibility_scan(
+        page: tuple[object, Watch], centre: Centre) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    pg, watch = page
+    pg.goto(centre.url + "/")  # type: ignore[attr-defined]
+    pg.wait_for_selector("form.login")  # type: ignore[attr-defined]
+    assert pg.locator("#username").is_visible()  # type: ignore[attr-defined]
+    results = Axe().run(pg)
+    critical = [v["id"] for v in results.response["violations"] if v["impact"] == "critical"]
+    assert critical == [], results.generate_report()
+    pg.click("#lang")  # type: ignore[attr-defined]
+    assert pg.locator("h2#login-title").inner_text() == "指挥中心控制台"  # type: ignore[attr-defined]
+    assert pg.evaluate("document.documentElement.lang") == "zh-CN"  # type: ignore[attr-defined]
+    pg.click("#lang")  # type: ignore[attr-defined]
+    pg.screenshot(path=str(centre.artifacts / "login.png"))  # type: ignore[attr-defined]
+    watch.check()
+
+
+def test_operator_sees_a_live_detection_and_confirms_it_from_the_keyboard(
+        page: tuple[object, Watch], centre: Centre) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    pg, watch = page
+    login(pg, centre, "wang.li")
+    pg.wait_for_selector("#queue-count")  # type: ignore[attr-defined]
+    pg.wait_for_selector(".live.on", timeout=WAIT_MS)  # type: ignore[attr-defined]
+    # a low-confidence smoke alarm goes to review; it arrives without a reload
+    event_id = centre.publish(kind="smoke", confidence=0.3, lon=113.1005, lat=23.0045)
+    assert wait_until(lambda: centre.ticket_of(event_id) is not None, 20, interval_s=0.2)
+    ticket = centre.ticket_of(event_id)
+    assert ticket is not None and ticket["status"] == "pending_review"
+    item = pg.locator(f'.queue-item[data-ticket="{ticket["ticket_id"]}"]')  # type: ignore[attr-defined]
+    item.wait_for(timeout=WAIT_MS)
+    item.click()
+    assert pg.locator("#review-reason").inner_text() == "low confidence"  # type: ignore[attr-defined]
+    assert pg.locator("#confirm-department").input_value() == "fire_rescue"  # type: ignore[attr-defined]
+    results = Axe().run(pg)
+    critical = [v["id"] for v in results.response["violations"] if v["impact"] == "critical"]
+    assert critical == [], results.generate_report()
+    pg.screenshot(path=str(centre.artifacts / "review.png"))  # type: ignore[attr-defined]
+    pg.locator("main").focus()  # type: ignore[attr-defined]
+    pg.keyboard.press("c")  # type: ignore[attr-defined]
+    item.wait_for(state="detached", timeout=WAIT_MS)
+    after = centre.ticket_of(event_id)
+    assert after is not None and after["status"] == "dispatched"
+    # the map shows the cell with its open ticket (it is dispatched now, still open)
+    pg.goto(centre.url + "/#/map")  # type: ignore[attr-defined]
+    cell = pg.locator(f'#cell-list button[data-cell="{ticket["cell_id"]}"]')  # type: ignore[attr-defined]
+    cell.wait_for(timeout=WAIT_MS)
+    assert pg.locator(f'.grid-map path[data-cell="{ticket["cell_id"]}"]').get_attribute(  # type: ignore[attr-defined]
+        "class") != "s0"
+    cell.click()
+    pg.locator(f'#cell-panel li[data-ticket="{ticket["ticket_id"]}"]').wait_for()  # type: ignore[attr-defined]
+    pg.screenshot(path=str(centre.artifacts / "map.png"))  # type: ignore[attr-defined]
+    # its timeline names the operator
+    pg.goto(centre.url + f"/#/ticket/{ticket['ticket_id']}")  # type: ignore[attr-defined]
+    pg.wait_for_selector("#timeline li")  # type: ignore[attr-defined]
+    actors = pg.locator("#timeline .actor").all_inner_texts()  # type: ignore[attr-defined]
+    assert "王力 (wang.li)" in actors
+    watch.check()
+
+
+def test_a_new_detection_appears_on_the_open_map_without_a_reload(
+        page: tuple[object, Watch], centre: Centre) -> None:
+    pg, watch = page
+    login(pg, centre, "wang.li")
+    pg.goto(centre.url + "/#/map")  # type: ignore[attr-defined]
+    pg.wait_for_selector(".grid-map path[data-cell]")  # type: ignore[attr-defined]
+    pg.wait_for_selector(".live.on", timeout=WAIT_MS)  # type: ignore[attr-defined]
+    event_id = centre.publish(kind="door_forced", confidence=0.2, lon=113.1305, lat=23.0345,
+                              source="door-7")
+    assert wait_until(lambda: centre.ticket_of(event_id) is not None, 20, interval_s=0.2)
+    ticket = centre.ticket_of(event_id)
+    assert ticket is not None
+    pg.locator(f'#cell-list button[data-cell="{ticket["cell_id"]}"]').wait_for(  # type: ignore[attr-defined]
+        timeout=WAIT_MS)
+    pg.goto(centre.url + "/#/review")  # type: ignore[attr-defined]
+    pg.locator(f'.queue-item[data-ticket="{ticket["ticket_id"]}"]').wait_for(  # type: ignore[attr-defined]
+        timeout=WAIT_MS)
+    watch.check()
+
+
+def test_department_sees_only_its_own_tickets_and_accepts_and_resolves_one(
+        page: tuple[object, Watch], centre: Centre) -> None:
+    pg, watch = page
+    # a confident smoke alarm is dispatched to fire_rescue; a door alarm to another unit
+    own = centre.publish(kind="smoke", confidence=0.95, lon=113.1105, lat=23.0145,
+                         source="smoke-9")
+    other = centre.publish(kind="door_forced", confidence=0.95, lon=113.1205, lat=23.0245,
+                           source="door-9")
+    assert wait_until(lambda: centre.ticket_of(own) is not None
+                      and centre.ticket_of(other) is not None, 20, interval_s=0.2)
+    mine, theirs = centre.ticket_of(own), centre.ticket_of(other)
+    assert mine is not None and theirs is not None
+    assert (mine["department"], mine["status"]) == ("fire_rescue", "dispatched")
+    assert theirs["department"] != "fire_rescue"
+    login(pg, centre, "chen.fs")
+    row = pg.locator(f'.work-item[data-ticket="{mine["ticket_id"]}"]')  # type: ignore[attr-defined]
+    row.wait_for(timeout=WAIT_MS)
+    assert pg.locator(f'[data-ticket="{theirs["ticket_id"]}"]').count() == 0  # type: ignore[attr-defined]
+    assert pg.locator("#nav a").all_inner_texts() == ["Work queue", "Evaluation"]  # type: ignore[attr-defined]
+    row.locator('button[data-action="accept"]').click()
+    row = pg.locator(f'.work-item[data-ticket="{mine["ticket_id"]}"]')  # type: ignore[attr-defined]
+    row.locator('button[data-action="resolve"]').click(timeout=WAIT_MS)
+    pg.keyboard.type("Alarm checked: cooking smoke, detector reset")  # type: ignore[attr-defined]
+    pg.screenshot(path=str(centre.artifacts / "work.png"))  # type: ignore[attr-defined]
+    pg.keyboard.press("Enter")  # type: ignore[attr-defined]
+    row.wait_for(state="detached", timeout=WAIT_MS)
+    done = centre.ticket_of(own)
+    assert done is not None and done["status"] == "resolved"
+    watch.check()
