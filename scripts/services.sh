@@ -65,8 +65,18 @@ if ! ls /usr/share/doc/opencv-doc/examples/data/vtest.avi* >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opencv-doc >/dev/null || failed=1
 fi
 
+# Headless Chromium for the console's browser tests (Debian's package; Playwright drives it
+# through executable_path, so nothing is downloaded at test time)
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ $apt_ready = 0 ]; then apt-get update -qq >/dev/null; apt_ready=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null || failed=1
+fi
+command -v chromium >/dev/null 2>&1 || {
+  echo "services: chromium is missing (the console tests need it: apt-get install chromium)" >&2
+  failed=1; }
+
 if [ $failed != 0 ]; then
   echo "services: a required service is missing; the tests need it (see above)" >&2
   exit 1
 fi
-echo "services: mosquitto, redis and postgresql answer"
+echo "services: mosquitto, redis and postgresql answer; chromium is installed"

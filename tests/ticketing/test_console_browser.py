@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from edge.publisher import wait_until
 from edge.testing import MosquittoProcess, free_port
@@ -141,9 +142,7 @@ class Watch:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
+def browser() -> Iterator[Browser]:
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
@@ -151,8 +150,8 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser: object, centre: Centre) -> Iterator[tuple[object, Watch]]:
-    context = browser.new_context(viewport={"width": 1366, "height": 768},  # type: ignore[attr-defined]
+def page(browser: Browser, centre: Centre) -> Iterator[tuple[Page, Watch]]:
+    context = browser.new_context(viewport={"width": 1366, "height": 768},
                                   locale="en-GB")
     page = context.new_page()
     watch = Watch()
@@ -165,99 +164,115 @@ def page(browser: object, centre: Centre) -> Iterator[tuple[object, Watch]]:
     context.close()
 
 
-def login(page: object, centre: Centre, username: str) -> None:
-    page.goto(centre.url + "/")  # type: ignore[attr-defined]
-    page.fill("#username", username)  # type: ignore[attr-defined]
-    page.fill("#password", PASSWORD)  # type: ignore[attr-defined]
-    page.press("#password", "Enter")  # type: ignore[attr-defined]
-    page.wait_for_selector("#logout:not([hidden])", timeout=WAIT_MS)  # type: ignore[attr-defined]
+def login(page: Page, centre: Centre, username: str) -> None:
+    page.goto(centre.url + "/")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.press("#password", "Enter")
+    page.wait_for_selector("#logout:not([hidden])", timeout=WAIT_MS)
 
 
 def test_login_page_loads_clean_and_passes_an_accessibility_scan(
-        page: tuple[object, Watch], centre: Centre) -> None:
+        page: tuple[Page, Watch], centre: Centre) -> None:
     from axe_playwright_python.sync_playwright import Axe
 
     pg, watch = page
-    pg.goto(centre.url + "/")  # type: ignore[attr-defined]
-    pg.wait_for_selector("form.login")  # type: ignore[attr-defined]
-    assert pg.locator("#username").is_visible()  # type: ignore[attr-defined]
+    pg.goto(centre.url + "/")
+    pg.wait_for_selector("form.login")
+    assert pg.locator("#username").is_visible()
     results = Axe().run(pg)
     critical = [v["id"] for v in results.response["violations"] if v["impact"] == "critical"]
     assert critical == [], results.generate_report()
-    pg.click("#lang")  # type: ignore[attr-defined]
-    assert pg.locator("h2#login-title").inner_text() == "指挥中心控制台"  # type: ignore[attr-defined]
-    assert pg.evaluate("document.documentElement.lang") == "zh-CN"  # type: ignore[attr-defined]
-    pg.click("#lang")  # type: ignore[attr-defined]
-    pg.screenshot(path=str(centre.artifacts / "login.png"))  # type: ignore[attr-defined]
+    pg.click("#lang")
+    assert pg.locator("h2#login-title").inner_text() == "指挥中心控制台"
+    assert pg.evaluate("document.documentElement.lang") == "zh-CN"
+    pg.click("#lang")
+    pg.screenshot(path=str(centre.artifacts / "login.png"))
     watch.check()
 
 
 def test_operator_sees_a_live_detection_and_confirms_it_from_the_keyboard(
-        page: tuple[object, Watch], centre: Centre) -> None:
+        page: tuple[Page, Watch], centre: Centre) -> None:
     from axe_playwright_python.sync_playwright import Axe
 
     pg, watch = page
     login(pg, centre, "wang.li")
-    pg.wait_for_selector("#queue-count")  # type: ignore[attr-defined]
-    pg.wait_for_selector(".live.on", timeout=WAIT_MS)  # type: ignore[attr-defined]
+    pg.wait_for_selector("#queue-count")
+    pg.wait_for_selector(".live.on", timeout=WAIT_MS)
     # a low-confidence smoke alarm goes to review; it arrives without a reload
     event_id = centre.publish(kind="smoke", confidence=0.3, lon=113.1005, lat=23.0045)
     assert wait_until(lambda: centre.ticket_of(event_id) is not None, 20, interval_s=0.2)
     ticket = centre.ticket_of(event_id)
     assert ticket is not None and ticket["status"] == "pending_review"
-    item = pg.locator(f'.queue-item[data-ticket="{ticket["ticket_id"]}"]')  # type: ignore[attr-defined]
+    item = pg.locator(f'.queue-item[data-ticket="{ticket["ticket_id"]}"]')
     item.wait_for(timeout=WAIT_MS)
     item.click()
-    assert pg.locator("#review-reason").inner_text() == "low confidence"  # type: ignore[attr-defined]
-    assert pg.locator("#confirm-department").input_value() == "fire_rescue"  # type: ignore[attr-defined]
+    assert pg.locator("#review-reason").inner_text() == "low confidence"
+    assert pg.locator("#confirm-department").input_value() == "fire_rescue"
     results = Axe().run(pg)
     critical = [v["id"] for v in results.response["violations"] if v["impact"] == "critical"]
     assert critical == [], results.generate_report()
-    pg.screenshot(path=str(centre.artifacts / "review.png"))  # type: ignore[attr-defined]
-    pg.locator("main").focus()  # type: ignore[attr-defined]
-    pg.keyboard.press("c")  # type: ignore[attr-defined]
+    pg.screenshot(path=str(centre.artifacts / "review.png"))
+    pg.locator("main").focus()
+    pg.keyboard.press("c")
     item.wait_for(state="detached", timeout=WAIT_MS)
     after = centre.ticket_of(event_id)
     assert after is not None and after["status"] == "dispatched"
     # the map shows the cell with its open ticket (it is dispatched now, still open)
-    pg.goto(centre.url + "/#/map")  # type: ignore[attr-defined]
-    cell = pg.locator(f'#cell-list button[data-cell="{ticket["cell_id"]}"]')  # type: ignore[attr-defined]
+    pg.goto(centre.url + "/#/map")
+    cell = pg.locator(f'#cell-list button[data-cell="{ticket["cell_id"]}"]')
     cell.wait_for(timeout=WAIT_MS)
-    assert pg.locator(f'.grid-map path[data-cell="{ticket["cell_id"]}"]').get_attribute(  # type: ignore[attr-defined]
+    assert pg.locator(f'.grid-map path[data-cell="{ticket["cell_id"]}"]').get_attribute(
         "class") != "s0"
     cell.click()
-    pg.locator(f'#cell-panel li[data-ticket="{ticket["ticket_id"]}"]').wait_for()  # type: ignore[attr-defined]
-    pg.screenshot(path=str(centre.artifacts / "map.png"))  # type: ignore[attr-defined]
+    pg.locator(f'#cell-panel li[data-ticket="{ticket["ticket_id"]}"]').wait_for()
+    pg.screenshot(path=str(centre.artifacts / "map.png"))
     # its timeline names the operator
-    pg.goto(centre.url + f"/#/ticket/{ticket['ticket_id']}")  # type: ignore[attr-defined]
-    pg.wait_for_selector("#timeline li")  # type: ignore[attr-defined]
-    actors = pg.locator("#timeline .actor").all_inner_texts()  # type: ignore[attr-defined]
+    pg.goto(centre.url + f"/#/ticket/{ticket['ticket_id']}")
+    pg.wait_for_selector("#timeline li")
+    actors = pg.locator("#timeline .actor").all_inner_texts()
     assert "王力 (wang.li)" in actors
+    # the supervision board lists it under its unit with the time left
+    pg.goto(centre.url + "/#/board")
+    row = pg.locator(f'table.board tr[data-ticket="{ticket["ticket_id"]}"]')
+    row.wait_for(timeout=WAIT_MS)
+    assert row.locator(".countdown").inner_text().count(":") == 2
+    assert pg.locator("#unit-fire_rescue").inner_text().startswith("Fire and rescue")
     watch.check()
 
 
-def test_a_new_detection_appears_on_the_open_map_without_a_reload(
-        page: tuple[object, Watch], centre: Centre) -> None:
+def test_a_new_detection_appears_on_the_open_map_without_a_reload_and_is_dismissed(
+        page: tuple[Page, Watch], centre: Centre) -> None:
     pg, watch = page
     login(pg, centre, "wang.li")
-    pg.goto(centre.url + "/#/map")  # type: ignore[attr-defined]
-    pg.wait_for_selector(".grid-map path[data-cell]")  # type: ignore[attr-defined]
-    pg.wait_for_selector(".live.on", timeout=WAIT_MS)  # type: ignore[attr-defined]
+    pg.goto(centre.url + "/#/map")
+    pg.wait_for_selector(".grid-map path[data-cell]")
+    pg.wait_for_selector(".live.on", timeout=WAIT_MS)
     event_id = centre.publish(kind="door_forced", confidence=0.2, lon=113.1305, lat=23.0345,
                               source="door-7")
     assert wait_until(lambda: centre.ticket_of(event_id) is not None, 20, interval_s=0.2)
     ticket = centre.ticket_of(event_id)
     assert ticket is not None
-    pg.locator(f'#cell-list button[data-cell="{ticket["cell_id"]}"]').wait_for(  # type: ignore[attr-defined]
+    pg.locator(f'#cell-list button[data-cell="{ticket["cell_id"]}"]').wait_for(
         timeout=WAIT_MS)
-    pg.goto(centre.url + "/#/review")  # type: ignore[attr-defined]
-    pg.locator(f'.queue-item[data-ticket="{ticket["ticket_id"]}"]').wait_for(  # type: ignore[attr-defined]
-        timeout=WAIT_MS)
+    pg.goto(centre.url + "/#/review")
+    item = pg.locator(f'.queue-item[data-ticket="{ticket["ticket_id"]}"]')
+    item.wait_for(timeout=WAIT_MS)
+    item.click()
+    # dismissed from the keyboard: X, the reason, Enter
+    pg.keyboard.press("x")
+    pg.locator("#dismiss-reason").wait_for()
+    pg.keyboard.type("wind rattled the door")
+    pg.keyboard.press("Enter")
+    item.wait_for(state="detached", timeout=WAIT_MS)
+    after = centre.ticket_of(event_id)
+    assert after is not None
+    assert (after["status"], after["dismiss_reason"]) == ("dismissed", "wind rattled the door")
     watch.check()
 
 
 def test_department_sees_only_its_own_tickets_and_accepts_and_resolves_one(
-        page: tuple[object, Watch], centre: Centre) -> None:
+        page: tuple[Page, Watch], centre: Centre) -> None:
     pg, watch = page
     # a confident smoke alarm is dispatched to fire_rescue; a door alarm to another unit
     own = centre.publish(kind="smoke", confidence=0.95, lon=113.1105, lat=23.0145,
@@ -271,16 +286,16 @@ def test_department_sees_only_its_own_tickets_and_accepts_and_resolves_one(
     assert (mine["department"], mine["status"]) == ("fire_rescue", "dispatched")
     assert theirs["department"] != "fire_rescue"
     login(pg, centre, "chen.fs")
-    row = pg.locator(f'.work-item[data-ticket="{mine["ticket_id"]}"]')  # type: ignore[attr-defined]
+    row = pg.locator(f'.work-item[data-ticket="{mine["ticket_id"]}"]')
     row.wait_for(timeout=WAIT_MS)
-    assert pg.locator(f'[data-ticket="{theirs["ticket_id"]}"]').count() == 0  # type: ignore[attr-defined]
-    assert pg.locator("#nav a").all_inner_texts() == ["Work queue", "Evaluation"]  # type: ignore[attr-defined]
+    assert pg.locator(f'[data-ticket="{theirs["ticket_id"]}"]').count() == 0
+    assert pg.locator("#nav a").all_inner_texts() == ["Work queue", "Evaluation"]
     row.locator('button[data-action="accept"]').click()
-    row = pg.locator(f'.work-item[data-ticket="{mine["ticket_id"]}"]')  # type: ignore[attr-defined]
+    row = pg.locator(f'.work-item[data-ticket="{mine["ticket_id"]}"]')
     row.locator('button[data-action="resolve"]').click(timeout=WAIT_MS)
-    pg.keyboard.type("Alarm checked: cooking smoke, detector reset")  # type: ignore[attr-defined]
-    pg.screenshot(path=str(centre.artifacts / "work.png"))  # type: ignore[attr-defined]
-    pg.keyboard.press("Enter")  # type: ignore[attr-defined]
+    pg.keyboard.type("Alarm checked: cooking smoke, detector reset")
+    pg.screenshot(path=str(centre.artifacts / "work.png"))
+    pg.keyboard.press("Enter")
     row.wait_for(state="detached", timeout=WAIT_MS)
     done = centre.ticket_of(own)
     assert done is not None and done["status"] == "resolved"

@@ -46,6 +46,7 @@ def _outlines(grid: Grid, level: str) -> list[dict[str, Any]]:
     out = []
     for name in sorted(members):
         merged = shapely.union_all(grid.geometries[members[name]], grid_size=1e-7)
+        merged = shapely.simplify(merged, 0)  # drop the inner cells' corners on a straight edge
         parts = [g for g in getattr(merged, "geoms", [merged])
                  if isinstance(g, Polygon | MultiPolygon)]
         rings = [r for part in parts for r in _rings(part)]

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from ticketing.api.deps import GridDep, OptionalPrincipal, Reader
+from ticketing.api.deps import OptionalPrincipal, Reader, StateDep, unprocessable
 from ticketing.api.models import Me
 from ticketing.api.routes.auth import _me
 from ticketing.console import static_dir
@@ -53,9 +53,14 @@ def session(request: Request, response: Response,
 
 
 @router.get("/console/map")
-def console_map(request: Request, grid: GridDep, _principal: Reader) -> dict[str, Any]:
+def console_map(request: Request, state: StateDep, _principal: Reader) -> dict[str, Any]:
     """The grid as the map draws it: cells (rings, admin units, neighbours) and the
-    outlines of towns and villages (see :func:`ticketing.console.mapdata.map_data`)."""
+    outlines of towns and villages (see :func:`ticketing.console.mapdata.map_data`);
+    422 when the service runs without a grid."""
+    grid = state.grid
+    if grid is None:
+        raise unprocessable(("query",), "this service has no grid (gridwatch serve --grid), "
+                                        "so the map has nothing to draw")
     cache = request.app.state.__dict__.setdefault("console_map", {})
     key = id(grid)
     if key not in cache:

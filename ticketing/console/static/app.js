@@ -249,6 +249,7 @@ class ReviewView {
       h('p', { class: 'empty', id: 'queue-empty' }, t('queueEmpty'));
     main.replaceChildren(h('section', { class: 'review' },
       h('div', { class: 'queue-col' }, head, list), detail, this.keys()));
+    tickCountdowns();
   }
 
   select(i) {

@@ -33,7 +33,17 @@ export class GridMap {
     for (const v of data.villages) villages.append(el('path', { d: this.pathOf(v.rings) }));
     const towns = el('g', { class: 'towns' });
     for (const town of data.towns) towns.append(el('path', { d: this.pathOf(town.rings) }));
-    this.svg.append(this.cellLayer, villages, towns);
+    const fontSize = (this.home[2] / 45).toFixed(1);
+    const labels = el('g', { class: 'labels', 'font-size': fontSize,
+      'stroke-width': (fontSize / 8).toFixed(1) });
+    for (const town of data.towns) {
+      const [x, y] = this.centreOf(town.rings);
+      const text = el('text', { x, y, 'text-anchor': 'middle' });
+      text.textContent = town.name;
+      labels.append(text);
+    }
+    this.hlLayer = el('g', { class: 'highlights' });
+    this.svg.append(this.cellLayer, villages, towns, this.hlLayer, labels);
     this.applyView();
     this.listen();
   }
@@ -49,6 +59,20 @@ export class GridMap {
       d += 'Z';
     }
     return d;
+  }
+
+  // the middle of the largest ring's bounding box, in projected units
+  centreOf(rings) {
+    let best = null;
+    for (const ring of rings) {
+      const xs = ring.map(([lon]) => (lon - this.lon0) * this.kx);
+      const ys = ring.map(([, lat]) => (this.lat0 - lat) * SCALE);
+      const box = [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)];
+      const area = (box[2] - box[0]) * (box[3] - box[1]);
+      if (!best || area > best.area) best = { box, area };
+    }
+    const [x0, y0, x1, y1] = best.box;
+    return [((x0 + x1) / 2).toFixed(1), ((y0 + y1) / 2).toFixed(1)];
   }
 
   applyView() { this.svg.setAttribute('viewBox', this.view.map((v) => v.toFixed(1)).join(' ')); }
@@ -116,14 +140,14 @@ export class GridMap {
   }
 
   highlight(cellIds) {
-    for (const old of this.cellLayer.querySelectorAll('.hl')) old.remove();
+    this.hlLayer.replaceChildren();
     for (const id of cellIds) {
       const path = this.cellPaths.get(id);
       if (path) {
         const copy = path.cloneNode(false);
         copy.setAttribute('class', 'hl');
         copy.removeAttribute('data-cell');
-        this.cellLayer.append(copy);
+        this.hlLayer.append(copy);
       }
     }
   }
