@@ -187,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                             () => requestAnimationFrame(() => r())));
                         return performance.now() - t0;
                     }""", kind))
-                if args.screenshot and page is not None:
+                if args.screenshot:
+                    page.select_option("#map-kind", "")
+                    page.click("#cell-list button")
+                    page.locator("#cell-panel li").first.wait_for()
                     page.screenshot(path=args.screenshot)
                 page.close()
             browser.close()

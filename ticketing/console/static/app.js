@@ -432,7 +432,8 @@ class MapView {
     kindSel.value = this.kind;
     this.map = new GridMap(data, { label: t('mapLabel', { n: data.cells.length, t: this.tickets.length }),
       onCell: (id) => this.showCell(id) });
-    this.side = h('aside', { class: 'cell-panel', id: 'cell-panel', 'aria-live': 'polite' });
+    this.side = h('aside', { class: 'cell-panel', id: 'cell-panel', 'aria-live': 'polite' },
+      h('p', { class: 'muted' }, t('cellHint')));
     this.cellList = h('ul', { class: 'cell-list', id: 'cell-list' });
     const tools = h('div', { class: 'map-tools' },
       h('label', { for: 'shade-by' }, t('shadeBy')), shade,
