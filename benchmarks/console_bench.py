@@ -59,8 +59,14 @@ def synthetic_grid(side: int) -> dict[str, Any]:
 
 
 def seed(store: Any, grid: Any, n: int, now: datetime) -> None:
-    from ticketing.models import Escalation, Review, ReviewReason, Ticket, TicketStatus, \
-        ticket_id_for
+    from ticketing.models import (
+        Escalation,
+        Review,
+        ReviewReason,
+        Ticket,
+        TicketStatus,
+        ticket_id_for,
+    )
 
     rng = random.Random(7)
     statuses = [TicketStatus.PENDING_REVIEW, TicketStatus.DISPATCHED, TicketStatus.ACCEPTED]

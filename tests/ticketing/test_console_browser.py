@@ -78,6 +78,13 @@ class Centre:
             items: list[dict] = json.load(response)["items"]
         return items
 
+    def ticket(self, ticket_id: str) -> dict:
+        request = urllib.request.Request(f"{self.url}/tickets/{ticket_id}",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            ticket: dict = json.load(response)
+        return ticket
+
     def ticket_of(self, event_id: str) -> dict | None:
         return next((t for t in self.tickets() if event_id in t["event_ids"]), None)
 
@@ -216,8 +223,7 @@ def test_operator_sees_a_live_detection_and_confirms_it_from_the_keyboard(
     pg.locator("main").focus()
     pg.keyboard.press("c")
     item.wait_for(state="detached", timeout=WAIT_MS)
-    after = centre.ticket_of(event_id)
-    assert after is not None and after["status"] == "dispatched"
+    assert centre.ticket(ticket["ticket_id"])["status"] == "dispatched"
     # the map shows the cell with its open ticket (it is dispatched now, still open)
     pg.goto(centre.url + "/#/map")
     cell = pg.locator(f'#cell-list button[data-cell="{ticket["cell_id"]}"]')
@@ -265,9 +271,36 @@ def test_a_new_detection_appears_on_the_open_map_without_a_reload_and_is_dismiss
     pg.keyboard.type("wind rattled the door")
     pg.keyboard.press("Enter")
     item.wait_for(state="detached", timeout=WAIT_MS)
-    after = centre.ticket_of(event_id)
-    assert after is not None
+    after = centre.ticket(ticket["ticket_id"])
     assert (after["status"], after["dismiss_reason"]) == ("dismissed", "wind rattled the door")
+    watch.check()
+
+
+def test_operator_merges_a_ticket_into_a_neighbouring_cells_ticket_from_the_keyboard(
+        page: tuple[Page, Watch], centre: Centre) -> None:
+    pg, watch = page
+    # two low-confidence smoke alarms in neighbouring cells: two pending tickets
+    first = centre.publish(kind="smoke", confidence=0.3, lon=113.1405, lat=23.0445,
+                           source="smoke-m1")
+    second = centre.publish(kind="smoke", confidence=0.3, lon=113.1455, lat=23.0445,
+                            source="smoke-m2")
+    assert wait_until(lambda: centre.ticket_of(first) is not None
+                      and centre.ticket_of(second) is not None, 20, interval_s=0.2)
+    a, b = centre.ticket_of(first), centre.ticket_of(second)
+    assert a is not None and b is not None and a["cell_id"] != b["cell_id"]
+    login(pg, centre, "wang.li")
+    item = pg.locator(f'.queue-item[data-ticket="{a["ticket_id"]}"]')
+    item.wait_for(timeout=WAIT_MS)
+    item.click()
+    pg.keyboard.press("m")
+    candidate = pg.locator(f'.candidates button[data-into="{b["ticket_id"]}"]')
+    candidate.wait_for(timeout=WAIT_MS)
+    position = pg.locator(".candidates button").all_inner_texts().index(
+        candidate.inner_text())
+    pg.keyboard.press(str(position + 1))
+    item.wait_for(state="detached", timeout=WAIT_MS)
+    merged = centre.ticket(a["ticket_id"])
+    assert (merged["status"], merged["merged_into"]) == ("closed", b["ticket_id"])
     watch.check()
 
 
@@ -297,6 +330,5 @@ def test_department_sees_only_its_own_tickets_and_accepts_and_resolves_one(
     pg.screenshot(path=str(centre.artifacts / "work.png"))
     pg.keyboard.press("Enter")
     row.wait_for(state="detached", timeout=WAIT_MS)
-    done = centre.ticket_of(own)
-    assert done is not None and done["status"] == "resolved"
+    assert centre.ticket(mine["ticket_id"])["status"] == "resolved"
     watch.check()

@@ -287,7 +287,7 @@ class ReviewView {
       h('dl', { class: 'facts' },
         h('dt', {}, t('reason')), h('dd', { id: 'review-reason' }, tv(ticket.review_reason)),
         h('dt', {}, t('place')), h('dd', {}, place(ticket)),
-        h('dt', {}, t('detections')), h('dd', {}, `${ticket.detection_count} · ${ticket.event_ids.length} ids`),
+        h('dt', {}, t('detections')), h('dd', {}, t('detectionsN', { n: ticket.detection_count, i: ticket.incident_count })),
         h('dt', {}, t('confidence')), h('dd', {}, ticket.max_confidence.toFixed(2)),
         h('dt', {}, t('opened')), h('dd', {}, fmtTime(ticket.opened_at)),
         h('dt', {}, t('timeLeft')), h('dd', {}, countdown(ticket.due_at))),
