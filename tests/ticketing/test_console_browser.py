@@ -11,9 +11,11 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,7 +27,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from edge.publisher import wait_until
+from detectors.evidence_message import encode_evidence
+from edge.publisher import evidence_topic, wait_until
 from edge.testing import MosquittoProcess, free_port
 from gridwatch.config import load_config
 from ticketing.store import SqliteTicketStore
@@ -41,6 +44,18 @@ PASSWORD = "console-pass-1234"
 WAIT_MS = 20_000  # upper bound for a live update to show; the test never sleeps
 
 
+def png(width: int, height: int) -> bytes:
+    """A real PNG (a grey gradient), as a camera snapshot stand-in."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    rows = b"".join(b"\x00" + bytes((x * 255 // width) for x in range(width))
+                    for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                                 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 @dataclass
 class Centre:
     url: str
@@ -50,8 +65,10 @@ class Centre:
     published: list[str] = field(default_factory=list)
 
     def publish(self, *, kind: str, confidence: float, lon: float, lat: float,
-                source: str = "cam-1", station: str = "st-console") -> str:
-        """One detection on the centre's MQTT ingest; returns its event id."""
+                source: str = "cam-1", station: str = "st-console",
+                snapshot: bytes | None = None) -> str:
+        """One detection (and its snapshot, first) on the centre's MQTT ingest; returns
+        its event id."""
         event_id = f"{station}:{source}:{kind}:{len(self.published)}:{os.getpid()}"
         detection = {
             "schema": "gridwatch.detection/1", "event_id": event_id,
@@ -59,10 +76,16 @@ class Centre:
             "station_id": station, "source_id": source,
             "source_type": "camera" if kind != "smoke" else "smoke_sensor",
             "kind": kind, "confidence": confidence, "lon": lon, "lat": lat}
+        if snapshot is not None:
+            detection["evidence"] = {"snapshot_url": f"file:///var/snap/{len(self.published)}.png"}
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{event_id}")
         client.connect("127.0.0.1", self.broker.port)
         client.loop_start()
         try:
+            if snapshot is not None:
+                client.publish(evidence_topic("gridwatch/v1", station, source), encode_evidence(
+                    event_id=event_id, content_type="image/png", image=snapshot),
+                    qos=1).wait_for_publish(5)
             client.publish(f"gridwatch/v1/{station}/{source}/detection", json.dumps(detection),
                            qos=1).wait_for_publish(5)
         finally:
@@ -207,7 +230,8 @@ def test_operator_sees_a_live_detection_and_confirms_it_from_the_keyboard(
     pg.wait_for_selector("#queue-count")
     pg.wait_for_selector(".live.on", timeout=WAIT_MS)
     # a low-confidence smoke alarm goes to review; it arrives without a reload
-    event_id = centre.publish(kind="smoke", confidence=0.3, lon=113.1005, lat=23.0045)
+    event_id = centre.publish(kind="smoke", confidence=0.3, lon=113.1005, lat=23.0045,
+                              snapshot=png(320, 240))
     assert wait_until(lambda: centre.ticket_of(event_id) is not None, 20, interval_s=0.2)
     ticket = centre.ticket_of(event_id)
     assert ticket is not None and ticket["status"] == "pending_review"
@@ -216,6 +240,12 @@ def test_operator_sees_a_live_detection_and_confirms_it_from_the_keyboard(
     item.click()
     assert pg.locator("#review-reason").inner_text() == "low confidence"
     assert pg.locator("#confirm-department").input_value() == "fire_rescue"
+    # the snapshot, as the centre stored it, shown large
+    snapshot = pg.locator("img.snapshot")
+    assert snapshot.get_attribute("src") == ticket["snapshot_urls"][0]
+    assert ticket["snapshot_urls"][0].startswith("/evidence/")
+    pg.wait_for_function("() => document.querySelector('img.snapshot').naturalWidth === 320",
+                         timeout=WAIT_MS)
     results = Axe().run(pg)
     critical = [v["id"] for v in results.response["violations"] if v["impact"] == "critical"]
     assert critical == [], results.generate_report()
@@ -331,4 +361,15 @@ def test_department_sees_only_its_own_tickets_and_accepts_and_resolves_one(
     pg.keyboard.press("Enter")
     row.wait_for(state="detached", timeout=WAIT_MS)
     assert centre.ticket(mine["ticket_id"])["status"] == "resolved"
+    # its own 考核 row, and the CSV behind the download link (same session)
+    pg.goto(centre.url + "/#/evaluation")
+    link = pg.locator("#csv-link")
+    link.wait_for(timeout=WAIT_MS)
+    month = datetime.now(UTC).strftime("%Y-%m")
+    assert link.get_attribute("href") == f"/reports/evaluation?month={month}&format=csv"
+    csv = pg.request.get(centre.url + str(link.get_attribute("href")))
+    assert csv.ok and csv.headers["content-type"].startswith("text/csv")
+    rows = csv.text().splitlines()
+    assert rows[0].startswith("month,department,")
+    assert [r.split(",")[1] for r in rows[1:]] == ["fire_rescue"]
     watch.check()

@@ -155,11 +155,16 @@ function connectEvents() {
   source.onmessage = onEvent;
 }
 
+// A burst of events (a busy ingest) becomes one refresh: 250 ms after the first event,
+// and never more than one a second.
 function scheduleRefresh() {
-  clearTimeout(state.refreshTimer);
+  if (state.refreshTimer) return;
+  const wait = Math.max(250, 1000 - (Date.now() - (state.lastRefresh || 0)));
   state.refreshTimer = setTimeout(() => {
+    state.refreshTimer = null;
+    state.lastRefresh = Date.now();
     if (state.view && state.view.refresh) state.view.refresh();
-  }, 250);
+  }, wait);
 }
 
 // -- login ------------------------------------------------------------------------------
@@ -218,7 +223,10 @@ document.getElementById('lang').addEventListener('click', () => {
 
 // -- review queue -----------------------------------------------------------------------
 class ReviewView {
-  constructor() { this.index = 0; this.items = []; this.mode = null; this.currentId = null; }
+  constructor() {
+    this.index = 0; this.items = []; this.mode = null; this.currentId = null;
+    this.chosen = new Map(); // ticket id -> the department picked for it (kept across refreshes)
+  }
 
   async render() {
     const data = await api('/review/queue?limit=200');
@@ -232,7 +240,10 @@ class ReviewView {
     this.draw();
   }
 
-  refresh() { if (!this.mode) this.render(); else this.stale = true; }
+  refresh() {
+    const busy = this.mode || (document.activeElement && document.activeElement.id === 'confirm-department');
+    if (busy) this.stale = true; else this.render();
+  }
 
   draw() {
     const list = h('ol', { class: 'queue', 'aria-label': t('queueCount', { n: this.total }) },
@@ -268,9 +279,12 @@ class ReviewView {
     const snapshot = snaps.length
       ? h('img', { class: 'snapshot', src: snaps[0], alt: `${t('evidence')} ${ticket.ticket_id}` })
       : h('div', { class: 'snapshot none' }, t('noSnapshot'));
-    const select = h('select', { id: 'confirm-department', 'aria-label': t('department') },
-      state.departments.departments.map((d) => h('option', { value: d.id,
-        selected: d.id === ticket.department ? true : null }, deptName(d.id))));
+    const picked = this.chosen.get(ticket.ticket_id) || ticket.department;
+    const select = h('select', { id: 'confirm-department',
+      onchange: (e) => this.chosen.set(ticket.ticket_id, e.target.value),
+      onblur: () => { if (this.stale && !this.mode) { this.stale = false; this.render(); } } },
+    state.departments.departments.map((d) => h('option', { value: d.id,
+      selected: d.id === picked ? true : null }, deptName(d.id))));
     const sources = h('table', { class: 'sources' },
       h('caption', {}, t('sources')),
       h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, t('sources')),
@@ -284,15 +298,6 @@ class ReviewView {
     const article = h('article', { class: 'review-item', 'aria-labelledby': 'review-title' },
       h('h2', { id: 'review-title' }, tv(ticket.kind), ' ', ticketLink(ticket)),
       snapshot,
-      h('dl', { class: 'facts' },
-        h('dt', {}, t('reason')), h('dd', { id: 'review-reason' }, tv(ticket.review_reason)),
-        h('dt', {}, t('place')), h('dd', {}, place(ticket)),
-        h('dt', {}, t('detections')), h('dd', {}, t('detectionsN', { n: ticket.detection_count, i: ticket.incident_count })),
-        h('dt', {}, t('confidence')), h('dd', {}, ticket.max_confidence.toFixed(2)),
-        h('dt', {}, t('opened')), h('dd', {}, fmtTime(ticket.opened_at)),
-        h('dt', {}, t('timeLeft')), h('dd', {}, countdown(ticket.due_at))),
-      ticket.hotspot ? hotspotFacts(ticket.hotspot) : null,
-      sources,
       h('div', { class: 'actions' },
         h('label', { for: 'confirm-department' }, t('department'), ' ',
           h('span', { class: 'muted' }, t('routedTo', { d: deptName(ticket.department) }))),
@@ -303,7 +308,16 @@ class ReviewView {
           t('dismiss'), h('kbd', {}, 'X')),
         h('button', { type: 'button', id: 'btn-merge', onclick: () => this.startMerge() },
           t('merge'), h('kbd', {}, 'M'))),
-      panel);
+      panel,
+      h('dl', { class: 'facts' },
+        h('dt', {}, t('reason')), h('dd', { id: 'review-reason' }, tv(ticket.review_reason)),
+        h('dt', {}, t('place')), h('dd', {}, place(ticket)),
+        h('dt', {}, t('detections')), h('dd', {}, t('detectionsN', { n: ticket.detection_count, i: ticket.incident_count })),
+        h('dt', {}, t('confidence')), h('dd', {}, ticket.max_confidence.toFixed(2)),
+        h('dt', {}, t('opened')), h('dd', {}, fmtTime(ticket.opened_at)),
+        h('dt', {}, t('timeLeft')), h('dd', {}, countdown(ticket.due_at))),
+      ticket.hotspot ? hotspotFacts(ticket.hotspot) : null,
+      sources);
     return article;
   }
 
