@@ -221,6 +221,18 @@ def test_login_page_loads_clean_and_passes_an_accessibility_scan(
     watch.check()
 
 
+def test_labels_follow_the_browser_language(browser: Browser, centre: Centre) -> None:
+    context = browser.new_context(viewport={"width": 1366, "height": 768}, locale="zh-CN")
+    try:
+        pg = context.new_page()
+        pg.goto(centre.url + "/")
+        pg.wait_for_selector("form.login")
+        assert pg.locator("form.login button[type=submit]").inner_text() == "登录"
+        assert pg.evaluate("document.documentElement.lang") == "zh-CN"
+    finally:
+        context.close()
+
+
 def test_operator_sees_a_live_detection_and_confirms_it_from_the_keyboard(
         page: tuple[Page, Watch], centre: Centre) -> None:
     from axe_playwright_python.sync_playwright import Axe
