@@ -108,6 +108,16 @@ class Centre:
             ticket: dict = json.load(response)
         return ticket
 
+    def act(self, ticket: dict, action: str, **fields: str) -> dict:
+        """An action as the admin token (the API, not the page)."""
+        body = json.dumps({"action": action, "version": ticket["version"], **fields}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/tickets/{ticket['ticket_id']}/actions", data=body, method="POST",
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            after: dict = json.load(response)
+        return after
+
     def ticket_of(self, event_id: str) -> dict | None:
         return next((t for t in self.tickets() if event_id in t["event_ids"]), None)
 
@@ -343,6 +353,28 @@ def test_operator_merges_a_ticket_into_a_neighbouring_cells_ticket_from_the_keyb
     item.wait_for(state="detached", timeout=WAIT_MS)
     merged = centre.ticket(a["ticket_id"])
     assert (merged["status"], merged["merged_into"]) == ("closed", b["ticket_id"])
+    watch.check()
+
+
+def test_operator_redispatches_a_returned_ticket_from_its_detail(
+        page: tuple[Page, Watch], centre: Centre) -> None:
+    pg, watch = page
+    event_id = centre.publish(kind="door_forced", confidence=0.95, lon=113.1305, lat=23.0145,
+                              source="door-r")
+    assert wait_until(lambda: centre.ticket_of(event_id) is not None, 20, interval_s=0.2)
+    ticket = centre.ticket_of(event_id)
+    assert ticket is not None and ticket["department"] == "community_security"
+    centre.act(ticket, "return", reason="not ours: the gate belongs to the estate")
+    login(pg, centre, "wang.li")
+    pg.goto(centre.url + f"/#/ticket/{ticket['ticket_id']}")
+    pg.locator('button[data-action="dispatch"]').click(timeout=WAIT_MS)
+    pg.select_option(f"#dispatch-{ticket['ticket_id']}", "property_management")
+    pg.click("form.inline button[type=submit]")
+    pg.locator("#ticket-status", has_text="dispatched").wait_for(timeout=WAIT_MS)
+    after = centre.ticket(ticket["ticket_id"])
+    assert (after["status"], after["department"]) == ("dispatched", "property_management")
+    timeline = pg.locator("#timeline li").all_inner_texts()
+    assert any("王力 (wang.li)" in line and "dispatch" in line for line in timeline), timeline
     watch.check()
 
 

@@ -561,7 +561,10 @@ class TicketView {
         h('dt', {}, t('due')), h('dd', {}, fmtTime(ticket.due_at)),
         h('dt', {}, t('timeLeft')), h('dd', {}, OPEN_STATUSES.includes(ticket.status) ? countdown(ticket.due_at) : '—'),
         ticket.review_reason ? [h('dt', {}, t('reason')), h('dd', {}, tv(ticket.review_reason))] : null),
-      state.me.role === 'department' ? workActions(ticket, () => this.render()) : null,
+      state.me.role === 'department' ? workActions(ticket, () => this.render())
+        : SUPERVISE.has(state.me.role) ? operatorActions(ticket, () => this.render()) : null,
+      ticket.status === 'pending_review' && SUPERVISE.has(state.me.role)
+        ? h('p', {}, h('a', { href: '#/review' }, t('workInReview'))) : null,
       h('div', { class: 'two' }, timeline, h('div', {}, gallery, hotspot))));
   }
 
@@ -597,39 +600,64 @@ function hourlyChart(profile) {
   return h('figure', {}, h('figcaption', {}, t('hourly')), svg);
 }
 
-// -- department work queue -------------------------------------------------------------
-function workActions(ticket, done) {
+// -- action bars: what the caller may do to a ticket in its state --------------------------
+// spec: { action, label (button), field ('reason' | 'note' | null), prompt (label key),
+//         department (true: choose one from the registry) }
+function actionBar(ticket, specs, done) {
   const panel = h('div', { class: 'inline-panel' });
-  const withText = (action, label) => {
-    const input = h('input', { required: true, maxlength: 2000, id: `${action}-${ticket.ticket_id}` });
+  const run = async (spec, extra) => { if (await act(ticket, spec.action, extra)) done(); };
+  const open = (spec) => {
+    const id = `${spec.action}-${ticket.ticket_id}`;
+    const input = spec.department
+      ? h('select', { id }, state.departments.departments.map((d) => h('option', {
+        value: d.id, selected: d.id === ticket.department ? true : null }, deptName(d.id))))
+      : h('input', { id, required: true, maxlength: 2000 });
     const form = h('form', { class: 'inline' },
-      h('label', { for: input.id }, t(label)), input,
-      h('button', { type: 'submit', class: 'primary' }, t(action)),
+      h('label', { for: id }, t(spec.prompt)), input,
+      h('button', { type: 'submit', class: 'primary' }, t(spec.label)),
       h('button', { type: 'button', onclick: () => panel.replaceChildren() }, t('cancel')));
     form.addEventListener('submit', async (e) => {
       e.preventDefault();
-      const text = input.value.trim();
-      if (!text) return;
-      const body = action === 'return' ? { reason: text } : { note: text };
-      if (await act(ticket, action, body)) done();
+      const value = input.value.trim();
+      if (!value) return;
+      await run(spec, spec.department ? { department: value } : { [spec.field]: value });
     });
     panel.replaceChildren(form);
     input.focus();
   };
-  const buttons = [];
-  if (['dispatched', 'reopened'].includes(ticket.status)) {
-    buttons.push(h('button', { type: 'button', class: 'primary', 'data-action': 'accept',
-      onclick: async () => { if (await act(ticket, 'accept')) done(); } }, t('accept')));
-  }
-  if (ticket.status === 'accepted') {
-    buttons.push(h('button', { type: 'button', class: 'primary', 'data-action': 'resolve',
-      onclick: () => withText('resolve', 'resolveNote') }, t('resolve')));
-  }
-  if (['dispatched', 'accepted', 'reopened'].includes(ticket.status)) {
-    buttons.push(h('button', { type: 'button', 'data-action': 'return',
-      onclick: () => withText('return', 'returnReason') }, t('return')));
-  }
+  const buttons = specs.map((spec, i) => h('button', {
+    type: 'button', class: i === 0 ? 'primary' : null, 'data-action': spec.action,
+    onclick: () => (spec.field || spec.department ? open(spec) : run(spec, {})) }, t(spec.label)));
+  if (!buttons.length) return null;
   return h('div', { class: 'work-actions' }, h('div', { class: 'actions' }, buttons), panel);
+}
+
+const RETURN = { action: 'return', label: 'return', field: 'reason', prompt: 'returnReason' };
+
+// The department's own actions: accept, resolve with a note, return with a reason.
+function workActions(ticket, done) {
+  const specs = [];
+  if (['dispatched', 'reopened'].includes(ticket.status)) specs.push({ action: 'accept', label: 'accept' });
+  if (ticket.status === 'accepted') {
+    specs.push({ action: 'resolve', label: 'resolve', field: 'note', prompt: 'resolveNote' });
+  }
+  if (['dispatched', 'accepted', 'reopened'].includes(ticket.status)) specs.push(RETURN);
+  return actionBar(ticket, specs, done);
+}
+
+// An operator's actions outside review: re-dispatch a returned ticket, recall, close,
+// reopen (pending tickets are worked in the review queue).
+function operatorActions(ticket, done) {
+  const recall = { action: 'recall', label: 'recall', field: 'reason', prompt: 'recallReason' };
+  const reopen = { action: 'reopen', label: 'reopen', field: 'reason', prompt: 'reopenReason' };
+  const specs = {
+    returned: [{ action: 'dispatch', label: 'dispatch', department: true, prompt: 'department' },
+      { action: 'dismiss', label: 'dismiss', field: 'reason', prompt: 'dismissReason' }, recall],
+    dispatched: [recall], accepted: [recall], reopened: [recall],
+    resolved: [{ action: 'close', label: 'close' }, reopen],
+    closed: [reopen],
+  }[ticket.status] || [];
+  return actionBar(ticket, specs, done);
 }
 
 class WorkView {

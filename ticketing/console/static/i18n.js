@@ -40,6 +40,9 @@ const LABELS = {
     return: 'Return', note: 'Note', returnReason: 'Reason for returning',
     resolveNote: 'What was done', workEmpty: 'No open work orders for your department.',
     accessDenied: 'This view is not for your role.', version: 'Version',
+    dispatch: 'Dispatch', recall: 'Recall', close: 'Close', reopen: 'Reopen',
+    recallReason: 'Reason for recalling', reopenReason: 'Reason for reopening',
+    workInReview: 'Pending review: work it in the review queue',
   },
   'zh-CN': {
     title: '网格哨兵', lang: 'English', langName: '切换到英文',
@@ -81,6 +84,9 @@ const LABELS = {
     return: '退回', note: '备注', returnReason: '退回原因',
     resolveNote: '处置情况', workEmpty: '本部门暂无未结工单。',
     accessDenied: '该视图不适用于您的角色。', version: '版本',
+    dispatch: '派单', recall: '撤回', close: '结案', reopen: '重办',
+    recallReason: '撤回原因', reopenReason: '重办原因',
+    workInReview: '待审核：请在审核队列中处理',
   },
 };
 
