@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from ticketing.api.deps import OptionalPrincipal, Reader, StateDep, unprocessable
 from ticketing.api.models import Me
-from ticketing.api.routes.auth import _me
+from ticketing.api.routes.auth import me_of
 from ticketing.console import static_dir
 from ticketing.console.mapdata import map_data
 
@@ -49,7 +49,7 @@ def session(request: Request, response: Response,
     live = getattr(request.state, "session", None)
     if principal is None or live is None:
         return ConsoleSession(signed_in=False)
-    return ConsoleSession(signed_in=True, me=_me(principal, live))
+    return ConsoleSession(signed_in=True, me=me_of(principal, live))
 
 
 @router.get("/console/map")

@@ -371,9 +371,12 @@ class ReviewView {
     const map = await loadMapData();
     const cell = map.cells.find((c) => c.cell_id === ticket.cell_id);
     const near = new Set([ticket.cell_id, ...(cell ? cell.neighbours : [])]);
-    const sameKind = await allTickets({ kind: ticket.kind });
-    this.candidates = sameKind.filter((c) => c.ticket_id !== ticket.ticket_id
-      && OPEN_STATUSES.includes(c.status) && near.has(c.cell_id)).slice(0, 9);
+    // per cell (at most 9 small lists) rather than every ticket of the kind ever opened
+    const lists = await Promise.all([...near].map((cellId) => allTickets({ kind: ticket.kind, cell_id: cellId })));
+    this.candidates = lists.flat().filter((c) => c.ticket_id !== ticket.ticket_id
+      && OPEN_STATUSES.includes(c.status))
+      .sort((a, b) => (a.cell_id === ticket.cell_id ? 0 : 1) - (b.cell_id === ticket.cell_id ? 0 : 1)
+        || Date.parse(a.opened_at) - Date.parse(b.opened_at)).slice(0, 9);
     const list = this.candidates.length ? h('ol', { class: 'candidates' },
       this.candidates.map((c, i) => h('li', {}, h('button', { type: 'button', 'data-into': c.ticket_id,
         onclick: () => this.merge(i) }, h('kbd', {}, String(i + 1)), ' ', c.ticket_id, ' · ',
