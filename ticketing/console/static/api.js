@@ -36,14 +36,27 @@ export function query(params) {
   return s ? `?${s}` : '';
 }
 
-// Every ticket matching ``params``, page by page (the API caps a page at max_page_size).
-export async function allTickets(params = {}, pageSize = 500) {
+// Every ticket matching ``params``, page by page. The API caps a page at max_page_size:
+// today it answers a smaller page (its ``limit``), a strict API answers 422, and then a
+// smaller page size is tried.
+const PAGE_SIZES = [500, 200, 100, 50];
+let pageSize = PAGE_SIZES[0];
+
+export async function allTickets(params = {}) {
   const items = [];
-  for (let offset = 0; ; offset += pageSize) {
-    const page = await api(`/tickets${query({ ...params, limit: pageSize, offset })}`);
+  for (let offset = 0; ;) {
+    let page;
+    try {
+      page = await api(`/tickets${query({ ...params, limit: pageSize, offset })}`);
+    } catch (err) {
+      const smaller = PAGE_SIZES.find((size) => size < pageSize);
+      if (err instanceof ApiError && err.status === 422 && smaller) { pageSize = smaller; continue; }
+      throw err;
+    }
     items.push(...page.items);
+    pageSize = Math.min(pageSize, page.limit);
+    offset += page.items.length;
     if (page.items.length === 0 || items.length >= page.total) return items;
-    pageSize = page.limit;
   }
 }
 
