@@ -313,6 +313,10 @@ def test_a_new_detection_appears_on_the_open_map_without_a_reload_and_is_dismiss
     assert ticket is not None
     pg.locator(f'#cell-list button[data-cell="{ticket["cell_id"]}"]').wait_for(
         timeout=WAIT_MS)
+    # a ticket's "show on map" link outlines its member cells and lists the cell's tickets
+    pg.goto(centre.url + f"/#/map?cells={ticket['cell_id']}")
+    pg.locator(f'#cell-panel li[data-ticket="{ticket["ticket_id"]}"]').wait_for(timeout=WAIT_MS)
+    assert pg.locator(".grid-map .highlights path").count() == 1
     pg.goto(centre.url + "/#/review")
     item = pg.locator(f'.queue-item[data-ticket="{ticket["ticket_id"]}"]')
     item.wait_for(timeout=WAIT_MS)
