@@ -277,7 +277,8 @@ class ReviewView {
     this.currentId = ticket.ticket_id;
     const snaps = [...ticket.snapshot_urls, ...((ticket.hotspot && ticket.hotspot.snapshot_urls) || [])];
     const snapshot = snaps.length
-      ? h('img', { class: 'snapshot', src: snaps[0], alt: `${t('evidence')} ${ticket.ticket_id}` })
+      ? h('img', { class: 'snapshot', src: snaps[0], alt: `${t('evidence')} ${ticket.ticket_id}`,
+        onerror: (e) => e.target.replaceWith(h('div', { class: 'snapshot none' }, t('snapshotPending'))) })
       : h('div', { class: 'snapshot none' }, t('noSnapshot'));
     const picked = this.chosen.get(ticket.ticket_id) || ticket.department;
     const select = h('select', { id: 'confirm-department',
@@ -535,7 +536,8 @@ class TicketView {
     const gallery = h('section', { class: 'gallery', 'aria-labelledby': 'gallery-title' },
       h('h3', { id: 'gallery-title' }, t('evidence')),
       snaps.length ? snaps.slice(0, 12).map((u, i) => h('a', { href: u, target: '_blank', rel: 'noopener' },
-        h('img', { src: u, alt: `${t('evidence')} ${i + 1}`, loading: 'lazy' })))
+        h('img', { src: u, alt: `${t('evidence')} ${i + 1}`, loading: 'lazy',
+          onerror: (e) => e.target.replaceWith(h('span', { class: 'muted' }, t('snapshotPending'))) })))
         : h('p', { class: 'empty' }, t('noSnapshot')));
     const timeline = h('section', { 'aria-labelledby': 'timeline-title' },
       h('h3', { id: 'timeline-title' }, t('timeline')),
