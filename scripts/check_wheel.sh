@@ -50,4 +50,19 @@ if [ "$rc" -ne 2 ] || ! grep -q "pip install 'gridwatch\[vision\]'" "$work/detec
     echo "wheel-check: FAILED: detect without the vision extra (exit $rc):"; cat "$work/detect.err"; exit 1
 fi
 echo "wheel-check: detect without the vision extra names the extra (exit 2)"
+# the console's page and assets ship inside the wheel (base install: no test client, so
+# the files are checked where the app serves them from)
+"$work/venv/bin/python" - <<'PY'
+from ticketing.api.app import create_app
+from ticketing.auth import Principal, Role, TokenAuth
+from ticketing.console import static_dir
+from ticketing.store import SqliteTicketStore
+
+create_app(store=SqliteTicketStore(":memory:"), auth=TokenAuth.from_mapping({"wheel-check": Principal("admin", Role.ADMIN)}))
+folder = static_dir()
+assert "/venv/" in str(folder), folder
+for name in ("index.html", "app.js", "api.js", "map.js", "i18n.js", "console.css"):
+    assert (folder / name).stat().st_size > 0, folder / name
+PY
+echo "wheel-check: the console is served from the installed package"
 echo "wheel-check: ok"

@@ -65,12 +65,12 @@ if ! ls /usr/share/doc/opencv-doc/examples/data/vtest.avi* >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opencv-doc >/dev/null || failed=1
 fi
 
-# A real browser for the page tests (/docs, /redoc): Debian's chromium, driven by
-# Playwright through executable_path (`playwright install` would download one)
+# A real browser for the page tests (the console, /docs, /redoc): Debian's chromium,
+# driven by Playwright through executable_path (`playwright install` would download one)
 need_pkg chromium chromium || failed=1
 
 if [ $failed != 0 ]; then
   echo "services: a required service is missing; the tests need it (see above)" >&2
   exit 1
 fi
-echo "services: mosquitto, redis and postgresql answer"
+echo "services: mosquitto, redis and postgresql answer; chromium is installed"

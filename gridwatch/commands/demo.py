@@ -237,10 +237,11 @@ def _serve(store: Any, config: Any, grid: Any, host: str, port: int, evidence: A
     app = create_app(store=store, settings=config.ticketing, policies=config.policies,
                      grid=grid, auth=auth, run_workers=True,
                      evidence=evidence)
-    print(f"\nAPI: http://{host}:{port}/tickets  (OpenAPI docs at /docs; Ctrl-C to stop)")
+    print(f"\nconsole: http://{host}:{port}/  (review queue, map, supervision, 考核)")
+    print(f"API: http://{host}:{port}/tickets  (OpenAPI docs at /docs; Ctrl-C to stop)")
     if token:
         print(f"admin token for changes (Authorization: Bearer ...): {token}")
-    print(f"log in (POST /auth/login, or /docs) as demo.operator, demo.supervisor, "
+    print(f"log in (the console, POST /auth/login, or /docs) as demo.operator, demo.supervisor, "
           f"demo.fire, demo.security, demo.property or demo.traffic, password {password}")
     month = datetime.now(UTC).strftime("%Y-%m")
     print(f"考核 report: http://{host}:{port}/reports/evaluation?month={month}")

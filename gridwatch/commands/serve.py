@@ -155,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(0)
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    print(f"console: http://{args.host}:{args.port}/  (sign in with a `gridwatch users` "
+          f"account); API: http://{args.host}:{args.port}/tickets", flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:

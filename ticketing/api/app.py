@@ -25,6 +25,7 @@ from ticketing.api.deps import AppState, reject_unknown_query
 from ticketing.api.docs_pages import install_redoc
 from ticketing.api.pagecache import PageCache
 from ticketing.api.routes import auth as auth_routes
+from ticketing.api.routes import console as console_routes
 from ticketing.api.routes import (
     departments,
     events,
@@ -177,6 +178,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         app.include_router(module.router)
     install_redoc(app)
     open311.install_error_shape(app)
+    console_routes.mount(app)  # the console page at / and its assets
     return app
 
 

@@ -24,7 +24,8 @@ LOGIN_ERRORS: dict[int | str, dict[str, Any]] = {
                                            "from this address; see Retry-After"}}
 
 
-def _me(principal: Principal, session: Session | None) -> Me:
+def me_of(principal: Principal, session: Session | None) -> Me:
+    """What ``GET /auth/me`` answers for this caller (the console's session route too)."""
     return Me(username=principal.name, display_name=principal.display_name,
               role=principal.role.value, department=principal.department,
               auth="session" if session is not None
@@ -58,7 +59,7 @@ def login(body: LoginRequest, request: Request, response: Response, state: State
                         httponly=True, samesite="lax",
                         secure=_secure(request, auth.secure_cookie))
     response.headers["Cache-Control"] = "no-store"
-    return _me(new.session.principal, new.session)
+    return me_of(new.session.principal, new.session)
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT,
@@ -81,4 +82,4 @@ def me(request: Request, principal: PrincipalDep, response: Response) -> Me:
     """Who you are (username, display name, role, department), how you signed in and,
     for a console session, its CSRF token and when it ends."""
     response.headers["Cache-Control"] = "no-store"
-    return _me(principal, getattr(request.state, "session", None))
+    return me_of(principal, getattr(request.state, "session", None))
