@@ -62,8 +62,7 @@ export async function allTickets(params = {}) {
 
 export const OPEN_STATUSES = ['pending_review', 'dispatched', 'accepted', 'returned', 'reopened'];
 
-// Open tickets: one status filter at a time (the list takes a single status today).
+// Open tickets in one listing (the API's ``open=true``: the statuses above).
 export async function openTickets(params = {}) {
-  const lists = await Promise.all(OPEN_STATUSES.map((status) => allTickets({ ...params, status })));
-  return lists.flat();
+  return allTickets({ ...params, open: 'true' });
 }

@@ -152,6 +152,9 @@ function connectEvents() {
   source.onerror = () => setLive(source.readyState === EventSource.CLOSED ? 'off' : 'connecting');
   const onEvent = () => scheduleRefresh();
   for (const type of EVENT_TYPES) source.addEventListener(`ticket.${type}`, onEvent);
+  // the server could not resume from our Last-Event-ID (older than its change log):
+  // what changed meanwhile is unknown, so the view reloads
+  source.addEventListener('reset', onEvent);
   source.onmessage = onEvent;
 }
 
