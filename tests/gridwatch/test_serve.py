@@ -37,6 +37,14 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
+def api_up(port: int) -> bool:
+    try:
+        tickets(port)
+        return True
+    except OSError:
+        return False
+
+
 def tickets(port: int) -> list[dict]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/tickets",
                                      headers={"Authorization": f"Bearer {TOKEN}"})
@@ -59,14 +67,7 @@ def test_serve_turns_mqtt_detections_into_tickets_and_stops_cleanly(
              "--port", str(api_port), *extra],
             cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
         try:
-            def api_up() -> bool:
-                try:
-                    tickets(api_port)
-                    return True
-                except OSError:
-                    return False
-
-            assert wait_until(api_up, 30), "the API never answered"
+            assert wait_until(lambda: api_up(api_port), 30), "the API never answered"
             mqtt_children = spawned_children(serve.pid)
             assert len(mqtt_children) == (0 if extra else 1)
             pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"))
@@ -135,14 +136,7 @@ def test_serve_uses_the_store_named_by_gridwatch_tickets_url(tmp_path: Path) -> 
          str(ROOT / "sample_data" / "grid.geojson"), "--db", str(own), "--no-mqtt",
          "--port", str(api_port)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
-        def api_up() -> bool:
-            try:
-                tickets(api_port)
-                return True
-            except OSError:
-                return False
-
-        assert wait_until(api_up, 30), "the API never answered"
+        assert wait_until(lambda: api_up(api_port), 30), "the API never answered"
         assert shared.exists() and not own.exists()
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(30) == 0

@@ -91,3 +91,30 @@ def make_rules(**settings: Any) -> Rules:
 
 
 RULES = make_rules()
+
+
+Headers = dict[str, dict[str, str]]
+
+
+def api_create(client: Any, h: Headers, **body: Any) -> dict[str, Any]:
+    """``POST /tickets`` as the ingest role (a smoke report at (0.5, 0.5) unless ``body``
+    says otherwise); asserts 201 and returns the ticket."""
+    response = client.post("/tickets", headers=h["ingest"],
+                           json={"kind": "smoke", "lon": 0.5, "lat": 0.5, **body})
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def api_act(client: Any, h: dict[str, str], ticket: dict[str, Any], action: str,
+            **body: Any) -> Any:
+    """``POST /tickets/{id}/actions`` at the version ``ticket`` was read; the response."""
+    return client.post(f"/tickets/{ticket['ticket_id']}/actions", headers=h,
+                       json={"action": action, "version": ticket["version"], **body})
+
+
+def api_act_ok(client: Any, h: dict[str, str], ticket: dict[str, Any], action: str,
+               **body: Any) -> dict[str, Any]:
+    """:func:`api_act`, asserting 200; the changed ticket."""
+    response = api_act(client, h, ticket, action, **body)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]

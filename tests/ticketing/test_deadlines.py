@@ -4,7 +4,6 @@ create and PATCH, recall, reclassify and re-dispatch (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,7 +11,15 @@ from fastapi.testclient import TestClient
 from stream.policy import KindPolicy, Level, PolicyBook
 from stream.types import Incident, IncidentEvent
 from tests.builders import make_grid
-from tests.ticketing.builders import RULES, T0, make_policies, make_ticket
+from tests.ticketing.builders import (
+    RULES,
+    T0,
+    Headers,
+    api_act_ok,
+    api_create,
+    make_policies,
+    make_ticket,
+)
 from ticketing.config import EscalationSettings, TicketingSettings
 from ticketing.desk import TicketDesk
 from ticketing.escalation import Escalator
@@ -23,22 +30,10 @@ from ticketing.store import MemoryTicketStore
 
 S = TicketStatus
 M = timedelta(minutes=1)
-Headers = dict[str, dict[str, str]]
 
 
-def _create(client: TestClient, h: Headers, **body: Any) -> dict[str, Any]:
-    response = client.post("/tickets", headers=h["ingest"],
-                           json={"kind": "smoke", "lon": 0.5, "lat": 0.5, **body})
-    assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
 
 
-def _act(client: TestClient, h: dict[str, str], ticket: dict[str, Any], action: str,
-         **body: Any) -> dict[str, Any]:
-    response = client.post(f"/tickets/{ticket['ticket_id']}/actions", headers=h,
-                           json={"action": action, "version": ticket["version"], **body})
-    assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
 
 
 def _t(value: str) -> datetime:
@@ -62,7 +57,7 @@ def test_one_rule_for_the_time_allowed(kind_sla: int | None, kind_priority: str,
 def test_create_and_patch_use_the_desks_rule(client: TestClient, as_role: Headers,
                                              clock) -> None:  # type: ignore[no-untyped-def]
     policy = make_policies().for_kind("smoke")
-    created = _create(client, as_role)
+    created = api_create(client, as_role)
     assert _t(created["due_at"]) == due_at(T0, "P1", policy, TicketingSettings())
     assert _t(created["due_at"]) == T0 + 30 * M  # the kind's sla_s, as the desk's
     desk = TicketDesk(policies=make_policies(), settings=TicketingSettings(),
@@ -84,7 +79,7 @@ def test_create_and_patch_use_the_desks_rule(client: TestClient, as_role: Header
 def test_an_old_observation_reported_now_is_not_overdue(client: TestClient,
                                                         as_role: Headers, store) -> None:  # type: ignore[no-untyped-def]
     seen = T0 - timedelta(days=3)
-    ticket = _create(client, as_role, observed_at=seen.isoformat())
+    ticket = api_create(client, as_role, observed_at=seen.isoformat())
     assert _t(ticket["opened_at"]) == seen  # when it was seen
     assert _t(ticket["received_at"]) == T0 == _t(ticket["dispatched_at"])
     assert _t(ticket["due_at"]) == T0 + 30 * M
@@ -164,10 +159,10 @@ def test_confirm_starts_the_units_clock_at_confirmation() -> None:
 def test_recall_and_reclassify_over_the_api(client: TestClient, as_role: Headers,
                                             clock) -> None:  # type: ignore[no-untyped-def]
     ops = as_role["operator"]
-    ticket = _create(client, as_role)
-    accepted = _act(client, as_role["fire"], ticket, "accept")
+    ticket = api_create(client, as_role)
+    accepted = api_act_ok(client, as_role["fire"], ticket, "accept")
     clock.now = T0 + 10 * M
-    recalled = _act(client, ops, accepted, "recall", reason="it is a forced door")
+    recalled = api_act_ok(client, ops, accepted, "recall", reason="it is a forced door")
     assert (recalled["status"], recalled["review_reason"], recalled["dispatched_at"],
             recalled["accepted_at"]) == ("pending_review", "recalled", None,
                                          accepted["accepted_at"])
@@ -176,19 +171,19 @@ def test_recall_and_reclassify_over_the_api(client: TestClient, as_role: Headers
     assert [(i["ticket"]["ticket_id"], i["ticket"]["review_reason"])
             for i in queue["items"]] == [(ticket["ticket_id"], "recalled")]
     clock.now = T0 + 15 * M
-    moved = _act(client, ops, recalled, "reclassify", kind="door_forced")
+    moved = api_act_ok(client, ops, recalled, "reclassify", kind="door_forced")
     assert (moved["kind"], moved["department"], moved["level"], moved["unit"],
             moved["priority"], moved["label"], moved["status"]) == (
         "door_forced", "community_security", "village", "V0", "P2", "Door forced open",
         "pending_review")
     clock.now = T0 + 20 * M
-    sent = _act(client, ops, moved, "confirm")
+    sent = api_act_ok(client, ops, moved, "confirm")
     assert (sent["status"], sent["accepted_at"]) == ("dispatched", None)
     assert _t(sent["dispatched_at"]) == clock.now
     assert _t(sent["due_at"]) == clock.now + timedelta(days=1)  # P2, door_forced
     # reclassifying a dispatched ticket re-routes it and starts the new unit's clock
     clock.now = T0 + 30 * M
-    back = _act(client, ops, sent, "reclassify", kind="smoke")
+    back = api_act_ok(client, ops, sent, "reclassify", kind="smoke")
     assert (back["department"], back["status"], back["clock_seq"]) == (
         "fire_rescue", "dispatched", sent["clock_seq"] + 1)
     assert _t(back["due_at"]) == clock.now + 30 * M

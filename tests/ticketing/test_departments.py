@@ -13,7 +13,14 @@ from fastapi.testclient import TestClient
 from gridwatch.config import ConfigError, default_config_file, load_config
 from stream.policy import KindPolicy, Level, PolicyBook
 from tests.builders import make_grid
-from tests.ticketing.builders import make_auth, make_rules, make_ticket
+from tests.ticketing.builders import (
+    Headers,
+    api_act,
+    api_create,
+    make_auth,
+    make_rules,
+    make_ticket,
+)
 from ticketing.api.app import create_app
 from ticketing.config import RoutingOverride, TicketingSettings
 from ticketing.departments import DEFAULT_DEPARTMENTS, Department
@@ -22,22 +29,12 @@ from ticketing.lifecycle import Action, ActionInvalid, ActionRequest, apply_acti
 from ticketing.models import TicketStatus
 from ticketing.store import MemoryTicketStore
 
-Headers = dict[str, dict[str, str]]
 VALID = ("command_centre, community_security, fire_rescue, property_management, "
          "traffic_police, urban_management")
 
 
-def _create(client: TestClient, h: Headers, **body: Any) -> dict[str, Any]:
-    response = client.post("/tickets", headers=h["ingest"],
-                           json={"kind": "smoke", "lon": 0.5, "lat": 0.5, **body})
-    assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
 
 
-def _act(client: TestClient, h: dict[str, str], ticket: dict[str, Any], action: str,
-         **body: Any) -> Any:
-    return client.post(f"/tickets/{ticket['ticket_id']}/actions", headers=h,
-                       json={"action": action, "version": ticket["version"], **body})
 
 
 def test_the_default_yaml_registry_is_the_code_default_and_covers_every_kind() -> None:
@@ -122,10 +119,10 @@ def test_unknown_departments_are_422_naming_the_valid_ones(
         client: TestClient, as_role: Headers, setup: str, action: str,
         body: dict[str, Any]) -> None:
     ops = as_role["operator"]
-    ticket = _create(client, as_role, kind="odd_kind" if setup == "pending" else "smoke")
+    ticket = api_create(client, as_role, kind="odd_kind" if setup == "pending" else "smoke")
     if setup == "returned":
-        ticket = _act(client, as_role["fire"], ticket, "return", reason="not ours").json()
-    response = _act(client, ops, ticket, action, **body)
+        ticket = api_act(client, as_role["fire"], ticket, "return", reason="not ours").json()
+    response = api_act(client, ops, ticket, action, **body)
     assert response.status_code == 422, response.text
     [error] = response.json()["detail"]
     assert error["loc"] == ["body", "department"]
@@ -137,8 +134,8 @@ def test_unknown_departments_are_422_naming_the_valid_ones(
 
 def test_a_department_on_an_action_that_takes_none_is_422(client: TestClient,
                                                          as_role: Headers) -> None:
-    ticket = _create(client, as_role)
-    response = _act(client, as_role["fire"], ticket, "accept", department="fire_rescue")
+    ticket = api_create(client, as_role)
+    response = api_act(client, as_role["fire"], ticket, "accept", department="fire_rescue")
     assert response.status_code == 422
     assert "accept takes no department" in response.text
 
@@ -146,10 +143,10 @@ def test_a_department_on_an_action_that_takes_none_is_422(client: TestClient,
 def test_confirm_with_a_department_dispatches_there(client: TestClient,
                                                     as_role: Headers) -> None:
     ops = as_role["operator"]
-    pending = _create(client, as_role, kind="odd_kind")
+    pending = api_create(client, as_role, kind="odd_kind")
     assert (pending["department"], pending["review_reason"]) == ("command_centre",
                                                                  "unknown_kind")
-    confirmed = _act(client, ops, pending, "confirm", department="community_security")
+    confirmed = api_act(client, ops, pending, "confirm", department="community_security")
     assert confirmed.status_code == 200, confirmed.text
     body = confirmed.json()
     assert (body["status"], body["department"]) == ("dispatched", "community_security")
@@ -159,13 +156,13 @@ def test_confirm_with_a_department_dispatches_there(client: TestClient,
 
 def test_reclassify_to_an_unknown_kind_is_422_naming_the_kinds(client: TestClient,
                                                                as_role: Headers) -> None:
-    ticket = _create(client, as_role)
-    response = _act(client, as_role["operator"], ticket, "reclassify", kind="parking")
+    ticket = api_create(client, as_role)
+    response = api_act(client, as_role["operator"], ticket, "reclassify", kind="parking")
     assert response.status_code == 422
     [error] = response.json()["detail"]
     assert error["loc"] == ["body", "kind"]
     assert error["msg"] == "unknown kind 'parking' (valid: door_forced, smoke)"
-    missing = _act(client, as_role["operator"], ticket, "reclassify")
+    missing = api_act(client, as_role["operator"], ticket, "reclassify")
     assert missing.status_code == 422 and "reclassify needs a kind" in missing.text
 
 

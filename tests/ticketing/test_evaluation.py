@@ -8,12 +8,11 @@ import csv
 import io
 import json
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.ticketing.builders import T0, make_ticket
+from tests.ticketing.builders import T0, Headers, api_act_ok, api_create, make_ticket
 from ticketing import migrations
 from ticketing.config import EscalationSettings
 from ticketing.escalation import Escalator
@@ -22,22 +21,10 @@ from ticketing.models import Escalation
 from ticketing.records import cards_of
 
 M = timedelta(minutes=1)
-Headers = dict[str, dict[str, str]]
 
 
-def _create(client: TestClient, h: Headers, **body: Any) -> dict[str, Any]:
-    response = client.post("/tickets", headers=h["ingest"],
-                           json={"kind": "smoke", "lon": 0.5, "lat": 0.5, **body})
-    assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
 
 
-def _act(client: TestClient, h: dict[str, str], ticket: dict[str, Any], action: str,
-         **body: Any) -> dict[str, Any]:
-    response = client.post(f"/tickets/{ticket['ticket_id']}/actions", headers=h,
-                           json={"action": action, "version": ticket["version"], **body})
-    assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
@@ -53,8 +40,8 @@ def test_cards_stay_with_the_unit_that_held_the_ticket(client: TestClient,
                                                        clock) -> None:  # type: ignore[no-untyped-def]
     ops, fire, sec = as_role["operator"], as_role["fire"], as_role["security"]
     worker = Escalator(store=store, settings=EscalationSettings(remind_before_s=600))
-    moved = _create(client, as_role)  # fire_rescue, due T0 + 30 min
-    waited = _create(client, as_role, kind="odd_kind")  # review, due T0 + 30 min
+    moved = api_create(client, as_role)  # fire_rescue, due T0 + 30 min
+    waited = api_create(client, as_role, kind="odd_kind")  # review, due T0 + 30 min
     assert waited["review_reason"] == "unknown_kind"
     cards = worker.run_once(now=T0 + 31 * M)
     assert sorted((r.ticket_id == moved["ticket_id"], r.stage.value, r.department, r.phase)
@@ -62,25 +49,25 @@ def test_cards_stay_with_the_unit_that_held_the_ticket(client: TestClient,
                                       (True, "yellow", "fire_rescue", "unit")]
     moved = client.get(f"/tickets/{moved['ticket_id']}", headers=ops).json()
     clock.now = T0 + 35 * M
-    moved = _act(client, ops, moved, "recall", reason="a door, not smoke")
+    moved = api_act_ok(client, ops, moved, "recall", reason="a door, not smoke")
     clock.now = T0 + 40 * M
-    moved = _act(client, ops, moved, "confirm", department="community_security")
+    moved = api_act_ok(client, ops, moved, "confirm", department="community_security")
     assert (moved["escalation"], moved["due_at"]) == ("none", "2026-05-04T07:10:00Z")
     assert worker.run_once(now=T0 + 45 * M) == []  # the new unit's clock is fresh
     clock.now = T0 + 50 * M
     waited = client.get(f"/tickets/{waited['ticket_id']}", headers=ops).json()
-    waited = _act(client, ops, waited, "confirm", department="fire_rescue")
+    waited = api_act_ok(client, ops, waited, "confirm", department="fire_rescue")
     clock.now = T0 + 51 * M
-    waited = _act(client, fire, waited, "accept")
+    waited = api_act_ok(client, fire, waited, "accept")
     assert [(r.stage.value, r.department) for r in worker.run_once(now=T0 + 71 * M)] == [
         ("yellow", "community_security")]
     moved = client.get(f"/tickets/{moved['ticket_id']}", headers=ops).json()
     clock.now = T0 + 72 * M
-    moved = _act(client, sec, moved, "accept")
+    moved = api_act_ok(client, sec, moved, "accept")
     clock.now = T0 + 80 * M
-    _act(client, sec, moved, "resolve", note="door fixed")
+    api_act_ok(client, sec, moved, "resolve", note="door fixed")
     clock.now = T0 + 120 * M
-    _act(client, fire, waited, "resolve", note="checked")
+    api_act_ok(client, fire, waited, "resolve", note="checked")
     clock.now = T0 + 130 * M
 
     with store.connection() as conn:
