@@ -421,3 +421,78 @@ def test_department_sees_only_its_own_tickets_and_accepts_and_resolves_one(
     assert rows[0].startswith("month,department,")
     assert [r.split(",")[1] for r in rows[1:]] == ["fire_rescue"]
     watch.check()
+
+
+def test_after_the_centre_restarts_the_page_resumes_and_shows_what_changed_meanwhile(
+        browser: Browser, tmp_path: Path) -> None:
+    # the page keeps its EventSource; while the centre is down a report arrives (written
+    # straight to the ticket database, as another replica would); after the restart the
+    # browser reconnects with Last-Event-ID and the change log hands it the missed change
+    from geo.grid import Grid
+    from ticketing.models import Origin
+    from ticketing.service import create_report
+
+    config = load_config(None)
+    db = tmp_path / "tickets.db"
+    UserStore(SqliteTicketStore(db), departments=config.ticketing.departments).add(
+        username="wang.li", password=PASSWORD, role="operator", now=datetime.now(UTC))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def serve() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gridwatch", "serve", "--grid",
+             str(ROOT / "sample_data" / "grid.geojson"), "--db", str(db), "--no-mqtt",
+             "--port", str(port)], cwd=ROOT, stderr=subprocess.DEVNULL,
+            env={**os.environ, "GRIDWATCH_ADMIN_TOKEN": TOKEN})
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(process: subprocess.Popen[bytes]) -> None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+    first = serve()
+    context = browser.new_context(viewport={"width": 1366, "height": 768}, locale="en-GB")
+    second = None
+    try:
+        assert wait_until(up, 30), "gridwatch serve never answered"
+        pg = context.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(url + "/")
+        pg.fill("#username", "wang.li")
+        pg.fill("#password", PASSWORD)
+        pg.press("#password", "Enter")
+        pg.wait_for_selector("#queue-count")
+        pg.wait_for_selector(".live.on", timeout=WAIT_MS)
+        stop(first)
+        pg.wait_for_selector(".live.connecting, .live.off", timeout=WAIT_MS)
+        store = SqliteTicketStore(db)
+        ticket, _ = create_report(
+            store=store, grid=Grid.from_file(ROOT / "sample_data" / "grid.geojson"),
+            policies=config.policies, settings=config.ticketing, kind="illegal_parking",
+            lon=113.1005, lat=23.0045, at=datetime.now(UTC), actor="another-replica",
+            origin=Origin.API, external_id="while-the-centre-was-down")
+        store.close()
+        assert ticket.status.value == "pending_review"
+        second = serve()
+        assert wait_until(up, 30), "gridwatch serve did not come back"
+        pg.wait_for_selector(f'.queue-item[data-ticket="{ticket.ticket_id}"]',
+                             timeout=WAIT_MS)
+        pg.wait_for_selector(".live.on", timeout=WAIT_MS)
+        assert errors == []
+    finally:
+        context.close()
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                stop(process)
