@@ -31,6 +31,7 @@ router = APIRouter(tags=["events"])
 
 _PAGE = 500  # log rows read at a time
 _POLL_S = 5.0  # an idle stream reads the log this often (a lost pub/sub message)
+RETRY_MS = 2000  # how soon a browser reconnects after the stream drops
 
 
 def _parse_id(value: str | None) -> int | None:
@@ -63,8 +64,10 @@ async def stream(state: StateDep, principal: Reader,
     ones. Changes are kept ``ticketing.change_log.retention_s`` (default one day, at most
     ``max_rows``); for an older id the stream starts with ``event: reset`` (data:
     ``reason``, ``oldest_available``), after which the client should reload
-    ``/tickets`` and keep listening. ``limit`` / ``idle_timeout_s`` end the stream (for
-    scripts)."""
+    ``/tickets`` and keep listening. A stream opened without an id starts with a
+    data-less block carrying the current ``id`` (and ``retry: 2000``): no event, but a
+    resume point for a client that sees no change before its connection drops.
+    ``limit`` / ``idle_timeout_s`` end the stream (for scripts)."""
     header = _parse_id(last_event_id_header)
     resume = header if header is not None else last_event_id
     store = state.store
@@ -85,6 +88,10 @@ async def stream(state: StateDep, principal: Reader,
                               "change log (older than its retention window, or from "
                               "another database): reload, then keep listening",
                     "oldest_available": window.oldest, "newest": window.newest})
+        else:
+            # no data: not an event, but EventSource keeps the id, so a client that has
+            # seen no change yet still resumes from here after a reconnect
+            yield ServerSentEvent(comment="resume point", id=str(last), retry=RETRY_MS)
         pending: deque[dict[str, Any]] = deque()  # logged or live messages, in seq order
         more = False  # the last log read was a full page
         if resume is not None and last == resume:

@@ -149,7 +149,13 @@ function connectEvents() {
   const source = new EventSource('/events');
   state.events = source;
   source.onopen = () => setLive('on');
-  source.onerror = () => setLive(source.readyState === EventSource.CLOSED ? 'off' : 'connecting');
+  source.onerror = () => {
+    if (source.readyState !== EventSource.CLOSED) { setLive('connecting'); return; }
+    // the browser gave up (an answer other than the stream, e.g. a proxy's 502): try
+    // again ourselves, as long as this is still the page's stream
+    setLive('off');
+    setTimeout(() => { if (state.events === source && state.me) connectEvents(); }, 5000);
+  };
   const onEvent = () => scheduleRefresh();
   for (const type of EVENT_TYPES) source.addEventListener(`ticket.${type}`, onEvent);
   // the server could not resume from our Last-Event-ID (older than its change log):
