@@ -23,7 +23,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,16 @@ def api_metrics_endpoint(registry: CollectorRegistry) -> Any:
         principal = token_principal(state, token.strip()) if scheme.lower() == "bearer" \
             else None
         if principal is None:
-            return PlainTextResponse(
-                "GET /metrics needs Authorization: Bearer <token> of an admin, operator, "
-                "supervisor or integrator (or use serve --metrics-port on loopback)\n",
+            return JSONResponse(
+                {"detail": "GET /metrics needs Authorization: Bearer <token> of an admin, "
+                           "operator, supervisor or integrator (or use serve --metrics-port "
+                           "on loopback)"},
                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
         if not principal.sees_all:
-            return PlainTextResponse(
-                f"role {principal.role.value} may not read metrics (expected one of: "
-                f"admin, integrator, operator, supervisor)\n", status_code=403)
+            return JSONResponse(
+                {"detail": f"role {principal.role.value} may not read metrics (expected "
+                           f"one of: admin, integrator, operator, supervisor)"},
+                status_code=403)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return metrics
