@@ -55,8 +55,9 @@ def _store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE.yaml",
                         help="merged over configs/default.yaml (as for serve)")
     parser.add_argument("--db", default="gridwatch-data/tickets.db",
-                        help="SQLite ticket store, unless ticketing.storage_url is set "
-                             "(default: %(default)s, as for serve)")
+                        help="SQLite ticket store, unless $GRIDWATCH_TICKETS_URL or "
+                             "ticketing.storage_url is set (default: %(default)s, as for "
+                             "serve)")
 
 
 @dataclass(slots=True)
@@ -136,9 +137,10 @@ def _warm_counts(meta: dict[str, Any], arrays: dict[str, Any], warmup_s: int
 
 
 def _open_store(args: argparse.Namespace, config: GridWatchConfig) -> Any:
-    from ticketing.store import open_store
+    from ticketing.store import configured_url, open_store
 
-    url = config.ticketing.storage_url or args.db
+    # as for serve: $GRIDWATCH_TICKETS_URL wins, then ticketing.storage_url, then --db
+    url = configured_url(config.ticketing.storage_url, default=args.db)
     if "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -5,7 +5,9 @@ detections through stream → ticketing into SQLite (or ``ticketing.storage_url`
 dead-letters the rest to ``gridwatch/v1/deadletter``, keeps the camera snapshots sent on
 ``gridwatch/v1/+/+/evidence`` (``evidence:`` settings; a folder beside the database by
 default) and serves the ticketing API, ``/evidence/...`` included, with uvicorn.
-Prometheus metrics are at ``/metrics`` on the same port.
+Prometheus metrics are at ``/metrics``: on the API port for a caller with a token that
+reads everything (admin, operator, supervisor, integrator), and, with ``--metrics-port``,
+without a token on a listener of their own that binds only to loopback.
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--mqtt-password-env", metavar="VAR",
                         help="environment variable that holds the broker password")
     parser.add_argument("--mqtt-ca-file", help="CA bundle for mqtts:// (default: system CAs)")
+    parser.add_argument("--mqtt-reconnect-min-s", type=int, default=1, metavar="S",
+                        help="first wait before reconnecting to a lost broker "
+                             "(default: %(default)s)")
+    parser.add_argument("--mqtt-reconnect-max-s", type=int, default=2, metavar="S",
+                        help="the wait doubles up to this while the broker stays away, so "
+                             "the centre is back within this many seconds of the broker's "
+                             "return (default: %(default)s)")
     parser.add_argument("--client-id", default="gridwatch-centre-ingest",
                         help="MQTT client id of the persistent session (default: %(default)s)")
     parser.add_argument("--no-mqtt", action="store_true", help="API only, no MQTT ingest")
@@ -48,6 +57,13 @@ def register(subparsers: Any) -> None:
                              "pipeline and the API)")
     parser.add_argument("--host", default="127.0.0.1", help="API address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="API port (default: %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                        help="also serve /metrics without a token on this port, bound to "
+                             "--metrics-host (default: off; /metrics on the API port needs "
+                             "a token)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="loopback address of the --metrics-port listener "
+                             "(default: %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -62,10 +78,14 @@ def mqtt_connection(args: argparse.Namespace) -> Any:
                         f"got {args.mqtt_url!r}")
     tls = TlsSettings(enabled=parts.scheme == "mqtts",
                       ca_file=Path(args.mqtt_ca_file) if args.mqtt_ca_file else None)
+    low, high = args.mqtt_reconnect_min_s, args.mqtt_reconnect_max_s
+    if not 1 <= low <= high:
+        raise UserError(f"--mqtt-reconnect-min-s and --mqtt-reconnect-max-s: expected whole "
+                        f"seconds with 1 <= min <= max, got {low} and {high}")
     conn = MqttConnection(host=parts.hostname,
                           port=parts.port or (8883 if parts.scheme == "mqtts" else 1883),
                           username=args.mqtt_username, password_env=args.mqtt_password_env,
-                          tls=tls)
+                          tls=tls, reconnect_min_s=low, reconnect_max_s=high)
     conn.password()  # a missing secret fails now with its variable name
     make_client(conn, client_id="gridwatch-preflight")  # so do unreadable TLS files
     return conn
@@ -100,14 +120,12 @@ class PipelineCollector:
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.requests import Request
-    from starlette.responses import Response
 
     from geo.grid import Grid, GridError
     from gridwatch.config import load_config
     from gridwatch.embedded import EmbeddedPipeline
     from gridwatch.ingest import IngestMetrics, MqttIngest
+    from gridwatch.metrics_http import MetricsListener, api_metrics_endpoint, is_loopback
     from ticketing.api.app import create_app
     from ticketing.evidence import EvidenceStore
     from ticketing.store import configured_url, open_store
@@ -118,6 +136,25 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, GridError) as exc:
         raise UserError(f"{args.grid}: {exc}") from None
     connection = None if args.no_mqtt else mqtt_connection(args)
+    if args.metrics_port and not is_loopback(args.metrics_host):
+        raise UserError(f"--metrics-host: the metrics listener binds only to loopback "
+                        f"(127.0.0.1, ::1, localhost), got {args.metrics_host!r}; from "
+                        f"other hosts scrape /metrics on the API port with a bearer token")
+    if not 0 <= args.metrics_port <= 65535:
+        raise UserError(f"--metrics-port: expected 0 (off) or a port up to 65535, got "
+                        f"{args.metrics_port}")
+    metrics = IngestMetrics()
+    listener = None
+    if args.metrics_port:
+        listener = MetricsListener(metrics.registry, host=args.metrics_host,
+                                   port=args.metrics_port)
+        try:
+            listener.start()
+        except OSError as exc:
+            raise UserError(f"--metrics-port {args.metrics_port}: cannot listen on "
+                            f"{args.metrics_host}: {exc} (each replica on a host needs its "
+                            f"own --metrics-port)") from None
+        log.info("serve: metrics at http://%s:%s/metrics", args.metrics_host, listener.port)
     outbox = config.ticketing.webhook.url is not None
     # $GRIDWATCH_TICKETS_URL wins (as documented), so replicas configured through the
     # environment share one store instead of each opening its own --db file
@@ -131,7 +168,6 @@ def run(args: argparse.Namespace) -> int:
     sqlite_file = (url if "://" not in url else url.removeprefix("sqlite:///")
                    if url.startswith("sqlite:///") else args.db)
     evidence = EvidenceStore.beside(store, sqlite_file, config.evidence)
-    metrics = IngestMetrics()
     metrics.registry.register(PipelineCollector(pipeline))  # type: ignore[arg-type]
     ingest = None
     if connection is not None:
@@ -140,10 +176,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(store=store, settings=config.ticketing, policies=config.policies,
                      grid=grid, run_workers=True, evidence=evidence)
 
-    def metrics_endpoint(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    app.add_route("/metrics", metrics_endpoint, methods=["GET"])
+    app.add_route("/metrics", api_metrics_endpoint(metrics.registry), methods=["GET"])
     if ingest is not None and connection is not None:
         ingest.start()
         log.info("serve: ingesting %s from %s:%s as %s", ingest.detection_filter,
@@ -165,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
         # received but not acknowledged is redelivered to the next run (dropped by event id)
         if ingest is not None:
             ingest.stop()
+        if listener is not None:
+            listener.stop()
         pipeline.close()
         close = getattr(store, "close", None)
         if callable(close):

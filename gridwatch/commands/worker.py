@@ -252,8 +252,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"by cell       {TOPIC_BY_CELL} ({settings.partitions} partitions, "
               f"key = cell id)")
         print(f"dead letters  {TOPIC_DEADLETTER}")
-        print(f"grid          {len(scaleout.grid)} cells")
+        print(f"replication   {settings.replication_factor}")
+        print(f"grid          {len(scaleout.grid)} cells ({settings.grid})")
+        print(f"config        {settings.config or 'configs/default.yaml'}")
         print(f"ticket store  {redact(str(store_url))}")
+        print(f"store schema  {settings.store_schema or '-'}")
+        print(f"web port      {settings.web_port or 'off'}")
         return 0
     from faust import Worker
 

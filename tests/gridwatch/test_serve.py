@@ -8,8 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -144,3 +147,146 @@ def test_serve_uses_the_store_named_by_gridwatch_tickets_url(tmp_path: Path) -> 
         if serve.poll() is None:
             serve.kill()
             serve.wait(10)
+
+
+# -- reconnect back-off (issue 12 part 5) ---------------------------------------------------
+
+def serve_args(*argv: str) -> Any:
+    from gridwatch.cli import build_parser
+
+    return build_parser().parse_args(["serve", "--grid", "grid.geojson", *argv])
+
+
+@pytest.mark.parametrize(("argv", "expected_min_max"), [
+    ((), (1, 2)),
+    (("--mqtt-reconnect-min-s", "2", "--mqtt-reconnect-max-s", "10"), (2, 10)),
+])
+def test_the_centre_back_off_is_short_by_default_and_configurable(
+        argv: tuple[str, ...], expected_min_max: tuple[int, int]) -> None:
+    from edge.publisher import make_client
+    from gridwatch.commands.serve import mqtt_connection
+
+    connection = mqtt_connection(serve_args(*argv))
+    client = make_client(connection, client_id="t")
+    assert (connection.reconnect_min_s, connection.reconnect_max_s) == expected_min_max
+    assert (client._reconnect_min_delay, client._reconnect_max_delay) == expected_min_max
+
+
+@pytest.mark.parametrize("argv", [("--mqtt-reconnect-min-s", "0"),
+                                  ("--mqtt-reconnect-min-s", "5", "--mqtt-reconnect-max-s",
+                                   "2")])
+def test_a_bad_back_off_is_refused_with_both_flags_named(argv: tuple[str, ...]) -> None:
+    from gridwatch.commands.serve import mqtt_connection
+    from gridwatch.errors import UserError
+
+    with pytest.raises(UserError, match="--mqtt-reconnect-min-s and --mqtt-reconnect-max-s"):
+        mqtt_connection(serve_args(*argv))
+
+
+def test_the_centre_reconnects_within_seconds_of_the_broker_s_return(tmp_path: Path) -> None:
+    # issue 12: with paho's back-off doubling to 60 s the centre came back up to a minute
+    # after the broker did. The broker stays away 16 s here: the old back-off would next
+    # try at 31 s (15 s after the return); serve's default (1..2 s) tries every 2 s.
+    from gridwatch.commands.serve import mqtt_connection
+    from tests.edge.helpers import Centre
+
+    with MosquittoProcess(tmp_path / "broker") as broker:
+        connection = mqtt_connection(serve_args("--mqtt-url", broker.url))
+        centre = Centre(tmp_path, connection=connection, isolate=True).start()
+        registry = centre.ingest.metrics.registry
+
+        def connected() -> bool:
+            return registry.get_sample_value("gridwatch_ingest_connected") == 1
+
+        try:
+            assert connected()
+            broker.stop()
+            assert wait_until(lambda: not connected(), 10)
+            time.sleep(16)  # the outage, not a measurement
+            broker.start()
+            returned = time.monotonic()
+            assert wait_until(connected, 8, interval_s=0.05), \
+                "the centre did not reconnect within 8 s of the broker's return"
+            took_s = time.monotonic() - returned
+            assert took_s < 8, took_s
+            # and it is subscribed again: a detection sent now becomes a ticket
+            station = unique("st")
+            pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"))
+            pub.connect("127.0.0.1", broker.port)
+            pub.loop_start()
+            try:
+                from tests.edge.helpers import spread_detection
+
+                detection = spread_detection(1, station=station)
+                pub.publish(f"gridwatch/v1/{station}/{detection.source_id}/detection",
+                            detection.model_dump_json(), qos=1).wait_for_publish(5)
+            finally:
+                pub.disconnect()
+                pub.loop_stop()
+            assert wait_until(lambda: centre.ingest.stats()["committed"] >= 1, 30)
+            assert centre.ticket_event_ids() == {detection.event_id: 1}
+        finally:
+            centre.close()
+
+
+# -- /metrics and /healthz (issue 12 part 6) -------------------------------------------------
+
+def get(url: str, token: str | None = None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:  # not listening (yet)
+        return 0, str(exc)
+
+
+def test_serve_metrics_need_a_token_on_the_api_port_and_none_on_the_loopback_listener(
+        tmp_path: Path) -> None:
+    api_port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "GRIDWATCH_ADMIN_TOKEN": TOKEN,
+           "GRIDWATCH_API_TOKENS": "integrator:scrape-tok,department/fire_rescue:fire-tok"}
+    env.pop("GRIDWATCH_TICKETS_URL", None)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "gridwatch", "serve", "--grid",
+         str(ROOT / "sample_data" / "grid.geojson"), "--db", str(tmp_path / "t.db"),
+         "--no-mqtt", "--port", str(api_port), "--metrics-port", str(metrics_port)],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    api = f"http://127.0.0.1:{api_port}"
+    try:
+        assert wait_until(lambda: get(f"{api}/healthz")[0] == 200, 30), "no API"
+        assert get(f"{api}/healthz") == (200, '{"status":"ok"}')
+        code, body = get(f"{api}/healthz", TOKEN)
+        assert code == 200 and json.loads(body)["tickets"] == 0
+        code, body = get(f"{api}/metrics")
+        assert code == 401 and "Authorization: Bearer" in body
+        code, body = get(f"{api}/metrics", "fire-tok")
+        assert code == 403 and "role department may not read metrics" in body
+        code, body = get(f"{api}/metrics", "scrape-tok")
+        assert code == 200 and "gridwatch_pipeline_processed_total 0.0" in body
+        code, body = get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert code == 200 and "gridwatch_pipeline_processed_total 0.0" in body
+        assert get(f"http://127.0.0.1:{metrics_port}/tickets")[0] == 404
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(30) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(10)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (("--metrics-port", "9109", "--metrics-host", "0.0.0.0"), "binds only to loopback"),
+    (("--metrics-port", "70000"), "expected 0 (off) or a port up to 65535"),
+])
+def test_serve_refuses_a_metrics_listener_off_loopback(tmp_path: Path, argv: tuple[str, ...],
+                                                       message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gridwatch", "serve", "--grid",
+         str(ROOT / "sample_data" / "grid.geojson"), "--db", str(tmp_path / "t.db"),
+         "--no-mqtt", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "t.db").exists()

@@ -39,7 +39,9 @@ def grid_file(grid: Grid, path: Path) -> Path:
 
 def processed(port: int) -> int:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                         headers={"Authorization": "Bearer x"})
+        with urllib.request.urlopen(request, timeout=5) as r:
             text = r.read().decode()
     except OSError:
         return -1

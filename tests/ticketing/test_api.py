@@ -32,12 +32,25 @@ def _act(client: TestClient, h: dict[str, str], ticket: dict[str, Any], action: 
                        json={"action": action, "version": ticket["version"], **body})
 
 
-def test_healthz(client: TestClient, backend: str) -> None:
-    response = client.get("/healthz")
+def test_healthz_tells_an_authenticated_caller_the_store_and_its_counts(
+        client: TestClient, as_role: Headers, backend: str) -> None:
+    _create(client, as_role, external_id="h-1")
+    response = client.get("/healthz", headers=as_role["fire"])
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "storage": backend.replace("postgres",
                                                                          "postgresql"),
-                               "schema_version": LATEST, "tickets": 0}
+                               "schema_version": LATEST, "tickets": 1}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-a-token"}],
+                         ids=["no-token", "unknown-token"])
+def test_healthz_tells_anyone_else_only_that_it_is_up(
+        client: TestClient, as_role: Headers, headers: dict[str, str]) -> None:
+    # issue 12: /healthz used to give anyone the dialect, schema version and ticket count
+    _create(client, as_role, external_id="h-1")
+    response = client.get("/healthz", headers=headers)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
 
 
 def test_create_is_routed_and_idempotent(client: TestClient, as_role: Headers) -> None:

@@ -44,6 +44,11 @@ PASSWORD = "console-pass-1234"
 WAIT_MS = 20_000  # upper bound for a live update to show; the test never sleeps
 
 
+def artifacts_dir(tmp: Path) -> Path:
+    """Where screenshots go: ``$GRIDWATCH_ARTIFACTS``, else ``tmp/screenshots``."""
+    return Path(os.environ.get("GRIDWATCH_ARTIFACTS", tmp / "screenshots"))
+
+
 def png(width: int, height: int) -> bytes:
     """A real PNG (a grey gradient), as a camera snapshot stand-in."""
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -128,7 +133,7 @@ def centre(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Centre]:
         pytest.fail(f"chromium not found at {CHROMIUM}: install Debian's chromium "
                     f"(scripts/services.sh does) or set GRIDWATCH_CHROMIUM", pytrace=False)
     tmp = tmp_path_factory.mktemp("console")
-    artifacts = Path(os.environ.get("GRIDWATCH_ARTIFACTS", tmp / "screenshots"))
+    artifacts = artifacts_dir(tmp)
     artifacts.mkdir(parents=True, exist_ok=True)
     db = tmp / "tickets.db"
     settings = load_config(None).ticketing

@@ -199,10 +199,12 @@ class ReviewQueue(BaseModel):
 
 
 class Health(BaseModel):
+    """``status`` for anyone; the rest only for an authenticated caller."""
+
     status: Literal["ok"]
-    storage: str
-    schema_version: int
-    tickets: int
+    storage: str | None = None
+    schema_version: int | None = None
+    tickets: int | None = None
 
 
 class Problem(BaseModel):
