@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from gridwatch.ingest import IngestMetrics, MqttIngest
     from ticketing.api.app import create_app
     from ticketing.evidence import EvidenceStore
+    from ticketing.outbox import OutboxTargets
     from ticketing.store import configured_url, open_store
 
     config = load_config(args.config)
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, GridError) as exc:
         raise UserError(f"{args.grid}: {exc}") from None
     connection = None if args.no_mqtt else mqtt_connection(args)
-    outbox = config.ticketing.webhook.url is not None
+    outbox = OutboxTargets.from_settings(config.ticketing)  # the centre's and departments'
     # $GRIDWATCH_TICKETS_URL wins (as documented), so replicas configured through the
     # environment share one store instead of each opening its own --db file
     url = configured_url(config.ticketing.storage_url, default=args.db)
@@ -137,8 +138,11 @@ def run(args: argparse.Namespace) -> int:
     if connection is not None:
         ingest = MqttIngest(connection, pipeline, client_id=args.client_id, metrics=metrics,
                             isolate=not args.ingest_thread, evidence=evidence)
-    app = create_app(store=store, settings=config.ticketing, policies=config.policies,
-                     grid=grid, run_workers=True, evidence=evidence)
+    try:
+        app = create_app(store=store, settings=config.ticketing, policies=config.policies,
+                         grid=grid, run_workers=True, evidence=evidence)
+    except ValueError as exc:  # e.g. a webhook's HMAC key missing from the environment
+        raise UserError(str(exc)) from None
 
     def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
