@@ -167,3 +167,10 @@ def claim(conn: Connection, *, dialect: str, destination: str, now: str, until: 
                      [{"until": until, "w": worker, "id": r.id} for r in rows])
     return [OutboxItem(int(r.id), r.event_key, r.event_type, r.ticket_id, r.payload,
                        int(r.attempts), r.destination) for r in rows]
+
+
+def release(conn: Connection, item_ids: list[int], *, worker: str) -> None:
+    """End ``worker``'s lease on these rows (they are due again at once)."""
+    conn.execute(text("UPDATE outbox SET claimed_until = NULL, claimed_by = NULL"
+                      " WHERE id = :id AND claimed_by = :w"),
+                 [{"id": i, "w": worker} for i in item_ids])

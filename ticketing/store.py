@@ -43,6 +43,7 @@ from ticketing.migrations import migrate
 from ticketing.models import OPEN_STATUSES, Review, Ticket, rfc3339
 from ticketing.outbox import CENTRE, OutboxItem, OutboxTargets, as_targets
 from ticketing.outbox import claim as claim_rows
+from ticketing.outbox import release as release_rows
 from ticketing.outbox import write as write_outbox
 from ticketing.queries import (
     ANY_TICKET,
@@ -1022,6 +1023,12 @@ class SqlTicketStore:
                               now=sortable(now),
                               until=sortable(now + timedelta(seconds=lease_s)),
                               worker=worker, limit=limit)
+
+    def release_outbox(self, item_ids: builtins.list[int], *, worker: str) -> None:
+        """Give back items ``worker`` claimed but did not try (no attempt counted)."""
+        if item_ids:
+            with self._write() as conn:
+                release_rows(conn, item_ids, worker=worker)
 
     def finish_outbox(self, item_id: int, *, at: datetime, delivered: bool,
                       error: str | None = None, retry_at: datetime | None = None) -> None:

@@ -125,10 +125,22 @@ class WebhookDispatcher:
                    backoff_max_s=settings.backoff_max_s)
 
     def run_once(self, *, now: datetime, limit: int = 50) -> list[DeliveryResult]:
-        """Claim this receiver's due items at ``now`` and try each once."""
+        """Claim this receiver's due items at ``now`` and try them in order, once each,
+        until one fails: the rest are released untried (no attempt counted) for the next
+        round, so an endpoint that is down costs a round one timeout, not one per item,
+        and no lease runs out while its items wait behind a dead endpoint (another
+        replica would then send them too)."""
         items = self.store.claim_outbox(now=now, lease_s=self.lease_s, worker=self.worker,
                                         limit=limit, destination=self.destination)
-        return [self._deliver(item, now=now) for item in items]
+        results = []
+        for n, item in enumerate(items):
+            result = self._deliver(item, now=now)
+            results.append(result)
+            if not result.delivered:
+                self.store.release_outbox([i.id for i in items[n + 1:]],
+                                          worker=self.worker)
+                break
+        return results
 
     def _deliver(self, item: OutboxItem, *, now: datetime) -> DeliveryResult:
         body = item.payload.encode()

@@ -336,3 +336,17 @@ def test_a_store_that_does_not_write_a_departments_rows_is_refused(store) -> Non
     assert store.outbox == OutboxTargets()  # the fixture's outbox=True: the centre alone
     with pytest.raises(ValueError, match="department/fire_rescue.*OutboxTargets"):
         dispatchers_from_settings(store=store, settings=settings, environ=ENVIRON)
+
+
+def test_a_round_stops_at_the_first_failure_and_gives_the_rest_back_untried(store) -> None:  # type: ignore[no-untyped-def]
+    tickets = [make_ticket() for _ in range(3)]
+    for ticket in tickets:
+        store.save(ticket)
+    dead = WebhookDispatcher(store=store, url="http://127.0.0.1:9/none", secret=SECRET,
+                             timeout_s=1, lease_s=600)
+    [first] = dead.run_once(now=T0)  # one try against a dead endpoint, not three
+    assert not first.delivered and first.event_key == f"{tickets[0].ticket_id}:1:created"
+    # the other two are due again at once, by anyone, with no attempt counted
+    again = store.claim_outbox(now=T0, lease_s=60, worker="other")
+    assert [(i.event_key, i.attempts) for i in again] == [
+        (f"{t.ticket_id}:1:created", 0) for t in tickets[1:]]
