@@ -1,13 +1,14 @@
-"""``gridwatch serve`` with a department's own webhook, as a user runs it: the store writes
-the department's outbox rows (no central URL needed), the department's loopback receiver
-gets the change signed with its own key, and a missing key stops start-up naming the
-variable and the department."""
+"""``gridwatch serve`` and ``gridwatch demo`` with a department's own webhook, as a user
+runs them: the store writes the department's outbox rows (no central URL needed), the
+department's loopback receiver gets the change signed with its own key, and a missing key
+stops start-up naming the variable and the department."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -87,3 +88,24 @@ def test_serve_delivers_a_new_ticket_to_its_departments_webhook(tmp_path: Path) 
         if serve.poll() is None:
             serve.kill()
             serve.wait(10)
+
+
+def test_demo_writes_the_outbox_for_a_department_webhook_alone(tmp_path: Path) -> None:
+    site = _site(tmp_path, "http://127.0.0.1:9/fire")
+    demo = subprocess.run(
+        [sys.executable, "-m", "gridwatch", "demo", "--once", "--no-video", "--config",
+         str(site), "--data-dir", str(tmp_path / "demo")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert demo.returncode == 0, demo.stderr
+    db = sqlite3.connect(tmp_path / "demo" / "tickets.sqlite3")
+    try:
+        rows = db.execute("SELECT destination, count(*) FROM outbox GROUP BY destination"
+                          ).fetchall()
+        fire = {t for (t,) in db.execute(
+            "SELECT ticket_id FROM tickets WHERE department = 'fire_rescue'")}
+        sent = {t for (t,) in db.execute("SELECT DISTINCT ticket_id FROM outbox")}
+    finally:
+        db.close()
+    # no central URL: no centre rows; the fire department's tickets all have rows
+    assert [d for d, _ in rows] == ["department/fire_rescue"] and rows[0][1] > 0
+    assert fire and fire <= sent
