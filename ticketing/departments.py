@@ -38,8 +38,13 @@ class Department(BaseModel):
     # the administrative units (district / town / village names of the grid) it serves;
     # empty: every unit
     serves: list[str] = Field(default_factory=list)
-    # this department's own webhook (its work-order system); None: the central one only
+    # this department's own webhook (its work-order system): every change of the tickets
+    # it holds, including the ones that hand a ticket to it or take one away, signed and
+    # retried like the central webhook (ticketing.outbox, ticketing.webhooks); None: none
     webhook_url: str | None = None
+    # the environment variable holding its HMAC key; None: the central
+    # ``ticketing.webhook.secret_env``
+    webhook_secret_env: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 DEFAULT_DEPARTMENTS: dict[str, Department] = {

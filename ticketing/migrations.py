@@ -12,7 +12,9 @@ version 4 records each card against the unit that held the ticket and per deadli
 sessions and the failed-login counters (:mod:`ticketing.users`, :mod:`ticketing.login`);
 version 6 adds the centre's evidence metadata (``ticketing/evidence.py``); version 7 adds
 the change log (``ticket_changes``, see :mod:`ticketing.changelog`); version 8 adds
-the stream stage's checkpoints (``ticketing/checkpoints.py``).
+the stream stage's checkpoints (``ticketing/checkpoints.py``); version 9 gives each
+webhook outbox row its receiver (``destination``: the centre or one department's own
+webhook, :mod:`ticketing.outbox`).
 
 To change the schema, append a migration; never edit one that has shipped. Versions need
 not be contiguous (parallel branches take numbers ahead of time): every version not yet
@@ -278,6 +280,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             name TEXT NOT NULL,
             lines TEXT NOT NULL)""",
         "CREATE INDEX stream_journal_name ON stream_journal (name, id)",
+    )),
+    # Department webhooks (ticketing/outbox.py): each row is for one receiver, claimed
+    # and retried by that receiver's dispatcher alone; rows written before are the
+    # upstream centre's.
+    Migration(9, "outbox.destination: a department's own webhook beside the centre's", (
+        "ALTER TABLE outbox ADD COLUMN destination TEXT NOT NULL DEFAULT 'centre'",
+        "CREATE INDEX outbox_destination_due ON outbox"
+        " (destination, delivered_at, failed_at, next_attempt_at)",
     )),
 )
 

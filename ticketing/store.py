@@ -41,6 +41,10 @@ from ticketing import changelog
 from ticketing.lifecycle import AuditEntry
 from ticketing.migrations import migrate
 from ticketing.models import OPEN_STATUSES, Review, Ticket, rfc3339
+from ticketing.outbox import CENTRE, OutboxItem, OutboxTargets, as_targets
+from ticketing.outbox import claim as claim_rows
+from ticketing.outbox import release as release_rows
+from ticketing.outbox import write as write_outbox
 from ticketing.queries import (
     ANY_TICKET,
     DEFAULT_SORT,
@@ -172,16 +176,9 @@ class Change:
     ticket: Ticket
     entries: tuple[AuditEntry, ...] = ()
     seq: int | None = None  # its place in the change log (set when committed)
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    id: int
-    event_key: str
-    event_type: str
-    ticket_id: str
-    payload: str
-    attempts: int
+    # the department that held the ticket before this change, when the change moved it
+    # to another one (its own webhook hears of the move: ticketing.outbox)
+    department_from: str | None = None
 
 
 def sortable(value: datetime) -> str:
@@ -278,9 +275,6 @@ _COUNT_REVIEW = text(
     " ON CONFLICT (source_id) DO UPDATE SET"
     " confirmed = source_reviews.confirmed + excluded.confirmed,"
     " dismissed = source_reviews.dismissed + excluded.dismissed")
-_INSERT_OUTBOX = text(
-    "INSERT INTO outbox (event_key, event_type, ticket_id, payload, created_at,"
-    " next_attempt_at) VALUES (:k, :type, :t, :p, :at, :at) ON CONFLICT (event_key) DO NOTHING")
 _SUSPENDED = text("SELECT source_id FROM source_reviews WHERE confirmed + dismissed >= :n"
                   " AND dismissed > :rate * (confirmed + dismissed)")
 
@@ -363,17 +357,21 @@ class SqlTicketStore:
         url: ``sqlite:///path/tickets.db``, ``sqlite://`` (memory) or
             ``postgresql://user@host/db`` (psycopg 3).
         schema: PostgreSQL only: keep the tables in this schema (created if missing).
-        outbox: also write every change to the webhook outbox (same transaction).
+        outbox: also write every change to the webhook outbox (same transaction):
+            ``True`` for the upstream centre alone, or the receivers as
+            :class:`~ticketing.outbox.OutboxTargets` (what ``serve`` and ``demo`` pass:
+            ``OutboxTargets.from_settings(settings)``, the centre and the departments
+            with their own webhook); ``False`` or no receiver: none.
         pool_size: connections kept open (SQLite file or PostgreSQL); as many again
             may be opened for a burst.
 
     The schema is migrated on construction (see :mod:`ticketing.migrations`).
     """
 
-    def __init__(self, url: str, *, schema: str | None = None, outbox: bool = False,
-                 pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, schema: str | None = None,
+                 outbox: bool | OutboxTargets = False, pool_size: int = 10) -> None:
         self.url = _normalise_url(url)
-        self.outbox = outbox
+        self.outbox: OutboxTargets | None = as_targets(outbox)
         self._listeners: builtins.list[ChangeListener] = []
         self.engine: Engine
         memory = self.url in ("sqlite://", "sqlite:///:memory:")
@@ -897,6 +895,7 @@ class SqlTicketStore:
         changes: builtins.list[Change] = []
         with self._write() as conn:
             loaded: dict[str, tuple[Ticket, int, int]] = {}  # ticket, version, event_count
+            held_before: dict[str, str] = {}  # ticket id -> its department when loaded
             new_ids: builtins.list[_IdRow] = []
 
             def load(other_id: str) -> Ticket:
@@ -906,6 +905,7 @@ class SqlTicketStore:
                         raise TicketNotFound(other_id)
                     ticket = self._hydrate(conn, [row])[0]
                     loaded[other_id] = (ticket, ticket.version, int(row.event_count))
+                    held_before[other_id] = ticket.department
                 return loaded[other_id][0]
 
             ticket = load(ticket_id)
@@ -925,7 +925,10 @@ class SqlTicketStore:
                 self._update_row(conn, other, expected_version=version,
                                  stored_events=stored_events, new_ids=new_ids)
                 ticket_entries = by_ticket[other_id]
-                changes.append(Change(ticket_entries[0].action, other, tuple(ticket_entries)))
+                moved_from = held_before[other_id]
+                changes.append(Change(ticket_entries[0].action, other, tuple(ticket_entries),
+                                      department_from=None if moved_from == other.department
+                                      else moved_from))
                 if any(e.action == "merge" for e in ticket_entries) and other.merged_into:
                     conn.execute(_RELINK_INCIDENTS, {"into": other.merged_into, "id": other_id})
             self._insert_event_ids(conn, new_ids)
@@ -991,20 +994,10 @@ class SqlTicketStore:
                     except IntegrityError:
                         raise AlreadyEscalated(
                             f"{entry.ticket_id} already has {entry.data['stage']}") from None
-            if self.outbox:
-                payload = {
-                    "event_key": f"{ticket.ticket_id}:{ticket.version}:{change.type}",
-                    "type": f"ticket.{change.type}",
-                    "ticket": ticket.to_public(),
-                    "audit": [audit_public(e) for e in change.entries],
-                }
-                at = change.entries[0].at if change.entries else ticket.updated_at
-                conn.execute(
-                    _INSERT_OUTBOX,
-                    {"k": payload["event_key"], "type": payload["type"],
-                     "t": ticket.ticket_id,
-                     "p": json.dumps(payload, sort_keys=True, ensure_ascii=False),
-                     "at": sortable(at)})
+            if self.outbox is not None:
+                write_outbox(conn, change, targets=self.outbox,
+                             held_before=change.department_from,
+                             audit=[audit_public(e) for e in change.entries], time=sortable)
 
     def _record_review(self, conn: Connection, ticket: Ticket, entry: AuditEntry) -> None:
         confirmed = dismissed = 0
@@ -1021,24 +1014,21 @@ class SqlTicketStore:
 
     # -- webhook outbox -------------------------------------------------------------
     def claim_outbox(self, *, now: datetime, lease_s: float, worker: str,
-                     limit: int = 50) -> builtins.list[OutboxItem]:
-        """Claim due outbox items for ``lease_s`` (another worker skips them meanwhile)."""
-        claimed = []
+                     limit: int = 50, destination: str = CENTRE) -> builtins.list[OutboxItem]:
+        """Claim the due outbox items of one receiver (``"centre"`` or
+        ``"department/<id>"``, see :mod:`ticketing.outbox`) for ``lease_s``; another
+        worker skips them meanwhile."""
         with self._write() as conn:
-            rows = conn.execute(text(
-                "SELECT id, event_key, event_type, ticket_id, payload, attempts FROM outbox"
-                " WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= :now"
-                " AND (claimed_until IS NULL OR claimed_until <= :now)"
-                " ORDER BY id LIMIT :limit" + (" FOR UPDATE SKIP LOCKED"
-                                               if self.dialect == "postgresql" else "")),
-                {"now": sortable(now), "limit": limit}).fetchall()
-            until = sortable(now + timedelta(seconds=lease_s))
-            for r in rows:
-                conn.execute(text("UPDATE outbox SET claimed_until = :until, claimed_by = :w"
-                                  " WHERE id = :id"), {"until": until, "w": worker, "id": r.id})
-                claimed.append(OutboxItem(int(r.id), r.event_key, r.event_type, r.ticket_id,
-                                          r.payload, int(r.attempts)))
-        return claimed
+            return claim_rows(conn, dialect=self.dialect, destination=destination,
+                              now=sortable(now),
+                              until=sortable(now + timedelta(seconds=lease_s)),
+                              worker=worker, limit=limit)
+
+    def release_outbox(self, item_ids: builtins.list[int], *, worker: str) -> None:
+        """Give back items ``worker`` claimed but did not try (no attempt counted)."""
+        if item_ids:
+            with self._write() as conn:
+                release_rows(conn, item_ids, worker=worker)
 
     def finish_outbox(self, item_id: int, *, at: datetime, delivered: bool,
                       error: str | None = None, retry_at: datetime | None = None) -> None:
@@ -1055,13 +1045,15 @@ class SqlTicketStore:
                  "failed": sortable(at) if not delivered and retry_at is None else None,
                  "retry": sortable(retry_at) if retry_at is not None else None})
 
-    def outbox_status(self) -> dict[str, int]:
-        """Counts of outbox items: pending, delivered, failed."""
+    def outbox_status(self, *, destination: str | None = None) -> dict[str, int]:
+        """Counts of outbox items: pending, delivered, failed (of one receiver, or all)."""
+        where = "" if destination is None else " WHERE destination = :d"
         with self._read() as conn:
             row = conn.execute(text(
                 "SELECT count(*) FILTER (WHERE delivered_at IS NULL AND failed_at IS NULL),"
                 " count(*) FILTER (WHERE delivered_at IS NOT NULL),"
-                " count(*) FILTER (WHERE failed_at IS NOT NULL) FROM outbox")).one()
+                " count(*) FILTER (WHERE failed_at IS NOT NULL) FROM outbox" + where),
+                {"d": destination}).one()
         return {"pending": int(row[0]), "delivered": int(row[1]), "failed": int(row[2])}
 
 
@@ -1100,13 +1092,14 @@ class SqliteTicketStore(SqlTicketStore):
         outbox: also write changes to the webhook outbox.
     """
 
-    def __init__(self, path: str | Path, *, outbox: bool = False) -> None:
+    def __init__(self, path: str | Path, *, outbox: bool | OutboxTargets = False) -> None:
         self.path = str(path)
         url = "sqlite://" if self.path == ":memory:" else f"sqlite:///{self.path}"
         super().__init__(url, outbox=outbox)
 
 
-def open_store(url: str, *, schema: str | None = None, outbox: bool = False) -> SqlTicketStore:
+def open_store(url: str, *, schema: str | None = None,
+               outbox: bool | OutboxTargets = False) -> SqlTicketStore:
     """A store for a URL from config (``ticketing.storage_url``) or a plain path."""
     if "://" not in url:
         return SqliteTicketStore(url, outbox=outbox)

@@ -1,19 +1,26 @@
-"""Webhooks to the upstream work-order centre, from a transactional outbox.
+"""Webhooks to the upstream work-order centre and to departments, from a transactional
+outbox.
 
-Every committed change writes an outbox row in the same transaction as the change (when
-the store is built with ``outbox=True``), so no change is lost between "saved" and
-"sent". :class:`WebhookDispatcher` claims due rows (a lease, so two replicas do not send
-the same row at once), POSTs each as JSON and records the outcome: delivered, retry later
-with exponential backoff, or given up after ``max_attempts``.
+Every committed change writes an outbox row per receiver in the same transaction as the
+change (when the store is built with ``outbox=OutboxTargets.from_settings(settings)``, or
+``outbox=True`` for the centre alone), so no change is lost between "saved" and "sent".
+Which receivers a change goes to: :mod:`ticketing.outbox`. One
+:class:`WebhookDispatcher` per receiver (:func:`dispatchers_from_settings`) claims that
+receiver's due rows (a lease, so two replicas do not send the same row at once), POSTs
+each as JSON and records the outcome: delivered, retry later with exponential backoff, or
+given up after ``max_attempts``. Each dispatcher runs in its own loop, so a slow or
+failing department endpoint holds up neither the centre nor the other departments.
 
 Each request carries:
 
-* ``Idempotency-Key``: ``<ticket_id>:<version>:<type>``, the same on every retry; the
-  receiver drops a key it has seen (a retry after a lost response is delivered twice).
+* ``Idempotency-Key``: ``<ticket_id>:<version>:<type>`` (a department's:
+  ``...:<department>``), the same on every retry; the receiver drops a key it has seen (a
+  retry after a lost response is delivered twice).
 * ``X-GridWatch-Timestamp``: Unix seconds when sent.
 * ``X-GridWatch-Signature``: ``sha256=`` HMAC-SHA256 over ``<timestamp>.<body>`` with the
   key from the environment variable named by ``webhook.secret_env``
-  (``GRIDWATCH_WEBHOOK_SECRET`` by default). Check it with :func:`verify_signature`.
+  (``GRIDWATCH_WEBHOOK_SECRET`` by default), or for a department by its
+  ``webhook_secret_env`` if set. Check it with :func:`verify_signature`.
 
 Retries can reorder events of one ticket; the payload's ``ticket.version`` orders them.
 """
@@ -30,7 +37,8 @@ from datetime import datetime, timedelta
 
 import httpx
 
-from ticketing.config import WebhookSettings
+from ticketing.config import TicketingSettings, WebhookSettings
+from ticketing.outbox import CENTRE, OutboxTargets, department_destination
 from ticketing.store import OutboxItem, SqlTicketStore
 
 log = logging.getLogger(__name__)
@@ -66,16 +74,19 @@ class DeliveryResult:
 
 
 class WebhookDispatcher:
-    """Delivers outbox items to ``url``.
+    """Delivers one receiver's outbox items to ``url``.
 
     Args:
-        store: the store whose outbox to drain (built with ``outbox=True``).
+        store: the store whose outbox to drain (built with ``outbox=...``).
         url: the receiver.
         secret: the HMAC key (from the environment).
+        destination: whose rows: ``"centre"`` or ``"department/<id>"``
+            (:mod:`ticketing.outbox`).
         client: an ``httpx.Client`` (tests may pass one); made from ``timeout_s`` if None.
     """
 
     def __init__(self, *, store: SqlTicketStore, url: str, secret: bytes,
+                 destination: str = CENTRE,
                  timeout_s: float = 10.0, max_attempts: int = 10,
                  backoff_base_s: float = 5.0, backoff_max_s: float = 3600.0,
                  lease_s: float | None = None, worker: str | None = None,
@@ -84,6 +95,7 @@ class WebhookDispatcher:
             raise ValueError("expected a non-empty webhook secret, got an empty one")
         self.store = store
         self.url = url
+        self.destination = destination
         self.secret = secret
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
@@ -113,10 +125,22 @@ class WebhookDispatcher:
                    backoff_max_s=settings.backoff_max_s)
 
     def run_once(self, *, now: datetime, limit: int = 50) -> list[DeliveryResult]:
-        """Claim the due items at ``now`` and try each once."""
+        """Claim this receiver's due items at ``now`` and try them in order, once each,
+        until one fails: the rest are released untried (no attempt counted) for the next
+        round, so an endpoint that is down costs a round one timeout, not one per item,
+        and no lease runs out while its items wait behind a dead endpoint (another
+        replica would then send them too)."""
         items = self.store.claim_outbox(now=now, lease_s=self.lease_s, worker=self.worker,
-                                        limit=limit)
-        return [self._deliver(item, now=now) for item in items]
+                                        limit=limit, destination=self.destination)
+        results = []
+        for n, item in enumerate(items):
+            result = self._deliver(item, now=now)
+            results.append(result)
+            if not result.delivered:
+                self.store.release_outbox([i.id for i in items[n + 1:]],
+                                          worker=self.worker)
+                break
+        return results
 
     def _deliver(self, item: OutboxItem, *, now: datetime) -> DeliveryResult:
         body = item.payload.encode()
@@ -144,11 +168,57 @@ class WebhookDispatcher:
             retry_at = now + timedelta(seconds=backoff_s(
                 attempt, base_s=self.backoff_base_s, max_s=self.backoff_max_s,
                 key=item.event_key))
-            log.warning("webhook %s attempt %d failed (%s); retry at %s", item.event_key,
-                        attempt, error, retry_at.isoformat())
+            log.warning("webhook %s to %s attempt %d failed (%s); retry at %s",
+                        item.event_key, self.destination, attempt, error,
+                        retry_at.isoformat())
         else:
-            log.error("webhook %s gave up after %d attempts (%s)", item.event_key, attempt,
-                      error)
+            log.error("webhook %s to %s gave up after %d attempts (%s)", item.event_key,
+                      self.destination, attempt, error)
         self.store.finish_outbox(item.id, at=now, delivered=False, error=error,
                                  retry_at=retry_at)
         return DeliveryResult(item.event_key, False, attempt, status_code, error, retry_at)
+
+
+def dispatchers_from_settings(*, store: SqlTicketStore, settings: TicketingSettings,
+                              environ: dict[str, str] | None = None,
+                              ) -> list[WebhookDispatcher]:
+    """One dispatcher per configured receiver: the centre (``webhook.url``) and each
+    department with a ``webhook_url``, all with ``webhook``'s timeout, retries and
+    backoff. A department's key is read from its ``webhook_secret_env``, else from
+    ``webhook.secret_env``.
+
+    Raises:
+        ValueError: a key's variable is unset or empty (every one missing is named, with
+            the receiver that needs it), or ``store`` does not write the outbox rows of a
+            receiver configured here (build it with
+            ``outbox=OutboxTargets.from_settings(settings)``).
+    """
+    env = os.environ if environ is None else environ
+    hook = settings.webhook
+    wanted: list[tuple[str, str, str, str]] = []  # destination, url, variable, whose
+    if hook.url is not None:
+        wanted.append((CENTRE, hook.url, hook.secret_env, "ticketing.webhook"))
+    for department_id, department in sorted(settings.departments.items()):
+        if department.webhook_url is not None:
+            wanted.append((department_destination(department_id), department.webhook_url,
+                           department.webhook_secret_env or hook.secret_env,
+                           f"department {department_id!r}"))
+    missing = [f"${variable} (the HMAC key of {whose})"
+               for _, _, variable, whose in wanted if not env.get(variable)]
+    if missing:
+        raise ValueError("expected the webhook HMAC key in " + ", ".join(missing)
+                         + ", but it is unset or empty")
+    writes = store.outbox or OutboxTargets(centre=False)
+    needed = OutboxTargets.from_settings(settings)
+    unwritten = ([CENTRE] if needed.centre and not writes.centre else []) + [
+        department_destination(d) for d in sorted(needed.departments - writes.departments)]
+    if unwritten:
+        raise ValueError(f"expected a store that writes the outbox for "
+                         f"{', '.join(unwritten)}, got one that does not (build it with "
+                         f"outbox=OutboxTargets.from_settings(settings))")
+    return [WebhookDispatcher(store=store, url=url, secret=env[variable].encode(),
+                              destination=destination, timeout_s=hook.timeout_s,
+                              max_attempts=hook.max_attempts,
+                              backoff_base_s=hook.backoff_base_s,
+                              backoff_max_s=hook.backoff_max_s)
+            for destination, url, variable, _ in wanted]

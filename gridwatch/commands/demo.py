@@ -115,6 +115,7 @@ def _observed_at(raw: bytes) -> datetime | None:
 def run(args: argparse.Namespace) -> int:
     from gridwatch.embedded import EmbeddedPipeline
     from ticketing.evidence import EvidenceStore, evidence_path
+    from ticketing.outbox import OutboxTargets
     from ticketing.store import SqliteTicketStore
 
     config = load_gridwatch_config(args.config)
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     db = data_dir / "tickets.sqlite3"
-    store = SqliteTicketStore(db)
+    store = SqliteTicketStore(db, outbox=OutboxTargets.from_settings(config.ticketing))
     # the sample plays as if it had happened live: the centre received each detection
     # at its (shifted) event time, so deadlines ran out in the past as they would have
     pipeline = EmbeddedPipeline(config, grid, store, received=None)
@@ -234,9 +235,11 @@ def _serve(store: Any, config: Any, grid: Any, host: str, port: int, evidence: A
     except ValueError as exc:
         raise UserError(str(exc)) from None
     token = auth.ensure_admin_token()
-    app = create_app(store=store, settings=config.ticketing, policies=config.policies,
-                     grid=grid, auth=auth, run_workers=True,
-                     evidence=evidence)
+    try:
+        app = create_app(store=store, settings=config.ticketing, policies=config.policies,
+                         grid=grid, auth=auth, run_workers=True, evidence=evidence)
+    except ValueError as exc:  # e.g. a webhook's HMAC key missing from the environment
+        raise UserError(str(exc)) from None
     print(f"\nconsole: http://{host}:{port}/  (review queue, map, supervision, 考核)")
     print(f"API: http://{host}:{port}/tickets  (OpenAPI docs at /docs; Ctrl-C to stop)")
     if token:

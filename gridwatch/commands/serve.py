@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from gridwatch.metrics_http import MetricsListener, api_metrics_endpoint, is_loopback
     from ticketing.api.app import create_app
     from ticketing.evidence import EvidenceStore
+    from ticketing.outbox import OutboxTargets
     from ticketing.store import configured_url, open_store
 
     config = load_config(args.config)
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                             f"{args.metrics_host}: {exc} (each replica on a host needs its "
                             f"own --metrics-port)") from None
         log.info("serve: metrics at http://%s:%s/metrics", args.metrics_host, listener.port)
-    outbox = config.ticketing.webhook.url is not None
+    outbox = OutboxTargets.from_settings(config.ticketing)  # the centre's and departments'
     # $GRIDWATCH_TICKETS_URL wins (as documented), so replicas configured through the
     # environment share one store instead of each opening its own --db file
     url = configured_url(config.ticketing.storage_url, default=args.db)
@@ -173,8 +174,11 @@ def run(args: argparse.Namespace) -> int:
     if connection is not None:
         ingest = MqttIngest(connection, pipeline, client_id=args.client_id, metrics=metrics,
                             isolate=not args.ingest_thread, evidence=evidence)
-    app = create_app(store=store, settings=config.ticketing, policies=config.policies,
-                     grid=grid, run_workers=True, evidence=evidence)
+    try:
+        app = create_app(store=store, settings=config.ticketing, policies=config.policies,
+                         grid=grid, run_workers=True, evidence=evidence)
+    except ValueError as exc:  # e.g. a webhook's HMAC key missing from the environment
+        raise UserError(str(exc)) from None
 
     app.add_route("/metrics", api_metrics_endpoint(metrics.registry), methods=["GET"])
     if ingest is not None and connection is not None:

@@ -181,3 +181,33 @@ def test_a_department_that_does_not_serve_the_cell_is_refused() -> None:
     apply_action(there, ActionRequest(Action.DISPATCH, department="townb_office"),
                  actor="ops", at=there.opened_at, rules=rules)
     assert there.department == "townb_office"
+
+
+def test_a_department_webhook_from_a_site_file_is_shown_as_has_webhook(
+        tmp_path: Path, store: Any, as_role: Headers) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("ticketing:\n  departments:\n    fire_rescue:\n      name_zh: 消防救援\n"
+                    "      name_en: Fire and rescue\n      level: town\n"
+                    "      webhook_url: http://127.0.0.1:9/fire\n"
+                    "      webhook_secret_env: FIRE_HOOK_KEY\n", encoding="utf-8")
+    config = load_config(path)
+    fire = config.ticketing.departments["fire_rescue"]
+    assert (fire.webhook_url, fire.webhook_secret_env) == ("http://127.0.0.1:9/fire",
+                                                           "FIRE_HOOK_KEY")
+    app = create_app(store=store, settings=config.ticketing, policies=config.policies,
+                     auth=make_auth())
+    with TestClient(app) as client:
+        response = client.get("/departments", headers=as_role["fire"])
+    assert response.status_code == 200
+    by_id = {d["id"]: d for d in response.json()["departments"]}
+    assert by_id["fire_rescue"]["has_webhook"] is True
+    assert by_id["traffic_police"]["has_webhook"] is False
+    assert "FIRE_HOOK_KEY" not in response.text and "127.0.0.1:9" not in response.text
+
+
+def test_an_empty_webhook_secret_env_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("ticketing:\n  departments:\n    x: {name_zh: x, name_en: x, level: town,"
+                    " webhook_url: 'http://x', webhook_secret_env: ''}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="ticketing.departments.x.webhook_secret_env"):
+        load_config(path)

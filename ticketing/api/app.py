@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -45,7 +46,7 @@ from ticketing.login import Logins
 from ticketing.routing import Rules
 from ticketing.store import Change, SqlTicketStore
 from ticketing.users import UserStore
-from ticketing.webhooks import WebhookDispatcher
+from ticketing.webhooks import WebhookDispatcher, dispatchers_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,9 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         users: the named accounts people log in with (``/auth/login``) and whose API
             tokens are accepted; None: those of ``store``'s database
             (``gridwatch users ...`` manages them).
-        run_workers: also run the escalation worker, the change-log pruner and (if
-            ``settings.webhook.url``) the webhook dispatcher inside this process, in
+        run_workers: also run the escalation worker, the change-log pruner and one
+            webhook dispatcher per receiver (``settings.webhook.url`` and each
+            department's ``webhook_url``; each in its own loop) inside this process, in
             background threads. Any
             number of replicas may do so on one database: each escalation and delivery
             still happens once.
@@ -101,12 +103,14 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
 
     Raises:
         ValueError: a kind, ``default_kind`` or routing override names a department
-            that is not in ``settings.departments``.
+            that is not in ``settings.departments``; with ``run_workers``, a webhook's
+            HMAC key is missing from the environment (the variable and the department
+            are named) or ``store`` does not write the outbox for a configured webhook.
 
     Example (what ``gridwatch demo`` / ``serve`` do)::
 
         store = SqliteTicketStore(data_dir / "tickets.db",
-                                  outbox=cfg.ticketing.webhook.url is not None)
+                                  outbox=OutboxTargets.from_settings(cfg.ticketing))
         app = create_app(store=store, settings=cfg.ticketing, policies=cfg.policies,
                          grid=grid, run_workers=True)
         uvicorn.run(app, host="127.0.0.1", port=8080)
@@ -128,6 +132,10 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
                      logins=Logins(users, settings.auth), evidence=evidence,
                      pages=PageCache(settings.list_cache_entries))
 
+    # start-up checks the keys: a missing one stops the process here, not at first send
+    dispatchers = (dispatchers_from_settings(store=store, settings=settings)
+                   if run_workers else [])
+
     def publish(change: Change) -> None:
         state.bus.publish(change_message(change))
 
@@ -148,11 +156,10 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
                                  lambda: store.prune_changes(
                                      now=clock(), retention_s=log_settings.retention_s,
                                      max_rows=log_settings.max_rows)))
-            if settings.webhook.url:
-                dispatcher = WebhookDispatcher.from_settings(store=store,
-                                                             settings=settings.webhook)
-                workers.append(_Loop("webhooks", settings.webhook.interval_s,
-                                     lambda: dispatcher.run_once(now=clock())))
+            for dispatcher in dispatchers:  # one loop each: a dead endpoint waits alone
+                workers.append(_Loop(f"webhooks:{dispatcher.destination}",
+                                     settings.webhook.interval_s,
+                                     functools.partial(_deliver, dispatcher, clock)))
         for worker in workers:
             worker.start()
         try:
@@ -180,6 +187,10 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
     open311.install_error_shape(app)
     console_routes.mount(app)  # the console page at / and its assets
     return app
+
+
+def _deliver(dispatcher: WebhookDispatcher, clock: Callable[[], datetime]) -> None:
+    dispatcher.run_once(now=clock())
 
 
 class _Loop:
