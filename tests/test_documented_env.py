@@ -45,6 +45,7 @@ TESTED: dict[str, str] = {
     "GRIDWATCH_TEST_REDIS_URL": "test_test_service_urls_from_the_environment",
     "GRIDWATCH_TEST_POSTGRES_URL": "test_test_service_urls_from_the_environment",
     "GRIDWATCH_ARTIFACTS": "test_console_artifacts_folder_from_the_environment",
+    "GRIDWATCH_TEST_ULTRALYTICS": "test_the_ultralytics_test_is_collected_only_when_asked",
 }
 
 
@@ -52,7 +53,7 @@ def documented() -> set[str]:
     names: set[str] = set()
     for path in DOCUMENTED_IN:
         if path.is_file():
-            names.update(re.findall(r"GRIDWATCH_[A-Z][A-Z0-9_]*[A-Z0-9]",
+            names.update(re.findall(r"GRIDWATCH_[A-Z][A-Z0-9_]*[A-Z0-9](?![A-Z0-9_])",
                                     path.read_text(encoding="utf-8", errors="replace")))
     return names
 
@@ -296,3 +297,18 @@ def test_console_artifacts_folder_from_the_environment(
     assert artifacts_dir(tmp_path) == tmp_path / "screenshots"
     monkeypatch.setenv("GRIDWATCH_ARTIFACTS", str(tmp_path / "kept"))
     assert artifacts_dir(tmp_path) == tmp_path / "kept"
+
+
+def test_the_ultralytics_test_is_collected_only_when_asked() -> None:
+    # GRIDWATCH_TEST_ULTRALYTICS=1 (make test-ultralytics) collects the torch-backed test
+    target = "tests/detectors/test_real_model_ultralytics.py"
+
+    def collected(**extra: str) -> str:
+        env = {k: v for k, v in clean_env(**extra).items()
+               if extra or k != "GRIDWATCH_TEST_ULTRALYTICS"}
+        return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                               "-p", "no:cacheprovider", "tests/detectors"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=120).stdout
+
+    assert target not in collected()
+    assert target in collected(GRIDWATCH_TEST_ULTRALYTICS="1")
