@@ -25,11 +25,15 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.agent import EdgeAgent
-from edge.config import MetricsSettings, StationConfig, UplinkSettings
-from edge.publisher import wait_until
-from edge.testing import MosquittoProcess, free_port
-from tests.edge.helpers import spread_detection
+ROOT_DIR = Path(__file__).resolve().parents[1]
+if str(ROOT_DIR) not in sys.path:  # run as a script: the helpers in tests/ are needed
+    sys.path.insert(0, str(ROOT_DIR))
+
+from edge.agent import EdgeAgent  # noqa: E402
+from edge.config import MetricsSettings, StationConfig, UplinkSettings  # noqa: E402
+from edge.publisher import wait_until  # noqa: E402
+from tests.edge.helpers import spread_detection  # noqa: E402
+from tests.support.mosquitto import MosquittoProcess, free_port  # noqa: E402
 
 
 def bare(port: int, payloads: list[tuple[str, bytes]]) -> float:

@@ -31,8 +31,8 @@ def measure(cells: int, days: int, rounds: int) -> dict[str, float]:
     from gridwatch.config import load_config
     from stream import hotspot_state
     from stream.hotspot import HotspotEngine
-    from stream.hotspot_scenarios import Scenario, ScenarioSpec
     from stream.processor import StreamProcessor
+    from tests.support.hotspot_scenarios import Scenario, ScenarioSpec
 
     config = load_config()
     side = int(round(cells ** 0.5))

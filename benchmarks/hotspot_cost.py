@@ -53,7 +53,7 @@ def measure(cells: int, days: int, traffic: float, gc_mode: str = "replay"
         gc.disable()
 
     from stream.hotspot import HotspotEngine, HotspotSettings
-    from stream.hotspot_scenarios import Scenario, ScenarioSpec
+    from tests.support.hotspot_scenarios import Scenario, ScenarioSpec
 
     side = int(round(cells ** 0.5))
     rows, cols = side, max(1, cells // side)

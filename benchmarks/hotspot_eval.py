@@ -3,7 +3,7 @@
     python benchmarks/hotspot_eval.py                 # both families x 3 seeds x 900 cells
     python benchmarks/hotspot_eval.py --family quiet --seeds 1 2 3 4 5 --json out.json
 
-Three scenario families (``stream.hotspot_scenarios.FAMILIES``), all evaluated by
+Three scenario families (``tests.support.hotspot_scenarios.FAMILIES``), all evaluated by
 default: "mixed" (12 to 1,500 occurrences per cell and day), "quiet" (2 to 40 a day, a
 camera in one cell of ten, like real cameras on quiet roads) and "quiet_busy" (2 to 600 a
 day side by side; only single-cell, one-day clusters of 3x to 6x). Three methods side by
@@ -35,14 +35,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from stream.hotspot import HotspotEngine, HotspotSettings  # noqa: E402
-from stream.hotspot_scenarios import FAMILIES, Scenario, family_spec  # noqa: E402
-from stream.hotspot_scoring import (  # noqa: E402
+from stream.types import HotspotFinding  # noqa: E402
+from tests.support.hotspot_scenarios import FAMILIES, Scenario, family_spec  # noqa: E402
+from tests.support.hotspot_scoring import (  # noqa: E402
     NaiveThresholdEngine,
     Score,
     SpaceTimeScanEngine,
     score,
 )
-from stream.types import HotspotFinding  # noqa: E402
 
 
 def run_engine(engine: Any, scenario: Scenario) -> list[HotspotFinding]:

@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -36,15 +37,19 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from shapely.geometry import box
 
-from detectors.schema import Detection
-from edge.config import MqttConnection
-from edge.testing import MosquittoProcess
-from geo.grid import Grid
-from geo.make import square_grid
-from gridwatch.config import load_config
-from gridwatch.embedded import EmbeddedPipeline, Submission, SubmitResult
-from gridwatch.ingest import MqttIngest
-from ticketing.store import SqliteTicketStore
+ROOT_DIR = Path(__file__).resolve().parents[1]
+if str(ROOT_DIR) not in sys.path:  # run as a script: the helpers in tests/ are needed
+    sys.path.insert(0, str(ROOT_DIR))
+
+from detectors.schema import Detection  # noqa: E402
+from edge.config import MqttConnection  # noqa: E402
+from geo.grid import Grid  # noqa: E402
+from geo.make import square_grid  # noqa: E402
+from gridwatch.config import load_config  # noqa: E402
+from gridwatch.embedded import EmbeddedPipeline, Submission, SubmitResult  # noqa: E402
+from gridwatch.ingest import MqttIngest  # noqa: E402
+from tests.support.mosquitto import MosquittoProcess  # noqa: E402
+from ticketing.store import SqliteTicketStore  # noqa: E402
 
 FILTER = "gridwatch/v1/+/+/detection"
 AREA = (113.00, 23.00, 113.05, 23.05)

@@ -177,7 +177,7 @@ def test_uplink_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
 
 def test_serve_mqtt_password_from_the_environment(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge.testing import MosquittoProcess
+    from tests.support.mosquitto import MosquittoProcess
 
     with MosquittoProcess(tmp_path / "broker", users={"centre": "pw-from-env"}) as broker:
         args = ["serve", "--grid", str(ROOT / "sample_data" / "grid.geojson"),

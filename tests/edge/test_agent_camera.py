@@ -28,8 +28,8 @@ from detectors.schema import parse_detection
 from edge.agent import AgentStartupError, EdgeAgent
 from edge.config import load_station_config
 from edge.publisher import wait_until
-from edge.testing import MosquittoProcess
 from tests.edge.helpers import listening, unique
+from tests.support.mosquitto import MosquittoProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CAMERA = ROOT / "sample_data" / "cameras" / "demo_camera.yaml"

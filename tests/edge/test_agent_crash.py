@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from edge.publisher import wait_until
-from edge.testing import MosquittoProcess, free_port
 from tests.edge.helpers import listening, unique
+from tests.support.mosquitto import MosquittoProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

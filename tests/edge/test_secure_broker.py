@@ -1,7 +1,7 @@
 """Uplink and centre ingest over TLS with a login, against a real private Mosquitto.
 
-The broker (edge.testing.MosquittoProcess) gets a TLS listener with a certificate from a
-throwaway CA made for each test (edge.testing.make_tls_files) and a password file; every
+The broker (tests.support.mosquitto.MosquittoProcess) gets a TLS listener with a certificate from a
+throwaway CA made for each test (tests.support.mosquitto.make_tls_files) and a password file; every
 client must log in. Passwords reach the agent and the ingest only through the environment
 variables their configs name, as in production; with ``isolate`` the ingest's MQTT client
 runs in a child process, which must find the CA file and the variable by itself.
@@ -19,8 +19,8 @@ import pytest
 from edge.agent import EdgeAgent
 from edge.config import MetricsSettings, MqttConnection, StationConfig, TlsSettings, UplinkSettings
 from edge.publisher import wait_until
-from edge.testing import MosquittoProcess, TlsFiles, make_tls_files
 from tests.edge.helpers import Centre, spread_detection, unique
+from tests.support.mosquitto import MosquittoProcess, TlsFiles, make_tls_files
 
 EDGE_USER, EDGE_PASSWORD_ENV = "st-test", "GRIDWATCH_TEST_UPLINK_PASSWORD"
 CENTRE_USER, CENTRE_PASSWORD_ENV = "centre", "GRIDWATCH_TEST_CENTRE_PASSWORD"

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from edge.publisher import wait_until
-from edge.testing import free_port
+from tests.support.mosquitto import free_port
 from tests.ticketing.test_webhooks import Receiver
 from ticketing.webhooks import verify_signature
 

@@ -15,7 +15,7 @@ import pytest
 from geo.grid import Grid
 from gridwatch.config import GridWatchConfig, load_config
 from gridwatch.embedded import EmbeddedPipeline
-from stream.hotspot_scenarios import Scenario, ScenarioSpec
+from tests.support.hotspot_scenarios import Scenario, ScenarioSpec
 from ticketing import checkpoints
 from ticketing.store import SqliteTicketStore, SqlTicketStore
 

@@ -5,7 +5,7 @@
 (c) 1,000 malformed payloads: each dead-lettered with its reason; valid traffic between
     them is ticketed.
 
-Both use a private Mosquitto (edge.testing.MosquittoProcess) because (a) must stop and
+Both use a private Mosquitto (tests.support.mosquitto.MosquittoProcess) because (a) must stop and
 restart it, and because the shared broker's default ``max_queued_messages 1000`` would drop
 QoS 1 messages under this bulk load (a broker setting, documented in docs/edge.md).
 """
@@ -23,8 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.agent import EdgeAgent
 from edge.config import MetricsSettings, StationConfig, UplinkSettings
 from edge.publisher import wait_until
-from edge.testing import MosquittoProcess
 from tests.edge.helpers import Centre, listening, spread_detection, unique
+from tests.support.mosquitto import MosquittoProcess
 
 
 @pytest.fixture(params=[False, True], ids=["thread", "process"])

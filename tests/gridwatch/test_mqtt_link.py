@@ -19,10 +19,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from detectors.schema import Detection
 from edge.config import MqttConnection
 from edge.publisher import wait_until
-from edge.testing import MosquittoProcess
 from gridwatch.embedded import Submission, SubmitResult
 from gridwatch.ingest import MqttIngest
 from tests.edge.helpers import Centre, spread_detection, unique
+from tests.support.mosquitto import MosquittoProcess
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.publisher import wait_until
-from edge.testing import MosquittoProcess, free_port
 from geo.grid import Grid
 from tests.edge.helpers import unique
+from tests.support.mosquitto import MosquittoProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "serve-test-admin-token"

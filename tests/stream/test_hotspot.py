@@ -15,8 +15,8 @@ import pytest
 from geo.grid import Grid
 from gridwatch.config import load_config
 from stream.hotspot import HotspotEngine, HotspotSettings
-from stream.hotspot_scenarios import Scenario, ScenarioSpec, scenario_grid
 from stream.types import HotspotFinding
+from tests.support.hotspot_scenarios import Scenario, ScenarioSpec, scenario_grid
 from ticketing.desk import TicketDesk
 from ticketing.models import TicketStatus
 from ticketing.store import MemoryTicketStore
@@ -171,7 +171,7 @@ _REPLAY_SCRIPT = """
 import hashlib, sys
 from gridwatch.config import load_config
 from gridwatch.replay import replay_lines, ticket_line
-from stream.hotspot_scenarios import Scenario, ScenarioSpec
+from tests.support.hotspot_scenarios import Scenario, ScenarioSpec
 sc = Scenario.generate(ScenarioSpec(rows=5, cols=5, days=10, n_clusters=2, seed=11,
                                     town_block=5, cluster_earliest_day=8,
                                     cluster_strengths=(6.0,), cluster_hours=(24,),

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from stream.hotspot import HotspotEngine, HotspotSettings
-from stream.hotspot_scenarios import ScenarioSpec, scenario_grid
 from stream.types import HotspotFinding, Occurrence
+from tests.support.hotspot_scenarios import ScenarioSpec, scenario_grid
 
 GRID = scenario_grid(ScenarioSpec(rows=5, cols=5, town_block=5))
 IDS = [c.cell_id for c in GRID.cells]

@@ -14,9 +14,9 @@ from detectors.schema import Detection, parse_detection
 from gridwatch.config import load_config
 from stream import hotspot_state
 from stream.hotspot import HotspotEngine
-from stream.hotspot_scenarios import Scenario, ScenarioSpec
 from stream.processor import StreamProcessor
 from stream.types import HotspotFinding
+from tests.support.hotspot_scenarios import Scenario, ScenarioSpec
 
 SPEC = ScenarioSpec(rows=4, cols=4, days=5, n_clusters=1, seed=5, town_block=4,
                     cluster_earliest_day=3, cluster_strengths=(6.0,), cluster_hours=(24,),

@@ -8,13 +8,6 @@ import numpy as np
 import pytest
 from scipy.stats import nbinom, poisson
 
-from stream.hotspot_scenarios import Scenario, ScenarioSpec, family_spec
-from stream.hotspot_scoring import (
-    NaiveThresholdEngine,
-    SpaceTimeScanEngine,
-    score,
-    tickets_from_findings,
-)
 from stream.hotspot_stats import (
     benjamini_hochberg,
     nb_upper_tail,
@@ -23,6 +16,13 @@ from stream.hotspot_stats import (
     winsorise,
 )
 from stream.types import HotspotFinding
+from tests.support.hotspot_scenarios import Scenario, ScenarioSpec, family_spec
+from tests.support.hotspot_scoring import (
+    NaiveThresholdEngine,
+    SpaceTimeScanEngine,
+    score,
+    tickets_from_findings,
+)
 
 
 @pytest.mark.parametrize(("observed", "mean", "phi"), [

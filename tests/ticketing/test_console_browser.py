@@ -29,8 +29,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from detectors.evidence_message import encode_evidence
 from edge.publisher import evidence_topic, wait_until
-from edge.testing import MosquittoProcess, free_port
 from gridwatch.config import load_config
+from tests.support.mosquitto import MosquittoProcess, free_port
 from ticketing.store import SqliteTicketStore
 from ticketing.users import UserStore
 

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 import numpy as np
 
 from geo.grid import Grid
-from stream.hotspot_scenarios import InjectedCluster
 from stream.types import HotspotFinding, Occurrence
+from tests.support.hotspot_scenarios import InjectedCluster
 
 HOUR_S = 3600
 
