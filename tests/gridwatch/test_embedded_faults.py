@@ -8,12 +8,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
 
 from gridwatch.config import load_config
 from gridwatch.embedded import EmbeddedPipeline
 from tests.builders import make_detection, make_grid
-from tests.ticketing.builders import RULES
+from tests.ticketing.builders import RULES, refuse_poison
 from ticketing.lifecycle import Action, ActionRequest
 from ticketing.models import TicketStatus
 from ticketing.service import act
@@ -38,20 +37,6 @@ def store_factory(request: pytest.FixtureRequest) -> Iterator[object]:
     yield factory
     for store in opened:
         store.close()
-
-
-def refuse_poison(store: SqlTicketStore) -> None:
-    """Make the real database refuse an event id starting ``poison`` for good (as
-    PostgreSQL refused one holding NUL with ``DataError`` before validation did)."""
-    with store.engine.begin() as conn:
-        if store.dialect == "sqlite":
-            conn.execute(text(
-                "CREATE TRIGGER refuse_poison BEFORE INSERT ON ticket_event_ids"
-                " WHEN NEW.event_id LIKE 'poison%'"
-                " BEGIN SELECT RAISE(ABORT, 'poison refused by the test'); END"))
-        else:
-            conn.execute(text("ALTER TABLE ticket_event_ids ADD CONSTRAINT refuse_poison"
-                              " CHECK (event_id NOT LIKE 'poison%')"))
 
 
 class Watch:
