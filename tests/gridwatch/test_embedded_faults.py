@@ -263,3 +263,24 @@ def test_one_far_future_id_in_the_store_does_not_shrink_the_seeding(store_factor
     results = restarted.submit_many([(d, None, None) for d in recent])
     assert all(r.duplicate for r in results)
     restarted.close()
+
+
+def test_serve_metrics_show_clock_skew_per_source_and_store_refusals(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gridwatch.commands.serve import PipelineCollector
+
+    store = SqliteTicketStore(tmp_path / "t.db")
+    refuse_poison(store)
+    pipeline = EmbeddedPipeline(load_config(), make_grid(), store, received=lambda: NOW,
+                                skew_clock=lambda: NOW)
+    pipeline.submit(make_detection(event_id="bad", at=datetime(1970, 1, 1, tzinfo=UTC),
+                                   station_id="st9", source_id="smoke-7"))
+    pipeline.submit(make_detection(event_id="poison-x", at=NOW))
+    assert pipeline.drain()
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(pipeline))  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    pipeline.close()
+    assert 'gridwatch_pipeline_clock_skew_total{source="smoke-7",station="st9"} 1.0' in text
+    assert 'gridwatch_pipeline_refused_total{code="store_refused"} 1.0' in text
