@@ -432,12 +432,14 @@ class EmbeddedPipeline:
             self._one_by_one(outputs)
             return
         size = len(outputs)
+        with_also = True  # False: retry one output without the durable state's write
         while outputs or also:
             part = outputs[:size]
             desk = self._core.desk
             opened, updated = desk.stats.opened, desk.stats.updated
+            carried = also[0] if also and with_also else None
             try:
-                with self._batching.batch(also=also[0] if also else None):
+                with self._batching.batch(also=carried):
                     self._core.apply(part)
             except VersionConflict:
                 # an operator changed a ticket meanwhile: nothing of the part was written;
@@ -457,13 +459,17 @@ class EmbeddedPipeline:
                     continue
                 if not part:
                     raise  # the durable state's own write: not an output's fault
+                if carried is not None:
+                    with_also = False  # is it the output, or the write that went with it?
+                    continue
                 self._refuse(part[0], exc)
                 del outputs[0]
-                size = len(outputs)
+                size, with_also = len(outputs), True
                 continue
             del outputs[:len(part)]
-            also.clear()
-            size = len(outputs)
+            if carried is not None:
+                also.clear()
+            size, with_also = len(outputs), True
 
     def _one_by_one(self, outputs: list[StreamOutput], upto: int | None = None) -> None:
         """Apply the first ``upto`` outputs (all: None) each on its own, through the desk

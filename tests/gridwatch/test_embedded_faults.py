@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from gridwatch.config import load_config
 from gridwatch.embedded import EmbeddedPipeline
@@ -284,3 +285,26 @@ def test_serve_metrics_show_clock_skew_per_source_and_store_refusals(tmp_path):
     pipeline.close()
     assert 'gridwatch_pipeline_clock_skew_total{source="smoke-7",station="st9"} 1.0' in text
     assert 'gridwatch_pipeline_refused_total{code="store_refused"} 1.0' in text
+
+
+def test_a_refused_hot_spot_journal_write_refuses_no_detection(tmp_path):
+    """The durable state's own write failing for good is not blamed on an output: the
+    smoke alarms of the batch are written, none dead-lettered; the batch is reported
+    failed (not acknowledged), and the re-delivery is absorbed by the tickets."""
+    store = SqliteTicketStore(tmp_path / "t.db")
+    with store.engine.begin() as conn:
+        conn.execute(text("CREATE TRIGGER refuse_journal BEFORE INSERT ON stream_journal"
+                          " BEGIN SELECT RAISE(ABORT, 'journal refused by the test'); END"))
+    pipeline = EmbeddedPipeline(load_config(), make_grid(), store, received=None)
+    batch = [make_detection(event_id=f"smoke-{i}", at=timedelta(seconds=i),
+                            lon=0.5 + i % 3) for i in range(3)]
+    batch.append(make_detection(event_id="rider-1", at=timedelta(seconds=5),
+                                kind="helmetless_rider", source_type="camera"))
+    watch = Watch()
+    pipeline.submit_many([watch.item(d) for d in batch])
+    assert pipeline.drain()
+    assert all(events == ["failed"] for events in watch.events.values()), watch.events
+    assert pipeline.stats()["refused_by_code"] == {}
+    assert sorted(e for t in store.all() for e in t.event_ids) == \
+        ["smoke-0", "smoke-1", "smoke-2"]
+    pipeline.close()
