@@ -126,7 +126,7 @@ class InstantPipeline:
 
     def submit_many(self, items: list[Submission]) -> list[SubmitResult]:
         results = []
-        for d, on_committed, _ in items:
+        for d, on_committed, *_ in items:
             duplicate = d.event_id in self.seen
             self.seen.add(d.event_id)
             if on_committed is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -69,6 +70,9 @@ class EdgeAgent:
         self.outbox = Outbox(config.outbox_path, max_bytes=ob.max_bytes,
                              when_full=ob.when_full, synchronous=ob.synchronous)
         self.metrics = EdgeMetrics(self.station_id)
+        # source id -> detections not sent for a bad clock (see _clock_checked)
+        self.clock_skew: dict[str, int] = {}
+        self._skew_lock = threading.Lock()
         self.metrics.bind_outbox(lambda: self.outbox.depth, lambda: self.outbox.bytes_used,
                                  lambda: self.outbox.dropped)
         self.metrics.evidence_dropped.set_function(lambda: self.outbox.evidence_dropped)
@@ -162,6 +166,7 @@ class EdgeAgent:
         prefix = self.config.uplink.topic_prefix
         items: list[OutboxItem] = []
         snapshots: list[Path] = []
+        detections = self._clock_checked(detections)
         for d in detections:
             items.append(OutboxItem(detection_topic(prefix, d.station_id, d.source_id),
                                     d.event_id, d.to_json().encode(), d.is_self_test))
@@ -184,6 +189,29 @@ class EdgeAgent:
                                    self.station_id, path, exc)
         if self.publisher is not None:
             self.publisher.wake.set()
+
+    def _clock_checked(self, detections: list[Detection]) -> list[Detection]:
+        """``detections`` without those whose source's clock is off (see
+        :class:`~edge.config.ClockSettings`): those are counted per source and logged."""
+        clock = self.config.clock
+        now = time.time()
+        latest = now + clock.max_future_s
+        earliest = -math.inf if clock.max_age_s is None else now - clock.max_age_s
+        kept = []
+        for d in detections:
+            ts = d.observed_at.timestamp()
+            if earliest <= ts <= latest:
+                kept.append(d)
+                continue
+            with self._skew_lock:
+                self.clock_skew[d.source_id] = self.clock_skew.get(d.source_id, 0) + 1
+            self.metrics.clock_skew.labels(d.source_id).inc()
+            logger.warning("station %s source %s: detection %s not sent: observed_at %s is "
+                           "%.0f s %s this box's clock (clock.%s)", self.station_id,
+                           d.source_id, d.event_id, d.observed_at.isoformat(),
+                           abs(ts - now), "ahead of" if ts > latest else "behind",
+                           "max_future_s" if ts > latest else "max_age_s")
+        return kept
 
     def _evidence_item(self, d: Detection, prefix: str) -> tuple[OutboxItem, Path] | None:
         """The outbox item carrying ``d``'s ``file://`` snapshot, or None (no snapshot,
@@ -269,6 +297,7 @@ class EdgeAgent:
                        "max_bytes": self.outbox.max_bytes, "dropped": self.outbox.dropped,
                        "evidence_dropped": self.outbox.evidence_dropped},
             "sources": last_seen,
+            "clock_skew": dict(sorted(self.clock_skew.items())),
             "cameras": {cid: {"frames_read": cam.frames_read,
                               "frames_processed": cam.frames_processed,
                               "frames_dropped": cam.frames_dropped,

@@ -297,6 +297,19 @@ class MetricsSettings(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 9108  # 0 turns the endpoint off
 
 
+class ClockSettings(_Strict):
+    """The edge's check of its sources' clocks before anything is sent: a detection
+    observed more than ``max_future_s`` ahead of this box's clock (or, when set, more
+    than ``max_age_s`` behind it) is not sent; it is counted per source
+    (``gridwatch_edge_clock_skew_total{source}``, ``gridwatch edge status``) and logged.
+    The centre applies its own limits again (``stream.max_future_s`` / ``max_age_s``,
+    dead letter ``clock_skew``)."""
+
+    max_future_s: Seconds = 300.0
+    # off by default: a camera replaying a file, or a backlog, is legitimately old
+    max_age_s: Seconds | None = None
+
+
 class StationConfig(_Strict):
     """Everything one edge agent needs (the root of ``station.yaml``)."""
 
@@ -309,6 +322,7 @@ class StationConfig(_Strict):
     alarm: AlarmSettings = AlarmSettings()
     webhook: WebhookSettings | None = None
     metrics: MetricsSettings = MetricsSettings()
+    clock: ClockSettings = ClockSettings()
     tick_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     sources: list[SourceConfig] = Field(default_factory=list)
 

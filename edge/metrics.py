@@ -47,6 +47,9 @@ class EdgeMetrics:
                                registry=r)
         self.bad_payloads = Counter("gridwatch_edge_bad_payloads", "Sensor messages that could "
                                     "not be decoded", ["source"], registry=r)
+        self.clock_skew = Counter("gridwatch_edge_clock_skew", "Detections not sent because "
+                                  "their observed_at is too far from this box's clock "
+                                  "(clock.max_future_s / max_age_s)", ["source"], registry=r)
         self.frames = Counter("gridwatch_edge_camera_frames", "Camera frames processed",
                               ["source"], registry=r)
         self.frames_dropped = Counter("gridwatch_edge_camera_frames_dropped", "Camera frames "

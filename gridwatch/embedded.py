@@ -22,6 +22,7 @@ there (``docs/edge.md``). Replay leaves URLs as they are (it is a batch harness 
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import sqlite3
@@ -30,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy.exc
@@ -49,13 +50,18 @@ from ticketing import checkpoints
 from ticketing.batch import BatchingStore
 from ticketing.desk import TicketDesk
 from ticketing.evidence import evidence_path
+from ticketing.idempotent import IdempotentDesk
 from ticketing.store import SqlTicketStore, TicketStore, VersionConflict
 
 log = logging.getLogger(__name__)
 
 OnCommitted = Callable[[], None]
 OnFailed = Callable[[], None]
-Submission = tuple[Detection, OnCommitted | None, OnFailed | None]
+# (code, reason): the detection was refused for good (dead-letter it, then acknowledge)
+OnRefused = Callable[[str, str], None]
+Submission = (tuple[Detection, OnCommitted | None, OnFailed | None]
+              | tuple[Detection, OnCommitted | None, OnFailed | None, OnRefused | None])
+_Item = tuple[Detection, OnCommitted | None, OnFailed | None, OnRefused | None]
 AlsoWrite = Callable[[Connection], None]
 # the name of the embedded service's hot-spot state in the ticket store (one per store)
 CHECKPOINT_NAME = "embedded"
@@ -81,6 +87,11 @@ STORE_UNAVAILABLE = (OSError, sqlite3.OperationalError, sqlalchemy.exc.Operation
                      sqlalchemy.exc.InterfaceError)
 
 _STOP = object()
+
+# the dead-letter code of a detection the ticket store refused for good
+STORE_REFUSED = "store_refused"
+# and of one whose observation time is too far from when the centre received it
+CLOCK_SKEW = "clock_skew"
 
 
 def _utc_now() -> datetime:
@@ -114,6 +125,13 @@ class EmbeddedPipeline:
     checkpoint and re-feeds the journal, so after a clean stop or a crash it continues
     exactly where the committed tickets end.
 
+    ``skew_clock`` (``gridwatch serve``: the wall clock; None: no check) is what a
+    detection's ``observed_at`` is checked against on intake: more than
+    ``stream.max_future_s`` ahead or ``stream.max_age_s`` behind it is refused as
+    ``clock_skew`` (counted per source), so no bad clock reaches the stream core or a
+    ticket. A batch the store refuses for good is split until only the offender is left;
+    that one is refused (``store_refused``, the store's reason) and the rest committed.
+
     Example:
         >>> pipeline = EmbeddedPipeline(config, grid, SqliteTicketStore("tickets.db"))
         >>> pipeline.submit_raw(payload, origin="mqtt:gridwatch/v1/st1/smoke-3/detection")
@@ -134,6 +152,7 @@ class EmbeddedPipeline:
         link_evidence: bool = True,
         received: Callable[[], datetime] | None = _utc_now,
         checkpoint_name: str | None = CHECKPOINT_NAME,
+        skew_clock: Callable[[], datetime] | None = None,
     ) -> None:
         live = config.model_copy(
             update={"stream": config.stream.model_copy(update={"lateness_s": 0})})
@@ -146,9 +165,14 @@ class EmbeddedPipeline:
         # deadline clocks start when the centre receives the work (wall clock), not at
         # the observation (an edge box's backlog must not arrive overdue); None: at the
         # event time, as replay does (the demo plays its sample as if it happened live)
-        self._core = Pipeline(live, grid, self._batching or store, received=received)
-        self._direct_desk = TicketDesk(policies=live.policies, settings=live.ticketing,
-                                       grid=grid, store=store, received=received)
+        # idempotent: a detection re-sent after its id was forgotten (past the dedup
+        # horizon) is absorbed by what the store holds, as the scale-out worker's is
+        self._core = Pipeline(live, grid, self._batching or store, received=received,
+                              idempotent=True)
+        self._direct_desk = IdempotentDesk(
+            TicketDesk(policies=live.policies, settings=live.ticketing, grid=grid,
+                       store=store, received=received), only_reopened=True,
+            reopened=self._core.idempotent.reopened if self._core.idempotent else None)
         self._ids = EventIdFilter(config.stream.dedup_horizon_s)
         self._ids_lock = threading.Lock()
         # event id -> callbacks of its repeats, while the first copy is queued and not yet
@@ -160,6 +184,9 @@ class EmbeddedPipeline:
         self._queue_max = queue_max
         self._batch_max = batch_max
         self._rejected: Counter[str] = Counter()
+        self._clock_skew: Counter[tuple[str, str]] = Counter()  # (station, source)
+        self._refused: Counter[str] = Counter()  # refused by the store, by code
+        self._skew_clock = skew_clock
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         self._processed = 0
@@ -174,6 +201,7 @@ class EmbeddedPipeline:
         self._checkpoint_name = checkpoint_name if self._batching is not None else None
         self._hotspot_kinds: dict[str, bool] = {}
         self._also: list[AlsoWrite] = []  # the worker's write for the durable state
+        self._refusals: dict[str, str] = {}  # event id -> why the store refused it (batch)
         self.restored = self._restore()
         self._seed_seen_ids()
         self._worker = threading.Thread(target=self._run, name="gridwatch-pipeline",
@@ -260,8 +288,12 @@ class EmbeddedPipeline:
         # after a restart, detections redelivered by the broker must not be counted twice;
         # a SQL store reads only the last dedup horizon of ids (not every ticket)
         if isinstance(self.store, SqlTicketStore):
+            # live: what a bad clock wrote (past the future it would accept now) neither
+            # counts as the newest nor goes into the filter
+            until = None if self._skew_clock is None else self._skew_clock() + timedelta(
+                seconds=self.config.stream.max_future_s)
             recent = self.store.recent_event_ids(
-                horizon_s=self.config.stream.dedup_horizon_s)
+                horizon_s=self.config.stream.dedup_horizon_s, until=until)
             for event_id, added_ts in recent:
                 self._ids.seen(event_id, added_ts)
             return
@@ -272,7 +304,8 @@ class EmbeddedPipeline:
     # -- intake (any thread) --------------------------------------------------------------
     def submit_raw(self, payload: bytes | str, *, origin: str,
                    on_committed: OnCommitted | None = None,
-                   on_failed: OnFailed | None = None) -> SubmitResult:
+                   on_failed: OnFailed | None = None,
+                   on_refused: OnRefused | None = None) -> SubmitResult:
         """Validate one wire message and queue it; never raises on bad input."""
         try:
             detection = parse_detection(payload)
@@ -281,29 +314,46 @@ class EmbeddedPipeline:
                 self._rejected[exc.code.value] += 1
             log.info("rejected message from %s: %s", origin, exc)
             return SubmitResult(False, exc.code.value, exc.reason)
-        return self.submit(detection, on_committed=on_committed, on_failed=on_failed)
+        return self.submit(detection, on_committed=on_committed, on_failed=on_failed,
+                           on_refused=on_refused)
 
     def submit(self, detection: Detection, *, on_committed: OnCommitted | None = None,
-               on_failed: OnFailed | None = None) -> SubmitResult:
+               on_failed: OnFailed | None = None,
+               on_refused: OnRefused | None = None) -> SubmitResult:
         """Queue a valid detection (blocks while the queue is full: back-pressure).
 
         ``on_committed`` runs once the detection is in the ticket store; for a repeat of
         one still queued, once that first copy is. ``on_failed`` runs if its batch could
-        not be written (the detection is then forgotten, so a re-delivery is taken)."""
-        return self.submit_many([(detection, on_committed, on_failed)])[0]
+        not be written for a passing reason (the detection is then forgotten, so a
+        re-delivery is taken). ``on_refused(code, reason)`` runs instead of
+        ``on_committed`` if the store refused the detection for good (``store_refused``:
+        the rest of its batch is written without it); the caller dead-letters it.
+
+        A live pipeline (a ``skew_clock``) refuses at once, as ``clock_skew``, a
+        detection observed more than ``stream.max_future_s`` after or
+        ``stream.max_age_s`` before now (the result says why; nothing is queued)."""
+        return self.submit_many([(detection, on_committed, on_failed, on_refused)])[0]
 
     def submit_many(self, items: list[Submission]) -> list[SubmitResult]:
-        """:meth:`submit` for several ``(detection, on_committed, on_failed)`` at once:
-        one lock round and one queue entry for all of them."""
+        """:meth:`submit` for several ``(detection, on_committed, on_failed)`` or
+        ``(..., on_refused)`` at once: one lock round and one queue entry for all."""
         results: list[SubmitResult] = []
-        fresh: list[Submission] = []
+        fresh: list[_Item] = []
         ack_now: list[OnCommitted | None] = []
+        skewed = self._clock_check(items)
+        duplicates = 0
         with self._ids_lock:
             seen, waiting_for = self._ids.seen, self._waiting
-            for item in items:
-                detection, on_committed, _ = item
+            for index, submitted in enumerate(items):
+                item: _Item = (submitted if len(submitted) == 4  # type: ignore[assignment]
+                               else (*submitted, None))
+                detection, on_committed = item[0], item[1]
+                if skewed is not None and index in skewed:
+                    results.append(skewed[index])
+                    continue
                 event_id = detection.event_id
                 if seen(event_id, detection.observed_at.timestamp()):
+                    duplicates += 1
                     waiting = waiting_for.get(event_id)
                     if waiting is None:
                         ack_now.append(on_committed)
@@ -313,12 +363,13 @@ class EmbeddedPipeline:
                 else:
                     waiting_for[event_id] = []
                     if self.link_evidence and detection.evidence is not None:
-                        item = (centre_evidence_link(detection), on_committed, item[2])
+                        item = (centre_evidence_link(detection), on_committed, item[2],
+                                item[3])
                     fresh.append(item)
                     results.append(_ACCEPTED)
-        if len(fresh) < len(items):
+        if duplicates:
             with self._counts_lock:
-                self._counts["duplicates"] += len(items) - len(fresh)
+                self._counts["duplicates"] += duplicates
             _run_each(ack_now, "acknowledgement")
         if fresh:
             with self._idle:
@@ -330,34 +381,128 @@ class EmbeddedPipeline:
                 self._counts["accepted"] += len(fresh)
         return results
 
+    def _clock_check(self, items: list[Submission]) -> dict[int, SubmitResult] | None:
+        """Live runtimes only (a ``skew_clock``): the detections observed more than
+        ``stream.max_future_s`` after or ``stream.max_age_s`` before the centre received
+        them, by index, refused as ``clock_skew`` and counted per source. A bad clock must
+        not reach the stream core (it would move the hot-spot hour, the event-id filter's
+        horizon and the tickets it joins); replay keeps the file's own time."""
+        if self._skew_clock is None:
+            return None
+        now = self._skew_clock().timestamp()
+        latest = now + self.config.stream.max_future_s
+        earliest = now - self.config.stream.age_limit_s
+        skewed: dict[int, SubmitResult] | None = None
+        for index, item in enumerate(items):
+            detection = item[0]
+            ts = detection.observed_at.timestamp()
+            if earliest <= ts <= latest:
+                continue
+            if skewed is None:
+                skewed = {}
+            ahead = ts > latest
+            limit, setting = ((self.config.stream.max_future_s, "stream.max_future_s")
+                              if ahead else
+                              (self.config.stream.age_limit_s, "stream.max_age_s"))
+            reason = (f"observed_at {detection.observed_at.isoformat()} is "
+                      f"{abs(ts - now):.0f} s {'ahead of' if ahead else 'behind'} the "
+                      f"centre's clock; expected at most {limit} s ({setting})")
+            skewed[index] = SubmitResult(False, CLOCK_SKEW, reason)
+            with self._counts_lock:
+                self._rejected[CLOCK_SKEW] += 1
+                self._clock_skew[(detection.station_id, detection.source_id)] += 1
+            log.warning("refused a detection from %s/%s: %s", detection.station_id,
+                        detection.source_id, reason)
+        return skewed
+
     # -- the worker ------------------------------------------------------------------------
     def _apply(self, outputs: list[StreamOutput]) -> None:
         """Apply stream outputs to tickets: batched, or one by one after a conflict;
         ``_also`` (the durable hot-spot state's write, set by :meth:`_write`) with them.
 
+        A batch the store refuses for a reason that is not transient (a value it cannot
+        hold, a constraint) is split and each part retried, down to the one output that
+        fails alone: that output is refused (:meth:`_refuse`), everything else commits.
+
         On an error, ``outputs`` is left holding what is not written yet (a batch is
         written whole or not at all; one by one, the written ones are removed), and
         ``_also`` until it is written, so a retry applies nothing twice."""
         also = self._also
-        if self._batching is not None:
+        if self._batching is None:
+            self._one_by_one(outputs)
+            return
+        size = len(outputs)
+        with_also = True  # False: retry one output without the durable state's write
+        while outputs or also:
+            part = outputs[:size]
+            desk = self._core.desk
+            opened, updated = desk.stats.opened, desk.stats.updated
+            carried = also[0] if also and with_also else None
             try:
-                with self._batching.batch(also=also[0] if also else None):
-                    self._core.apply(outputs)
-                outputs.clear()
-                also.clear()
-                return
+                with self._batching.batch(also=carried):
+                    self._core.apply(part)
             except VersionConflict:
-                # an operator changed a ticket meanwhile: nothing of the batch was written;
+                # an operator changed a ticket meanwhile: nothing of the part was written;
                 # apply output by output, the desk re-reading and retrying each
+                desk.stats.opened, desk.stats.updated = opened, updated
                 log.info("batch of %d outputs met a concurrent change; applying one by one",
-                         len(outputs))
-        while outputs:
-            self._direct_desk.apply(outputs[0])
+                         len(part))
+                self._one_by_one(outputs, upto=len(part))
+                continue
+            except STORE_UNAVAILABLE:
+                desk.stats.opened, desk.stats.updated = opened, updated
+                raise
+            except Exception as exc:
+                desk.stats.opened, desk.stats.updated = opened, updated
+                if len(part) > 1:
+                    size = (len(part) + 1) // 2
+                    continue
+                if not part:
+                    raise  # the durable state's own write: not an output's fault
+                if carried is not None:
+                    with_also = False  # is it the output, or the write that went with it?
+                    continue
+                self._refuse(part[0], exc)
+                del outputs[0]
+                size, with_also = len(outputs), True
+                continue
+            del outputs[:len(part)]
+            if carried is not None:
+                also.clear()
+            size, with_also = len(outputs), True
+
+    def _one_by_one(self, outputs: list[StreamOutput], upto: int | None = None) -> None:
+        """Apply the first ``upto`` outputs (all: None) each on its own, through the desk
+        that writes at once; one the store refuses for good is refused alone."""
+        also = self._also
+        n = len(outputs) if upto is None else upto
+        for _ in range(n):
+            try:
+                self._direct_desk.apply(outputs[0])
+            except STORE_UNAVAILABLE:
+                raise
+            except Exception as exc:
+                self._refuse(outputs[0], exc)
             del outputs[0]
         if also and self._batching is not None:
             with self._batching.inner.transaction() as conn:
                 also[0](conn)
             also.clear()
+
+    def _refuse(self, output: StreamOutput, exc: Exception) -> None:
+        """The store refused one output for good: its detections are dead-lettered with
+        the store's reason (by :meth:`_process`), not acknowledged as committed."""
+        reason = f"the ticket store refused it: {type(exc).__name__}: {exc}"[:1000]
+        if isinstance(output, HotspotFinding):
+            # its detections were committed (counted) already; only the finding is lost
+            log.error("hot-spot finding %s/%s not written: %s", output.cell_id,
+                      output.kind, reason)
+            with self._counts_lock:
+                self._refused["hotspot_finding"] += 1
+            return
+        log.error("refusing detections %s: %s", ", ".join(output.new_event_ids), reason)
+        for event_id in output.new_event_ids:
+            self._refusals[event_id] = reason
 
     def _write(self, outputs: list[StreamOutput], size: int,
                also: AlsoWrite | None = None) -> bool:
@@ -425,9 +570,9 @@ class EmbeddedPipeline:
             log.exception("hot-spot checkpoint at shutdown failed; the next start "
                           "re-feeds the journal instead")
 
-    def _process(self, batch: list[tuple[Detection, OnCommitted | None,
-                                         OnFailed | None]]) -> None:
-        detections = [item[0] for item in batch]
+    def _process(self, batch: list[_Item]) -> None:
+        detections = detections_in = [item[0] for item in batch]
+        self._refusals.clear()
         try:
             hour_before = self._core.processor.hotspots.open_hour
             outputs = self._core.stream(detections)
@@ -441,21 +586,46 @@ class EmbeddedPipeline:
                           len(batch))
             written = False
         if written:
+            refusals = self._refusals
+            if refusals:
+                self._dead_letter(batch, refusals)
+                batch = [item for item in batch if item[0].event_id not in refusals]
+                detections = [item[0] for item in batch]
             self._processed += len(batch)
             with self._ids_lock:
                 repeats: list[OnCommitted | None] = [
                     cb for d in detections for cb in self._waiting.pop(d.event_id, ())]
             _run_each([item[1] for item in batch] + repeats, "acknowledgement")
         else:
+            forget = self._core.processor.forget
             with self._ids_lock:
                 for d in detections:
                     self._ids.forget(d.event_id)
+                    forget(d.event_id)  # so that the re-delivery is processed, not dropped
                     self._waiting.pop(d.event_id, None)
             self._failed += len(batch)
             _run_each([item[2] for item in batch], "failure")
         with self._idle:
-            self._pending -= len(batch)
+            self._pending -= len(detections_in)
             self._idle.notify_all()  # drain() and submitters held by back-pressure
+
+    def _dead_letter(self, batch: list[_Item], refusals: dict[str, str]) -> None:
+        """Hand the refused detections of ``batch`` (and repeats waiting on them) to their
+        ``on_refused`` (the ingest dead-letters and then acknowledges); counted under
+        ``refused_by_code``. They stay known by event id: a re-sent copy is a duplicate."""
+        callbacks: list[Callable[[], None] | None] = []
+        for detection, _, _, on_refused in batch:
+            reason = refusals.get(detection.event_id)
+            if reason is None:
+                continue
+            with self._counts_lock:
+                self._refused[STORE_REFUSED] += 1
+            if on_refused is not None:
+                callbacks.append(functools.partial(on_refused, STORE_REFUSED, reason))
+            with self._ids_lock:
+                # a repeat of a refused one is acknowledged: the first copy is dead-lettered
+                callbacks.extend(self._waiting.pop(detection.event_id, ()))
+        _run_each(callbacks, "dead-letter")
 
     # -- control -----------------------------------------------------------------------
     def drain(self, timeout: float | None = 30.0) -> bool:
@@ -486,6 +656,9 @@ class EmbeddedPipeline:
                 "rejected": sum(self._rejected.values()),
                 "rejected_by_reason": dict(sorted(self._rejected.items())),
                 "processed": self._processed,
+                "refused_by_code": dict(sorted(self._refused.items())),
+                "clock_skew_by_source": {f"{station}/{source}": n for (station, source), n
+                                         in sorted(self._clock_skew.items())},
                 "failed": self._failed,
                 "store_errors": self._store_errors,
                 "queue_depth": self._pending,

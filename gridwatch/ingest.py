@@ -316,8 +316,17 @@ class MqttIngest:
                 self._committed += 1  # only the pipeline's worker (or this thread) runs this
             return committed
 
+        def on_refused(topic: str, payload: bytes | bytearray,
+                       token: Token) -> Callable[[str, str], None]:
+            def refused(code: str, reason: str) -> None:
+                # the store refused it for good (the rest of its batch is committed):
+                # dead-lettered with the store's reason, then acknowledged
+                self._deadletter(topic, payload, token, code, reason)
+            return refused
+
         results = self.pipeline.submit_many(
-            [(d, on_committed(token), self._redeliver_later) for d, _, _, token in valid])
+            [(d, on_committed(token), self._redeliver_later, on_refused(topic, payload, token))
+             for d, topic, payload, token in valid])
         now = time.time()
         for (detection, topic, payload, token), result in zip(valid, results, strict=True):
             if result.duplicate:

@@ -30,6 +30,7 @@ from gridwatch.errors import UserError
 from stream.hotspot import HotspotEngine
 from stream.processor import StreamOutput, StreamProcessor, StreamStats
 from ticketing.desk import TicketDesk
+from ticketing.idempotent import IdempotentDesk
 from ticketing.models import Ticket
 from ticketing.store import MemoryTicketStore, TicketStore
 
@@ -105,7 +106,8 @@ class Pipeline:
     """Stream + desk over one store: what replay and the embedded service both run."""
 
     def __init__(self, config: GridWatchConfig, grid: Grid, store: TicketStore, *,
-                 received: Callable[[], datetime] | None = None) -> None:
+                 received: Callable[[], datetime] | None = None,
+                 idempotent: bool = False) -> None:
         self.config = config
         self.grid = grid
         self.store = store
@@ -117,6 +119,12 @@ class Pipeline:
         # deadline clocks start at event time, so replay stays deterministic
         self.desk = TicketDesk(policies=config.policies, settings=config.ticketing,
                                grid=grid, store=store, received=received)
+        # idempotent (live runtimes): outputs repeating what the store holds (a detection
+        # re-sent after its id was forgotten) are absorbed (ticketing.idempotent)
+        self.idempotent = IdempotentDesk(self.desk, only_reopened=True) if idempotent \
+            else None
+        self._apply_one: Callable[[StreamOutput], object] = (
+            self.desk.apply if self.idempotent is None else self.idempotent.apply)
 
     def cells_for(self, detections: list[Detection]) -> list[str | None]:
         if not detections:
@@ -136,7 +144,7 @@ class Pipeline:
         return outputs
 
     def apply(self, outputs: list[StreamOutput]) -> None:
-        apply = self.desk.apply
+        apply = self._apply_one
         for output in outputs:
             apply(output)
 

@@ -33,6 +33,7 @@ class EventIdFilter:
         self._order: deque[tuple[float, str]] = deque()
         self._max_ts = -math.inf
         self._next_expiry = -math.inf
+        self._jump: float | None = None  # an unconfirmed time past the whole horizon
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -44,6 +45,15 @@ class EventIdFilter:
         self._seen[event_id] = ts
         self._order.append((ts, event_id))
         if ts > self._max_ts:
+            if ts - self._max_ts > self.horizon_s and self._max_ts > -math.inf:
+                # a jump past the whole horizon would expire every id at once: one
+                # timestamp (a bad clock) is not believed until a second one confirms it
+                pending = self._jump
+                if pending is None or abs(ts - pending) > self.horizon_s:
+                    self._jump = ts
+                    return False
+                ts = min(ts, pending)
+            self._jump = None
             self._max_ts = ts
             if ts >= self._next_expiry:  # sweep about once a minute of event time
                 self._next_expiry = ts + 60.0
@@ -56,11 +66,21 @@ class EventIdFilter:
 
     def _expire(self, before: float) -> None:
         # ids arrive roughly in time order, so the deque front holds the oldest; an id
-        # that arrived late and out of order simply lives a little longer.
+        # that arrived late and out of order simply lives a little longer. One dated
+        # ahead of the clock (a bad clock) is moved to the back, so it cannot stop the
+        # ids behind it from ever expiring.
         order = self._order
-        while order and order[0][0] < before:
-            _, event_id = order.popleft()
-            self._seen.pop(event_id, None)
+        ahead = 0
+        while order and ahead < len(order):
+            ts, event_id = order[0]
+            if ts < before:
+                order.popleft()
+                self._seen.pop(event_id, None)
+            elif ts > self._max_ts:
+                order.rotate(-1)
+                ahead += 1
+            else:
+                break
 
 
 @dataclass(slots=True)

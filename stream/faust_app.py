@@ -37,6 +37,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -187,14 +188,29 @@ class Routed:
         return "routed" if self.cell_id is not None else "out_of_area"
 
 
-def route(raw: bytes | str | None, grid: Grid) -> Routed:
-    """Validate one wire message and find its cell. Never raises on bad input."""
+def route(raw: bytes | str | None, grid: Grid, *, now: datetime | None = None,
+          limits: StreamSettings | None = None) -> Routed:
+    """Validate one wire message and find its cell. Never raises on bad input.
+
+    With ``now`` and ``limits`` (the live worker), a detection observed more than
+    ``limits.max_future_s`` after or ``limits.max_age_s`` before ``now`` is refused as
+    ``clock_skew``, as the embedded service refuses it."""
     if raw is None:
         return Routed(code="empty", reason="message has no value")
     try:
         detection = parse_detection(raw)
     except DetectionRejected as exc:
         return Routed(code=exc.code.value, reason=exc.reason)
+    if now is not None and limits is not None:
+        skew = (detection.observed_at - now).total_seconds()
+        if skew > limits.max_future_s or -skew > limits.age_limit_s:
+            ahead = skew > 0
+            limit, setting = ((limits.max_future_s, "stream.max_future_s") if ahead
+                              else (limits.age_limit_s, "stream.max_age_s"))
+            return Routed(code="clock_skew", reason=(
+                f"observed_at {detection.observed_at.isoformat()} is {abs(skew):.0f} s "
+                f"{'ahead of' if ahead else 'behind'} the centre's clock; expected at most "
+                f"{limit} s ({setting})"))
     [index] = grid.lookup(np.array([detection.lon]), np.array([detection.lat])).tolist()
     cell_id = grid.cells[index].cell_id if index >= 0 else None
     return Routed(detection=detection, cell_id=cell_id)
@@ -387,8 +403,11 @@ class Scaleout:
     retry_delay_s = 0.5  # first wait when the store is unavailable; doubles to 30 s
 
     def __init__(self, settings: ScaleoutSettings, *, grid: Grid, worker: CellWorker,
-                 sender: Sender | None = None) -> None:
+                 sender: Sender | None = None,
+                 skew_clock: Callable[[], datetime] | None = None) -> None:
         self.settings = settings
+        # live: the clock detections are checked against (clock_skew); None: no check
+        self.skew_clock = skew_clock
         self.grid = grid
         self.worker = worker
         self.counts: Counter[str] = Counter()
@@ -455,7 +474,9 @@ class Scaleout:
 
     async def _ingest(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
         async for event in stream.events():
-            routed = route(event.value, self.grid)
+            clock = self.skew_clock
+            routed = route(event.value, self.grid, limits=self.worker.settings,
+                           now=None if clock is None else clock())
             self.counts[routed.outcome] += 1
             if routed.code is not None:
                 await self._dead_letter(event, routed.code, routed.reason or "")

@@ -52,6 +52,11 @@ from stream.types import HotspotFinding, Occurrence
 HOUR_S = 3600
 WEEK_H = 168
 _EMPTY: list[HotspotFinding] = []
+# an occurrence more than this many hours ahead of the open hour moves the clock only once
+# an occurrence from another source confirms the jump (one bad clock cannot drag it)
+JUMP_CONFIRM_H = 24
+# a long empty gap in the hour clock is skipped in at most this many steps
+_SKIP_STEPS = 64
 
 
 class HotspotSettings(BaseModel):
@@ -227,6 +232,14 @@ class HotspotEngine:
         self._hour: int | None = None  # the open (local) hour
         self.late_dropped = 0
         self.unknown_cells = 0
+        # occurrences far ahead of the open hour, waiting for a second source to confirm
+        # the jump: (hour, source key, occurrence, ts); see observe()
+        self._ahead: list[tuple[int, tuple[str, str], Occurrence, float]] = []
+        self.ahead_dropped = 0  # far-ahead occurrences no other source confirmed
+        # hours closed one by one on each side of a long empty gap (the middle is skipped
+        # in one step, _skip): enough to drain every window and hot spot, then to refill
+        # the windows that end at the new hour
+        self._drain_h = self._ring_h + self._hold_h + 1
         self._traced: dict[int, list[tuple[datetime, str, int, float]]] = {}
         self._source_keys: dict[tuple[str, str], str] = {}
 
@@ -264,6 +277,8 @@ class HotspotEngine:
         if self._hour is None:
             self._hour = hour
         elif hour > self._hour:
+            if hour - self._hour > JUMP_CONFIRM_H:
+                return self._jump(occurrence, hour, ts)
             findings = self._advance(hour)
         idx = self._index.get(occurrence.cell_id)
         if idx is None:
@@ -301,22 +316,90 @@ class HotspotEngine:
                      (occurrence.snapshot_url or "") if first else None)
         return findings
 
+    def _jump(self, occurrence: Occurrence, hour: int, ts: float) -> list[HotspotFinding]:
+        """An occurrence more than ``JUMP_CONFIRM_H`` ahead of the open hour: held until
+        one from another source lands within ``JUMP_CONFIRM_H`` of it (then the clock
+        moves to the earlier of the two and every held occurrence is counted), so one
+        source's bad clock cannot move the hour for everyone."""
+        key = (occurrence.station_id, occurrence.source_id)
+        confirmed = [a for a in self._ahead
+                     if a[1] != key and abs(a[0] - hour) <= JUMP_CONFIRM_H]
+        if not confirmed:
+            if len(self._ahead) >= 1000:  # bounded: the oldest unconfirmed is dropped
+                self._ahead.pop(0)
+                self.ahead_dropped += 1
+            self._ahead.append((hour, key, occurrence, ts))
+            return _EMPTY
+        held = sorted([*confirmed, (hour, key, occurrence, ts)], key=lambda a: a[3])
+        self.ahead_dropped += len(self._ahead) - len(confirmed)
+        self._ahead = []
+        findings = self._advance(held[0][0])
+        for _, _, ahead, ahead_ts in held:
+            findings = [*findings, *self.observe(ahead, ts=ahead_ts)]
+        return findings
+
     def flush(self) -> list[HotspotFinding]:
         """End of input: close the open hour (scored with what it has)."""
         if self._hour is None:
             return []
+        self.ahead_dropped += len(self._ahead)
+        self._ahead = []
         return self._advance(self._hour + 1)
 
     # -- the hour clock ---------------------------------------------------------------
     def _advance(self, to_hour: int) -> list[HotspotFinding]:
+        """Close the hours up to ``to_hour``. A gap longer than twice ``_drain_h`` costs
+        the same as one of that length: its first ``_drain_h`` hours are closed one by
+        one (every window and hot spot with counts in it ends), the middle is skipped in
+        one step (:meth:`_skip`), and the last ``_drain_h`` are closed one by one again
+        (the windows ending at ``to_hour`` hold their expected counts)."""
         assert self._hour is not None
         findings: list[HotspotFinding] = []
         kinds = sorted(self._kinds)
+        skip_at = self._hour + self._drain_h
+        skip_to = to_hour - self._drain_h
         while self._hour < to_hour:
+            if self._hour == skip_at and skip_to > skip_at:
+                for kind in kinds:
+                    self._skip(self._kinds[kind], self._hour, skip_to)
+                self._hour = skip_to
+                continue
             for kind in kinds:
                 findings.extend(self._close_hour(kind, self._kinds[kind], self._hour))
             self._hour += 1
         return findings
+
+    def _skip(self, state: _KindState, first: int, end: int) -> None:
+        """Close the empty hours ``first`` to ``end - 1`` in at most ``_SKIP_STEPS``
+        steps, however many they are: the baselines decay and learn zeros as hour by hour
+        would (per hour-of-week slot, in closed form); the cells' exposure grows at the
+        group rate of each step's first hour (hour by hour it would follow each hour's
+        rate: the one approximation). The rings, windows, dispersion and the excess
+        totals are left as they are (every window is empty by now)."""
+        step = max(24, -(-(end - first) // _SKIP_STEPS))
+        for start in range(first, end, step):
+            self._skip_step(state, start, min(start + step, end))
+
+    def _skip_step(self, state: _KindState, first: int, end: int) -> None:
+        n = end - first
+        slots = (np.arange(first, first + min(n, WEEK_H)) + 72) % WEEK_H
+        k = np.zeros(WEEK_H)
+        k[slots] = n // WEEK_H + (np.arange(min(n, WEEK_H)) < n % WEEK_H)
+        learn = (state.active & (state.first_hour < first)).astype(np.float64)
+        dw, dh = self._decay_week, self._decay_hour
+        keep = dw ** k  # (WEEK_H,): each slot decays once per time it recurs
+        added = (1.0 - keep) / (1.0 - dw)  # sum of dw**j over those times
+        _, _, cell_group_rate = self._predict(state, int(slots[0]))
+        state.slot_sum *= keep[:, None]
+        state.slot_weight = keep[:, None] * state.slot_weight + added[:, None] * learn
+        state.group_sum *= keep[:, None]
+        state.group_weight = keep[:, None] * state.group_weight + added[:, None] * \
+            np.bincount(self._group, weights=learn, minlength=self._n_groups)
+        state.level_count *= dh ** n
+        state.level_exposure = dh ** n * state.level_exposure + \
+            (1.0 - dh ** n) / (1.0 - dh) * learn * cell_group_rate
+        state.current[:] = 0
+        state.hotspots.clear()
 
     def _predict(self, state: _KindState, slot: int
                  ) -> tuple[FloatArray, FloatArray, FloatArray]:

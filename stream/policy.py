@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Mode(str, Enum):
@@ -57,6 +57,25 @@ class StreamSettings(BaseModel):
 
     lateness_s: Seconds = 600
     dedup_horizon_s: Annotated[int, Field(ge=60)] = 2 * 86400
+    # live runtimes only (replay keeps the file's own time): a detection observed more
+    # than this far ahead of the centre's receive time is refused as clock_skew ...
+    max_future_s: Seconds = 300
+    # ... or more than this long before it (None: dedup_horizon_s, the longest a re-sent
+    # detection can still be recognised by its event id)
+    max_age_s: Annotated[int, Field(ge=60)] | None = None
+
+    @property
+    def age_limit_s(self) -> int:
+        """``max_age_s``, or ``dedup_horizon_s`` when it is not set."""
+        return self.dedup_horizon_s if self.max_age_s is None else self.max_age_s
+
+    @model_validator(mode="after")
+    def _age_within_horizon(self) -> StreamSettings:
+        if self.max_age_s is not None and self.max_age_s > self.dedup_horizon_s:
+            raise ValueError(
+                f"expected max_age_s <= dedup_horizon_s ({self.dedup_horizon_s}), got "
+                f"{self.max_age_s}: an older detection could not be recognised if re-sent")
+        return self
 
 
 class PolicyBook(BaseModel):

@@ -119,6 +119,11 @@ class StreamProcessor:
             self._release(watermark, outputs)
         return outputs
 
+    def forget(self, event_id: str) -> None:
+        """Let ``event_id`` through again: the runtime could not write what it produced,
+        and its re-delivery must be processed, not dropped as a duplicate."""
+        self._ids.forget(event_id)
+
     def flush(self) -> list[StreamOutput]:
         """End of input: release everything buffered and close hot-spot windows."""
         outputs: list[StreamOutput] = []

@@ -1,7 +1,10 @@
 """A desk that is safe for re-delivered stream outputs (at-least-once runtimes).
 
 The scale-out runtime replays a partition after a restart or rebalance through a fresh
-stream processor; its outputs may repeat what the store already holds.
+stream processor; its outputs may repeat what the store already holds. The embedded
+service uses the same desk for what its seeded event-id filter no longer knows (a
+detection re-sent after the dedup horizon, into a ticket an operator has closed): one
+mechanism for both, so a re-sent detection is absorbed, never a version conflict.
 """
 
 from __future__ import annotations
@@ -26,10 +29,18 @@ class IdempotentDesk:
     closed would try to re-create it under the same deterministic id.
     """
 
-    def __init__(self, desk: TicketDesk) -> None:
+    def __init__(self, desk: TicketDesk, *, only_reopened: bool = False,
+                 reopened: set[str] | None = None) -> None:
         self.desk = desk
         self.store: TicketStore = desk.store
         self.skipped = 0
+        # only_reopened: a runtime whose event-id filter already drops the repeats it
+        # knows (the embedded service, seeded at start-up) checks each new incident, and
+        # the growth of only those incidents found re-opened (their ids already held);
+        # the worker, without such a filter, checks every output
+        self.only_reopened = only_reopened
+        # the incidents found re-opened (shared with another view of the same store)
+        self.reopened: set[str] = set() if reopened is None else reopened
 
     def apply(self, output: StreamOutput) -> Ticket | None:
         """Apply one output; ``None`` when it was a redelivery with nothing new."""
@@ -43,12 +54,18 @@ class IdempotentDesk:
 
     def _fresh_incident_event(self, event: IncidentEvent) -> IncidentEvent | None:
         incident = event.incident
+        if self.only_reopened and not event.opened and \
+                incident.incident_id not in self.reopened:
+            return event  # an incident opened afresh in this run: nothing it adds is held
         linked = self.store.ticket_for_incident(incident.incident_id)
         held: set[str] = set()
         for ticket in (linked, self.store.open_ticket_for(incident.cell_id, incident.kind)):
             if ticket is not None:
                 held.update(ticket.event_ids)
         new_ids = tuple(e for e in event.new_event_ids if e not in held)
+        if self.only_reopened and event.opened and \
+                (linked is not None or new_ids != event.new_event_ids):
+            self.reopened.add(incident.incident_id)
         if not new_ids:
             return None
         if new_ids != event.new_event_ids:

@@ -635,20 +635,29 @@ class SqlTicketStore:
                 f"SELECT {_BODY} FROM tickets ORDER BY opened_at, ticket_id")).fetchall()
             return iter(self._hydrate(conn, rows, every=True))
 
-    def recent_event_ids(self, *, horizon_s: float) -> builtins.list[tuple[str, float]]:
+    def recent_event_ids(self, *, horizon_s: float, until: datetime | None = None
+                         ) -> builtins.list[tuple[str, float]]:
         """``(event_id, added_at timestamp)`` of the ids added to tickets within
         ``horizon_s`` of the newest one, oldest first: what a restarted pipeline needs to
         recognise redelivered detections without loading every ticket. ``added_at`` is
-        the ticket's ``updated_at`` (event time) of the write that added the id."""
+        the ticket's ``updated_at`` (event time) of the write that added the id.
+
+        ``until`` (a live runtime: its clock plus the future it accepts): ids added later
+        than that (a bad clock's) are left out and do not count as the newest, so one
+        far-future write cannot push every real id out of the horizon."""
+        bound = "" if until is None else " WHERE added_at <= :until"
+        params = {} if until is None else {"until": sortable(until)}
         with self._read() as conn:
-            newest = conn.execute(text("SELECT max(added_at) FROM ticket_event_ids")).scalar()
+            newest = conn.execute(text("SELECT max(added_at) FROM ticket_event_ids" + bound),
+                                  params).scalar()
             if newest is None:
                 return []
             since = datetime.strptime(newest, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
                 tzinfo=UTC) - timedelta(seconds=horizon_s)
             rows = conn.execute(text(
                 "SELECT event_id, added_at FROM ticket_event_ids WHERE added_at >= :since"
-                " ORDER BY added_at, ticket_id, seq"), {"since": sortable(since)}).fetchall()
+                + bound.replace(" WHERE", " AND") + " ORDER BY added_at, ticket_id, seq"),
+                {"since": sortable(since), **params}).fetchall()
         return [(r[0], datetime.strptime(r[1], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
             tzinfo=UTC).timestamp()) for r in rows]
 

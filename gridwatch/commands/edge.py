@@ -144,6 +144,9 @@ def status(args: argparse.Namespace) -> int:
         for source_id, seen in sorted(agent.get("sources", {}).items()):
             when = "never" if seen is None else f"{now - seen:.0f}s ago"
             print(f"  source {source_id}: last seen {when}")
+        for source_id, n in sorted(agent.get("clock_skew", {}).items()):
+            print(f"  source {source_id}: CLOCK SKEW, {n} detection(s) not sent (observed_at "
+                  f"too far from this box's clock; see clock: in station.yaml)")
         for camera_id, cam in sorted(agent.get("cameras", {}).items()):
             if cam.get("healthy", True):
                 continue

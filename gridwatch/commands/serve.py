@@ -116,9 +116,24 @@ class PipelineCollector:
                                   value=stats.get("store_errors", 0))
         yield CounterMetricFamily("gridwatch_pipeline_tickets_opened", "Tickets opened",
                                   value=stats.get("tickets_opened", 0))
+        refused = CounterMetricFamily("gridwatch_pipeline_refused", "Detections the ticket "
+                                      "store refused for good (dead-lettered; the rest of "
+                                      "their batch committed)", labels=["code"])
+        for code, value in stats.get("refused_by_code", {}).items():
+            refused.add_metric([code], value)
+        yield refused
+        skew = CounterMetricFamily("gridwatch_pipeline_clock_skew", "Detections dead-lettered "
+                                   "as clock_skew (observed_at too far from the centre's "
+                                   "clock), per source", labels=["station", "source"])
+        for key, value in stats.get("clock_skew_by_source", {}).items():
+            station, _, source = key.partition("/")
+            skew.add_metric([station, source], value)
+        yield skew
 
 
 def run(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     import uvicorn
 
     from geo.grid import Grid, GridError
@@ -163,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
     if "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
     store = open_store(url, outbox=outbox)
-    pipeline = EmbeddedPipeline(config, grid, store)
+    # live: a detection whose clock is far from the centre's is dead-lettered (clock_skew)
+    pipeline = EmbeddedPipeline(config, grid, store, skew_clock=lambda: datetime.now(UTC))
     # the embedded default puts evidence beside the SQLite file in use (``evidence:``
     # names a folder for a PostgreSQL store; else it goes beside --db)
     sqlite_file = (url if "://" not in url else url.removeprefix("sqlite:///")

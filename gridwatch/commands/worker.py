@@ -133,8 +133,10 @@ def scaleout_for(settings: ScaleoutSettings, config: GridWatchConfig, grid: Grid
     """The faust app over the stream core and an idempotent desk on ``store``.
 
     Deadline clocks start when the worker receives the work (``received``, the wall
-    clock), so a backlog is not overdue on arrival; ``received=None`` starts them at
-    event time and gives exactly the tickets replay gives."""
+    clock), so a backlog is not overdue on arrival, and detections observed more than
+    ``stream.max_future_s`` after or ``max_age_s`` before it are dead-lettered
+    (``clock_skew``); ``received=None`` starts them at event time, checks no clocks and
+    gives exactly the tickets replay gives."""
     from stream.faust_app import CellWorker, Scaleout
 
     worker = CellWorker(stream=config.stream, policies=config.policies,
@@ -142,7 +144,8 @@ def scaleout_for(settings: ScaleoutSettings, config: GridWatchConfig, grid: Grid
                         sink=StoreSink(config, grid, store, received=received),
                         state=StoreCheckpoints(store) if isinstance(store, SqlTicketStore)
                         else None, state_prefix=f"worker:{settings.app_id}")
-    return Scaleout(settings, grid=grid, worker=worker, sender=sender)
+    # a live worker (a received clock) dead-letters detections whose clock is far off it
+    return Scaleout(settings, grid=grid, worker=worker, sender=sender, skew_clock=received)
 
 
 def build_scaleout(settings: ScaleoutSettings, *,

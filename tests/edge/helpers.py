@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -72,14 +72,16 @@ class Centre:
     ``isolate``: the MQTT client in a child process, as ``gridwatch serve`` runs it.
     The broker is ``url`` (``mqtt://host:port``) or a full ``connection`` (TLS, login).
     ``evidence``: also keep camera snapshots (``evidence/`` beside the database), as
-    ``gridwatch serve`` does; ``config`` and ``area`` replace the default policies and grid."""
+    ``gridwatch serve`` does; ``config`` and ``area`` replace the default policies and grid;
+    ``skew_clock``: dead-letter bad clocks against it (``gridwatch serve``: the wall clock)."""
 
     def __init__(self, tmp_path: Path, url: str | None = None, *,
                  topic_prefix: str = "gridwatch/v1", client_id: str | None = None,
                  isolate: bool = False, connection: MqttConnection | None = None,
                  config: GridWatchConfig | None = None,
                  area: tuple[float, float, float, float] = AREA,
-                 evidence: EvidenceSettings | None = None) -> None:
+                 evidence: EvidenceSettings | None = None,
+                 skew_clock: Callable[[], datetime] | None = None) -> None:
         if (url is None) == (connection is None):
             raise ValueError(f"Centre takes a url or a connection, got url={url!r} "
                              f"connection={connection!r}")
@@ -89,7 +91,8 @@ class Centre:
         self.evidence = (None if evidence is None else
                          EvidenceStore.beside(self.store, tmp_path / "tickets.sqlite",
                                               evidence))
-        self.pipeline = EmbeddedPipeline(self.config, self.grid, self.store)
+        self.pipeline = EmbeddedPipeline(self.config, self.grid, self.store,
+                                         skew_clock=skew_clock)
         conn = connection if connection is not None else _url_connection(str(url))
         self.ingest = MqttIngest(conn, self.pipeline,
                                  client_id=client_id or unique("centre"),

@@ -154,7 +154,8 @@ def _submit_watched(pipeline: EmbeddedPipeline, event_id: str) -> list[str]:
     events: list[str] = []
     pipeline.submit_raw(line(event_id=event_id), origin="a",
                         on_committed=lambda: events.append("acked"),
-                        on_failed=lambda: events.append("failed"))
+                        on_failed=lambda: events.append("failed"),
+                        on_refused=lambda code, reason: events.append(f"refused:{code}"))
     return events
 
 
@@ -211,7 +212,8 @@ def test_intake_blocks_when_queue_max_detections_are_waiting(tmp_path):
 
 def test_a_bug_on_a_batch_is_not_retried_forever(tmp_path):
     """Only a store that cannot write is retried; an error the same data would raise again
-    fails the batch (not acknowledged, on_failed) so that intake keeps flowing."""
+    refuses the detection (on_refused: the ingest dead-letters it with the reason, not
+    on_committed), so that intake keeps flowing."""
     store = SqliteTicketStore(tmp_path / "t.sqlite3")
     pipeline = EmbeddedPipeline(load_config(), make_grid(), store, retry_delay_s=0.01)
     calls: list[int] = []
@@ -223,9 +225,10 @@ def test_a_bug_on_a_batch_is_not_retried_forever(tmp_path):
     store.save_many = buggy  # type: ignore[method-assign]
     events = _submit_watched(pipeline, "poison")
     assert pipeline.drain(5)
-    assert events == ["failed"] and calls == [1]
+    assert events == ["refused:store_refused"] and calls == [1]
     stats = pipeline.stats()
-    assert stats["failed"] == 1 and stats["store_errors"] == 0
+    assert stats["refused_by_code"] == {"store_refused": 1}
+    assert stats["processed"] == 0 and stats["store_errors"] == 0
     pipeline.close()
 
 

@@ -194,3 +194,61 @@ def test_metrics_count_what_the_ingest_did(tmp_path: Path, broker: MosquittoProc
     (seen,) = [line for line in text.splitlines()
                if line.startswith("gridwatch_ingest_source_last_seen_timestamp_seconds{")]
     assert f'station="{station}"' in seen and f'source="{d.source_id}"' in seen
+
+
+def test_bad_clocks_and_store_refusals_are_dead_lettered_and_the_rest_ticketed(
+        tmp_path: Path, broker: MosquittoProcess, isolate: bool) -> None:
+    """Issue 12 parts 2-3 through real Mosquitto: a year-8999 and a 1970 detection are
+    dead-lettered as clock_skew, one the store refuses as store_refused with the store's
+    reason; the valid smoke alarms around them are all ticketed and acknowledged, and the
+    counters add up."""
+    from datetime import UTC, datetime, timedelta
+
+    from prometheus_client import generate_latest
+
+    from tests.edge.helpers import T0
+    from tests.ticketing.builders import refuse_poison
+
+    station = unique("st")
+    centre = Centre(tmp_path, broker.url, isolate=isolate,
+                    skew_clock=lambda: T0 + timedelta(hours=1)).start()
+    refuse_poison(centre.store)
+    valid = [spread_detection(i, station=station, kind="smoke") for i in range(10)]
+    bad = [
+        spread_detection(100, station=station, kind="smoke").model_copy(
+            update={"observed_at": datetime(8999, 1, 1, tzinfo=UTC)}),
+        spread_detection(101, station=station, kind="smoke").model_copy(
+            update={"observed_at": datetime(1970, 1, 1, tzinfo=UTC)}),
+        spread_detection(102, station=station, kind="smoke").model_copy(
+            update={"event_id": f"poison-{station}"}),
+    ]
+    with listening(broker.url, "gridwatch/v1/deadletter") as dead:
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique("pub"))
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        try:
+            for d in [*valid[:5], *bad, *valid[5:]]:
+                pub.publish(f"gridwatch/v1/{station}/{d.source_id}/detection",
+                            d.to_json().encode(), qos=1).wait_for_publish(10)
+        finally:
+            pub.disconnect()
+            pub.loop_stop()
+        assert wait_until(lambda: len(dead.snapshot()) >= 3, 30)
+        assert wait_until(lambda: centre.ingest.stats()["committed"] >= 10, 30)
+        records = [json.loads(p) for p in dead.snapshot()]
+    stats = centre.ingest.stats()
+    pipeline_stats = centre.pipeline.stats()
+    ids = centre.ticket_event_ids()
+    text = generate_latest(centre.ingest.metrics.registry).decode()
+    centre.close()
+    assert sorted(r["code"] for r in records) == ["clock_skew", "clock_skew", "store_refused"]
+    [refused] = [r for r in records if r["code"] == "store_refused"]
+    assert "IntegrityError" in refused["reason"]
+    assert json.loads(refused["payload"])["event_id"] == f"poison-{station}"
+    assert all("centre's clock" in r["reason"] for r in records if r["code"] == "clock_skew")
+    assert set(ids) == {d.event_id for d in valid}
+    assert stats["committed"] == 10 and stats["deadlettered_by_code"] == {
+        "clock_skew": 2, "store_refused": 1}
+    assert pipeline_stats["clock_skew_by_source"] == {
+        f"{station}/{bad[0].source_id}": 1, f"{station}/{bad[1].source_id}": 1}
+    assert 'gridwatch_ingest_deadlettered_total{code="clock_skew"} 2.0' in text

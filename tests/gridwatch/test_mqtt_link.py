@@ -133,7 +133,7 @@ class FailingOncePipeline:
 
     def submit_many(self, items: list[Submission]) -> list[SubmitResult]:
         results = []
-        for d, on_committed, on_failed in items:
+        for d, on_committed, on_failed, *_ in items:
             with self.lock:
                 n = self.attempts[d.event_id] = self.attempts.get(d.event_id, 0) + 1
             if n == 1:

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,8 @@ def test_serve_turns_mqtt_detections_into_tickets_and_stops_cleanly(
             pub.loop_start()
             detection = {
                 "schema": "gridwatch.detection/1", "event_id": f"{station}:1",
-                "observed_at": "2026-05-04T05:22:10+08:00", "station_id": station,
+                # now: serve dead-letters a clock far from its own (clock_skew)
+                "observed_at": datetime.now(UTC).isoformat(), "station_id": station,
                 "source_id": source, "source_type": "smoke_sensor", "kind": "smoke",
                 "confidence": 0.95, "lon": 113.1005, "lat": 23.0045}
 

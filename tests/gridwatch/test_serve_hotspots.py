@@ -27,6 +27,10 @@ from ticketing import checkpoints
 from ticketing.store import SqliteTicketStore
 
 ROOT = Path(__file__).resolve().parents[2]
+# the scenario is dated 2024: serve dead-letters detections older than stream.max_age_s
+# (clock_skew), so this replayed history needs a horizon that reaches back that far
+CONFIG = ("hotspot:\n  warmup_s: 259200\n"
+          "stream:\n  dedup_horizon_s: 315360000\n  max_age_s: 315360000\n")
 
 
 def grid_file(grid: Grid, path: Path) -> Path:
@@ -82,7 +86,7 @@ def test_serve_killed_and_restarted_gives_the_same_hot_spot_tickets(tmp_path: Pa
     reference: list[dict[str, Any]] = uninterrupted(tmp_path)
     assert len(reference) == 2
     grid_file(grid, tmp_path / "grid.geojson")
-    (tmp_path / "c.yaml").write_text("hotspot:\n  warmup_s: 259200\n")
+    (tmp_path / "c.yaml").write_text(CONFIG)
     # phase 1 ends inside an hour; phase 2 is the rest of that hour (one batch that closes
     # no hour: the journal), then the kill
     hours = [int(datetime.fromisoformat(json.loads(raw)["observed_at"]).timestamp() // 3600)

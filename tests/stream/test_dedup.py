@@ -22,9 +22,28 @@ def test_event_id_filter_remembers_within_the_horizon_and_forgets_after():
     f = EventIdFilter(horizon_s=100)
     assert f.seen("a", 0.0) is False
     assert f.seen("a", 50.0) is True
-    assert f.seen("b", 200.0) is False  # advances time past a's horizon
-    assert f.seen("a", 201.0) is False  # forgotten: memory is bounded
-    assert len(f) == 2
+    assert f.seen("b", 200.0) is False  # a jump past the horizon: not believed alone
+    assert f.seen("a", 200.5) is True
+    assert f.seen("c", 201.0) is False  # confirmed: time advances past a's horizon
+    assert f.seen("a", 202.0) is False  # forgotten: memory is bounded
+    assert len(f) == 3
+
+
+def test_one_far_future_timestamp_does_not_empty_the_event_id_filter():
+    # issue 12: a detection dated year 8000 expired every live id, and being at the
+    # front of the expiry order afterwards, stopped anything from expiring again
+    f = EventIdFilter(horizon_s=100)
+    for i in range(10):
+        assert f.seen(f"live-{i}", float(i)) is False
+    assert f.seen("year-8000", 1.9e11) is False
+    assert all(f.seen(f"live-{i}", 10.0) for i in range(10))
+    # the clock keeps moving with the live ids, and still expires them (the bad one is
+    # not in the way)
+    for t in range(11, 400):
+        f.seen(f"later-{t}", float(t))
+    assert f.seen("live-0", 400.0) is False
+    assert len(f) < 150
+    assert f.seen("year-8000", 400.0) is True  # remembered while ahead of the clock
 
 
 def test_one_track_over_50_frames_is_one_occurrence():

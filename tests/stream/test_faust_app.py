@@ -509,3 +509,28 @@ def test_without_a_state_sink_shutdown_closes_the_open_windows(tmp_path: Path) -
     worker.shutdown()
     assert all(worker._processors[p].hotspots.open_hour == h + 1  # type: ignore[operator]
                for p, h in hours.items())
+
+
+@pytest.mark.parametrize(("offset", "code"), [
+    (timedelta(seconds=0), None),
+    (timedelta(seconds=301), "clock_skew"),  # stream.max_future_s: 300
+    (timedelta(days=-3), "clock_skew"),  # stream.max_age_s: dedup_horizon_s (2 days)
+])
+def test_the_live_worker_dead_letters_a_bad_clock(tmp_path: Path, offset, code) -> None:
+    """Issue 12 part 3 in the scale-out runtime: the same limits as the embedded service
+    against the worker's receive clock; replay-like runs (received=None) check nothing."""
+    recorder = Recorder()
+    scaleout = scaleout_for(ScaleoutSettings(partitions=PARTITIONS), load_config(),
+                            make_grid(), SqliteTicketStore(tmp_path / "t.sqlite3"),
+                            sender=recorder, received=lambda: T0)
+    results = asyncio.run(ingest(scaleout, [line(observed_at=(T0 + offset).isoformat())]))
+    assert results[0]["code"] == code
+    if code is None:
+        assert len(recorder.on(TOPIC_BY_CELL)) == 1
+    else:
+        [(_, _, value)] = recorder.on(TOPIC_DEADLETTER)
+        letter = json.loads(value)
+        assert letter["code"] == "clock_skew" and "stream.max_" in letter["reason"]
+    unchecked = make_scaleout(SqliteTicketStore(tmp_path / "u.sqlite3"))
+    old = asyncio.run(ingest(unchecked, [line(observed_at=(T0 + offset).isoformat())]))
+    assert old[0]["code"] is None

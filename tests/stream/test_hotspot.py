@@ -315,3 +315,88 @@ def test_evidence_tracks_one_gc_object_per_occurrence() -> None:
     grown = len(gc.get_objects()) - before
     assert len(occs) == 20_000
     assert grown < 0.05 * len(occs)  # per cell and kind, not per occurrence
+
+
+# -- issue 12: the hour clock and bad clocks ------------------------------------------------
+def _occurrence_at(base, ts: float, source: str):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    return replace(base, observed_at=datetime.fromtimestamp(ts, UTC), source_id=source,
+                   event_ids=[f"{source}-{ts}"])
+
+
+def _warm_engine(days: int = 9) -> tuple[HotspotEngine, list]:  # type: ignore[type-arg]
+    engine = HotspotEngine(HotspotSettings(), GRID)
+    occurrences = list(make_scenario(flat(1.0, days=days)).occurrences())
+    for occ in occurrences:
+        engine.observe(occ)
+    return engine, occurrences
+
+
+def _count_closed_hours(engine: HotspotEngine) -> list[int]:
+    closed: list[int] = []
+    close = engine._close_hour
+
+    def counting(kind, state, hour):  # type: ignore[no-untyped-def]
+        closed.append(hour)
+        return close(kind, state, hour)
+
+    engine._close_hour = counting  # type: ignore[method-assign]
+    return closed
+
+
+def test_one_source_dated_year_8999_does_not_move_the_hour_clock():
+    engine, occurrences = _warm_engine()
+    last = occurrences[-1]
+    hour = engine.open_hour
+    far = datetime_ts(8999)
+    assert engine.observe(_occurrence_at(last, far, "bad-cam")) == []
+    assert engine.observe(_occurrence_at(last, far + 60, "bad-cam")) == []  # same source
+    assert engine.open_hour == hour
+    # real occurrences after it are on time, not late
+    late_before = engine.late_dropped
+    ts = last.observed_at.timestamp() + 1800
+    engine.observe(_occurrence_at(last, ts, "cam1"))
+    assert engine.late_dropped == late_before
+    engine.flush()
+    assert engine.ahead_dropped == 2
+
+
+def test_a_confirmed_jump_of_years_closes_a_bounded_number_of_hours():
+    engine, occurrences = _warm_engine()
+    last = occurrences[-1]
+    closed = _count_closed_hours(engine)
+    start = last.observed_at.timestamp() + 10 * 365 * 86400
+    engine.observe(_occurrence_at(last, start, "cam-a"))
+    engine.observe(_occurrence_at(last, start + 600, "cam-b"))  # another source confirms
+    assert engine.open_hour is not None
+    assert engine.open_hour == int((start + 600 + engine.settings.utc_offset_s) // 3600)
+    # ten years of empty hours cost what two drains do, not 87,600 closed hours
+    assert len(closed) <= (2 * engine._drain_h + 2) * len(engine.kinds())
+
+
+def test_skipping_empty_hours_matches_closing_them_one_by_one():
+    stepwise, occurrences = _warm_engine()
+    skipping, _ = _warm_engine()
+    stepwise._drain_h = 10**9  # never skip: the reference
+    last = occurrences[-1]
+    ts = last.observed_at.timestamp() + 30 * 86400  # a month's gap
+    for engine in (stepwise, skipping):
+        engine.observe(_occurrence_at(last, ts, "cam-a"))
+        engine.observe(_occurrence_at(last, ts + 60, "cam-b"))
+        assert engine.open_hour == stepwise.open_hour
+    [kind] = stepwise.kinds()
+    a, b = stepwise._kinds[kind], skipping._kinds[kind]
+    for name in ("slot_sum", "slot_weight", "group_sum", "group_weight", "level_count"):
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-9,
+                                   atol=1e-12, err_msg=name)
+    # exposure follows one slot's group rate instead of each: close, not equal
+    np.testing.assert_allclose(b.level_exposure, a.level_exposure, rtol=0.03)
+    np.testing.assert_array_equal(b.current, a.current)
+
+
+def datetime_ts(year: int) -> float:
+    from datetime import UTC, datetime
+
+    return datetime(year, 1, 1, tzinfo=UTC).timestamp()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import text
+
 from stream.policy import KindPolicy, Level, PolicyBook
 from ticketing.auth import Principal, Role, TokenAuth
 from ticketing.config import TicketingSettings
@@ -18,6 +20,7 @@ from ticketing.models import (
     ticket_id_for,
 )
 from ticketing.routing import Rules
+from ticketing.store import SqlTicketStore
 
 T0 = datetime(2026, 5, 4, 6, 0, tzinfo=UTC)
 _seq = iter(range(1, 10**9))
@@ -118,3 +121,17 @@ def api_act_ok(client: Any, h: dict[str, str], ticket: dict[str, Any], action: s
     response = api_act(client, h, ticket, action, **body)
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
+
+
+def refuse_poison(store: SqlTicketStore) -> None:
+    """Make the real database refuse an event id starting ``poison`` for good (as
+    PostgreSQL refused one holding NUL with ``DataError`` before validation did)."""
+    with store.engine.begin() as conn:
+        if store.dialect == "sqlite":
+            conn.execute(text(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON ticket_event_ids"
+                " WHEN NEW.event_id LIKE 'poison%'"
+                " BEGIN SELECT RAISE(ABORT, 'poison refused by the test'); END"))
+        else:
+            conn.execute(text("ALTER TABLE ticket_event_ids ADD CONSTRAINT refuse_poison"
+                              " CHECK (event_id NOT LIKE 'poison%')"))
