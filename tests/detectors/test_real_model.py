@@ -59,20 +59,28 @@ def who(people: list[dict[str, Any]], frame: int, xy: tuple[float, float]) -> in
     return None if best is None else best[1]
 
 
-def test_people_walking_against_the_lane_are_each_reported_once(person_onnx, vtest_avi
-                                                                ) -> None:
-    config = camera_config_from_dict(person_camera(person_onnx))
-    pipeline = CameraPipeline(config, frame_rate=10.0)
+def foot_points_reported(pipeline: CameraPipeline, video: Path
+                         ) -> list[tuple[int, tuple[float, float]]]:
+    """(frame, foot point of the box) of every detection over the fixture's frame range."""
     first, last = FIXTURE["frame_range"]
     reports: list[tuple[int, tuple[float, float]]] = []
-    for index, frame, _ in iter_frames(vtest_avi):
+    for index, frame, _ in iter_frames(video):
         if index > last:
             break
         if index < first:
             continue
         for detection in pipeline.process(frame, T0 + timedelta(seconds=index / 10)):
+            assert detection.evidence is not None and detection.evidence.bbox_xyxy
             x1, _, x2, y2 = detection.evidence.bbox_xyxy
             reports.append((index, ((x1 + x2) / 2, y2)))
+    return reports
+
+
+def test_people_walking_against_the_lane_are_each_reported_once(person_onnx, vtest_avi
+                                                                ) -> None:
+    config = camera_config_from_dict(person_camera(person_onnx))
+    pipeline = CameraPipeline(config, frame_rate=10.0)
+    reports = foot_points_reported(pipeline, vtest_avi)
     pipeline.close()
     assert pipeline.stats["frames_failed"] == 0
     against = [who(FIXTURE["against"], frame, xy) for frame, xy in reports]

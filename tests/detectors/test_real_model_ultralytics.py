@@ -9,30 +9,18 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import timedelta
 
 from detectors.camera import CameraPipeline, camera_config_from_dict
-from detectors.sample import iter_frames
 
-from .builders import T0
-from .test_real_model import FIXTURE, person_camera, who
+from .test_real_model import FIXTURE, foot_points_reported, person_camera, who
 
 
 def test_ultralytics_backend_reports_the_same_people(person_pt, vtest_avi, capsys) -> None:
     data = person_camera(person_pt)
     data["detectors"][0]["backend"]["type"] = "ultralytics"
     pipeline = CameraPipeline(camera_config_from_dict(data), frame_rate=10.0)
-    first, last = FIXTURE["frame_range"]
-    reports = []
     started = time.perf_counter()
-    for index, frame, _ in iter_frames(vtest_avi):
-        if index > last:
-            break
-        if index < first:
-            continue
-        for detection in pipeline.process(frame, T0 + timedelta(seconds=index / 10)):
-            x1, _, x2, y2 = detection.evidence.bbox_xyxy
-            reports.append((index, ((x1 + x2) / 2, y2)))
+    reports = foot_points_reported(pipeline, vtest_avi)
     elapsed = time.perf_counter() - started
     hub = pipeline.context.hub
     assert hub is not None

@@ -41,6 +41,12 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
+def kill_if_running(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
 def api_up(port: int) -> bool:
     try:
         tickets(port)
@@ -146,9 +152,7 @@ def test_serve_uses_the_store_named_by_gridwatch_tickets_url(tmp_path: Path) -> 
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(30) == 0
     finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait(10)
+        kill_if_running(serve)
 
 
 # -- reconnect back-off (issue 12 part 5) ---------------------------------------------------
@@ -274,9 +278,7 @@ def test_serve_metrics_need_a_token_on_the_api_port_and_none_on_the_loopback_lis
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(30) == 0
     finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait(10)
+        kill_if_running(serve)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
