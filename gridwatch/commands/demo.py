@@ -1,9 +1,12 @@
 """``gridwatch demo``: the embedded single-box pipeline on sample_data/, then the API.
 
-Sensor and camera detections from ``sample_data/detections.jsonl`` and the detections the
-weight-free wrong-way detector finds in a small rendered video flow through the embedded
-pipeline (validate → cell → dedup → incidents → tickets in SQLite); the tickets are
-printed and served by the read API on 127.0.0.1 until Ctrl-C (``--once``: print and exit).
+Sensor and camera detections from ``sample_data/detections.jsonl`` (shifted by whole hours
+so that they end now; ``--keep-times``: as recorded) and the detections the weight-free
+wrong-way detector finds in a small rendered video flow through the embedded pipeline
+(validate → cell → dedup → incidents → tickets in SQLite) as if they happened live; then
+the demo's named people work the tickets (``demo_story``) while the escalator runs, so the
+loop is there in every state. The tickets are printed and served by the console and the API
+on 127.0.0.1 until Ctrl-C (``--once``: print and exit).
 The demo box is edge and centre at once: the video's snapshots are put straight into the
 centre's evidence store (``<data-dir>/evidence``), so its ticket's ``snapshot_urls`` open
 in the API; the sample file's ``file://`` snapshots name images that do not exist, so their
