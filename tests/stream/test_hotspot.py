@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -195,18 +193,30 @@ def test_replay_is_byte_identical_across_runs_and_hash_seeds() -> None:
     assert n_hot >= 1, "the injected 6x clusters must give hot-spot tickets"
 
 
-def test_engine_findings_are_identical_across_runs() -> None:
-    rates = flat(1.0)
-    rates[9 * 24:10 * 24, cell(1, 1)] = 4.0
-    sc = make_scenario(rates)
+_ENGINE_SCRIPT = """
+import hashlib, json
+from tests.stream.test_hotspot import HotspotEngine, HotspotSettings, GRID, cell, flat
+from tests.stream.test_hotspot import make_scenario, run
+rates = flat(1.0)
+rates[9 * 24:10 * 24, cell(1, 1)] = 4.0
+fs = run(HotspotEngine(HotspotSettings(), GRID), make_scenario(rates))
+text = json.dumps([f.as_ticket_hotspot() | {"cell": f.cell_id} for f in fs], default=str,
+                  sort_keys=True)
+print(len(fs), sorted({f.cell_id for f in fs}), hashlib.sha256(text.encode()).hexdigest())
+"""
 
-    def digest() -> str:
-        fs = run(HotspotEngine(HotspotSettings(), GRID), sc)
-        text = json.dumps([f.as_ticket_hotspot() | {"cell": f.cell_id} for f in fs],
-                          default=str, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
 
-    assert digest() == digest()
+def test_engine_findings_are_identical_across_processes_and_hash_seeds() -> None:
+    # in one process the same code gives the same answer by construction; set and dict
+    # order across hash seeds is what could make two centres disagree
+    outputs = []
+    for seed in ("0", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", _ENGINE_SCRIPT], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120, check=True)
+        outputs.append(done.stdout.strip())
+    assert outputs[0] == outputs[1]
+    assert int(outputs[0].split()[0]) >= 1 and IDS[cell(1, 1)] in outputs[0]
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -273,8 +283,18 @@ def test_grid_with_no_neighbours_still_scans_single_cells() -> None:
         "geometry": {"type": "Polygon",
                      "coordinates": [[[113.1, 23.0], [113.101, 23.0], [113.101, 23.001],
                                       [113.1, 23.001], [113.1, 23.0]]]}}]})
-    engine = HotspotEngine(HotspotSettings(), grid)
-    assert engine.flush() == []
+    # a one-cell grid: the scan has no neighbours to add; a burst is still found, alone
+    spec = ScenarioSpec(rows=1, cols=1, days=12, n_clusters=0)
+    rates = np.full((12 * 24, 1), 1.0)
+    rates[9 * 24:10 * 24, 0] = 5.0  # day 10: five times its normal
+    counts = np.random.default_rng(5).poisson(rates).astype(np.int64)
+    scenario = Scenario(spec=spec, grid=grid, start_s=START_S, rates=rates, counts=counts,
+                        clusters=[], sources=[["STA/cam1"]])
+    findings = run(HotspotEngine(HotspotSettings(), grid), scenario)
+    assert findings, "a 5x day on the only cell must be found"
+    assert {f.cell_id for f in findings} == {"A"}
+    assert all(f.member_cells == ("A",) for f in findings)
+    assert min(window_hours(findings[0])) >= 9 * 24 - 72  # found around the burst
 
 
 # -- cost: the evidence kept for the longest window ------------------------------------------
