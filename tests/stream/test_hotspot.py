@@ -181,13 +181,19 @@ print(len(hot), hashlib.sha256(text.encode()).hexdigest())
 """
 
 
-def test_replay_is_byte_identical_across_runs_and_hash_seeds() -> None:
+def under_hash_seeds(script: str, seeds: tuple[str, ...]) -> list[str]:
+    """``script``'s stdout, run in a fresh interpreter under each ``PYTHONHASHSEED``."""
     outputs = []
-    for seed in ("1", "2"):
+    for seed in seeds:
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        done = subprocess.run([sys.executable, "-c", _REPLAY_SCRIPT], cwd=ROOT, env=env,
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120, check=True)
         outputs.append(done.stdout.strip())
+    return outputs
+
+
+def test_replay_is_byte_identical_across_runs_and_hash_seeds() -> None:
+    outputs = under_hash_seeds(_REPLAY_SCRIPT, ("1", "2"))
     assert outputs[0] == outputs[1]
     n_hot = int(outputs[0].split()[0])
     assert n_hot >= 1, "the injected 6x clusters must give hot-spot tickets"
@@ -209,12 +215,7 @@ print(len(fs), sorted({f.cell_id for f in fs}), hashlib.sha256(text.encode()).he
 def test_engine_findings_are_identical_across_processes_and_hash_seeds() -> None:
     # in one process the same code gives the same answer by construction; set and dict
     # order across hash seeds is what could make two centres disagree
-    outputs = []
-    for seed in ("0", "12345"):
-        env = {**os.environ, "PYTHONHASHSEED": seed}
-        done = subprocess.run([sys.executable, "-c", _ENGINE_SCRIPT], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120, check=True)
-        outputs.append(done.stdout.strip())
+    outputs = under_hash_seeds(_ENGINE_SCRIPT, ("0", "12345"))
     assert outputs[0] == outputs[1]
     assert int(outputs[0].split()[0]) >= 1 and IDS[cell(1, 1)] in outputs[0]
 
