@@ -59,7 +59,8 @@ def _grid():  # type: ignore[no-untyped-def]
 def serve(url: str, schema: str | None, port: int) -> None:
     import uvicorn
 
-    from stream.policy import KindPolicy, Level, PolicyBook
+    from geo.admin import Level
+    from stream.policy import KindPolicy, PolicyBook
     from ticketing.api.app import create_app
     from ticketing.auth import Principal, Role, TokenAuth
     from ticketing.config import TicketingSettings

@@ -23,7 +23,8 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.strtree import STRtree
 
-ADMIN_LEVELS = ("village", "town", "district")
+from geo.admin import LEVEL_NAMES
+
 OPTIONAL_PROPERTIES = ("name", "district", "town", "village", "grid_worker")
 
 
@@ -45,9 +46,10 @@ class Cell:
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def admin_unit(self, level: str) -> str | None:
-        """The cell's unit at ``level`` (``village``, ``town`` or ``district``)."""
-        if level not in ADMIN_LEVELS:
-            raise ValueError(f"expected level in {ADMIN_LEVELS}, got {level!r}")
+        """The cell's unit at ``level`` (``village``, ``town`` or ``district``; a
+        :class:`geo.admin.Level` is one of these)."""
+        if level not in LEVEL_NAMES:
+            raise ValueError(f"expected level in {LEVEL_NAMES}, got {level!r}")
         value: str | None = getattr(self, level)
         return value
 

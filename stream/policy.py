@@ -12,18 +12,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from geo.admin import Level
+
 
 class Mode(str, Enum):
     INCIDENT = "incident"  # acute: cluster into incidents, one ticket per open incident chain
     HOTSPOT = "hotspot"  # chronic: count occurrences, ticket only a significant excess
-
-
-class Level(str, Enum):
-    """小事村内解决、要事镇街处置、大事区级决策."""
-
-    VILLAGE = "village"
-    TOWN = "town"
-    DISTRICT = "district"
 
 
 Priority = Literal["P1", "P2", "P3", "P4"]

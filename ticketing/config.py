@@ -9,7 +9,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stream.policy import Level, Priority
+from geo.admin import Level
+from stream.policy import Priority
 from ticketing.departments import DEFAULT_DEPARTMENTS, Department, DepartmentId
 
 DEFAULT_SLA_S: dict[Priority, int] = {"P1": 2 * 3600, "P2": 24 * 3600, "P3": 72 * 3600,

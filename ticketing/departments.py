@@ -22,7 +22,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stream.policy import Level, PolicyBook
+from geo.admin import Level
+from stream.policy import PolicyBook
 
 DepartmentId = Annotated[str, Field(pattern=r"^[a-z0-9_]+$", min_length=1, max_length=64)]
 

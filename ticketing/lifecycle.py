@@ -41,11 +41,11 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
+from geo.admin import Level, unit_at
 from geo.grid import Cell
-from stream.policy import Level
 from ticketing.departments import UnknownDepartment
 from ticketing.models import Origin, Review, ReviewReason, Ticket, TicketStatus
-from ticketing.routing import Rules, clock_record, escalate
+from ticketing.routing import Rules, clock_record
 
 S = TicketStatus
 
@@ -133,16 +133,6 @@ class AuditEntry:
     to_status: str
     note: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
-
-
-def unit_for(ticket: Ticket, level: Level) -> str | None:
-    """The ticket's administrative unit at ``level`` or the nearest known above it."""
-    order = [Level.VILLAGE, Level.TOWN, Level.DISTRICT]
-    for name in order[order.index(level):]:
-        unit: str | None = getattr(ticket, name.value)
-        if unit:
-            return unit
-    return None
 
 
 def allowed_actions(status: TicketStatus) -> list[Action]:
@@ -274,10 +264,10 @@ def apply_action(ticket: Ticket, request: ActionRequest, *, actor: str, at: date
                     returned_count=ticket.returned_count)
         if ticket.returned_count % RETURNS_PER_LEVEL == 0:
             old = Level(ticket.level)
-            new = escalate(old)
+            new = old.above()
             if new is not old:
                 ticket.level = new.value
-                ticket.unit = unit_for(ticket, new)
+                ticket.unit = unit_at(ticket, new)
                 data.update(level_from=old.value, level_to=new.value, unit=ticket.unit)
         note = note or reason
     elif action is Action.RESOLVE:
@@ -316,7 +306,7 @@ def _reroute(ticket: Ticket, request: ActionRequest, rules: Rules,
         ticket.department = _department(ticket, request.department, rules)
     if request.level is not None:
         ticket.level = request.level.value
-        ticket.unit = unit_for(ticket, request.level)
+        ticket.unit = unit_at(ticket, request.level)
     data.update(department=ticket.department, level=ticket.level, unit=ticket.unit)
 
 

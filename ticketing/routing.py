@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from geo.grid import ADMIN_LEVELS, Cell
-from stream.policy import KindPolicy, Level, PolicyBook
+from geo.admin import Level, unit_at
+from geo.grid import Cell
+from stream.policy import KindPolicy, PolicyBook
 from ticketing.config import TicketingSettings
 from ticketing.departments import check_config, check_department
 from ticketing.models import Escalation, Ticket
@@ -37,21 +38,6 @@ def route_for(kind: str, cell: Cell, policy: KindPolicy,
         department = rule.department or department
         break
     return Route(level=level, unit=unit_at(cell, level), department=department)
-
-
-def unit_at(cell: Cell, level: Level) -> str | None:
-    """The cell's unit at ``level``, or the nearest known unit above it."""
-    for name in ADMIN_LEVELS[ADMIN_LEVELS.index(level.value):]:
-        unit = cell.admin_unit(name)
-        if unit:
-            return unit
-    return None
-
-
-def escalate(level: Level) -> Level:
-    """One level up (village → town → district); district stays district."""
-    order = list(Level)
-    return order[min(order.index(level) + 1, len(order) - 1)]
 
 
 def sla_s(priority: str, policy: KindPolicy, settings: TicketingSettings) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from geo.admin import Level
 from gridwatch.config import ConfigError, GridWatchConfig, deep_merge, load_config
-from stream.policy import Level, Mode
+from stream.policy import Mode
 
 
 def test_default_config_has_a_policy_for_every_builtin_kind():

@@ -7,7 +7,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from stream.policy import KindPolicy, Level, PolicyBook
+from geo.admin import Level
+from stream.policy import KindPolicy, PolicyBook
 from ticketing.auth import Principal, Role, TokenAuth
 from ticketing.config import TicketingSettings
 from ticketing.models import (

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from stream.policy import KindPolicy, Level, PolicyBook
+from geo.admin import Level
+from stream.policy import KindPolicy, PolicyBook
 from stream.types import Incident, IncidentEvent
 from tests.builders import make_grid
 from tests.ticketing.builders import (

@@ -10,8 +10,9 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from geo.admin import Level
 from gridwatch.config import ConfigError, default_config_file, load_config
-from stream.policy import KindPolicy, Level, PolicyBook
+from stream.policy import KindPolicy, PolicyBook
 from tests.builders import make_grid
 from tests.ticketing.builders import (
     Headers,

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from stream.policy import Level
+from geo.admin import Level
 from tests.ticketing.builders import RULES, T0, make_ticket
 from ticketing.lifecycle import (
     TRANSITIONS,

@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from stream.policy import Level, Priority
+from geo.admin import Level
+from stream.policy import Priority
 from ticketing.lifecycle import Action
 from ticketing.models import Escalation, Origin, Review, ReviewReason, Ticket, TicketStatus
 

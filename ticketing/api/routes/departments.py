@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from stream.policy import Level
+from geo.admin import Level
 from ticketing.api.deps import Reader, StateDep
 from ticketing.api.models import AdminUnit, DepartmentPublic, DepartmentRegistry
 
