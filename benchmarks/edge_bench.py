@@ -31,9 +31,9 @@ if str(ROOT_DIR) not in sys.path:  # run as a script: the helpers in tests/ are 
 
 from edge.agent import EdgeAgent  # noqa: E402
 from edge.config import MetricsSettings, StationConfig, UplinkSettings  # noqa: E402
-from edge.publisher import wait_until  # noqa: E402
 from tests.edge.helpers import spread_detection  # noqa: E402
 from tests.support.mosquitto import MosquittoProcess, free_port  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402
 
 
 def bare(port: int, payloads: list[tuple[str, bytes]]) -> float:

@@ -41,8 +41,8 @@ ROOT_DIR = Path(__file__).resolve().parents[1]
 if str(ROOT_DIR) not in sys.path:  # run as a script: the helpers in tests/ are needed
     sys.path.insert(0, str(ROOT_DIR))
 
+from configs.mqtt import MqttConnection  # noqa: E402
 from detectors.schema import Detection  # noqa: E402
-from edge.config import MqttConnection  # noqa: E402
 from geo.grid import Grid  # noqa: E402
 from geo.make import square_grid  # noqa: E402
 from gridwatch.config import load_config  # noqa: E402

@@ -50,13 +50,13 @@ from pydantic import (
 )
 from pydantic_core import CoreSchema
 
+from configs.reader import read_yaml_mapping, validate_config
 from detectors.api import (
     DetectorConfigBase,
     DetectorContext,
     PluginRegistry,
     load_plugins,
 )
-from detectors.configfile import read_yaml_mapping, validate_config
 from detectors.ground import GroundMapper
 from detectors.lanes import Lane, LaneConfig
 from detectors.schema import Detection

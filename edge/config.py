@@ -17,7 +17,6 @@ Example (``configs/station.example.yaml`` is the documented version)::
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,7 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from detectors.configfile import ConfigFileError, read_yaml_mapping, validate_config
+from configs.mqtt import MqttConnection
+from configs.reader import read_yaml_mapping, validate_config
 
 Seconds = Annotated[float, Field(gt=0, le=30 * 86400)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
@@ -43,42 +43,6 @@ MAX_INFLIGHT_LIMIT = 20_000
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TlsSettings(_Strict):
-    """TLS to the broker. ``ca_file`` unset with ``enabled`` uses the system CAs."""
-
-    enabled: bool = False
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure: bool = False  # skip hostname verification (test rigs only)
-
-
-class MqttConnection(_Strict):
-    """One MQTT broker connection. The password comes from the env var ``password_env``."""
-
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    client_id: str | None = None
-    username: str | None = None
-    password_env: str | None = None
-    tls: TlsSettings = TlsSettings()
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
-    reconnect_min_s: Seconds = 1.0
-    reconnect_max_s: Seconds = 60.0
-
-    def password(self) -> str | None:
-        """The password from the environment (``None`` when no ``password_env``)."""
-        if self.password_env is None:
-            return None
-        value = os.environ.get(self.password_env)
-        if value is None:
-            raise ConfigFileError(
-                f"MQTT password: environment variable {self.password_env} is not set "
-                f"(named by password_env for {self.host}:{self.port})"
-            )
-        return value
 
 
 class UplinkSettings(MqttConnection):

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import collections
 import logging
-import ssl
-import sys
 import threading
-import time
 import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from detectors.configfile import ConfigFileError
-from edge.config import MqttConnection, UplinkSettings
+from configs.mqtt import connect_failure, make_client, refusal_hint
+from edge.config import UplinkSettings
 from edge.metrics import EdgeMetrics
 from edge.outbox import Outbox
 
@@ -65,66 +61,6 @@ def parse_source_topic(prefix: str, topic: str) -> tuple[str, str, str] | None:
 def status_topic(prefix: str, station_id: str) -> str:
     """``gridwatch/v1/<station_id>/status`` (retained ``online`` / ``offline``)."""
     return f"{prefix}/{station_id}/status"
-
-
-def make_client(conn: MqttConnection, *, client_id: str, clean_session: bool = True,
-                manual_ack: bool = False) -> mqtt.Client:
-    """A paho client with the connection's credentials, TLS and back-off applied."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         clean_session=clean_session, protocol=mqtt.MQTTv311,
-                         manual_ack=manual_ack)
-    if conn.username is not None:
-        client.username_pw_set(conn.username, conn.password())
-    if conn.tls.enabled:
-        tls = conn.tls
-        try:
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            files = ", ".join(f"{name} {path}" for name, path in (
-                ("ca_file", tls.ca_file), ("cert_file", tls.cert_file),
-                ("key_file", tls.key_file)) if path is not None)
-            raise ConfigFileError(f"MQTT TLS for {conn.host}:{conn.port}: cannot load "
-                                  f"{files or 'the system CAs'}: {exc}") from None
-        client.tls_insecure_set(conn.tls.insecure)
-    client.reconnect_delay_set(min_delay=max(1, int(conn.reconnect_min_s)),
-                               max_delay=max(1, int(conn.reconnect_max_s)))
-    client.on_connect_fail = lambda c, userdata: logger.warning(
-        "MQTT client %s: cannot connect to %s:%s: %s; retrying with back-off", client_id,
-        conn.host, conn.port, connect_failure())
-    return client
-
-
-def connect_failure() -> str:
-    """Why paho's last connection attempt failed, for an ``on_connect_fail`` callback.
-
-    paho retries a failed connect (refused, TLS verification, unreachable) silently and
-    passes the callback no reason; it calls it inside its ``except OSError``, so the
-    exception is still the one being handled.
-    """
-    exc = sys.exc_info()[1]
-    if exc is None:
-        return "no reason given"
-    return str(exc) or type(exc).__name__
-
-
-# CONNACK refusals about credentials (MQTT 3.1.1 return codes 4 and 5, as paho's
-# MQTT 5 reason codes): "Bad user name or password", "Not authorized"
-_CREDENTIALS_REFUSED = (0x86, 0x87)
-
-
-def refusal_hint(conn: MqttConnection, reason: Any) -> str:
-    """What to check when the broker refuses the credentials (else ``""``)."""
-    if getattr(reason, "value", None) not in _CREDENTIALS_REFUSED:
-        return ""
-    if conn.username is None:
-        return " (no username is configured)"
-    where = f"${conn.password_env}" if conn.password_env else "no password_env"
-    return f" (check username {conn.username!r} and the password: {where})"
 
 
 class Publisher:
@@ -266,13 +202,3 @@ class Publisher:
             self.metrics.inflight.set(len(self._inflight))
             # let acknowledgements free the outbox while a long backlog drains
             self._settle_acks()
-
-
-def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:
-    """Poll ``predicate`` until true or ``timeout_s`` passes (tests and benchmarks)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())

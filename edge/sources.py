@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
+from configs.mqtt import make_client
 from detectors.schema import Detection
 from edge.adapters import (
     PayloadError,
@@ -41,7 +42,6 @@ from edge.config import (
     Z2mSmokeSource,
 )
 from edge.metrics import EdgeMetrics
-from edge.publisher import make_client
 from edge.supervisor import DropOldestQueue
 
 if TYPE_CHECKING:

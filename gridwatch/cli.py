@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from detectors.configfile import ConfigFileError
+from configs.reader import ConfigFileError
 from gridwatch.errors import UserError
 
 # Optional dependencies by top-level module: a command that reaches one that is not

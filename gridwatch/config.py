@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from detectors.configfile import ConfigFileError, read_yaml_mapping, validate_config
+from configs.reader import ConfigFileError, read_yaml_mapping, validate_config
 from gridwatch.errors import UserError
 from stream.hotspot import HotspotSettings
 from stream.policy import KindPolicy, PolicyBook, StreamSettings

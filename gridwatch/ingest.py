@@ -46,13 +46,13 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from configs.mqtt import MqttConnection
 from detectors.evidence_message import (
     MAX_HEADER_BYTES,
     EvidenceMessageRejected,
     parse_evidence,
 )
 from detectors.schema import Detection, DetectionRejected, parse_detection
-from edge.config import MqttConnection
 from edge.publisher import parse_source_topic
 from gridwatch.embedded import STORE_UNAVAILABLE
 from gridwatch.mqtt_link import ProcessLink, ThreadLink, Token

@@ -32,8 +32,7 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
-from edge.config import MqttConnection
-from edge.publisher import make_client
+from configs.mqtt import MqttConnection, make_client
 
 log = logging.getLogger(__name__)
 

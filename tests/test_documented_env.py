@@ -162,7 +162,7 @@ def test_webhook_secret_from_the_environment(tmp_path: Path,
 # -- MQTT passwords ---
 
 def test_uplink_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from detectors.configfile import ConfigFileError
+    from configs.reader import ConfigFileError
     from edge.config import UplinkSettings
 
     uplink = UplinkSettings(username="st-001", password_env="GRIDWATCH_UPLINK_PASSWORD")

@@ -29,9 +29,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from configs.mqtt import make_client
     from edge.agent import AgentStartupError, EdgeAgent
     from edge.config import load_station_config
-    from edge.publisher import make_client
 
     config = load_station_config(args.config)
     config.uplink.password()  # a missing secret fails now, not in a worker

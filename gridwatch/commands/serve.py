@@ -69,8 +69,7 @@ def register(subparsers: Any) -> None:
 
 def mqtt_connection(args: argparse.Namespace) -> Any:
     """The broker connection from the command line (password from the environment)."""
-    from edge.config import MqttConnection, TlsSettings
-    from edge.publisher import make_client
+    from configs.mqtt import MqttConnection, TlsSettings, make_client
 
     parts = urlsplit(args.mqtt_url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:

@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     from pydantic import ValidationError
 
-    from detectors.configfile import format_validation_error
+    from configs.reader import format_validation_error
 
     try:
         settings = ScaleoutSettings.from_env(

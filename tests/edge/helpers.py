@@ -16,9 +16,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from shapely.geometry import box
 
+from configs.mqtt import MqttConnection, make_client
 from detectors.schema import Detection
-from edge.config import MqttConnection
-from edge.publisher import make_client
 from geo.grid import Grid
 from geo.make import square_grid
 from gridwatch.config import GridWatchConfig

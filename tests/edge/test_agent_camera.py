@@ -21,15 +21,15 @@ import cv2  # noqa: F401  -- a missing OpenCV must fail this module loudly
 import pytest
 import yaml
 
+from configs.reader import ConfigFileError
 from detectors.camera import load_camera_config
-from detectors.configfile import ConfigFileError
 from detectors.sample import render_sample_video, run_video
 from detectors.schema import parse_detection
 from edge.agent import AgentStartupError, EdgeAgent
 from edge.config import load_station_config
-from edge.publisher import wait_until
 from tests.edge.helpers import listening, unique
 from tests.support.mosquitto import MosquittoProcess
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CAMERA = ROOT / "sample_data" / "cameras" / "demo_camera.yaml"

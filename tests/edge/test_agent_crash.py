@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.publisher import wait_until
 from tests.edge.helpers import listening, unique
 from tests.support.mosquitto import MosquittoProcess, free_port
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 

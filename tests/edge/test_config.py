@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from detectors.configfile import ConfigFileError
+from configs.reader import ConfigFileError
 from edge.config import CameraSource, load_station_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "station.example.yaml"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from detectors.configfile import ConfigFileError
+from configs.reader import ConfigFileError
 from edge.config import CameraSource, load_station_config
 
 

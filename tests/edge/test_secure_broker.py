@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from configs.mqtt import MqttConnection, TlsSettings
 from edge.agent import EdgeAgent
-from edge.config import MetricsSettings, MqttConnection, StationConfig, TlsSettings, UplinkSettings
-from edge.publisher import wait_until
+from edge.config import MetricsSettings, StationConfig, UplinkSettings
 from tests.edge.helpers import Centre, spread_detection, unique
 from tests.support.mosquitto import MosquittoProcess, TlsFiles, make_tls_files
+from tests.support.waiting import wait_until
 
 EDGE_USER, EDGE_PASSWORD_ENV = "st-test", "GRIDWATCH_TEST_UPLINK_PASSWORD"
 CENTRE_USER, CENTRE_PASSWORD_ENV = "centre", "GRIDWATCH_TEST_CENTRE_PASSWORD"

@@ -15,20 +15,20 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from configs.mqtt import MqttConnection
 from edge.agent import EdgeAgent
 from edge.config import (
     AccessControlSource,
     JsonMapping,
     JsonSmokeSource,
     MetricsSettings,
-    MqttConnection,
     StationConfig,
     UplinkSettings,
     WebhookSettings,
     Z2mSmokeSource,
 )
-from edge.publisher import wait_until
 from tests.edge.helpers import Centre, forget_session, listening, unique
+from tests.support.waiting import wait_until
 
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
 

@@ -14,8 +14,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from edge.publisher import wait_until
 from tests.support.mosquitto import free_port
+from tests.support.waiting import wait_until
 from tests.ticketing.test_webhooks import Receiver
 from ticketing.webhooks import verify_signature
 

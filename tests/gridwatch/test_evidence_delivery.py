@@ -27,11 +27,11 @@ from detectors.sample import render_sample_video
 from detectors.schema import Detection
 from edge.agent import EdgeAgent
 from edge.config import load_station_config
-from edge.publisher import wait_until
 from gridwatch.config import GridWatchConfig
 from stream.policy import KindPolicy
 from tests.edge.helpers import Centre, listening, unique
 from tests.support.mosquitto import MosquittoProcess
+from tests.support.waiting import wait_until
 from ticketing.api.app import create_app
 from ticketing.auth import Principal, Role, TokenAuth
 from ticketing.evidence import DirectoryBlobStore, EvidenceSettings, evidence_path

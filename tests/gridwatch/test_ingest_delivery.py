@@ -22,9 +22,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.agent import EdgeAgent
 from edge.config import MetricsSettings, StationConfig, UplinkSettings
-from edge.publisher import wait_until
 from tests.edge.helpers import Centre, listening, spread_detection, unique
 from tests.support.mosquitto import MosquittoProcess
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(params=[False, True], ids=["thread", "process"])

@@ -16,13 +16,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from configs.mqtt import MqttConnection
 from detectors.schema import Detection
-from edge.config import MqttConnection
-from edge.publisher import wait_until
 from gridwatch.embedded import Submission, SubmitResult
 from gridwatch.ingest import MqttIngest
 from tests.edge.helpers import Centre, spread_detection, unique
 from tests.support.mosquitto import MosquittoProcess
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_a_killed_mqtt_process_is_replaced_and_nothing_is_lost(
 
 CHILD_OF_A_DOOMED_PARENT = """
 import sys, time
-from edge.config import MqttConnection
+from configs.mqtt import MqttConnection
 from gridwatch.mqtt_link import ProcessLink
 
 class Handler:

@@ -19,10 +19,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.publisher import wait_until
 from geo.grid import Grid
 from tests.edge.helpers import unique
 from tests.support.mosquitto import MosquittoProcess, free_port
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "serve-test-admin-token"
@@ -169,7 +169,7 @@ def serve_args(*argv: str) -> Any:
 ])
 def test_the_centre_back_off_is_short_by_default_and_configurable(
         argv: tuple[str, ...], expected_min_max: tuple[int, int]) -> None:
-    from edge.publisher import make_client
+    from configs.mqtt import make_client
     from gridwatch.commands.serve import mqtt_connection
 
     connection = mqtt_connection(serve_args(*argv))

@@ -18,11 +18,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.publisher import wait_until
 from geo.grid import Grid
 from tests.edge.helpers import unique
 from tests.gridwatch.test_hotspot_durable import hot_tickets, scenario, uninterrupted
 from tests.support.mosquitto import MosquittoProcess, free_port
+from tests.support.waiting import wait_until
 from ticketing import checkpoints
 from ticketing.store import SqliteTicketStore
 

@@ -186,7 +186,7 @@ def test_without_an_evidence_store_the_route_answers_404(store: SqlTicketStore) 
 
 
 def test_the_api_workers_apply_retention(store: SqlTicketStore, tmp_path: Path) -> None:
-    from edge.publisher import wait_until
+    from tests.support.waiting import wait_until
 
     evidence = EvidenceStore(store, DirectoryBlobStore(tmp_path / "ev"),
                              EvidenceSettings(retention_days=1))

@@ -1,6 +1,14 @@
 """Reading YAML config files into pydantic models, with errors that name the file and the
-field path. Shared by every process's config (centre, edge box, camera): it lives here,
-in the package every other one may import."""
+field path.
+
+Every process's root config (the centre's ``gridwatch.config``, the edge box's
+``edge.config``, a camera's ``detectors.camera``) is read through these three functions::
+
+    data = read_yaml_mapping(Path("station.yaml"))        # ConfigFileError names the line
+    config = validate_config(StationConfig, data, "station.yaml")  # ... or the field path
+
+It lives in ``configs``, beside the shipped config files, because every package may import
+``configs`` and ``configs`` imports nothing of ours."""
 
 from __future__ import annotations
 
