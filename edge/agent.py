@@ -1,4 +1,4 @@
-"""The edge agent: sources → outbox → publisher, owned by a supervisor.
+"""The edge agent: sources → outbox → publisher, as worker threads restarted when they die.
 
 >>> agent = EdgeAgent(load_station_config("station.yaml"))
 >>> agent.start()      # workers run in threads; dead ones are restarted
@@ -39,7 +39,7 @@ from edge.sources import (
     WebhookServer,
     camera_frame_rate,
 )
-from edge.supervisor import Supervisor
+from edge.workers import Workers
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class EdgeAgent:
                                  lambda: self.outbox.dropped)
         self.metrics.evidence_dropped.set_function(lambda: self.outbox.evidence_dropped)
         self.hub = SensorHub(config, started_at=time.time(), metrics=self.metrics)
-        self.supervisor = Supervisor(
+        self.workers = Workers(
             on_restart=lambda name: self.metrics.worker_restarts.labels(name).inc())
         self.publisher: Publisher | None = None
         self.webhook: WebhookServer | None = None
@@ -85,25 +85,25 @@ class EdgeAgent:
         self._started_at = time.time()
         self.cameras: dict[str, CameraWorkers] = {}
 
-        self.supervisor.add("publisher", self._new_publisher)
+        self.workers.add("publisher", self._new_publisher)
         if self.hub.by_topic:
-            self.supervisor.add("local-mqtt",
+            self.workers.add("local-mqtt",
                                 lambda: LocalMqttInput(config, self.hub, self.sink).run)
         if self.hub.sources:
-            self.supervisor.add("ticker",
+            self.workers.add("ticker",
                                 lambda: Ticker(self.hub, self.sink, config.tick_s).run)
         if config.webhook is not None:
             self.webhook = WebhookServer(config.webhook, self.hub, self.sink, self.station_id)
             webhook = self.webhook
-            self.supervisor.add("webhook", lambda: webhook.run)
+            self.workers.add("webhook", lambda: webhook.run)
         for source in config.sources:
             if isinstance(source, CameraSource):
                 cam = CameraWorkers(source, self.station_id, self.sink, self.metrics,
                                     camera_pipeline_factory, **prepared.get(source.id, {}))
                 self.cameras[source.id] = cam
-                self.supervisor.add(f"camera-{source.id}-reader", _const(cam.run_reader))
-                self.supervisor.add(f"camera-{source.id}-detector", _const(cam.run_detector))
-        self.supervisor.add("status", lambda: self._write_status_forever)
+                self.workers.add(f"camera-{source.id}-reader", _const(cam.run_reader))
+                self.workers.add(f"camera-{source.id}-detector", _const(cam.run_detector))
+        self.workers.add("status", lambda: self._write_status_forever)
 
     def _preflight(self, real_cameras: bool) -> dict[str, dict[str, Any]]:
         """Check every camera now, so a mistake stops the agent with its message.
@@ -261,11 +261,11 @@ class EdgeAgent:
         logger.info("station %s: edge agent starting, %d sources, outbox %s holds %d",
                     self.station_id, len(self.config.sources), self.config.outbox_path,
                     self.outbox.depth)
-        self.supervisor.start()
+        self.workers.start()
 
     def stop(self) -> None:
         """Stop every worker (the publisher says ``offline``), then close the outbox."""
-        self.supervisor.stop()
+        self.workers.stop()
         self._write_status(running=False)
         if self._metrics_server is not None:
             server, thread = self._metrics_server
@@ -307,8 +307,8 @@ class EdgeAgent:
                               "open_failures": cam.open_failures,
                               "end_of_file": cam.finished.is_set()}
                         for cid, cam in self.cameras.items()},
-            "workers": self.supervisor.alive(),
-            "restarts": self.supervisor.restarts(),
+            "workers": self.workers.alive(),
+            "restarts": self.workers.restarts(),
         }
 
     def _write_status(self, *, running: bool = True) -> None:

@@ -71,7 +71,7 @@ class EdgeMetrics:
                                         "sent (too_large, unreadable, not_an_image)",
                                         ["source", "reason"], registry=r)
         self.worker_restarts = Counter("gridwatch_edge_worker_restarts", "Workers restarted by "
-                                       "the supervisor after dying", ["worker"], registry=r)
+                                       "the agent after dying", ["worker"], registry=r)
 
     def bind_outbox(self, depth: Callable[[], float], size: Callable[[], float],
                     dropped: Callable[[], float]) -> None:

@@ -42,7 +42,7 @@ from edge.config import (
     Z2mSmokeSource,
 )
 from edge.metrics import EdgeMetrics
-from edge.supervisor import DropOldestQueue
+from edge.workers import DropOldestQueue
 
 if TYPE_CHECKING:
     import numpy as np
@@ -543,7 +543,7 @@ class CameraWorkers:
                     self.metrics.camera_healthy.labels(self.source.id).set(0)
                 logger.error("station %s camera %s: %s", self.station_id, self.source.id,
                              self.last_error)
-                raise  # the supervisor restarts this worker with back-off
+                raise  # edge.workers restarts this worker with back-off
         inner_errors = _pipeline_errors(pipeline)
         try:
             while not stop.is_set():

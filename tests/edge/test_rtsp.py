@@ -117,7 +117,7 @@ def test_frames_flow_and_the_reader_reconnects_after_a_server_restart(
              if "camera cam-1: cannot open" in m]
     assert waits[:2] == [0.4, 0.8]  # the back-off doubles (up to reopen_max_s)
     assert all(w <= 1.0 for w in waits)
-    assert rig.supervisor.restarts() == {"camera-cam-1-reader": 0, "camera-cam-1-detector": 0}
+    assert rig.workers.restarts() == {"camera-cam-1-reader": 0, "camera-cam-1-detector": 0}
 
 
 def test_a_slow_detector_drops_the_oldest_frames_and_the_queue_stays_bounded(

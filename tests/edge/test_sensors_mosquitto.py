@@ -68,7 +68,7 @@ def station(tmp_path: Path, mqtt_url: str) -> dict:
     with listening(mqtt_url, f"{prefix}/{station_id}/+/detection") as uplink:
         agent.start()
         assert wait_until(lambda: bool(agent.publisher and agent.publisher.connected), 10)
-        assert wait_until(lambda: agent.supervisor.alive().get("local-mqtt", False), 10)
+        assert wait_until(lambda: agent.workers.alive().get("local-mqtt", False), 10)
         yield {"agent": agent, "centre": centre, "uplink": uplink, "base": base,
                "url": mqtt_url, "station_id": station_id}
         agent.stop()

@@ -24,7 +24,7 @@ from detectors.schema import Detection
 from edge.config import CameraSource
 from edge.metrics import EdgeMetrics
 from edge.sources import DEFAULT_FILE_START, CameraWorkers
-from edge.supervisor import Supervisor
+from edge.workers import Workers
 
 START = datetime.fromisoformat("2026-05-04T08:00:00+08:00")
 STATION = "st-cam-test"
@@ -87,20 +87,20 @@ class RecordingPipeline:
 
 
 class Rig:
-    """Camera workers under a real :class:`Supervisor`, detections collected in a list."""
+    """Camera workers under real :class:`~edge.workers.Workers`, detections in a list."""
 
     def __init__(self, sources: list[tuple[CameraSource, RecordingPipeline]]) -> None:
         self.metrics = EdgeMetrics(STATION)
         self.sunk: list[Detection] = []
         self._lock = threading.Lock()
-        self.supervisor = Supervisor(max_backoff_s=0.2)
+        self.workers = Workers(max_backoff_s=0.2)
         self.cameras: dict[str, CameraWorkers] = {}
         for source, pipeline in sources:
             cam = CameraWorkers(source, STATION, self._sink, self.metrics,
                                 pipeline_factory=lambda s, p=pipeline: p)
             self.cameras[source.id] = cam
-            self.supervisor.add(f"camera-{source.id}-reader", lambda c=cam: c.run_reader)
-            self.supervisor.add(f"camera-{source.id}-detector", lambda c=cam: c.run_detector)
+            self.workers.add(f"camera-{source.id}-reader", lambda c=cam: c.run_reader)
+            self.workers.add(f"camera-{source.id}-detector", lambda c=cam: c.run_detector)
 
     def _sink(self, detections: list[Detection]) -> None:
         with self._lock:
@@ -123,13 +123,13 @@ def rig_factory() -> Iterator[Callable[..., Rig]]:
 
     def build(*sources: tuple[CameraSource, RecordingPipeline]) -> Rig:
         rig = Rig(list(sources))
-        rig.supervisor.start()
+        rig.workers.start()
         rigs.append(rig)
         return rig
 
     yield build
     for rig in rigs:
-        rig.supervisor.stop(timeout_s=5)
+        rig.workers.stop(timeout_s=5)
 
 
 def offsets(seen: list[datetime], start: datetime = START) -> list[float]:
@@ -149,9 +149,9 @@ def test_a_file_is_read_to_its_end_once_with_event_time_from_the_start(
     assert (cam.frames_read, cam.frames_dropped, cam.errors) == (20, 0, 0)
     assert rig.metric("gridwatch_edge_camera_frames_total") == 20
     # the reader idles until stop instead of returning (which would mean a restart)
-    assert rig.supervisor.alive() == {"camera-cam-1-reader": True,
+    assert rig.workers.alive() == {"camera-cam-1-reader": True,
                                       "camera-cam-1-detector": True}
-    assert rig.supervisor.restarts() == {"camera-cam-1-reader": 0,
+    assert rig.workers.restarts() == {"camera-cam-1-reader": 0,
                                          "camera-cam-1-detector": 0}
 
 
@@ -269,8 +269,8 @@ def test_a_camera_that_cannot_be_opened_is_retried_with_backoff_and_others_carry
     waits = [m.rsplit("retrying in ", 1)[1] for m in messages[:5]]
     assert waits == ["0.05s", "0.10s", "0.20s", "0.20s", "0.20s"]  # doubling, capped
     assert rig.metric("gridwatch_edge_camera_open_failures_total", "cam-broken") >= 5
-    assert all(rig.supervisor.alive().values())
-    assert set(rig.supervisor.restarts().values()) == {0}
+    assert all(rig.workers.alive().values())
+    assert set(rig.workers.restarts().values()) == {0}
 
 
 def test_a_camera_that_appears_later_is_picked_up(tmp_path: Path,
@@ -284,7 +284,7 @@ def test_a_camera_that_appears_later_is_picked_up(tmp_path: Path,
     rig.wait(lambda: cam.finished.is_set() and len(pipeline.seen) == 5)
     assert cam.open_failures >= 1  # it was retried while the file was missing ...
     assert len(pipeline.seen) == 5  # ... and read in full once it appeared
-    assert set(rig.supervisor.restarts().values()) == {0}
+    assert set(rig.workers.restarts().values()) == {0}
 
 
 def test_a_detector_exception_is_counted_and_the_worker_carries_on(
@@ -303,9 +303,9 @@ def test_a_detector_exception_is_counted_and_the_worker_carries_on(
     assert rig.metric("gridwatch_edge_camera_errors_total") == 11
     assert [d.event_id for d in rig.sunk] == ["e4", "e10"]
     assert {(d.station_id, d.source_id) for d in rig.sunk} == {(STATION, "cam-1")}
-    assert rig.supervisor.restarts() == {"camera-cam-1-reader": 0,
+    assert rig.workers.restarts() == {"camera-cam-1-reader": 0,
                                          "camera-cam-1-detector": 0}
-    assert rig.supervisor.alive()["camera-cam-1-detector"]
+    assert rig.workers.alive()["camera-cam-1-detector"]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1  # logged once, not once per frame
     assert f"station {STATION} camera cam-1: detector failed" in errors[0].getMessage()
@@ -330,7 +330,7 @@ def test_the_pipeline_is_closed_when_the_worker_stops(tmp_path: Path) -> None:
     assert pipeline.closed == 1
 
 
-def test_a_detector_that_cannot_start_dies_for_the_supervisor_to_retry(
+def test_a_detector_that_cannot_start_dies_to_be_restarted(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     def factory(source: CameraSource) -> Any:
         raise ValueError("riders.onnx: no such file")

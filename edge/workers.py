@@ -1,12 +1,12 @@
-"""A supervisor that owns worker threads and restarts any that die (frigate ``app.py``).
+"""The edge agent's worker threads, restarted when they die (frigate ``app.py``).
 
 Each worker is a callable ``run(stop)`` that returns only when ``stop`` is set. A worker
 that raises or returns early is logged and started again after a back-off that doubles up
 to ``max_backoff_s`` (reset once it has stayed up for a minute).
 
->>> sup = Supervisor()
->>> sup.add("publisher", publisher_factory)   # factory() -> run(stop) callable
->>> sup.start(); ...; sup.stop()
+>>> workers = Workers()
+>>> workers.add("publisher", publisher_factory)   # factory() -> run(stop) callable
+>>> workers.start(); ...; workers.stop()
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class _Worker:
     failed: bool = field(default=False)
 
 
-class Supervisor:
+class Workers:
     """Starts, watches and restarts named workers; ``stop()`` ends them all."""
 
     def __init__(self, *, max_backoff_s: float = 30.0,
@@ -77,7 +77,7 @@ class Supervisor:
         """Start every worker and the watcher thread."""
         for worker in self._workers.values():
             self._launch(worker)
-        self._watcher = threading.Thread(target=self._watch, name="gw-supervisor", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, name="gw-workers", daemon=True)
         self._watcher.start()
 
     def _watch(self) -> None:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edge.supervisor import DropOldestQueue, Supervisor
+from edge.workers import DropOldestQueue, Workers
 
 
 def drain(queue: DropOldestQueue[int]) -> list[int]:
@@ -86,7 +86,7 @@ def test_put_wait_waits_for_room_and_gives_up_on_stop() -> None:
     assert drain(queue) == [3]
 
 
-def test_supervisor_restarts_a_worker_that_dies() -> None:
+def test_a_worker_that_dies_is_restarted() -> None:
     runs: list[int] = []
 
     def factory() -> object:
@@ -97,15 +97,15 @@ def test_supervisor_restarts_a_worker_that_dies() -> None:
             stop.wait()
         return run
 
-    sup = Supervisor(max_backoff_s=0.5)
-    sup.add("w", factory)  # type: ignore[arg-type]
-    sup.start()
+    workers = Workers(max_backoff_s=0.5)
+    workers.add("w", factory)  # type: ignore[arg-type]
+    workers.start()
     try:
         deadline = time.monotonic() + 5
         while len(runs) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(runs) == 2
-        assert sup.restarts() == {"w": 1}
-        assert sup.alive() == {"w": True}
+        assert workers.restarts() == {"w": 1}
+        assert workers.alive() == {"w": True}
     finally:
-        sup.stop()
+        workers.stop()
