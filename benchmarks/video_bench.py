@@ -91,7 +91,7 @@ def bench_motion(n_frames: int) -> dict:
 
 
 def bench_onnx(n_frames: int, workdir: Path, width: int) -> dict:
-    from detectors.testing.models import make_conv_yolo_onnx
+    from tests.support.onnx_models import make_conv_yolo_onnx
 
     names = {0: "person", 1: "bicycle", 2: "motorcycle", 3: "helmet"}
     model = make_conv_yolo_onnx(workdir / "bench.onnx", n_classes=4, width=width, names=names)

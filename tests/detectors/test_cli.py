@@ -86,7 +86,7 @@ def test_detect_fails_when_most_frames_fail(tmp_path, capsys, caplog, monkeypatc
 def test_check_refuses_a_classifier_as_the_detector(tmp_path, capsys) -> None:
     import numpy as np
 
-    from detectors.testing.models import make_constant_classifier_onnx
+    from tests.support.onnx_models import make_constant_classifier_onnx
 
     model = make_constant_classifier_onnx(tmp_path / "cls.onnx", np.array([[0.3, 0.7]]))
     camera = tmp_path / "cam.yaml"

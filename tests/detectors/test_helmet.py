@@ -20,7 +20,7 @@ from detectors.helmet import (
     head_status,
 )
 from detectors.testing import check_detector_plugin, make_context
-from detectors.testing.models import make_constant_classifier_onnx, make_constant_yolo_onnx
+from tests.support.onnx_models import make_constant_classifier_onnx, make_constant_yolo_onnx
 
 from .builders import HELMET_CLASSES, at, make_detections, make_tracked
 

@@ -172,7 +172,7 @@ def test_a_model_that_cannot_work_stops_the_agent_in_one_line(tmp_path: Path) ->
     failed on every frame with a traceback."""
     import numpy as np
 
-    from detectors.testing.models import make_constant_classifier_onnx
+    from tests.support.onnx_models import make_constant_classifier_onnx
 
     model = make_constant_classifier_onnx(tmp_path / "cls.onnx", np.array([[0.2, 0.8]]))
     station = unique("st")

@@ -7,7 +7,7 @@ import pytest
 
 from detectors.backends import OnnxBackendConfig, build_backend
 from detectors.backends.onnx import LetterboxInfo, decode_yolo, from_onnx, letterbox
-from detectors.testing.models import make_constant_yolo_onnx
+from tests.support.onnx_models import make_constant_yolo_onnx
 
 
 def yolov8_output(boxes_cxcywh, scores) -> np.ndarray:
@@ -213,7 +213,7 @@ def test_a_detection_model_is_refused_as_head_classifier(tmp_path) -> None:
 
 def test_fp16_classifier_by_class_names(tmp_path) -> None:
     from detectors.backends.onnx import OnnxClassifier
-    from detectors.testing.models import make_constant_classifier_onnx
+    from tests.support.onnx_models import make_constant_classifier_onnx
 
     model = make_constant_classifier_onnx(tmp_path / "cls.onnx", [[0.2, 0.8]], half=True,
                                           names={0: "With Helmet", 1: "Without Helmet"})

@@ -1,4 +1,4 @@
-"""Tiny ONNX graphs built in memory for tests and benchmarks (needs the ``onnx`` package).
+"""Tiny ONNX graphs built in memory for tests and benchmarks (needs ``onnx``, a dev extra).
 
 Nothing here is a real detector; the graphs exercise the ONNX pre/post-processing and give
 a realistic amount of compute for timing the pipeline around inference.
