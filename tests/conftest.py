@@ -73,3 +73,12 @@ def pg_schema(postgres_url: str) -> Iterator[tuple[str, str]]:
     with engine.begin() as conn:
         conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def example_plugin() -> str:
+    """The example detector plug-in (``camera_obscured``), installed offline into this
+    interpreter if it is not there (tests/support/example_plugin.py)."""
+    from tests.support.example_plugin import install_example_plugin
+
+    return install_example_plugin()

@@ -4,41 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from detectors.api import DetectorConfigBase, DetectorPlugin, _check_plugin, load_plugins
-from detectors.camera import camera_config_from_dict, refresh_plugins
+from detectors.camera import camera_config_from_dict
 from detectors.testing import ContractFailure, check_detector_plugin, registered_plugin_names
+from tests.support.example_plugin import EXAMPLE
 
 from .builders import camera_dict
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples/gridwatch-example-detector"
-
-
-@pytest.fixture(scope="session")
-def example_plugin() -> str:
-    """Install the example plug-in into this interpreter (offline) if it is not there."""
-    try:
-        version("gridwatch-example-detector")
-    except PackageNotFoundError:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-             "--no-build-isolation", "--no-index", "-e", str(EXAMPLE)],
-            check=True,
-        )
-        import importlib
-        import site
-        import sysconfig
-
-        # The editable install's .pth hook is read at start-up; read it now.
-        site.addsitedir(sysconfig.get_paths()["purelib"])
-        importlib.invalidate_caches()
-    refresh_plugins()
-    return "camera_obscured"
 
 
 def test_builtins_are_registered() -> None:
@@ -75,12 +50,6 @@ def test_example_plugin_own_tests(example_plugin) -> None:
 @pytest.mark.parametrize("name", registered_plugin_names())
 def test_every_registered_plugin_passes_the_kit(name: str) -> None:
     check_detector_plugin(name)
-
-
-def test_cli_lists_plugins(example_plugin) -> None:
-    from gridwatch.cli import main
-
-    assert main(["detectors", "list"]) == 0
 
 
 # --- the kit catches broken plug-ins --------------------------------------------------------

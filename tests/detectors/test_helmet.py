@@ -19,7 +19,7 @@ from detectors.helmet import (
     associate_riders,
     head_status,
 )
-from detectors.testing import check_detector_plugin, make_context
+from detectors.testing import KIT_LON_LAT, check_detector_plugin, kit_frames, make_context
 from tests.support.onnx_models import make_constant_classifier_onnx, make_constant_yolo_onnx
 
 from .builders import HELMET_CLASSES, at, make_detections, make_tracked
@@ -222,9 +222,21 @@ def test_classes_without_riders_or_heads_fail_at_start(tmp_path) -> None:
         HelmetlessRiderDetector(config, make_context())
 
 
-def test_helmet_plugin_passes_the_contract_kit(model_path) -> None:
-    config = helmet_config(model_path).model_dump(mode="json")
-    assert check_detector_plugin(load_plugins().get("helmetless_rider"), config) == []
+def test_helmet_plugin_passes_the_contract_kit(tmp_path) -> None:
+    """The kit's checks run on what a plug-in reports, so the model must see something: a
+    bare-headed person on a bicycle in every frame (one track). Its votes decide at the
+    ``min_votes``-th frame with a head, and the rider is reported there, once."""
+    model = make_constant_yolo_onnx(tmp_path / "rider.onnx", _yolo(
+        [[28, 26, 16, 36, 0.9, 0.0, 0.0, 0.0],  # person
+         [28, 42, 20, 28, 0.0, 0.9, 0.0, 0.0],  # bicycle under them
+         [28, 12, 8, 8, 0.0, 0.0, 0.0, 0.9]],  # no_helmet head at the person's top
+        n_candidates=16), names=HELMET_CLASSES)
+    config = helmet_config(model, min_votes=3).model_dump(mode="json")
+    found = check_detector_plugin(load_plugins().get("helmetless_rider"), config)
+    assert [(d.kind, d.track_id, d.confidence, d.observed_at) for d in found] == \
+        [("helmetless_rider", "kit-camera:0", 0.9, kit_frames()[3][1])]
+    assert (found[0].lon, found[0].lat) == KIT_LON_LAT
+    assert found[0].evidence is not None and found[0].evidence.bbox_xyxy is not None
 
 
 def _yolo(rows_cxcywh_scores: list[list[float]], n_candidates: int = 8) -> np.ndarray:
