@@ -64,8 +64,15 @@ def test_deep_merge_replaces_lists_and_merges_mappings():
         {"a": {"b": 1, "c": [2]}, "d": 1}
 
 
-def test_model_defaults_are_valid_without_any_file():
-    assert GridWatchConfig().policies.for_kind("smoke").mode is Mode.INCIDENT
+def test_without_any_file_every_kind_goes_to_operator_review():
+    """The model's own defaults (no default.yaml) are a valid config that knows no kind:
+    each one gets ``default_kind``, which waits for an operator at the command centre."""
+    config = GridWatchConfig()
+    assert config.kinds == {} and not config.policies.is_known("smoke")
+    policy = config.policies.for_kind("smoke")
+    assert policy == config.default_kind
+    assert (policy.auto_dispatch, policy.department) == (False, "command_centre")
+    assert "command_centre" in config.ticketing.departments
 
 
 def test_the_default_is_read_from_package_data():
