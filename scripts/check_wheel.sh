@@ -11,8 +11,27 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 echo "wheel-check: building the wheel"
-"$checkout_python" -m pip wheel --quiet --no-deps --wheel-dir "$work/dist" . 2>/dev/null
+"$checkout_python" -m pip wheel --no-deps --wheel-dir "$work/dist" . > "$work/build.log" 2>&1 \
+    || { echo "wheel-check: FAILED: the wheel does not build:"; cat "$work/build.log"; exit 1; }
+if grep -q "Warning:" "$work/build.log"; then
+    echo "wheel-check: FAILED: building the wheel warns:"; grep -A3 "Warning:" "$work/build.log"; exit 1
+fi
 wheel=$(ls "$work"/dist/gridwatch-*.whl)
+# every file of the runtime packages in the checkout is in the wheel, and nothing else
+"$checkout_python" - "$wheel" <<'PY'
+import subprocess, sys, zipfile
+packages = ("gridwatch/", "edge/", "stream/", "detectors/", "ticketing/", "geo/", "configs/",
+            "sample_data/")
+listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
+                         *packages], capture_output=True, text=True, check=True).stdout
+checkout = {p for p in listed.split("\n") if p and not p.endswith(".pyc")}
+wheel = {n for n in zipfile.ZipFile(sys.argv[1]).namelist() if ".dist-info/" not in n}
+if checkout != wheel:
+    print(f"wheel-check: FAILED: not in the wheel: {sorted(checkout - wheel)}; "
+          f"only in the wheel: {sorted(wheel - checkout)}")
+    sys.exit(1)
+print(f"wheel-check: the wheel carries the checkout's {len(wheel)} package files")
+PY
 echo "wheel-check: installing $(basename "$wheel") (base install, no extras) into a fresh venv"
 python3 -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet "$wheel" 2>&1 | grep -v '^WARNING: Location' || true
