@@ -117,6 +117,8 @@ HOMES = {
     "Priority": "stream.policy",
     "KindPolicy": "stream.policy",
     "PolicyBook": "stream.policy",
+    "Workers": "edge.workers",
+    "wait_until": "tests.support.waiting",  # a test tool, not in a runtime package
 }
 
 

@@ -18,7 +18,7 @@ from gridwatch.cli import main
 from ticketing.store import SqlTicketStore, open_store
 from ticketing.users import UserStore
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PASSWORD = "correct horse battery"
 
 
