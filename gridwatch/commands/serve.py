@@ -221,7 +221,5 @@ def run(args: argparse.Namespace) -> int:
         if listener is not None:
             listener.stop()
         pipeline.close()
-        close = getattr(store, "close", None)
-        if callable(close):
-            close()
+        store.close()
     return 0
