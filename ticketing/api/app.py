@@ -176,7 +176,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         redoc_url=None,  # install_redoc below: the same bundle without its one remote logo
         title="GridWatch ticketing", version="1.0.0", lifespan=lifespan,
         description="Work orders from sensors and cameras: lifecycle, deadlines, review, "
-                    "evaluation, Open311 GeoReport v2, live updates.",
+                    "assessment (考核), Open311 GeoReport v2, live updates.",
         dependencies=[Depends(reject_unknown_query)],
         swagger_ui_parameters={"validatorUrl": None})  # no badge from validator.swagger.io
     app.state.gridwatch = state
