@@ -152,7 +152,7 @@ def test_webhook_secret_from_the_environment(tmp_path: Path,
     from ticketing.webhooks import WebhookDispatcher, sign, verify_signature
 
     monkeypatch.setenv("GRIDWATCH_WEBHOOK_SECRET", "hmac-key-from-env")
-    store = SqliteTicketStore(tmp_path / "t.db", outbox=True)
+    store = SqliteTicketStore(tmp_path / "t.db", webhooks=True)
     dispatcher = WebhookDispatcher.from_settings(
         store=store, settings=WebhookSettings(url="http://127.0.0.1:9/hook"))
     signature = sign(dispatcher.secret, "1700000000", b"{}")

@@ -29,6 +29,7 @@ of the batch is written and everything kept is dropped, so the next batch reads 
 
 from __future__ import annotations
 
+import builtins
 import copy
 import dataclasses
 import operator
@@ -40,6 +41,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ticketing.models import Ticket
+from ticketing.queries import ANY_TICKET, DEFAULT_SORT, Sort, TicketFilter
 from ticketing.store import SqlTicketStore
 
 # what is kept between batches is bounded by this many event ids and incident ids in all
@@ -306,6 +308,17 @@ class BatchingStore:
         if suspended is None:
             suspended = self._suspended[key] = self.inner.suspended_sources(**criteria)
         return suspended
+
+    # lists read what is committed (the desk asks for closed tickets, which no batch holds)
+    def list(self, flt: TicketFilter = ANY_TICKET, *, limit: int = 100, offset: int = 0,
+             sort: Sort = DEFAULT_SORT) -> builtins.list[Ticket]:
+        return self.inner.list(flt, limit=limit, offset=offset, sort=sort)
+
+    def count(self, flt: TicketFilter = ANY_TICKET) -> int:
+        return self.inner.count(flt)
+
+    def all(self) -> Iterator[Ticket]:
+        return self.inner.all()
 
     # -- the desk's write -----------------------------------------------------------------
     def save(self, ticket: Ticket, *, incident_id: str | None = None) -> None:

@@ -1,4 +1,6 @@
-"""The change log: one row per committed ticket change, in the ticket database.
+"""Ticket changes: what one committed write did (:class:`Change`), who hears of it in
+this process (:class:`ChangeListeners`), and the change log, one row per committed change
+in the ticket database.
 
 Every write of :class:`~ticketing.store.SqlTicketStore` appends its changes to
 ``ticket_changes`` in its own transaction, so a change is in the log exactly when it is
@@ -18,19 +20,60 @@ Functions take a connection inside the caller's transaction.
 from __future__ import annotations
 
 import json
-import re
+import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, text
 
-from ticketing.models import rfc3339
+from ticketing.engine import driver_sql
+from ticketing.lifecycle import AuditEntry
+from ticketing.models import Ticket, rfc3339
 
-if TYPE_CHECKING:
-    from ticketing.store import Change
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What one committed write did to one ticket; given to change listeners."""
+
+    type: str  # created | updated | an action (accept, dismiss, ...) | escalate
+    ticket: Ticket
+    entries: tuple[AuditEntry, ...] = ()
+    seq: int | None = None  # its place in the change log (set when committed)
+    # the department that held the ticket before this change, when the change moved it
+    # to another one (its own webhook hears of the move: ticketing.deliveries)
+    department_from: str | None = None
+
+
+ChangeListener = Callable[[Change], None]
+
+
+class ChangeListeners:
+    """The callables told of every committed change, in the writer's thread."""
+
+    def __init__(self) -> None:
+        self._listeners: list[ChangeListener] = []
+
+    def add(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    def remove(self, listener: ChangeListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def notify(self, changes: Sequence[Change]) -> None:
+        """Call each listener with each change; a listener that raises is logged (it
+        must not undo a committed write) and the others still hear of it."""
+        for change in changes:
+            for listener in list(self._listeners):
+                try:
+                    listener(change)
+                except Exception:  # a listener must not undo a committed write
+                    log.exception("change listener failed for %s", change.ticket.ticket_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +128,7 @@ def lock_key(schema: str | None) -> int:
 def append(conn: Connection, changes: Sequence[Change], *, dialect: str, key: int,
            time: Any) -> list[int]:
     """Log ``changes`` (in order) and return their ``seq`` numbers. ``time`` spells a
-    datetime as the store does (``ticketing.store.sortable``)."""
+    datetime as the store does (``ticketing.engine.sortable``)."""
     if not changes:
         return []
     if dialect == "postgresql":
@@ -99,14 +142,8 @@ def append(conn: Connection, changes: Sequence[Change], *, dialect: str, key: in
                      "ticket_id": change.ticket.ticket_id,
                      "department": change.ticket.department,
                      "message": json.dumps(message, sort_keys=True, ensure_ascii=False)})
-    conn.exec_driver_sql(_driver(_APPEND, dialect), rows)
+    conn.exec_driver_sql(driver_sql(_APPEND, dialect), rows)
     return list(range(first, first + len(changes)))
-
-
-def _driver(sql: str, dialect: str) -> str:
-    if dialect == "postgresql":  # psycopg's placeholders (exec_driver_sql)
-        return re.sub(r":(\w+)", r"%(\1)s", sql)
-    return sql
 
 
 def window(conn: Connection) -> LogWindow:

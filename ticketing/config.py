@@ -56,7 +56,7 @@ class WebhookSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: str | None = None  # None: webhooks off (no outbox rows are written)
+    url: str | None = None  # None: webhooks off (no webhook deliveries are queued)
     secret_env: str = "GRIDWATCH_WEBHOOK_SECRET"
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 10

@@ -41,7 +41,7 @@ class Department(BaseModel):
     serves: list[str] = Field(default_factory=list)
     # this department's own webhook (its work-order system): every change of the tickets
     # it holds, including the ones that hand a ticket to it or take one away, signed and
-    # retried like the central webhook (ticketing.outbox, ticketing.webhooks); None: none
+    # retried like the central webhook (ticketing.deliveries, ticketing.webhooks); None: none
     webhook_url: str | None = None
     # the environment variable holding its HMAC key; None: the central
     # ``ticketing.webhook.secret_env``

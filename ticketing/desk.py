@@ -18,7 +18,15 @@ from geo.grid import Cell, Grid
 from stream.policy import KindPolicy, PolicyBook
 from stream.types import HotspotFinding, IncidentEvent
 from ticketing.config import TicketingSettings
-from ticketing.models import Review, ReviewReason, Ticket, TicketStatus, ticket_id_for
+from ticketing.models import (
+    Origin,
+    Review,
+    ReviewReason,
+    Ticket,
+    TicketStatus,
+    ticket_id_for,
+)
+from ticketing.queries import TicketFilter
 from ticketing.routing import Rules
 from ticketing.store import TicketStore, VersionConflict
 
@@ -81,11 +89,10 @@ class TicketDesk:
     def _suspended(self, source_ids: list[str]) -> bool:
         """Whether any source has too many dismissed tickets to auto-dispatch (stores
         without review records, like the replay's, suspend nothing)."""
-        lookup = getattr(self.store, "suspended_sources", None)
-        if lookup is None or not source_ids:
+        if not source_ids:
             return False
         review = self.settings.review
-        suspended: frozenset[str] = lookup(
+        suspended = self.store.suspended_sources(
             max_false_positive_rate=review.max_false_positive_rate,
             min_reviewed=review.min_reviewed)
         return bool(suspended) and any(s in suspended for s in source_ids)
@@ -113,47 +120,12 @@ class TicketDesk:
     def _new_ticket(self, *, kind: str, cell: Cell, seed: str, policy: KindPolicy,
                     opened_at: datetime, lon: float, lat: float,
                     confidence: float) -> Ticket:
-        route = self.rules.route(kind, cell)
-        reason = self._review_reason(kind, policy, confidence)
-        review = Review.PENDING_REVIEW if reason is not None else Review.AUTO_DISPATCHED
-        status = (TicketStatus.DISPATCHED if review is Review.AUTO_DISPATCHED
-                  else TicketStatus.PENDING_REVIEW)
-        received = self._received_at(opened_at)
-        ticket = Ticket(
-            ticket_id=ticket_id_for(kind, cell.cell_id, seed),
-            kind=kind,
-            cell_id=cell.cell_id,
-            district=cell.district,
-            town=cell.town,
-            village=cell.village,
-            level=route.level.value,
-            unit=route.unit,
-            department=route.department,
-            status=status,
-            review=review,
-            priority=policy.priority,
-            opened_at=opened_at,
-            due_at=opened_at,  # set by _clock below
-            updated_at=opened_at,
-            lon=lon,
-            lat=lat,
-            max_confidence=confidence,
-            label=policy.label,
-            received_at=received,
-            review_reason=reason,
-        )
-        self._clock(ticket, received)
-        return ticket
+        return new_ticket(rules=self.rules, kind=kind, cell=cell, seed=seed,
+                          opened_at=opened_at, received_at=self._received_at(opened_at),
+                          lon=lon, lat=lat, confidence=confidence, policy=policy)
 
     def _clock(self, ticket: Ticket, start: datetime) -> None:
-        """The first clock of a ticket the desk has just made (review or the unit's)."""
-        ticket.clock_started_at = start
-        if ticket.status is TicketStatus.PENDING_REVIEW:
-            ticket.dispatched_at = None
-            ticket.due_at = self.rules.review_due_at(start)
-        else:
-            ticket.dispatched_at = start
-            ticket.due_at = self.rules.unit_due_at(ticket, start)
+        start_first_clock(self.rules, ticket, start)
 
     # -- incidents ------------------------------------------------------------------
     def on_incident(self, event: IncidentEvent) -> Ticket:
@@ -225,8 +197,6 @@ class TicketDesk:
         ticket = self.store.open_ticket_for(finding.cell_id, finding.kind)
         if ticket is None:
             if finding.realert_cooldown_s > 0:
-                from ticketing.store import TicketFilter
-
                 recent = [t for t in self.store.list(
                               TicketFilter(cell_id=finding.cell_id, kind=finding.kind),
                               limit=1_000_000)
@@ -261,6 +231,72 @@ class TicketDesk:
                 ticket.snapshot_urls.append(url)
         self.store.save(ticket)
         return ticket
+
+
+def new_ticket(*, rules: Rules, kind: str, cell: Cell, seed: str, opened_at: datetime,
+               received_at: datetime, lon: float, lat: float, confidence: float,
+               policy: KindPolicy | None = None, origin: Origin = Origin.DETECTION,
+               source_suspended: bool = False) -> Ticket:
+    """A new ticket, routed and on its first clock: the one way a ticket is made, by the
+    desk (a detection's incident or a hot spot) and by :func:`ticketing.service.create_report`
+    (an API or Open311 report).
+
+    The kind's route names the level, unit and department; it goes to operator review
+    when :func:`review_reason` says so, or (``source_suspended``) a source of it is
+    dismissed too often, else it is dispatched. Its clock (review's or the unit's) starts
+    at ``received_at``, when the centre received the work, which is never before
+    ``opened_at`` (when it was seen); the caller fills in what it absorbed (event ids,
+    incidents, sources).
+
+    ``seed`` makes the id (:func:`~ticketing.models.ticket_id_for`): the same seed, the
+    same ticket.
+    """
+    policy = rules.policies.for_kind(kind) if policy is None else policy
+    route = rules.route(kind, cell)
+    reason = review_reason(rules.policies, kind, policy, confidence)
+    if reason is None and source_suspended:
+        reason = ReviewReason.SOURCE_SUSPENDED
+    review = Review.PENDING_REVIEW if reason is not None else Review.AUTO_DISPATCHED
+    status = (TicketStatus.DISPATCHED if review is Review.AUTO_DISPATCHED
+              else TicketStatus.PENDING_REVIEW)
+    ticket = Ticket(
+        ticket_id=ticket_id_for(kind, cell.cell_id, seed),
+        kind=kind,
+        cell_id=cell.cell_id,
+        district=cell.district,
+        town=cell.town,
+        village=cell.village,
+        level=route.level.value,
+        unit=route.unit,
+        department=route.department,
+        status=status,
+        review=review,
+        priority=policy.priority,
+        opened_at=opened_at,
+        due_at=opened_at,  # set by start_first_clock below
+        updated_at=opened_at,
+        lon=lon,
+        lat=lat,
+        max_confidence=confidence,
+        label=policy.label,
+        origin=origin,
+        received_at=received_at,
+        review_reason=reason,
+    )
+    start_first_clock(rules, ticket, received_at)
+    return ticket
+
+
+def start_first_clock(rules: Rules, ticket: Ticket, start: datetime) -> None:
+    """The first clock of a ticket just made: review's if it waits for review, else the
+    unit's (and it is dispatched at ``start``)."""
+    ticket.clock_started_at = start
+    if ticket.status is TicketStatus.PENDING_REVIEW:
+        ticket.dispatched_at = None
+        ticket.due_at = rules.review_due_at(start)
+    else:
+        ticket.dispatched_at = start
+        ticket.due_at = rules.unit_due_at(ticket, start)
 
 
 def review_reason(policies: PolicyBook, kind: str, policy: KindPolicy,

@@ -50,7 +50,8 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import Connection, text
 
-from ticketing.store import SqlTicketStore, sortable
+from ticketing.engine import sortable
+from ticketing.store import SqlTicketStore
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ class Action(str, Enum):  # noqa: UP042 (CONVENTIONS 10)
     ACCEPT = "accept"  # department: we take it
     RETURN = "return"  # department: not ours (reason required)
     RESOLVE = "resolve"  # department: done (note required: the feedback)
-    CLOSE = "close"  # operator: the feedback is checked; evaluation counts it
+    CLOSE = "close"  # operator: the feedback is checked; the assessment (考核) counts it
     REOPEN = "reopen"  # operator: the fix did not hold (reason required)
     RECALL = "recall"  # operator: take a dispatched ticket back to review (reason required)
     RECLASSIFY = "reclassify"  # operator: the kind was wrong (kind required); re-routed

@@ -31,8 +31,8 @@ from sqlalchemy import Connection, bindparam, text
 
 from ticketing.auth import Principal
 from ticketing.config import AuthSettings
-from ticketing.store import sortable
-from ticketing.users import USER_COLUMNS, User, UserStore, digest, from_sortable, user_from_row
+from ticketing.engine import from_sortable, sortable
+from ticketing.users import USER_COLUMNS, User, UserStore, digest, user_from_row
 
 SESSION_COOKIE = "gridwatch_session"
 CSRF_HEADER = "X-CSRF-Token"

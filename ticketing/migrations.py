@@ -14,7 +14,7 @@ version 6 adds the centre's evidence metadata (``ticketing/evidence.py``); versi
 the change log (``ticket_changes``, see :mod:`ticketing.changelog`); version 8 adds
 the stream stage's checkpoints (``ticketing/checkpoints.py``); version 9 gives each
 webhook outbox row its receiver (``destination``: the centre or one department's own
-webhook, :mod:`ticketing.outbox`).
+webhook, :mod:`ticketing.deliveries`).
 
 To change the schema, append a migration; never edit one that has shipped. Versions need
 not be contiguous (parallel branches take numbers ahead of time): every version not yet
@@ -281,7 +281,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             lines TEXT NOT NULL)""",
         "CREATE INDEX stream_journal_name ON stream_journal (name, id)",
     )),
-    # Department webhooks (ticketing/outbox.py): each row is for one receiver, claimed
+    # Department webhooks (ticketing/deliveries.py): each row is for one receiver, claimed
     # and retried by that receiver's dispatcher alone; rows written before are the
     # upstream centre's.
     Migration(9, "outbox.destination: a department's own webhook beside the centre's", (

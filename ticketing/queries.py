@@ -116,7 +116,7 @@ def order_sql(sort: Sort) -> str:
 
 
 def _stored_time(value: datetime) -> str:
-    # the SQL store's fixed-width UTC spelling (ticketing.store.sortable)
+    # the SQL store's fixed-width UTC spelling (ticketing.engine.sortable)
     return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 

@@ -13,9 +13,9 @@ from typing import Any
 from geo.grid import Grid
 from stream.policy import PolicyBook
 from ticketing.config import TicketingSettings
-from ticketing.desk import review_reason
+from ticketing.desk import new_ticket
 from ticketing.lifecycle import ActionRequest, AuditEntry, apply_action
-from ticketing.models import Origin, Review, ReviewReason, Ticket, TicketStatus, ticket_id_for
+from ticketing.models import Origin, Ticket
 from ticketing.queries import DEFAULT_SORT, Sort
 from ticketing.routing import Rules, clock_record
 from ticketing.store import SqlTicketStore, TicketFilter, TicketNotFound
@@ -66,34 +66,18 @@ def create_report(*, store: SqlTicketStore, grid: Grid, policies: PolicyBook,
     cell = grid.cell_at(lon, lat)
     if cell is None:
         raise OutsideGrid(f"({lon}, {lat}) is outside every grid cell")
-    rules = Rules(policies, settings)
-    policy = policies.for_kind(kind)
-    route = rules.route(kind, cell)
     seed = f"{origin.value}:{actor}:{external_id or uuid.uuid4().hex}"
     opened = observed_at or at
-    received = max(opened, at)
-    reason = review_reason(policies, kind, policy, 1.0)
-    if reason is None and source_id is not None and source_id in store.suspended_sources(
-            max_false_positive_rate=settings.review.max_false_positive_rate,
-            min_reviewed=settings.review.min_reviewed):
-        reason = ReviewReason.SOURCE_SUSPENDED
-    auto = reason is None
-    ticket = Ticket(
-        ticket_id=ticket_id_for(kind, cell.cell_id, seed), kind=kind, cell_id=cell.cell_id,
-        district=cell.district, town=cell.town, village=cell.village,
-        level=route.level.value, unit=route.unit, department=route.department,
-        status=TicketStatus.DISPATCHED if auto else TicketStatus.PENDING_REVIEW,
-        review=Review.AUTO_DISPATCHED if auto else Review.PENDING_REVIEW,
-        priority=policy.priority, opened_at=opened, due_at=received, updated_at=opened,
-        lon=lon, lat=lat, max_confidence=1.0, label=policy.label, origin=origin,
-        description=description, incident_count=1, detection_count=1,
-        source_ids=[source_id] if source_id else [],
-        snapshot_urls=[media_url] if media_url else [],
-        received_at=received, clock_started_at=received,
-        dispatched_at=received if auto else None, review_reason=reason,
-    )
-    ticket.due_at = (rules.unit_due_at(ticket, received) if auto
-                     else rules.review_due_at(received))
+    suspended = source_id is not None and source_id in store.suspended_sources(
+        max_false_positive_rate=settings.review.max_false_positive_rate,
+        min_reviewed=settings.review.min_reviewed)
+    ticket = new_ticket(rules=Rules(policies, settings), kind=kind, cell=cell, seed=seed,
+                        opened_at=opened, received_at=max(opened, at), lon=lon, lat=lat,
+                        confidence=1.0, origin=origin, source_suspended=suspended)
+    ticket.description = description
+    ticket.incident_count = ticket.detection_count = 1
+    ticket.source_ids = [source_id] if source_id else []
+    ticket.snapshot_urls = [media_url] if media_url else []
     return store.create(ticket, actor=actor, note=description)
 
 

@@ -34,7 +34,7 @@ import secrets
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pwdlib import PasswordHash
@@ -44,7 +44,8 @@ from sqlalchemy.exc import IntegrityError
 
 from ticketing.auth import PERSON_ROLES, Principal, Role
 from ticketing.departments import Department, check_department
-from ticketing.store import SqlTicketStore, sortable
+from ticketing.engine import from_sortable, sortable
+from ticketing.store import SqlTicketStore
 
 USERNAME_RE = re.compile(r"[a-z][a-z0-9._-]{1,63}")
 DEPARTMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -74,11 +75,6 @@ class UnknownUser(LookupError):
 
 class UserExists(ValueError):
     """An account with this username exists already."""
-
-
-def from_sortable(value: str) -> datetime:
-    """The inverse of :func:`ticketing.store.sortable`."""
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 def digest(secret: str) -> str:

@@ -1,10 +1,10 @@
-"""Webhooks to the upstream work-order centre and to departments, from a transactional
-outbox.
+"""Webhooks to the upstream work-order centre and to departments, from the transactional
+delivery queue (:mod:`ticketing.deliveries`).
 
-Every committed change writes an outbox row per receiver in the same transaction as the
-change (when the store is built with ``outbox=OutboxTargets.from_settings(settings)``, or
-``outbox=True`` for the centre alone), so no change is lost between "saved" and "sent".
-Which receivers a change goes to: :mod:`ticketing.outbox`. One
+Every committed change queues a delivery per receiver in the same transaction as the
+change (when the store is built with ``webhooks=DeliveryTargets.from_settings(settings)``,
+or ``webhooks=True`` for the centre alone), so no change is lost between "saved" and
+"sent". Which receivers a change goes to: :mod:`ticketing.deliveries`. One
 :class:`WebhookDispatcher` per receiver (:func:`dispatchers_from_settings`) claims that
 receiver's due rows (a lease, so two replicas do not send the same row at once), POSTs
 each as JSON and records the outcome: delivered, retry later with exponential backoff, or
@@ -38,8 +38,8 @@ from datetime import datetime, timedelta
 import httpx
 
 from ticketing.config import TicketingSettings, WebhookSettings
-from ticketing.outbox import CENTRE, OutboxTargets, department_destination
-from ticketing.store import OutboxItem, SqlTicketStore
+from ticketing.deliveries import CENTRE, DeliveryTargets, department_destination
+from ticketing.store import Delivery, SqlTicketStore
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,14 @@ class DeliveryResult:
 
 
 class WebhookDispatcher:
-    """Delivers one receiver's outbox items to ``url``.
+    """Delivers one receiver's queued deliveries to ``url``.
 
     Args:
-        store: the store whose outbox to drain (built with ``outbox=...``).
+        store: the store whose deliveries to drain (built with ``webhooks=...``).
         url: the receiver.
         secret: the HMAC key (from the environment).
         destination: whose rows: ``"centre"`` or ``"department/<id>"``
-            (:mod:`ticketing.outbox`).
+            (:mod:`ticketing.deliveries`).
         client: an ``httpx.Client`` (tests may pass one); made from ``timeout_s`` if None.
     """
 
@@ -130,19 +130,19 @@ class WebhookDispatcher:
         round, so an endpoint that is down costs a round one timeout, not one per item,
         and no lease runs out while its items wait behind a dead endpoint (another
         replica would then send them too)."""
-        items = self.store.claim_outbox(now=now, lease_s=self.lease_s, worker=self.worker,
+        items = self.store.claim_deliveries(now=now, lease_s=self.lease_s, worker=self.worker,
                                         limit=limit, destination=self.destination)
         results = []
         for n, item in enumerate(items):
             result = self._deliver(item, now=now)
             results.append(result)
             if not result.delivered:
-                self.store.release_outbox([i.id for i in items[n + 1:]],
+                self.store.release_deliveries([i.id for i in items[n + 1:]],
                                           worker=self.worker)
                 break
         return results
 
-    def _deliver(self, item: OutboxItem, *, now: datetime) -> DeliveryResult:
+    def _deliver(self, item: Delivery, *, now: datetime) -> DeliveryResult:
         body = item.payload.encode()
         timestamp = str(int(now.timestamp()))
         headers = {
@@ -161,7 +161,7 @@ class WebhookDispatcher:
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
         if error is None:
-            self.store.finish_outbox(item.id, at=now, delivered=True)
+            self.store.finish_delivery(item.id, at=now, delivered=True)
             return DeliveryResult(item.event_key, True, attempt, status_code, None, None)
         retry_at = None
         if attempt < self.max_attempts:
@@ -174,7 +174,7 @@ class WebhookDispatcher:
         else:
             log.error("webhook %s to %s gave up after %d attempts (%s)", item.event_key,
                       self.destination, attempt, error)
-        self.store.finish_outbox(item.id, at=now, delivered=False, error=error,
+        self.store.finish_delivery(item.id, at=now, delivered=False, error=error,
                                  retry_at=retry_at)
         return DeliveryResult(item.event_key, False, attempt, status_code, error, retry_at)
 
@@ -189,9 +189,9 @@ def dispatchers_from_settings(*, store: SqlTicketStore, settings: TicketingSetti
 
     Raises:
         ValueError: a key's variable is unset or empty (every one missing is named, with
-            the receiver that needs it), or ``store`` does not write the outbox rows of a
+            the receiver that needs it), or ``store`` does not queue the deliveries of a
             receiver configured here (build it with
-            ``outbox=OutboxTargets.from_settings(settings)``).
+            ``webhooks=DeliveryTargets.from_settings(settings)``).
     """
     env = os.environ if environ is None else environ
     hook = settings.webhook
@@ -208,14 +208,14 @@ def dispatchers_from_settings(*, store: SqlTicketStore, settings: TicketingSetti
     if missing:
         raise ValueError("expected the webhook HMAC key in " + ", ".join(missing)
                          + ", but it is unset or empty")
-    writes = store.outbox or OutboxTargets(centre=False)
-    needed = OutboxTargets.from_settings(settings)
+    writes = store.webhooks or DeliveryTargets(centre=False)
+    needed = DeliveryTargets.from_settings(settings)
     unwritten = ([CENTRE] if needed.centre and not writes.centre else []) + [
         department_destination(d) for d in sorted(needed.departments - writes.departments)]
     if unwritten:
-        raise ValueError(f"expected a store that writes the outbox for "
+        raise ValueError(f"expected a store that queues webhook deliveries for "
                          f"{', '.join(unwritten)}, got one that does not (build it with "
-                         f"outbox=OutboxTargets.from_settings(settings))")
+                         f"webhooks=DeliveryTargets.from_settings(settings))")
     return [WebhookDispatcher(store=store, url=url, secret=env[variable].encode(),
                               destination=destination, timeout_s=hook.timeout_s,
                               max_attempts=hook.max_attempts,

@@ -117,8 +117,8 @@ def _observed_at(raw: bytes) -> datetime | None:
 
 def run(args: argparse.Namespace) -> int:
     from gridwatch.embedded import EmbeddedPipeline
+    from ticketing.deliveries import DeliveryTargets
     from ticketing.evidence import EvidenceStore, evidence_path
-    from ticketing.outbox import OutboxTargets
     from ticketing.store import SqliteTicketStore
 
     config = load_gridwatch_config(args.config)
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     db = data_dir / "tickets.sqlite3"
-    store = SqliteTicketStore(db, outbox=OutboxTargets.from_settings(config.ticketing))
+    store = SqliteTicketStore(db, webhooks=DeliveryTargets.from_settings(config.ticketing))
     # the sample plays as if it had happened live: the centre received each detection
     # at its (shifted) event time, so deadlines ran out in the past as they would have
     pipeline = EmbeddedPipeline(config, grid, store, received=None)
@@ -250,6 +250,6 @@ def _serve(store: Any, config: Any, grid: Any, host: str, port: int, evidence: A
     print(f"log in (the console, POST /auth/login, or /docs) as demo.operator, demo.supervisor, "
           f"demo.fire, demo.security, demo.property or demo.traffic, password {password}")
     month = datetime.now(UTC).strftime("%Y-%m")
-    print(f"考核 report: http://{host}:{port}/reports/evaluation?month={month}")
+    print(f"考核 report: http://{host}:{port}/reports/assessment?month={month}")
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

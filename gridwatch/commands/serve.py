@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
     from gridwatch.ingest import IngestMetrics, MqttIngest
     from gridwatch.metrics_http import MetricsListener, api_metrics_endpoint, is_loopback
     from ticketing.api.app import create_app
+    from ticketing.deliveries import DeliveryTargets
     from ticketing.evidence import EvidenceStore
-    from ticketing.outbox import OutboxTargets
     from ticketing.store import configured_url, open_store
 
     config = load_config(args.config)
@@ -170,13 +170,13 @@ def run(args: argparse.Namespace) -> int:
                             f"{args.metrics_host}: {exc} (each replica on a host needs its "
                             f"own --metrics-port)") from None
         log.info("serve: metrics at http://%s:%s/metrics", args.metrics_host, listener.port)
-    outbox = OutboxTargets.from_settings(config.ticketing)  # the centre's and departments'
+    webhooks = DeliveryTargets.from_settings(config.ticketing)  # the centre's and departments'
     # $GRIDWATCH_TICKETS_URL wins (as documented), so replicas configured through the
     # environment share one store instead of each opening its own --db file
     url = configured_url(config.ticketing.storage_url, default=args.db)
     if "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
-    store = open_store(url, outbox=outbox)
+    store = open_store(url, webhooks=webhooks)
     # live: a detection whose clock is far from the centre's is dead-lettered (clock_skew)
     pipeline = EmbeddedPipeline(config, grid, store, skew_clock=lambda: datetime.now(UTC))
     # the embedded default puts evidence beside the SQLite file in use (``evidence:``
@@ -220,7 +220,5 @@ def run(args: argparse.Namespace) -> int:
         if listener is not None:
             listener.stop()
         pipeline.close()
-        close = getattr(store, "close", None)
-        if callable(close):
-            close()
+        store.close()
     return 0

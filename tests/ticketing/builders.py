@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ from geo.admin import Level
 from stream.policy import KindPolicy, PolicyBook
 from ticketing.auth import Principal, Role, TokenAuth
 from ticketing.config import TicketingSettings
+from ticketing.lifecycle import ActionRequest, apply_action
 from ticketing.models import (
     Escalation,
     Origin,
@@ -136,3 +138,17 @@ def refuse_poison(store: SqlTicketStore) -> None:
         else:
             conn.execute(text("ALTER TABLE ticket_event_ids ADD CONSTRAINT refuse_poison"
                               " CHECK (event_id NOT LIKE 'poison%')"))
+
+
+def store_act(store: SqlTicketStore, ticket_id: str, request: ActionRequest, *,
+              version: int | None, actor: str = "x", at: datetime = T0) -> Ticket:
+    """Apply a lifecycle action through ``store.modify`` (as the API does)."""
+    return store.modify(ticket_id, lambda t, load: apply_action(
+        t, request, actor=actor, at=at, load=load, rules=RULES), expected_version=version)
+
+
+def bumped(ticket: Ticket, *new_ids: str) -> Ticket:
+    """The desk's next version of ``ticket`` with ``new_ids`` absorbed."""
+    return replace(ticket, version=ticket.version + 1, event_ids=ticket.event_ids + list(new_ids),
+                   detection_count=ticket.detection_count + len(new_ids),
+                   updated_at=ticket.updated_at + timedelta(seconds=len(new_ids)))

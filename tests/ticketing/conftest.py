@@ -26,12 +26,12 @@ class Clock:
         return self.now
 
 
-def _open(backend: str, request: pytest.FixtureRequest, *, outbox: bool) -> SqlTicketStore:
+def _open(backend: str, request: pytest.FixtureRequest, *, webhooks: bool) -> SqlTicketStore:
     if backend == "sqlite":
         tmp = request.getfixturevalue("tmp_path")
-        return SqliteTicketStore(tmp / "tickets.db", outbox=outbox)
+        return SqliteTicketStore(tmp / "tickets.db", webhooks=webhooks)
     url, schema = request.getfixturevalue("pg_schema")
-    return SqlTicketStore(url, schema=schema, outbox=outbox, pool_size=4)
+    return SqlTicketStore(url, schema=schema, webhooks=webhooks, pool_size=4)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -45,8 +45,8 @@ def store_factory(backend: str, request: pytest.FixtureRequest) -> Iterator[
     """Opens stores on one shared database (two replicas = two stores)."""
     opened: list[SqlTicketStore] = []
 
-    def factory(*, outbox: bool = False) -> SqlTicketStore:
-        store = _open(backend, request, outbox=outbox)
+    def factory(*, webhooks: bool = False) -> SqlTicketStore:
+        store = _open(backend, request, webhooks=webhooks)
         opened.append(store)
         return store
 
@@ -57,7 +57,7 @@ def store_factory(backend: str, request: pytest.FixtureRequest) -> Iterator[
 
 @pytest.fixture
 def store(store_factory) -> SqlTicketStore:  # type: ignore[no-untyped-def]
-    return store_factory(outbox=True)  # type: ignore[no-any-return]
+    return store_factory(webhooks=True)  # type: ignore[no-any-return]
 
 
 @pytest.fixture

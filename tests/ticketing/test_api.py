@@ -202,7 +202,7 @@ def test_patch_priority_moves_the_deadline(client: TestClient, as_role: Headers)
     ("integrator", "get", "/tickets", 200),
     ("fire", "get", "/review/queue", 403),
     ("fire", "get", "/sources", 403),
-    ("integrator", "get", "/reports/evaluation?month=2026-05", 403),
+    ("integrator", "get", "/reports/assessment?month=2026-05", 403),
     ("fire", "post", "/tickets", 403),
     (None, "post", "/tickets", 401),
     (None, "get", "/events", 401),
@@ -253,7 +253,7 @@ def test_a_department_never_sees_another_departments_tickets(
     assert [r["service_request_id"] for r in o311] == [door_t["ticket_id"]]
     assert client.get(f"/open311/v2/requests/{fire_t['ticket_id']}.json",
                       headers=sec).status_code == 404
-    report = client.get("/reports/evaluation?month=2026-05", headers=sec).json()
+    report = client.get("/reports/assessment?month=2026-05", headers=sec).json()
     assert [d["department"] for d in report["departments"]] == ["community_security"]
 
 
@@ -308,7 +308,7 @@ def test_monthly_report_json_and_csv(client: TestClient, as_role: Headers, clock
     _act(client, fire, late, "resolve", note="late")
     # opened at +40 min, not due yet at "now": not in the on-time denominator
     _act(client, fire, _create(client, as_role), "return", reason="not ours")
-    r = client.get("/reports/evaluation", params={"month": "2026-05"}, headers=ops)
+    r = client.get("/reports/assessment", params={"month": "2026-05"}, headers=ops)
     assert r.status_code == 200
     [row] = r.json()["departments"]
     assert {k: row[k] for k in ("department", "tickets", "accepted", "resolved",
@@ -317,12 +317,12 @@ def test_monthly_report_json_and_csv(client: TestClient, as_role: Headers, clock
         "department": "fire_rescue", "tickets": 3, "accepted": 2, "resolved": 2,
         "resolved_on_time": 1, "on_time_rate": 0.5, "returned": 1,
         "time_to_accept_mean_s": 600.0, "time_to_resolve_median_s": 1500.0}
-    r = client.get("/reports/evaluation", params={"month": "2026-05", "format": "csv"},
+    r = client.get("/reports/assessment", params={"month": "2026-05", "format": "csv"},
                    headers=ops)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert rows[0]["department"] == "fire_rescue" and rows[0]["returned"] == "1"
-    assert client.get("/reports/evaluation", params={"month": "2026-13"},
+    assert client.get("/reports/assessment", params={"month": "2026-13"},
                       headers=ops).status_code == 422
 
 

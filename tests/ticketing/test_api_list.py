@@ -186,6 +186,7 @@ def test_the_unknown_parameter_message_lists_the_allowed_ones(client: TestClient
     ("/tickets/GW-x/audit", "none"),
     ("/review/queue", "kind, limit, offset, town"),
     ("/sources", "none"),
+    ("/reports/assessment?month=2026-05", "format, month"),
     ("/reports/evaluation?month=2026-05", "format, month"),
     ("/events", "idle_timeout_s, last_event_id, limit"),
     ("/docs", "none"),

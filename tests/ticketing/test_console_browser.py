@@ -406,7 +406,7 @@ def test_department_sees_only_its_own_tickets_and_accepts_and_resolves_one(
     row = pg.locator(f'.work-item[data-ticket="{mine["ticket_id"]}"]')
     row.wait_for(timeout=WAIT_MS)
     assert pg.locator(f'[data-ticket="{theirs["ticket_id"]}"]').count() == 0
-    assert pg.locator("#nav a").all_inner_texts() == ["Work queue", "Evaluation"]
+    assert pg.locator("#nav a").all_inner_texts() == ["Work queue", "Assessment"]
     row.locator('button[data-action="accept"]').click()
     row = pg.locator(f'.work-item[data-ticket="{mine["ticket_id"]}"]')
     row.locator('button[data-action="resolve"]').click(timeout=WAIT_MS)
@@ -416,11 +416,12 @@ def test_department_sees_only_its_own_tickets_and_accepts_and_resolves_one(
     row.wait_for(state="detached", timeout=WAIT_MS)
     assert centre.ticket(mine["ticket_id"])["status"] == "resolved"
     # its own 考核 row, and the CSV behind the download link (same session)
-    pg.goto(centre.url + "/#/evaluation")
+    pg.goto(centre.url + "/#/evaluation")  # the view's earlier name still leads there
     link = pg.locator("#csv-link")
     link.wait_for(timeout=WAIT_MS)
     month = datetime.now(UTC).strftime("%Y-%m")
-    assert link.get_attribute("href") == f"/reports/evaluation?month={month}&format=csv"
+    assert link.get_attribute("href") == f"/reports/assessment?month={month}&format=csv"
+    assert pg.url.endswith("/#/assessment")
     csv = pg.request.get(centre.url + str(link.get_attribute("href")))
     assert csv.ok and csv.headers["content-type"].startswith("text/csv")
     rows = csv.text().splitlines()

@@ -11,9 +11,9 @@ from stream.types import Incident, IncidentEvent
 from tests.builders import make_grid
 from tests.ticketing.builders import RULES, T0, make_policies
 from ticketing.config import TicketingSettings
-from ticketing.desk import TicketDesk
+from ticketing.desk import TicketDesk, new_ticket
 from ticketing.lifecycle import Action, ActionRequest, apply_action
-from ticketing.models import TicketStatus
+from ticketing.models import Origin, ReviewReason, TicketStatus, ticket_id_for
 from ticketing.store import MemoryTicketStore
 
 
@@ -100,3 +100,57 @@ def test_a_ticket_lists_the_sources_of_its_incidents_once_in_first_seen_order(
         seen.add(incident_id)
     assert ticket.source_ids == expected
     assert desk.stats.opened == 1
+
+
+# -- new_ticket: the one way a ticket is made (desk and API / Open311 reports) ------------
+
+@pytest.mark.parametrize(("kind", "confidence", "suspended", "status", "reason"), [
+    ("smoke", 0.9, False, TicketStatus.DISPATCHED, None),
+    ("smoke", 0.2, False, TicketStatus.PENDING_REVIEW, ReviewReason.LOW_CONFIDENCE),
+    ("smoke", 0.9, True, TicketStatus.PENDING_REVIEW, ReviewReason.SOURCE_SUSPENDED),
+    # the kind's own reason comes first: a suspended source does not hide it
+    ("glitter", 0.9, True, TicketStatus.PENDING_REVIEW, ReviewReason.UNKNOWN_KIND),
+])
+def test_new_ticket_routes_and_starts_the_first_clock_at_receipt(
+        kind: str, confidence: float, suspended: bool, status: TicketStatus,
+        reason: ReviewReason | None) -> None:
+    cell = make_grid()["C10"]
+    received = T0 + timedelta(hours=2)  # an old observation received late
+    ticket = new_ticket(rules=RULES, kind=kind, cell=cell, seed="s1", opened_at=T0,
+                        received_at=received, lon=1.5, lat=0.5, confidence=confidence,
+                        origin=Origin.API, source_suspended=suspended)
+    assert ticket.ticket_id == ticket_id_for(kind, "C10", "s1")
+    assert (ticket.status, ticket.review_reason, ticket.origin) == (status, reason, Origin.API)
+    assert (ticket.cell_id, ticket.town, ticket.village) == ("C10", "TownA", "V1")
+    assert (ticket.opened_at, ticket.received_at, ticket.clock_start) == (T0, received,
+                                                                          received)
+    if status is TicketStatus.DISPATCHED:  # the unit's clock: smoke is P1, 30 min
+        assert (ticket.dispatched_at, ticket.due_at) == (received,
+                                                         received + timedelta(minutes=30))
+    else:  # review's clock (review_sla_s, 30 min by default)
+        assert (ticket.dispatched_at, ticket.due_at) == (None, received + timedelta(
+            seconds=TicketingSettings().review_sla_s))
+
+
+def test_the_desk_and_a_report_make_the_same_ticket_for_the_same_work() -> None:
+    """The desk's ticket for an incident and create_report's for a report of the same
+    kind, place and times differ only in what each absorbed (ids, origin, counts)."""
+    from ticketing.service import create_report
+    from ticketing.store import SqliteTicketStore
+
+    store = SqliteTicketStore(":memory:")
+    desk = _desk(MemoryTicketStore())
+    event = _event(0, source="st1/a", cell="C10")
+    by_desk = desk.apply(event)
+    by_report, created = create_report(
+        store=store, grid=make_grid(), policies=make_policies(), settings=TicketingSettings(),
+        kind="smoke", lon=event.incident.lon + 1, lat=event.incident.lat,
+        at=event.incident.opened_at, actor="ops", origin=Origin.API, external_id="r1",
+        source_id="st1/a")
+    assert created
+    differ = {"ticket_id", "origin", "event_ids", "incident_ids", "incident_count",
+              "detection_count", "max_confidence", "lon", "lat"}
+    desk_public, report_public = by_desk.to_public(), by_report.to_public()
+    assert {k: v for k, v in desk_public.items() if k not in differ} == {
+        k: v for k, v in report_public.items() if k not in differ}
+    store.close()

@@ -52,7 +52,7 @@ def test_one_worker_walks_the_stages_and_audits_them(store) -> None:  # type: ig
 
 
 def test_two_replicas_escalate_each_overdue_ticket_exactly_once(store_factory) -> None:  # type: ignore[no-untyped-def]
-    replicas = [store_factory(outbox=True), store_factory(outbox=True)]
+    replicas = [store_factory(webhooks=True), store_factory(webhooks=True)]
     tickets = [make_ticket(opened_at=timedelta(seconds=i)) for i in range(40)]
     for t in tickets:
         replicas[0].save(t)

@@ -203,7 +203,7 @@ def test_a_person_token_works_like_a_role_token(client: TestClient, users: UserS
 
 def test_a_supervisor_reviews_and_sees_supervision(client: TestClient) -> None:
     csrf = logged_in(client, "lead")
-    for path in ("/review/queue", "/sources", "/reports/evaluation?month=2026-05"):
+    for path in ("/review/queue", "/sources", "/reports/assessment?month=2026-05"):
         assert client.get(path).status_code == 200, path
     pending = report(client, csrf, kind="new_plugin_kind").json()
     confirmed = client.post(f"/tickets/{pending['ticket_id']}/actions", headers=csrf,

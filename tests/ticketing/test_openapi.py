@@ -23,7 +23,7 @@ EXAMPLES = 25
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory: pytest.TempPathFactory) -> schemathesis.BaseSchema:
-    store = SqliteTicketStore(tmp_path_factory.mktemp("st") / "tickets.db", outbox=True)
+    store = SqliteTicketStore(tmp_path_factory.mktemp("st") / "tickets.db", webhooks=True)
     for status in (TicketStatus.PENDING_REVIEW, TicketStatus.DISPATCHED,
                    TicketStatus.ACCEPTED):
         store.save(make_ticket(status=status))

@@ -1,4 +1,4 @@
-"""ticketing/webhooks.py: outbox delivery against a local receiver that fails, then
+"""ticketing/webhooks.py: webhook delivery against a local receiver that fails, then
 succeeds; HMAC signatures; idempotency keys; backoff; giving up; department webhooks
 beside the centre's (their own key, old and new holder, a failing one alone, once each
 across two dispatchers, keys checked at start-up)."""
@@ -17,9 +17,9 @@ import pytest
 from tests.ticketing.builders import RULES, T0, make_auth, make_policies, make_ticket
 from ticketing.api.app import create_app
 from ticketing.config import TicketingSettings, WebhookSettings
+from ticketing.deliveries import DeliveryTargets
 from ticketing.departments import DEFAULT_DEPARTMENTS
 from ticketing.lifecycle import Action, ActionRequest, apply_action
-from ticketing.outbox import OutboxTargets
 from ticketing.store import SqlTicketStore
 from ticketing.webhooks import (
     WebhookDispatcher,
@@ -83,7 +83,7 @@ def test_retries_with_backoff_until_the_receiver_accepts(store, receiver) -> Non
     third = dispatcher.run_once(now=second[0].retry_at)  # type: ignore[arg-type]
     assert [(r.delivered, r.status_code, r.attempt) for r in third] == [(True, 200, 3)]
     assert dispatcher.run_once(now=T0 + timedelta(days=1)) == []
-    assert store.outbox_status() == {"pending": 0, "delivered": 1, "failed": 0}
+    assert store.delivery_counts() == {"pending": 0, "delivered": 1, "failed": 0}
 
     keys = {r["headers"]["Idempotency-Key"] for r in receiver.received}
     assert len(receiver.received) == 3 and len(keys) == 1
@@ -107,7 +107,7 @@ def test_gives_up_after_max_attempts(store) -> None:  # type: ignore[no-untyped-
         results = dispatcher.run_once(now=now) + dispatcher.run_once(now=now + timedelta(
             hours=1))
         assert [(r.attempt, r.retry_at is None) for r in results] == [(1, False), (2, True)]
-        assert store.outbox_status() == {"pending": 0, "delivered": 0, "failed": 1}
+        assert store.delivery_counts() == {"pending": 0, "delivered": 0, "failed": 1}
     finally:
         failing.close()
 
@@ -122,14 +122,14 @@ def test_an_unreachable_receiver_is_retried(store) -> None:  # type: ignore[no-u
 
 def test_two_dispatchers_do_not_send_the_same_item_at_once(store_factory, receiver) -> None:  # type: ignore[no-untyped-def]
     receiver.statuses.clear()
-    a, b = store_factory(outbox=True), store_factory(outbox=True)
+    a, b = store_factory(webhooks=True), store_factory(webhooks=True)
     for _ in range(10):
         a.save(make_ticket())
     sent = []
     for s in (a, b):
         dispatcher = WebhookDispatcher(store=s, url=receiver.url, secret=SECRET, lease_s=60,
                                        client=None)
-        sent.append(s.claim_outbox(now=T0, lease_s=60, worker=dispatcher.worker, limit=6))
+        sent.append(s.claim_deliveries(now=T0, lease_s=60, worker=dispatcher.worker, limit=6))
     ids = [i.id for batch in sent for i in batch]
     assert len(ids) == 10 and len(set(ids)) == 10
 
@@ -195,7 +195,7 @@ def _act(store: SqlTicketStore, ticket_id: str, request: ActionRequest) -> None:
 def test_the_department_and_the_centre_each_get_the_change_signed_with_their_key(  # type: ignore[no-untyped-def]
         store_factory, receivers) -> None:
     settings = _settings(centre=receivers["centre"].url, fire=receivers["fire"].url)
-    store = store_factory(outbox=OutboxTargets.from_settings(settings))
+    store = store_factory(webhooks=DeliveryTargets.from_settings(settings))
     ticket = make_ticket()  # fire_rescue's
     store.save(ticket)
     dispatchers = _dispatchers(store, settings)
@@ -217,13 +217,13 @@ def test_the_department_and_the_centre_each_get_the_change_signed_with_their_key
     [central] = receivers["centre"].received
     assert verify_signature(CENTRE_KEY, central["headers"]["X-GridWatch-Timestamp"],
                             central["body"], central["headers"]["X-GridWatch-Signature"])
-    assert store.outbox_status() == {"pending": 0, "delivered": 2, "failed": 0}
+    assert store.delivery_counts() == {"pending": 0, "delivered": 2, "failed": 0}
 
 
 def test_a_re_dispatch_notifies_the_old_and_the_new_department(store_factory, receivers) -> None:  # type: ignore[no-untyped-def]
     settings = _settings(centre=receivers["centre"].url, fire=receivers["fire"].url,
                          security=receivers["security"].url)
-    store = store_factory(outbox=OutboxTargets.from_settings(settings))
+    store = store_factory(webhooks=DeliveryTargets.from_settings(settings))
     ticket = make_ticket()
     store.save(ticket)
     _act(store, ticket.ticket_id, ActionRequest(Action.RETURN, reason="not a fire"))
@@ -249,7 +249,7 @@ def test_a_failing_department_endpoint_is_retried_without_holding_up_the_others(
     receivers["fire"].statuses[:] = [500, 500]
     settings = _settings(centre=receivers["centre"].url, fire=receivers["fire"].url,
                          security=receivers["security"].url)
-    store = store_factory(outbox=OutboxTargets.from_settings(settings))
+    store = store_factory(webhooks=DeliveryTargets.from_settings(settings))
     fire_ticket, security_ticket = make_ticket(), make_ticket(
         department="community_security")
     store.save(fire_ticket)
@@ -261,7 +261,7 @@ def test_a_failing_department_endpoint_is_retried_without_holding_up_the_others(
     for dispatcher in dispatchers.values():  # the fire endpoint's failure is its own
         assert [r.delivered for r in dispatcher.run_once(now=T0)] in ([True], [True, True])
     assert len(receivers["centre"].received) == 2 and len(receivers["security"].received) == 1
-    assert store.outbox_status(destination="department/fire_rescue") == {
+    assert store.delivery_counts(destination="department/fire_rescue") == {
         "pending": 1, "delivered": 0, "failed": 0}
     # a dead endpoint (nothing listening) is retried too, and the rest still go out
     dead = WebhookDispatcher(store=store, url="http://127.0.0.1:9/none", secret=FIRE_KEY,
@@ -283,8 +283,8 @@ def test_a_failing_department_endpoint_is_retried_without_holding_up_the_others(
 def test_two_dispatchers_of_one_department_deliver_each_change_once(  # type: ignore[no-untyped-def]
         store_factory, receivers) -> None:
     settings = _settings(centre=receivers["centre"].url, fire=receivers["fire"].url)
-    targets = OutboxTargets.from_settings(settings)
-    a, b = store_factory(outbox=targets), store_factory(outbox=targets)  # two replicas
+    targets = DeliveryTargets.from_settings(settings)
+    a, b = store_factory(webhooks=targets), store_factory(webhooks=targets)  # two replicas
     for _ in range(12):
         a.save(make_ticket())
     replicas = [_dispatchers(s, settings)["department/fire_rescue"] for s in (a, b)]
@@ -305,7 +305,7 @@ def test_two_dispatchers_of_one_department_deliver_each_change_once(  # type: ig
     assert len(keys) == 12 and len(set(keys)) == 12  # every change once, none twice
     assert len(results[0]) + len(results[1]) == 12
     assert receivers["centre"].received == []  # the centre's rows are its own dispatcher's
-    assert a.outbox_status(destination="centre")["pending"] == 12
+    assert a.delivery_counts(destination="centre")["pending"] == 12
 
 
 @pytest.mark.parametrize(("environ", "error"), [
@@ -333,8 +333,8 @@ def test_the_app_checks_the_keys_at_start_up(store, monkeypatch) -> None:  # typ
 
 def test_a_store_that_does_not_write_a_departments_rows_is_refused(store) -> None:  # type: ignore[no-untyped-def]
     settings = _settings(centre="http://centre/hook", fire="http://fire/hook")
-    assert store.outbox == OutboxTargets()  # the fixture's outbox=True: the centre alone
-    with pytest.raises(ValueError, match="department/fire_rescue.*OutboxTargets"):
+    assert store.webhooks == DeliveryTargets()  # the fixture's webhooks=True: the centre alone
+    with pytest.raises(ValueError, match="department/fire_rescue.*DeliveryTargets"):
         dispatchers_from_settings(store=store, settings=settings, environ=ENVIRON)
 
 
@@ -347,6 +347,6 @@ def test_a_round_stops_at_the_first_failure_and_gives_the_rest_back_untried(stor
     [first] = dead.run_once(now=T0)  # one try against a dead endpoint, not three
     assert not first.delivered and first.event_key == f"{tickets[0].ticket_id}:1:created"
     # the other two are due again at once, by anyone, with no attempt counted
-    again = store.claim_outbox(now=T0, lease_s=60, worker="other")
+    again = store.claim_deliveries(now=T0, lease_s=60, worker="other")
     assert [(i.event_key, i.attempts) for i in again] == [
         (f"{t.ticket_id}:1:created", 0) for t in tickets[1:]]

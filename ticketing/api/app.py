@@ -105,12 +105,12 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         ValueError: a kind, ``default_kind`` or routing override names a department
             that is not in ``settings.departments``; with ``run_workers``, a webhook's
             HMAC key is missing from the environment (the variable and the department
-            are named) or ``store`` does not write the outbox for a configured webhook.
+            are named) or ``store`` does not queue deliveries for a configured webhook.
 
     Example (what ``gridwatch demo`` / ``serve`` do)::
 
         store = SqliteTicketStore(data_dir / "tickets.db",
-                                  outbox=OutboxTargets.from_settings(cfg.ticketing))
+                                  webhooks=DeliveryTargets.from_settings(cfg.ticketing))
         app = create_app(store=store, settings=cfg.ticketing, policies=cfg.policies,
                          grid=grid, run_workers=True)
         uvicorn.run(app, host="127.0.0.1", port=8080)
@@ -176,7 +176,7 @@ def create_app(*, store: SqlTicketStore, settings: TicketingSettings | None = No
         redoc_url=None,  # install_redoc below: the same bundle without its one remote logo
         title="GridWatch ticketing", version="1.0.0", lifespan=lifespan,
         description="Work orders from sensors and cameras: lifecycle, deadlines, review, "
-                    "evaluation, Open311 GeoReport v2, live updates.",
+                    "assessment (考核), Open311 GeoReport v2, live updates.",
         dependencies=[Depends(reject_unknown_query)],
         swagger_ui_parameters={"validatorUrl": None})  # no badge from validator.swagger.io
     app.state.gridwatch = state

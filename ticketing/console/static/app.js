@@ -1,5 +1,5 @@
 // The GridWatch console: login, review queue, map, ticket detail, supervision board,
-// evaluation, department work queue, live updates. Plain DOM, no framework.
+// assessment (考核), department work queue, live updates. Plain DOM, no framework.
 import { api, ApiError, allTickets, openTickets, OPEN_STATUSES, query, setCsrf } from './api.js';
 import { getLang, initialLang, setLang, t, tv } from './i18n.js';
 import { GridMap } from './map.js';
@@ -104,8 +104,8 @@ async function loadMapData() {
 // -- the frame: header, navigation, language, live indicator ------------------------------
 function views() {
   if (!state.me) return [];
-  if (SUPERVISE.has(state.me.role)) return ['review', 'map', 'board', 'evaluation'];
-  if (state.me.role === 'department') return ['work', 'evaluation'];
+  if (SUPERVISE.has(state.me.role)) return ['review', 'map', 'board', 'assessment'];
+  if (state.me.role === 'department') return ['work', 'assessment'];
   return ['map', 'board'];
 }
 
@@ -725,20 +725,20 @@ class BoardView {
   refresh() { this.render(); }
 }
 
-// -- evaluation (考核) ---------------------------------------------------------------------
-class EvaluationView {
+// -- assessment (考核) -------------------------------------------------------------------
+class AssessmentView {
   constructor(params) { this.month = params.get('month') || new Date().toISOString().slice(0, 7); }
 
   async render() {
-    const report = await api(`/reports/evaluation${query({ month: this.month, format: 'json' })}`);
+    const report = await api(`/reports/assessment${query({ month: this.month, format: 'json' })}`);
     const input = h('input', { id: 'month', type: 'month', value: this.month });
     input.addEventListener('change', () => { if (input.value) { this.month = input.value; this.render(); } });
     const pct = (v) => (v === null || v === undefined ? '—' : `${Math.round(v * 100)} %`);
-    main.replaceChildren(h('section', { class: 'evaluation' },
-      h('h2', {}, t('evalTitle')),
+    main.replaceChildren(h('section', { class: 'assessment' },
+      h('h2', {}, t('assessmentTitle')),
       h('div', { class: 'map-tools' }, h('label', { for: 'month' }, t('month')), input,
-        h('a', { class: 'button', id: 'csv-link', download: `evaluation-${this.month}.csv`,
-          href: `/reports/evaluation${query({ month: this.month, format: 'csv' })}` }, t('csv'))),
+        h('a', { class: 'button', id: 'csv-link', download: `assessment-${this.month}.csv`,
+          href: `/reports/assessment${query({ month: this.month, format: 'csv' })}` }, t('csv'))),
       h('table', { class: 'board' },
         h('thead', {}, h('tr', {}, ['unit', 'tickets', 'onTime', 'returnRate', 'reminders',
           'yellowCards', 'redCards'].map((k) => h('th', { scope: 'col' }, t(k))))),
@@ -750,14 +750,17 @@ class EvaluationView {
 }
 
 // -- routing and keys ---------------------------------------------------------------------
-const VIEWS = { review: ReviewView, map: MapView, board: BoardView, evaluation: EvaluationView,
+const VIEWS = { review: ReviewView, map: MapView, board: BoardView, assessment: AssessmentView,
   work: WorkView };
+// views' earlier names, for bookmarks
+const RENAMED = { evaluation: 'assessment' };
 
 async function route() {
   if (!state.me) { renderLogin(); return; }
   const [path, q] = location.hash.replace(/^#\/?/, '').split('?');
   const params = new URLSearchParams(q || '');
   const [name, ...rest] = path.split('/');
+  if (RENAMED[name]) { location.hash = `#/${RENAMED[name]}${q ? `?${q}` : ''}`; return; }
   renderFrame();
   let view;
   if (name === 'ticket' && rest.length) view = new TicketView(decodeURIComponent(rest.join('/')));

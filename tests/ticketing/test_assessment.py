@@ -14,11 +14,11 @@ from fastapi.testclient import TestClient
 
 from tests.ticketing.builders import T0, Headers, api_act_ok, api_create, make_ticket
 from ticketing import migrations
+from ticketing.assessment import human_duration, spells_of
+from ticketing.cards import cards_of
 from ticketing.config import EscalationSettings
 from ticketing.escalation import Escalator
-from ticketing.evaluation import human_duration, spells_of
 from ticketing.models import Escalation
-from ticketing.records import cards_of
 
 M = timedelta(minutes=1)
 
@@ -76,7 +76,7 @@ def test_cards_stay_with_the_unit_that_held_the_ticket(client: TestClient,
         ("command_centre", "review", 1, "yellow"), ("community_security", "unit", 3, "yellow"),
         ("fire_rescue", "unit", 1, "yellow")]
 
-    report = client.get("/reports/evaluation", params={"month": "2026-05"},
+    report = client.get("/reports/assessment", params={"month": "2026-05"},
                         headers=ops).json()
     rows = {r["department"]: r for r in report["departments"]}
     assert set(rows) == {"fire_rescue", "community_security"}  # not command_centre
@@ -105,15 +105,26 @@ def test_cards_stay_with_the_unit_that_held_the_ticket(client: TestClient,
         "in_time_rate": 0.5, "overdue": 1, "time_to_review_mean_s": 1650.0,
         "time_to_review_mean": "27 min 30 s"}
 
-    text = client.get("/reports/evaluation", params={"month": "2026-05", "format": "csv"},
+    text = client.get("/reports/assessment", params={"month": "2026-05", "format": "csv"},
                       headers=ops).text
     by_department = {r["department"]: r for r in csv.DictReader(io.StringIO(text))}
     assert by_department["fire_rescue"]["time_to_resolve_mean"] == "1 h 10 min"
     assert by_department["fire_rescue"]["time_to_resolve_mean_s"] == "4200.0"
-    own = client.get("/reports/evaluation", params={"month": "2026-05"},
+    own = client.get("/reports/assessment", params={"month": "2026-05"},
                      headers=sec).json()
     assert [r["department"] for r in own["departments"]] == ["community_security"]
     assert "review" not in own
+
+    # the report's earlier path answers the same, for the same callers
+    assert client.get("/reports/evaluation", params={"month": "2026-05"},
+                      headers=ops).json() == report
+    assert client.get("/reports/evaluation", params={"month": "2026-05"},
+                      headers=sec).json() == own
+    old_csv = client.get("/reports/evaluation", params={"month": "2026-05", "format": "csv"},
+                         headers=ops)
+    assert old_csv.text == text
+    assert old_csv.headers["content-disposition"] == \
+        'attachment; filename="assessment-2026-05.csv"'
 
 
 def test_a_ticket_without_clock_records_is_one_spell() -> None:

@@ -1,4 +1,6 @@
-"""The webhook outbox: which receivers a committed change goes to, and its rows.
+"""Webhook deliveries: which receivers a committed change goes to, and the queue of
+deliveries to them (the ``outbox`` table of the ticket database; not the edge's detection
+outbox, :mod:`edge.outbox`).
 
 A change goes to the upstream work-order centre (``ticketing.webhook.url``) and to the own
 webhook (``webhook_url``) of each department involved: the one that holds the ticket after
@@ -11,7 +13,7 @@ department webhooks) and ``<ticket_id>:<version>:<type>:<department>`` for a dep
 so each row is delivered, retried and given up on by itself (a failing department
 endpoint holds up no one else).
 
->>> targets = OutboxTargets(centre=True, departments=frozenset({"fire_rescue"}))
+>>> targets = DeliveryTargets(centre=True, departments=frozenset({"fire_rescue"}))
 >>> targets.destinations(["fire_rescue", "traffic_police"])
 ['centre', 'department/fire_rescue']
 >>> event_key("T-1", 3, "dispatch", DEPARTMENT_PREFIX + "fire_rescue")
@@ -31,7 +33,7 @@ from sqlalchemy import Connection, text
 from ticketing.config import TicketingSettings
 
 if TYPE_CHECKING:
-    from ticketing.store import Change
+    from ticketing.changelog import Change
 
 CENTRE = "centre"
 """The ``destination`` of the upstream centre's rows (every row written before
@@ -53,8 +55,8 @@ def event_key(ticket_id: str, version: int, change_type: str, destination: str) 
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxTargets:
-    """The receivers a store writes outbox rows for.
+class DeliveryTargets:
+    """The receivers a store queues webhook deliveries for.
 
     Args:
         centre: rows for the upstream centre (``ticketing.webhook.url``).
@@ -65,16 +67,16 @@ class OutboxTargets:
     departments: frozenset[str] = frozenset()
 
     @classmethod
-    def from_settings(cls, settings: TicketingSettings) -> OutboxTargets:
+    def from_settings(cls, settings: TicketingSettings) -> DeliveryTargets:
         """The receivers ``settings`` configures: the one place that decides whether a
-        store writes the outbox (``serve`` and ``demo`` build their store with it)."""
+        store queues deliveries (``serve`` and ``demo`` build their store with it)."""
         return cls(centre=settings.webhook.url is not None,
                    departments=frozenset(d for d, dep in settings.departments.items()
                                          if dep.webhook_url is not None))
 
     @property
     def enabled(self) -> bool:
-        """Whether any receiver is configured (else no outbox rows are written)."""
+        """Whether any receiver is configured (else no deliveries are queued)."""
         return self.centre or bool(self.departments)
 
     def destinations(self, departments: Iterable[str]) -> list[str]:
@@ -84,13 +86,13 @@ class OutboxTargets:
                       if d in self.departments]
 
 
-def as_targets(outbox: bool | OutboxTargets | None) -> OutboxTargets | None:
-    """A store's ``outbox=`` argument as targets: ``True`` is the centre alone (what it
+def as_targets(webhooks: bool | DeliveryTargets | None) -> DeliveryTargets | None:
+    """A store's ``webhooks=`` argument as targets: ``True`` is the centre alone (what it
     meant before department webhooks), ``False``/``None`` or no receiver is off."""
-    if outbox is True:
-        return OutboxTargets()
-    if isinstance(outbox, OutboxTargets) and outbox.enabled:
-        return outbox
+    if webhooks is True:
+        return DeliveryTargets()
+    if isinstance(webhooks, DeliveryTargets) and webhooks.enabled:
+        return webhooks
     return None
 
 
@@ -113,7 +115,7 @@ _INSERT = text(
     " ON CONFLICT (event_key) DO NOTHING")
 
 
-def write(conn: Connection, change: Change, *, targets: OutboxTargets,
+def write(conn: Connection, change: Change, *, targets: DeliveryTargets,
           held_before: str | None, audit: list[dict[str, Any]],
           time: Callable[[datetime], str]) -> None:
     """Insert one row per receiver of ``change`` (in the caller's transaction).
@@ -139,7 +141,7 @@ def write(conn: Connection, change: Change, *, targets: OutboxTargets,
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxItem:
+class Delivery:
     id: int
     event_key: str
     event_type: str
@@ -150,7 +152,7 @@ class OutboxItem:
 
 
 def claim(conn: Connection, *, dialect: str, destination: str, now: str, until: str,
-          worker: str, limit: int) -> list[OutboxItem]:
+          worker: str, limit: int) -> list[Delivery]:
     """Lease the due rows of one receiver to ``worker`` until ``until`` (PostgreSQL skips
     rows another transaction holds; SQLite's writer lock serialises claims)."""
     rows = conn.execute(text(
@@ -165,7 +167,7 @@ def claim(conn: Connection, *, dialect: str, destination: str, now: str, until: 
         conn.execute(text("UPDATE outbox SET claimed_until = :until, claimed_by = :w"
                           " WHERE id = :id"),
                      [{"until": until, "w": worker, "id": r.id} for r in rows])
-    return [OutboxItem(int(r.id), r.event_key, r.event_type, r.ticket_id, r.payload,
+    return [Delivery(int(r.id), r.event_key, r.event_type, r.ticket_id, r.payload,
                        int(r.attempts), r.destination) for r in rows]
 
 
@@ -174,3 +176,29 @@ def release(conn: Connection, item_ids: list[int], *, worker: str) -> None:
     conn.execute(text("UPDATE outbox SET claimed_until = NULL, claimed_by = NULL"
                       " WHERE id = :id AND claimed_by = :w"),
                  [{"id": i, "w": worker} for i in item_ids])
+
+
+def finish(conn: Connection, item_id: int, *, at: str, delivered: bool,
+           error: str | None = None, retry_at: str | None = None) -> None:
+    """Record one delivery attempt (times as the store spells them): delivered, to retry
+    at ``retry_at``, or given up (``retry_at`` None and not delivered)."""
+    conn.execute(text(
+        "UPDATE outbox SET attempts = attempts + 1, claimed_until = NULL,"
+        " claimed_by = NULL, last_error = :err, delivered_at = :delivered,"
+        " failed_at = :failed, next_attempt_at = coalesce(:retry, next_attempt_at)"
+        " WHERE id = :id"),
+        {"err": error, "id": item_id,
+         "delivered": at if delivered else None,
+         "failed": at if not delivered and retry_at is None else None,
+         "retry": retry_at})
+
+
+def counts(conn: Connection, *, destination: str | None = None) -> dict[str, int]:
+    """Deliveries pending, delivered and failed (of one receiver, or all)."""
+    where = "" if destination is None else " WHERE destination = :d"
+    row = conn.execute(text(
+        "SELECT count(*) FILTER (WHERE delivered_at IS NULL AND failed_at IS NULL),"
+        " count(*) FILTER (WHERE delivered_at IS NOT NULL),"
+        " count(*) FILTER (WHERE failed_at IS NOT NULL) FROM outbox" + where),
+        {"d": destination}).one()
+    return {"pending": int(row[0]), "delivered": int(row[1]), "failed": int(row[2])}

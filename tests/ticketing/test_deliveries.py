@@ -1,4 +1,4 @@
-"""ticketing/outbox.py: which receivers a committed change is written for (the centre and
+"""ticketing/deliveries.py: which receivers a committed change is written for (the centre and
 the departments it concerns), their keys, and migration 9 (rows before it are the
 centre's). Delivery itself: tests/ticketing/test_webhooks.py."""
 
@@ -12,14 +12,14 @@ from sqlalchemy import text
 from tests.ticketing.builders import RULES, T0, make_ticket
 from ticketing import migrations
 from ticketing.config import TicketingSettings, WebhookSettings
+from ticketing.deliveries import CENTRE, DeliveryTargets, as_targets
 from ticketing.departments import DEFAULT_DEPARTMENTS
 from ticketing.lifecycle import Action, ActionRequest, apply_action
 from ticketing.models import TicketStatus
-from ticketing.outbox import CENTRE, OutboxTargets, as_targets
 from ticketing.store import SqlTicketStore
 
 FIRE, SECURITY = "department/fire_rescue", "department/community_security"
-BOTH = OutboxTargets(centre=True, departments=frozenset({"fire_rescue",
+BOTH = DeliveryTargets(centre=True, departments=frozenset({"fire_rescue",
                                                          "community_security"}))
 
 
@@ -31,7 +31,7 @@ def _act(store: SqlTicketStore, ticket_id: str, request: ActionRequest) -> None:
 
 def _rows(store: SqlTicketStore, destination: str) -> list[tuple[str, str]]:
     """(event key, payload type) of a receiver's pending rows, oldest first."""
-    items = store.claim_outbox(now=T0, lease_s=1, worker="test", limit=100,
+    items = store.claim_deliveries(now=T0, lease_s=1, worker="test", limit=100,
                                destination=destination)
     for item in items:
         assert json.loads(item.payload)["event_key"] == item.event_key
@@ -40,19 +40,19 @@ def _rows(store: SqlTicketStore, destination: str) -> list[tuple[str, str]]:
 
 
 def test_each_receiver_gets_its_own_row_and_key(store_factory) -> None:  # type: ignore[no-untyped-def]
-    store = store_factory(outbox=BOTH)
+    store = store_factory(webhooks=BOTH)
     ticket = make_ticket()  # fire_rescue's
     store.save(ticket)
     t = ticket.ticket_id
     assert _rows(store, CENTRE) == [(f"{t}:1:created", "ticket.created")]
     assert _rows(store, FIRE) == [(f"{t}:1:created:fire_rescue", "ticket.created")]
     assert _rows(store, SECURITY) == []  # not its ticket
-    assert store.outbox_status() == {"pending": 2, "delivered": 0, "failed": 0}
-    assert store.outbox_status(destination=FIRE)["pending"] == 1
+    assert store.delivery_counts() == {"pending": 2, "delivered": 0, "failed": 0}
+    assert store.delivery_counts(destination=FIRE)["pending"] == 1
 
 
 def test_a_re_dispatch_goes_to_the_old_and_the_new_department(store_factory) -> None:  # type: ignore[no-untyped-def]
-    store = store_factory(outbox=BOTH)
+    store = store_factory(webhooks=BOTH)
     ticket = make_ticket()
     store.save(ticket)
     t = ticket.ticket_id
@@ -79,7 +79,7 @@ def test_a_re_dispatch_goes_to_the_old_and_the_new_department(store_factory) -> 
 ])
 def test_a_change_that_takes_the_ticket_away_reaches_the_department_it_leaves(  # type: ignore[no-untyped-def]
         store_factory, request_, old_hears, new_hears) -> None:
-    store = store_factory(outbox=BOTH)
+    store = store_factory(webhooks=BOTH)
     ticket = make_ticket()
     store.save(ticket)
     _rows(store, FIRE)  # the creation's row, claimed out of the way
@@ -92,7 +92,7 @@ def test_a_change_that_takes_the_ticket_away_reaches_the_department_it_leaves(  
 
 
 def test_a_department_without_a_webhook_and_an_off_centre_get_no_rows(store_factory) -> None:  # type: ignore[no-untyped-def]
-    store = store_factory(outbox=OutboxTargets(centre=False,
+    store = store_factory(webhooks=DeliveryTargets(centre=False,
                                                departments=frozenset({"fire_rescue"})))
     store.save(make_ticket(department="community_security"))
     store.save(make_ticket())
@@ -100,34 +100,34 @@ def test_a_department_without_a_webhook_and_an_off_centre_get_no_rows(store_fact
     assert len(_rows(store, FIRE)) == 1
 
 
-@pytest.mark.parametrize(("outbox", "expected"), [
-    (False, None), (None, None), (True, OutboxTargets()),
-    (OutboxTargets(centre=False), None),  # no receiver: no rows at all
+@pytest.mark.parametrize(("webhooks", "expected"), [
+    (False, None), (None, None), (True, DeliveryTargets()),
+    (DeliveryTargets(centre=False), None),  # no receiver: no rows at all
     (BOTH, BOTH),
 ])
-def test_the_store_argument(outbox, expected) -> None:  # type: ignore[no-untyped-def]
-    assert as_targets(outbox) == expected
+def test_the_store_argument(webhooks, expected) -> None:  # type: ignore[no-untyped-def]
+    assert as_targets(webhooks) == expected
 
 
 def test_targets_come_from_the_centre_url_and_the_department_urls() -> None:
     departments = dict(DEFAULT_DEPARTMENTS)
     departments["fire_rescue"] = departments["fire_rescue"].model_copy(
         update={"webhook_url": "http://fire.example/hook"})
-    off = OutboxTargets.from_settings(TicketingSettings())
+    off = DeliveryTargets.from_settings(TicketingSettings())
     assert not off.enabled
-    only_fire = OutboxTargets.from_settings(TicketingSettings(departments=departments))
-    assert only_fire == OutboxTargets(centre=False, departments=frozenset({"fire_rescue"}))
+    only_fire = DeliveryTargets.from_settings(TicketingSettings(departments=departments))
+    assert only_fire == DeliveryTargets(centre=False, departments=frozenset({"fire_rescue"}))
     assert only_fire.enabled
-    both = OutboxTargets.from_settings(TicketingSettings(
+    both = DeliveryTargets.from_settings(TicketingSettings(
         departments=departments, webhook=WebhookSettings(url="http://centre/hook")))
-    assert both == OutboxTargets(centre=True, departments=frozenset({"fire_rescue"}))
+    assert both == DeliveryTargets(centre=True, departments=frozenset({"fire_rescue"}))
 
 
 def test_rows_written_before_migration_9_are_the_centres(  # type: ignore[no-untyped-def]
         store_factory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(migrations, "MIGRATIONS",
                         tuple(m for m in migrations.MIGRATIONS if m.version < 9))
-    old = store_factory(outbox=False)
+    old = store_factory(webhooks=False)
     ticket = make_ticket()
     old.save(ticket)
     with old.transaction() as conn:  # what the store of migration 8 wrote
@@ -137,14 +137,14 @@ def test_rows_written_before_migration_9_are_the_centres(  # type: ignore[no-unt
             " '2026-05-04T06:00:00.000000Z', '2026-05-04T06:00:00.000000Z')"),
             {"t": ticket.ticket_id})
     monkeypatch.undo()
-    upgraded = store_factory(outbox=True)
+    upgraded = store_factory(webhooks=True)
     assert 9 in upgraded.applied_migrations
     assert _rows(upgraded, CENTRE) == [("k1", "ticket.created")]
     assert _rows(upgraded, FIRE) == []
 
 
 def test_a_confirm_to_the_routed_department_reaches_it_alone(store_factory) -> None:  # type: ignore[no-untyped-def]
-    store = store_factory(outbox=BOTH)
+    store = store_factory(webhooks=BOTH)
     ticket = make_ticket(status=TicketStatus.PENDING_REVIEW)
     store.save(ticket)
     _act(store, ticket.ticket_id, ActionRequest(Action.CONFIRM))

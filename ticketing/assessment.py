@@ -1,4 +1,4 @@
-"""Evaluation (考核): per department, how fast and how reliably work orders are handled.
+"""Assessment (考核): per department, how fast and how reliably work orders are handled.
 
 Pure over records; :func:`monthly_report` reads them from a store. The records are each
 ticket's audit entries (every dispatch, recall and reclassify starts a deadline *clock*
@@ -34,9 +34,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ticketing.audit import of_tickets as audit_of
+from ticketing.cards import Card, cards_of
 from ticketing.lifecycle import AuditEntry
 from ticketing.models import Escalation, Ticket, TicketStatus, rfc3339
-from ticketing.records import Card, audit_of, cards_of
 from ticketing.store import SqlTicketStore, TicketFilter
 
 NOT_WORK = frozenset({TicketStatus.DISMISSED})
@@ -214,7 +215,7 @@ def _count_card(row: DepartmentFigures | ReviewFigures, stage: Escalation) -> No
         row.red_cards += 1
 
 
-def evaluate(spells: Iterable[Spell], cards: Iterable[Card], *, as_of: datetime,
+def assess(spells: Iterable[Spell], cards: Iterable[Card], *, as_of: datetime,
              review_sla_s: int) -> tuple[list[DepartmentFigures], ReviewFigures]:
     """Figures per department (sorted by department) and for operator review."""
     rows: dict[str, DepartmentFigures] = {}
@@ -282,7 +283,7 @@ def monthly_report(*, store: SqlTicketStore, month: str, as_of: datetime,
         entries = audit_of(conn, ids)
         cards = cards_of(conn, ids)
     spells = [s for t in work for s in spells_of(t, entries[t.ticket_id])]
-    figures, review = evaluate(spells, cards, as_of=as_of, review_sla_s=review_sla_s)
+    figures, review = assess(spells, cards, as_of=as_of, review_sla_s=review_sla_s)
     report: dict[str, Any] = {"month": month, "from": rfc3339(start), "to": rfc3339(end),
                               "as_of": rfc3339(as_of)}
     if department is not None:
