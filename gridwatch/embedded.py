@@ -39,7 +39,9 @@ from detectors.schema import Detection, DetectionRejected, parse_detection
 from geo.grid import Grid
 from gridwatch.config import GridWatchConfig
 from gridwatch.pipeline import (
-    STORE_UNAVAILABLE,
+    STORE_UNAVAILABLE as STORE_UNAVAILABLE,  # its home is gridwatch.pipeline; re-exported
+)
+from gridwatch.pipeline import (
     AlsoWrite,
     Pipeline,
     held_event_ids,
@@ -52,6 +54,7 @@ from stream.retry import Backoff
 from stream.types import HotspotFinding
 from ticketing import checkpoints
 from ticketing.evidence import evidence_path
+from ticketing.models import Ticket
 from ticketing.store import SqlTicketStore, TicketStore
 
 log = logging.getLogger(__name__)
@@ -80,8 +83,6 @@ class SubmitResult:
     reason: str | None = None
     duplicate: bool = False
 
-
-__all__ = ["STORE_UNAVAILABLE", "EmbeddedPipeline", "SubmitResult"]  # re-exported
 
 _STOP = object()
 
@@ -420,9 +421,16 @@ class EmbeddedPipeline:
                           "retrying in %.1f s (intake waits meanwhile)", size, delay,
                           exc_info=exc)
 
+        tries = 0
+
+        def attempt() -> list[Ticket]:
+            nonlocal tries
+            tries += 1  # a retry resumes: what the last try wrote is not written again
+            return tickets.write(outputs, also, resume=tries > 1)
+
         try:
             written, _ = until_stored(
-                lambda: tickets.write(outputs, also), stop=self._closing,
+                attempt, stop=self._closing,
                 backoff=Backoff(self.retry_delay_s, max(self.retry_delay_s,
                                                         self.retry_max_s)),
                 on_error=failed)

@@ -196,8 +196,8 @@ class TicketWriter:
         for output in outputs:
             apply(output)
 
-    def write(self, outputs: list[StreamOutput], also: AlsoWrite | None = None
-              ) -> list[Ticket]:
+    def write(self, outputs: list[StreamOutput], also: AlsoWrite | None = None, *,
+              resume: bool = False) -> list[Ticket]:
         """Apply ``outputs`` (and ``also(conn)``, the stream stage's durable state, in the
         same transaction): batched over a SQL store, one by one after a concurrent change.
         The tickets written, in order.
@@ -210,10 +210,11 @@ class TicketWriter:
         Raises one of :data:`STORE_UNAVAILABLE` while the store cannot write. ``outputs``
         is then left holding what is not written yet (a batch is written whole or not at
         all; one by one, the written ones are removed), and ``also`` is kept until it is
-        written, so calling again with the same list applies nothing twice.
+        written: call again with the same list and ``resume=True`` (``also`` is then
+        ignored) and nothing is applied twice.
         """
-        if also is not None:
-            self._also[:] = [also]
+        if not resume:
+            self._also[:] = [] if also is None else [also]
         written: list[Ticket] = []
         with self.lock:
             if self.batching is None:

@@ -21,13 +21,11 @@ from typing import Any, BinaryIO
 from geo.grid import Grid
 from gridwatch.config import GridWatchConfig
 from gridwatch.errors import UserError
-from gridwatch.pipeline import Pipeline, read_lines
+from gridwatch.pipeline import Pipeline as Pipeline  # its home: gridwatch.pipeline
+from gridwatch.pipeline import read_lines
 from stream.processor import StreamStats
 from ticketing.models import Ticket
 from ticketing.store import MemoryTicketStore
-
-__all__ = ["Pipeline", "ReplayResult", "ReplaySummary", "Reject", "replay_lines",
-           "run_replay"]  # Pipeline: re-exported from its home, gridwatch.pipeline
 
 
 @dataclass(slots=True)

@@ -119,6 +119,44 @@ def test_the_worker_sink_seeds_a_cell_from_its_tickets(sql_store):
     assert [e for e, _ in sink.held_event_ids("C22")] == ["smoke-8"]
 
 
+# -- the writer -------------------------------------------------------------------------------
+
+def test_a_resumed_write_writes_the_durable_state_once(sql_store):
+    """A poison split commits the first half (with the hot-spot journal), then the store
+    goes away: the retry resumes with the rest and does not append the journal again."""
+    from ticketing import checkpoints
+
+    refuse_poison(sql_store)
+    outputs, ids = smoke_outputs("poison-1")
+    save_many = sql_store.save_many
+    calls = 0
+
+    def flaky_save_many(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # 1: all (poison), 2: the first half (commits), 3: the second half
+            raise OperationalError("INSERT ...", {}, ConnectionError("server closed"))
+        return save_many(*args, **kwargs)
+
+    sql_store.save_many = flaky_save_many  # type: ignore[method-assign]
+    writer = Pipeline(load_config(), make_grid(), sql_store, live=True).tickets
+
+    def journal(conn: Any) -> None:
+        checkpoints.append_journal(conn, name="t", lines="one batch")
+
+    pending = list(outputs)
+    with pytest.raises(OperationalError):
+        writer.write(pending, journal)
+    assert 0 < len(pending) < len(outputs)  # the first half is written and gone
+    writer.write(pending, journal, resume=True)
+    assert pending == []
+    with sql_store.connection() as conn:
+        assert checkpoints.load(conn, name="t").journal == ["one batch"]
+    held = sorted(e for t in sql_store.all() for e in t.event_ids)
+    assert held == sorted(e for e in ids if e != "poison-1")
+    assert [r.output.new_event_ids for r in writer.take_refused()] == [("poison-1",)]
+
+
 # -- the pieces -------------------------------------------------------------------------------
 
 def test_until_stored_retries_a_passing_outage_with_the_backoff():
