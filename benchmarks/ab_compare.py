@@ -10,14 +10,17 @@ benchmark once in each tree, in a fresh child process (``PYTHONPATH`` and workin
 set to that tree, the same interpreter), alternating which tree goes first:
 
 - replay:   ``gridwatch replay`` of one generated file (``replay_bench.generate``, seed 1;
-            ``--replay-n`` lines), detections/s, pinned to one core where ``taskset`` is;
+            ``--replay-n`` lines), detections per second of wall time and per second of
+            the child's CPU time, pinned to one core where ``taskset`` is;
 - pipeline: ``benchmarks/pipeline_bench.py --rounds 1``: the embedded pipeline into
-            SQLite and over memory, detections/s;
+            SQLite and over memory, detections/s, and the child's CPU seconds in all;
 - ingest:   ``benchmarks/ingest_bench.py --rounds 1``: raw paho and end to end into
             SQLite tickets (ack after commit), msg/s and the ratio to raw of that run.
 
 Prints one JSON object: per figure, each tree's values and medians, and ``ratio`` (this
-tree's median / the base's; above 1 is faster here).
+tree's median / the base's; above 1 is more here: faster, or for ``*_cpu_s`` costlier).
+On a machine others share, wall-time rates swing by 2-3x between runs; the CPU-time
+figures are what to compare there.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,37 +40,44 @@ from typing import Any
 HERE = Path(__file__).resolve().parents[1]
 
 
-def child(tree: Path, argv: list[str], *, pin: bool = False) -> tuple[float, str]:
-    """Wall seconds and stdout of ``python ARGV`` run in ``tree``."""
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child(tree: Path, argv: list[str], *, pin: bool = False) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system) and stdout of ``python ARGV`` run in
+    ``tree``."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1"}
     prefix = ["taskset", "-c", "0"] if pin and Path("/usr/bin/taskset").exists() else []
-    start = time.perf_counter()
+    cpu, start = _children_cpu_s(), time.perf_counter()
     proc = subprocess.run([*prefix, sys.executable, *argv], cwd=tree, env=env,
                           capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, _children_cpu_s() - cpu
     if proc.returncode != 0:
         raise SystemExit(f"{tree}: {' '.join(argv)} failed ({proc.returncode}): "
                          f"{proc.stderr[-2000:]}")
-    return wall, proc.stdout
+    return wall, cpu, proc.stdout
 
 
 def replay(tree: Path, data: Path, n: int, out: Path) -> dict[str, float]:
-    wall, _ = child(tree, ["-m", "gridwatch", "replay", str(data), "--grid",
-                           str(tree / "sample_data" / "grid.geojson"),
-                           "--tickets-out", str(out)], pin=True)
-    return {"replay_det_per_s": n / wall}
+    wall, cpu, _ = child(tree, ["-m", "gridwatch", "replay", str(data), "--grid",
+                                str(tree / "sample_data" / "grid.geojson"),
+                                "--tickets-out", str(out)], pin=True)
+    return {"replay_det_per_s": n / wall, "replay_det_per_cpu_s": n / cpu}
 
 
 def pipeline(tree: Path) -> dict[str, float]:
-    _, stdout = child(tree, ["benchmarks/pipeline_bench.py", "--rounds", "1"])
+    _, cpu, stdout = child(tree, ["benchmarks/pipeline_bench.py", "--rounds", "1"])
     got = json.loads(stdout)
     return {"pipeline_sqlite_det_per_s": got["sqlite_det_per_s_median"],
-            "pipeline_memory_det_per_s": got["memory_det_per_s_median"]}
+            "pipeline_memory_det_per_s": got["memory_det_per_s_median"],
+            "pipeline_process_cpu_s": cpu}
 
 
 def ingest(tree: Path) -> dict[str, float]:
-    _, stdout = child(tree, ["benchmarks/ingest_bench.py", "--rounds", "1"])
+    _, _, stdout = child(tree, ["benchmarks/ingest_bench.py", "--rounds", "1"])
     got = json.loads(stdout)
     return {"ingest_raw_msg_per_s": got["raw_per_s_median"],
             "ingest_e2e_msg_per_s": got["e2e_per_s_median"],
