@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -25,20 +24,15 @@ from gridwatch.pipeline import (
 from stream.processor import StreamOutput
 from stream.retry import Backoff
 from tests.builders import T0, line, make_detection, make_grid
+from tests.gridwatch.test_embedded_faults import store_factory  # noqa: F401, F811 (a fixture)
 from tests.ticketing.builders import refuse_poison
-from ticketing.store import MemoryTicketStore, SqliteTicketStore, SqlTicketStore
+from ticketing.store import MemoryTicketStore, SqlTicketStore
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def sql_store(request: pytest.FixtureRequest) -> Iterator[SqlTicketStore]:
-    if request.param == "sqlite":
-        store: SqlTicketStore = SqliteTicketStore(
-            request.getfixturevalue("tmp_path") / "tickets.db")
-    else:
-        url, schema = request.getfixturevalue("pg_schema")
-        store = SqlTicketStore(url, schema=schema, pool_size=4)
-    yield store
-    store.close()
+@pytest.fixture
+def sql_store(store_factory: Any) -> SqlTicketStore:  # noqa: F811
+    """A real SQLite file or a fresh PostgreSQL schema (``store_factory``'s params)."""
+    return store_factory()  # type: ignore[no-any-return]
 
 
 def smoke_outputs(*extra_ids: str) -> tuple[list[StreamOutput], list[str]]:
