@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -34,24 +33,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy.exc
 from sqlalchemy import Connection
 
 from detectors.schema import Detection, DetectionRejected, parse_detection
 from geo.grid import Grid
 from gridwatch.config import GridWatchConfig
-from gridwatch.replay import Pipeline
+from gridwatch.pipeline import (
+    STORE_UNAVAILABLE as STORE_UNAVAILABLE,  # its home is gridwatch.pipeline; re-exported
+)
+from gridwatch.pipeline import (
+    AlsoWrite,
+    Pipeline,
+    held_event_ids,
+    until_stored,
+)
 from stream import hotspot_state
 from stream.dedup import EventIdFilter
 from stream.policy import Mode
-from stream.processor import StreamOutput
+from stream.retry import Backoff
 from stream.types import HotspotFinding
 from ticketing import checkpoints
-from ticketing.batch import BatchingStore
-from ticketing.desk import TicketDesk
 from ticketing.evidence import evidence_path
-from ticketing.idempotent import IdempotentDesk
-from ticketing.store import SqlTicketStore, TicketStore, VersionConflict
+from ticketing.models import Ticket
+from ticketing.store import SqlTicketStore, TicketStore
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,6 @@ OnRefused = Callable[[str, str], None]
 Submission = (tuple[Detection, OnCommitted | None, OnFailed | None]
               | tuple[Detection, OnCommitted | None, OnFailed | None, OnRefused | None])
 _Item = tuple[Detection, OnCommitted | None, OnFailed | None, OnRefused | None]
-AlsoWrite = Callable[[Connection], None]
 # the name of the embedded service's hot-spot state in the ticket store (one per store)
 CHECKPOINT_NAME = "embedded"
 
@@ -80,11 +83,6 @@ class SubmitResult:
     reason: str | None = None
     duplicate: bool = False
 
-
-# what a store raises while it cannot write (disk full, locked, database gone): retried.
-# Anything else is a bug on this batch's data and would fail again: not retried.
-STORE_UNAVAILABLE = (OSError, sqlite3.OperationalError, sqlalchemy.exc.OperationalError,
-                     sqlalchemy.exc.InterfaceError)
 
 _STOP = object()
 
@@ -154,25 +152,18 @@ class EmbeddedPipeline:
         checkpoint_name: str | None = CHECKPOINT_NAME,
         skew_clock: Callable[[], datetime] | None = None,
     ) -> None:
-        live = config.model_copy(
-            update={"stream": config.stream.model_copy(update={"lateness_s": 0})})
         self.config = config
         self.grid = grid
         self.store = store
-        # the desk works on a write-behind copy per batch: each touched ticket is written
-        # once per batch, in one transaction, instead of once per detection
-        self._batching = BatchingStore(store) if isinstance(store, SqlTicketStore) else None
-        # deadline clocks start when the centre receives the work (wall clock), not at
-        # the observation (an edge box's backlog must not arrive overdue); None: at the
-        # event time, as replay does (the demo plays its sample as if it happened live)
-        # idempotent: a detection re-sent after its id was forgotten (past the dedup
-        # horizon) is absorbed by what the store holds, as the scale-out worker's is
-        self._core = Pipeline(live, grid, self._batching or store, received=received,
-                              idempotent=True)
-        self._direct_desk = IdempotentDesk(
-            TicketDesk(policies=live.policies, settings=live.ticketing, grid=grid,
-                       store=store, received=received), only_reopened=True,
-            reopened=self._core.idempotent.reopened if self._core.idempotent else None)
+        # live: no reorder buffer; the idempotent desk (a detection re-sent after its id
+        # was forgotten, past the dedup horizon, is absorbed by what the store holds, as
+        # the scale-out worker's is), batched writes over a SQL store. Deadline clocks
+        # start when the centre receives the work (wall clock), not at the observation
+        # (an edge box's backlog must not arrive overdue); None: at the event time, as
+        # replay does (the demo plays its sample as if it happened live)
+        self._core = Pipeline(config, grid, store, received=received, live=True)
+        self._tickets = self._core.tickets
+        self._batching = self._tickets.batching
         self._ids = EventIdFilter(config.stream.dedup_horizon_s)
         self._ids_lock = threading.Lock()
         # event id -> callbacks of its repeats, while the first copy is queued and not yet
@@ -200,7 +191,6 @@ class EmbeddedPipeline:
         self._pending = 0
         self._checkpoint_name = checkpoint_name if self._batching is not None else None
         self._hotspot_kinds: dict[str, bool] = {}
-        self._also: list[AlsoWrite] = []  # the worker's write for the durable state
         self._refusals: dict[str, str] = {}  # event id -> why the store refused it (batch)
         self.restored = self._restore()
         self._seed_seen_ids()
@@ -215,8 +205,8 @@ class EmbeddedPipeline:
         name = self._checkpoint_name
         if name is None:
             return {}
-        assert self._batching is not None
-        with self._batching.inner.connection() as conn:
+        assert isinstance(self.store, SqlTicketStore)
+        with self.store.connection() as conn:
             saved = checkpoints.load(conn, name=name)
         if saved.empty:
             return {}
@@ -286,20 +276,15 @@ class EmbeddedPipeline:
 
     def _seed_seen_ids(self) -> None:
         # after a restart, detections redelivered by the broker must not be counted twice;
-        # a SQL store reads only the last dedup horizon of ids (not every ticket)
-        if isinstance(self.store, SqlTicketStore):
-            # live: what a bad clock wrote (past the future it would accept now) neither
-            # counts as the newest nor goes into the filter
-            until = None if self._skew_clock is None else self._skew_clock() + timedelta(
-                seconds=self.config.stream.max_future_s)
-            recent = self.store.recent_event_ids(
-                horizon_s=self.config.stream.dedup_horizon_s, until=until)
-            for event_id, added_ts in recent:
-                self._ids.seen(event_id, added_ts)
-            return
-        for ticket in self.store.all():
-            for event_id in ticket.event_ids:
-                self._ids.seen(event_id, ticket.updated_at.timestamp())
+        # a SQL store reads only the last dedup horizon of ids (not every ticket). Live:
+        # what a bad clock wrote (past the future it would accept now) neither counts as
+        # the newest nor goes into the filter
+        until = None if self._skew_clock is None else self._skew_clock() + timedelta(
+            seconds=self.config.stream.max_future_s)
+        seen = self._ids.seen
+        for event_id, added_ts in held_event_ids(
+                self.store, horizon_s=self.config.stream.dedup_horizon_s, until=until):
+            seen(event_id, added_ts)
 
     # -- intake (any thread) --------------------------------------------------------------
     def submit_raw(self, payload: bytes | str, *, origin: str,
@@ -416,118 +401,55 @@ class EmbeddedPipeline:
         return skewed
 
     # -- the worker ------------------------------------------------------------------------
-    def _apply(self, outputs: list[StreamOutput]) -> None:
-        """Apply stream outputs to tickets: batched, or one by one after a conflict;
-        ``_also`` (the durable hot-spot state's write, set by :meth:`_write`) with them.
-
-        A batch the store refuses for a reason that is not transient (a value it cannot
-        hold, a constraint) is split and each part retried, down to the one output that
-        fails alone: that output is refused (:meth:`_refuse`), everything else commits.
-
-        On an error, ``outputs`` is left holding what is not written yet (a batch is
-        written whole or not at all; one by one, the written ones are removed), and
-        ``_also`` until it is written, so a retry applies nothing twice."""
-        also = self._also
-        if self._batching is None:
-            self._one_by_one(outputs)
-            return
-        size = len(outputs)
-        with_also = True  # False: retry one output without the durable state's write
-        while outputs or also:
-            part = outputs[:size]
-            desk = self._core.desk
-            opened, updated = desk.stats.opened, desk.stats.updated
-            carried = also[0] if also and with_also else None
-            try:
-                with self._batching.batch(also=carried):
-                    self._core.apply(part)
-            except VersionConflict:
-                # an operator changed a ticket meanwhile: nothing of the part was written;
-                # apply output by output, the desk re-reading and retrying each
-                desk.stats.opened, desk.stats.updated = opened, updated
-                log.info("batch of %d outputs met a concurrent change; applying one by one",
-                         len(part))
-                self._one_by_one(outputs, upto=len(part))
-                continue
-            except STORE_UNAVAILABLE:
-                desk.stats.opened, desk.stats.updated = opened, updated
-                raise
-            except Exception as exc:
-                desk.stats.opened, desk.stats.updated = opened, updated
-                if len(part) > 1:
-                    size = (len(part) + 1) // 2
-                    continue
-                if not part:
-                    raise  # the durable state's own write: not an output's fault
-                if carried is not None:
-                    with_also = False  # is it the output, or the write that went with it?
-                    continue
-                self._refuse(part[0], exc)
-                del outputs[0]
-                size, with_also = len(outputs), True
-                continue
-            del outputs[:len(part)]
-            if carried is not None:
-                also.clear()
-            size, with_also = len(outputs), True
-
-    def _one_by_one(self, outputs: list[StreamOutput], upto: int | None = None) -> None:
-        """Apply the first ``upto`` outputs (all: None) each on its own, through the desk
-        that writes at once; one the store refuses for good is refused alone."""
-        also = self._also
-        n = len(outputs) if upto is None else upto
-        for _ in range(n):
-            try:
-                self._direct_desk.apply(outputs[0])
-            except STORE_UNAVAILABLE:
-                raise
-            except Exception as exc:
-                self._refuse(outputs[0], exc)
-            del outputs[0]
-        if also and self._batching is not None:
-            with self._batching.inner.transaction() as conn:
-                also[0](conn)
-            also.clear()
-
-    def _refuse(self, output: StreamOutput, exc: Exception) -> None:
-        """The store refused one output for good: its detections are dead-lettered with
-        the store's reason (by :meth:`_process`), not acknowledged as committed."""
-        reason = f"the ticket store refused it: {type(exc).__name__}: {exc}"[:1000]
-        if isinstance(output, HotspotFinding):
-            # its detections were committed (counted) already; only the finding is lost
-            log.error("hot-spot finding %s/%s not written: %s", output.cell_id,
-                      output.kind, reason)
-            with self._counts_lock:
-                self._refused["hotspot_finding"] += 1
-            return
-        log.error("refusing detections %s: %s", ", ".join(output.new_event_ids), reason)
-        for event_id in output.new_event_ids:
-            self._refusals[event_id] = reason
-
-    def _write(self, outputs: list[StreamOutput], size: int,
-               also: AlsoWrite | None = None) -> bool:
-        """Apply ``outputs``, retrying a failing store (disk full, database gone) with
+    def _write(self, outputs: list[Any], size: int, also: AlsoWrite | None = None) -> bool:
+        """Apply ``outputs`` through the core's :class:`~gridwatch.pipeline.TicketWriter`
+        (batched, poison split), retrying a failing store (disk full, database gone) with
         back-off until it works or the pipeline closes. While it retries, the queue fills
         and intake blocks: the broker holds what is not acknowledged. Returns whether
-        everything was written."""
-        delay = self.retry_delay_s
-        self._also[:] = [also] if also is not None else []
-        while True:
-            try:
-                self._apply(outputs)
-                return True
-            except STORE_UNAVAILABLE as exc:
-                self._store_errors += 1
-                if self._closing.is_set():
-                    log.error("closing with a batch of %d detections not written to the "
-                              "ticket store (%s); they are not acknowledged, so the broker "
-                              "re-delivers them at the next start", size, exc)
-                    return False
-                log.exception("writing a batch of %d detections to the ticket store "
-                              "failed; retrying in %.1f s (intake waits meanwhile)", size,
-                              delay)
-                self._closing.wait(delay)
-                delay = min(delay * 2, self.retry_max_s)
+        everything was written; the outputs the store refused for good are noted for
+        :meth:`_process` to dead-letter."""
+        tickets = self._tickets
+
+        def failed(exc: BaseException, delay: float | None) -> None:
+            self._store_errors += 1
+            if delay is None:
+                log.error("closing with a batch of %d detections not written to the "
+                          "ticket store (%s); they are not acknowledged, so the broker "
+                          "re-delivers them at the next start", size, exc)
+            else:
+                log.error("writing a batch of %d detections to the ticket store failed; "
+                          "retrying in %.1f s (intake waits meanwhile)", size, delay,
+                          exc_info=exc)
+
+        tries = 0
+
+        def attempt() -> list[Ticket]:
+            nonlocal tries
+            tries += 1  # a retry resumes: what the last try wrote is not written again
+            return tickets.write(outputs, also, resume=tries > 1)
+
+        try:
+            written, _ = until_stored(
+                attempt, stop=self._closing,
+                backoff=Backoff(self.retry_delay_s, max(self.retry_delay_s,
+                                                        self.retry_max_s)),
+                on_error=failed)
+        finally:
+            self._note_refusals()
+        return written
+
+    def _note_refusals(self) -> None:
+        """The store refused these outputs for good: their detections are dead-lettered
+        with the store's reason (by :meth:`_process`), not acknowledged as committed."""
+        for refusal in self._tickets.take_refused():
+            output = refusal.output
+            if isinstance(output, HotspotFinding):
+                # its detections were committed (counted) already; only the finding is lost
+                with self._counts_lock:
+                    self._refused["hotspot_finding"] += 1
+                continue
+            for event_id in output.new_event_ids:
+                self._refusals[event_id] = refusal.reason
 
     def _run(self) -> None:
         while True:
@@ -563,8 +485,8 @@ class EmbeddedPipeline:
             return  # the store was failing: the journal in it is as far as it got
         try:
             also = self._checkpoint_write()
-            if also is not None and self._batching is not None:
-                with self._batching.inner.transaction() as conn:
+            if also is not None and isinstance(self.store, SqlTicketStore):
+                with self.store.transaction() as conn:
                     also(conn)
         except Exception:
             log.exception("hot-spot checkpoint at shutdown failed; the next start "
@@ -663,7 +585,7 @@ class EmbeddedPipeline:
                 "store_errors": self._store_errors,
                 "queue_depth": self._pending,
                 "stream": stream,
-                "tickets_opened": self._core.desk.stats.opened,
+                "tickets_opened": self._tickets.opened,
             }
 
     def close(self, timeout: float = 30.0) -> None:

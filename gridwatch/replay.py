@@ -1,9 +1,9 @@
 """Replay: a detections file in, tickets out. The batch runtime and the test harness.
 
 Deterministic: no wall clock, no services, sorted output; the same input gives
-byte-identical files. Lines are validated and looked up in batches (one STRtree query per
-batch), then fed one by one, in input order, through the same stream and ticketing core
-as the services.
+byte-identical files. A thin adapter over the runtime core (:mod:`gridwatch.pipeline`):
+lines are validated and looked up in batches (one STRtree query per batch), then fed one
+by one, in input order, through the same stream and ticketing core as the services.
 """
 
 from __future__ import annotations
@@ -13,30 +13,19 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from itertools import islice
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
-
-from detectors.schema import Detection, DetectionRejected, parse_detection
 from geo.grid import Grid
 from gridwatch.config import GridWatchConfig
 from gridwatch.errors import UserError
-from stream.hotspot import HotspotEngine
-from stream.processor import StreamOutput, StreamProcessor, StreamStats
-from ticketing.desk import TicketDesk
-from ticketing.idempotent import IdempotentDesk
+from gridwatch.pipeline import Pipeline as Pipeline  # its home: gridwatch.pipeline
+from gridwatch.pipeline import read_lines
+from stream.processor import StreamStats
 from ticketing.models import Ticket
-from ticketing.store import MemoryTicketStore, TicketStore
-
-BATCH_LINES = 1024  # small enough for a batch's objects to stay in cache
-_LON = attrgetter("lon")
-_LAT = attrgetter("lat")
+from ticketing.store import MemoryTicketStore
 
 
 @dataclass(slots=True)
@@ -102,68 +91,6 @@ class ReplayResult:
         return [t.to_public() for t in self.tickets]
 
 
-class Pipeline:
-    """Stream + desk over one store: what replay and the embedded service both run."""
-
-    def __init__(self, config: GridWatchConfig, grid: Grid, store: TicketStore, *,
-                 received: Callable[[], datetime] | None = None,
-                 idempotent: bool = False) -> None:
-        self.config = config
-        self.grid = grid
-        self.store = store
-        # the cell ids by index, and None last: what -1 (out of area) picks
-        self._cell_ids: list[str | None] = [*(c.cell_id for c in grid.cells), None]
-        self.processor = StreamProcessor(config.stream, config.policies,
-                                         HotspotEngine(config.hotspot, grid))
-        # received: when the centre got the work (live: the wall clock); None (replay):
-        # deadline clocks start at event time, so replay stays deterministic
-        self.desk = TicketDesk(policies=config.policies, settings=config.ticketing,
-                               grid=grid, store=store, received=received)
-        # idempotent (live runtimes): outputs repeating what the store holds (a detection
-        # re-sent after its id was forgotten) are absorbed (ticketing.idempotent)
-        self.idempotent = IdempotentDesk(self.desk, only_reopened=True) if idempotent \
-            else None
-        self._apply_one: Callable[[StreamOutput], object] = (
-            self.desk.apply if self.idempotent is None else self.idempotent.apply)
-
-    def cells_for(self, detections: list[Detection]) -> list[str | None]:
-        if not detections:
-            return []
-        n = len(detections)
-        idx = self.grid.lookup(np.fromiter(map(_LON, detections), float, n),
-                               np.fromiter(map(_LAT, detections), float, n))
-        return list(map(self._cell_ids.__getitem__, idx.tolist()))
-
-    def stream(self, detections: list[Detection]) -> list[StreamOutput]:
-        """The stream stage only: what the detections produce (incident events, hot-spot
-        findings), in order."""
-        push = self.processor.push
-        outputs: list[StreamOutput] = []
-        for detection, cell_id in zip(detections, self.cells_for(detections), strict=True):
-            outputs.extend(push(detection, cell_id))
-        return outputs
-
-    def apply(self, outputs: list[StreamOutput]) -> None:
-        apply = self._apply_one
-        for output in outputs:
-            apply(output)
-
-    def feed(self, detections: list[Detection]) -> None:
-        self.apply(self.stream(detections))
-
-    def finish(self) -> None:
-        self.apply(self.processor.flush())
-
-
-def _batches(lines: Iterable[bytes | str]) -> Iterator[tuple[int, list[bytes | str]]]:
-    """Lists of up to ``BATCH_LINES`` lines, each with the number of its first line."""
-    it = iter(lines)
-    first = 1
-    while batch := list(islice(it, BATCH_LINES)):
-        yield first, batch
-        first += len(batch)
-
-
 def replay_lines(lines: Iterable[bytes | str], grid: Grid, config: GridWatchConfig,
                  *, keep_rejects: bool = True) -> ReplayResult:
     """Replay detection JSONL lines (bytes or str, one object each) into tickets."""
@@ -183,31 +110,16 @@ def _replay(lines: Iterable[bytes | str], grid: Grid, config: GridWatchConfig,
     rejects: list[Reject] = []
     store = MemoryTicketStore()
     pipeline = Pipeline(config, grid, store)
-    for first, batch in _batches(lines):
-        valid: list[Detection] = []
-        for number, line in enumerate(batch, first):
-            # JSON allows the line's own newline around the object: one copy fewer per
-            # line. Refused lines are parsed again stripped, for the same reasons and
-            # positions as before (and to tell blank lines, which are not records).
-            try:
-                valid.append(parse_detection(line))
-                summary.read += 1
-                continue
-            except DetectionRejected:
-                pass
-            stripped = line.strip()
-            if not stripped:
-                continue  # blank lines (a trailing newline) are not records
-            summary.read += 1
-            try:
-                valid.append(parse_detection(stripped))
-            except DetectionRejected as exc:
-                summary.rejected[exc.code.value] += 1
-                if keep_rejects:
-                    raw = (stripped.decode("utf-8", errors="replace")
-                           if isinstance(stripped, bytes) else stripped)
-                    rejects.append(Reject(number, exc.code.value, exc.reason, raw))
-        pipeline.feed(valid)
+    rejected = summary.rejected
+    for batch in read_lines(lines):
+        summary.read += batch.read
+        for number, exc, stripped in batch.refused:
+            rejected[exc.code.value] += 1
+            if keep_rejects:
+                raw = (stripped.decode("utf-8", errors="replace")
+                       if isinstance(stripped, bytes) else stripped)
+                rejects.append(Reject(number, exc.code.value, exc.reason, raw))
+        pipeline.feed(batch.valid)
     pipeline.finish()
     summary.stream = pipeline.processor.stats
     tickets = list(store.all())

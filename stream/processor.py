@@ -21,6 +21,14 @@ from stream.types import HotspotFinding, IncidentEvent
 StreamOutput = IncidentEvent | HotspotFinding
 
 
+def live_stream_settings(settings: StreamSettings) -> StreamSettings:
+    """Live processing (the embedded service, the scale-out worker): no reorder buffer
+    (``lateness_s=0``). Waiting ``lateness_s`` for stragglers would delay every fire alarm
+    by that long, and the incident clusterer joins out-of-order detections by their span
+    anyway. Replay keeps the configured buffer (it reads a file in event time)."""
+    return settings.model_copy(update={"lateness_s": 0})
+
+
 @dataclass(slots=True)
 class StreamStats:
     """Counters for the replay summary and the service metrics."""

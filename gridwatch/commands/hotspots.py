@@ -77,9 +77,8 @@ def warm_up(lines: Any, grid: Grid, config: GridWatchConfig) -> tuple[bytes, War
     """Replay ``lines`` (detection JSONL, bytes or str) through the stream stage; the
     checkpoint of the hot-spot state it ends with (the last hour left open: live input
     continues it) and a summary."""
-    from detectors.schema import DetectionRejected, parse_detection
     from gridwatch.embedded import centre_evidence_link
-    from gridwatch.replay import Pipeline
+    from gridwatch.pipeline import Pipeline, read_lines
     from stream import hotspot_state
     from stream.policy import Mode
     from ticketing.store import MemoryTicketStore
@@ -87,32 +86,25 @@ def warm_up(lines: Any, grid: Grid, config: GridWatchConfig) -> tuple[bytes, War
     pipeline = Pipeline(config, grid, MemoryTicketStore())
     summary = WarmUp()
     hotspot_kind: dict[str, bool] = {}
-    batch = []
-    for raw in lines:
-        if not raw.strip():
-            continue
-        summary.read += 1
-        try:
-            detection = parse_detection(raw)
-        except DetectionRejected as exc:
+    for lines_in in read_lines(lines):
+        summary.read += lines_in.read
+        for _, exc, _ in lines_in.refused:
             summary.rejected[exc.code.value] = summary.rejected.get(exc.code.value, 0) + 1
-            continue
-        kind = detection.kind
-        if kind not in hotspot_kind:
-            hotspot_kind[kind] = config.policies.for_kind(kind).mode is Mode.HOTSPOT
-        if not hotspot_kind[kind]:
-            summary.other_kinds += 1
-            continue
-        at = detection.observed_at
-        summary.first_at = at if summary.first_at is None else min(summary.first_at, at)
-        summary.last_at = at if summary.last_at is None else max(summary.last_at, at)
-        # the state seeds the live centre, whose tickets link to its own copies of
-        # the snapshots (as EmbeddedPipeline does with live detections)
-        batch.append(centre_evidence_link(detection))
-        if len(batch) >= 1024:
-            pipeline.stream(batch)  # findings of the history are not ticketed
-            batch = []
-    pipeline.stream(batch)
+        batch = []
+        for detection in lines_in.valid:
+            kind = detection.kind
+            if kind not in hotspot_kind:
+                hotspot_kind[kind] = config.policies.for_kind(kind).mode is Mode.HOTSPOT
+            if not hotspot_kind[kind]:
+                summary.other_kinds += 1
+                continue
+            at = detection.observed_at
+            summary.first_at = at if summary.first_at is None else min(summary.first_at, at)
+            summary.last_at = at if summary.last_at is None else max(summary.last_at, at)
+            # the state seeds the live centre, whose tickets link to its own copies of
+            # the snapshots (as EmbeddedPipeline does with live detections)
+            batch.append(centre_evidence_link(detection))
+        pipeline.stream(batch)  # findings of the history are not ticketed
     processor = pipeline.processor
     processor.release()
     summary.occurrences = processor.stats.occurrences

@@ -87,8 +87,7 @@ def run_hotspots(args: argparse.Namespace) -> int:
 
 
 def _replay(path: Path, grid: Any, config: Any, trace: str | None) -> tuple[Any, list[Any]]:
-    from detectors.schema import DetectionRejected, parse_detection
-    from gridwatch.replay import Pipeline
+    from gridwatch.pipeline import Pipeline, read_lines
     from ticketing.store import MemoryTicketStore
 
     store = MemoryTicketStore()
@@ -96,20 +95,10 @@ def _replay(path: Path, grid: Any, config: Any, trace: str | None) -> tuple[Any,
     engine = pipeline.processor.hotspots
     if trace is not None:
         engine.trace(trace)
-    batch = []
     with path.open("rb") as lines:
-        for line in lines:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                batch.append(parse_detection(line))
-            except DetectionRejected:
-                continue  # counted and explained by `gridwatch replay --rejects-out`
-            if len(batch) >= 8192:
-                pipeline.feed(batch)
-                batch = []
-    pipeline.feed(batch)
+        # refused lines are counted and explained by `gridwatch replay --rejects-out`
+        for batch in read_lines(lines):
+            pipeline.feed(batch.valid)
     pipeline.finish()
     return engine, list(store.all())
 

@@ -24,31 +24,39 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
 from geo.grid import Grid
 from gridwatch.config import GridWatchConfig
 from gridwatch.errors import UserError
+from gridwatch.pipeline import (
+    SEED_TICKETS_PER_CELL,
+    STORE_UNAVAILABLE,
+    TicketWriter,
+    held_event_ids,
+)
 from stream.processor import StreamOutput
 from ticketing import checkpoints
-from ticketing.desk import TicketDesk
 from ticketing.idempotent import IdempotentDesk
-from ticketing.store import SqlTicketStore, TicketFilter, TicketStore, configured_url
+from ticketing.store import SqlTicketStore, TicketStore, configured_url
 
 if TYPE_CHECKING:
     from stream.faust_app import Scaleout, ScaleoutSettings, Sender
 
 DEFAULT_STORE_URL = "var/scaleout/tickets.sqlite3"
-# per cell, the newest tickets whose event ids a worker remembers when it first sees it
-SEED_TICKETS_PER_CELL = 200
 
 
 # -- the ticket side: the idempotent desk over the store ---------------------------------
 
 class StoreSink:
-    """The scale-out runtime's :class:`~stream.faust_app.TicketSink`: the idempotent desk
-    over a ticket store; store outages surface as
-    :class:`~stream.faust_app.StoreUnavailable` so the agent retries.
+    """The scale-out runtime's :class:`~stream.faust_app.TicketSink`: a thin adapter over
+    the runtime core's :class:`~gridwatch.pipeline.TicketWriter` (the idempotent desk,
+    batched writes over a SQL store: one transaction per :meth:`apply`, the poison split),
+    as the embedded service uses it. Store outages (:data:`~gridwatch.pipeline.STORE_UNAVAILABLE`)
+    surface as :class:`~stream.faust_app.StoreUnavailable` so the agent retries the call;
+    what an earlier try wrote is absorbed by the idempotent desk, not written twice.
+
+    An output the store refuses for good (a value it cannot hold) is logged and counted in
+    :attr:`refused` and skipped, so one bad detection cannot stop its partition; the rest
+    of the call's outputs commit.
 
     ``received`` is when the centre receives the work, where deadline clocks start: the
     wall clock in production; None starts them at event time, as replay does."""
@@ -56,30 +64,36 @@ class StoreSink:
     def __init__(self, config: GridWatchConfig, grid: Grid, store: TicketStore, *,
                  received: Callable[[], datetime] | None = None) -> None:
         self.store = store
-        self.desk = IdempotentDesk(TicketDesk(policies=config.policies,
-                                              settings=config.ticketing, grid=grid,
-                                              store=store, received=received))
+        # no event-id filter ahead of it (a replayed partition comes through a fresh
+        # stream processor): every output is checked against the store
+        self.tickets = TicketWriter(config, grid, store, received=received,
+                                    idempotent=True, only_reopened=False)
+        self.refused = 0
+
+    @property
+    def desk(self) -> IdempotentDesk:
+        assert self.tickets.idempotent is not None
+        return self.tickets.idempotent
 
     def apply(self, outputs: Sequence[StreamOutput]) -> list[str]:
         from stream.faust_app import StoreUnavailable
 
         try:
-            return [t.ticket_id for t in map(self.desk.apply, outputs) if t is not None]
-        except (OSError, OperationalError, InterfaceError) as exc:
+            tickets = self.tickets.write(list(outputs))
+        except STORE_UNAVAILABLE as exc:
             raise StoreUnavailable(str(exc)) from exc
+        finally:
+            self.refused += len(self.tickets.take_refused())
+        return [t.ticket_id for t in tickets]
 
     def held_event_ids(self, cell_id: str) -> Iterable[tuple[str, float]]:
         from stream.faust_app import StoreUnavailable
 
-        flt = TicketFilter(cell_id=cell_id)
         try:
-            total = self.store.count(flt)
-            newest = self.store.list(flt, limit=SEED_TICKETS_PER_CELL,
-                                     offset=max(0, total - SEED_TICKETS_PER_CELL))
-        except (OSError, OperationalError, InterfaceError) as exc:
+            return held_event_ids(self.store, cell_id=cell_id,
+                                  newest=SEED_TICKETS_PER_CELL)
+        except STORE_UNAVAILABLE as exc:
             raise StoreUnavailable(str(exc)) from exc
-        return [(event_id, t.updated_at.timestamp()) for t in newest
-                for event_id in t.event_ids]
 
 
 class StoreCheckpoints:
@@ -97,7 +111,7 @@ class StoreCheckpoints:
         try:
             with self.store.connection() as conn:
                 return checkpoints.load(conn, name=name).body
-        except (OSError, OperationalError, InterfaceError) as exc:
+        except STORE_UNAVAILABLE as exc:
             raise StoreUnavailable(str(exc)) from exc
 
     def save_state(self, name: str, body: bytes) -> None:
@@ -108,7 +122,7 @@ class StoreCheckpoints:
             with self.store.transaction() as conn:
                 checkpoints.save_checkpoint(conn, name=name, format=FORMAT, body=body,
                                             saved_at=datetime.now(UTC))
-        except (OSError, OperationalError, InterfaceError) as exc:
+        except STORE_UNAVAILABLE as exc:
             raise StoreUnavailable(str(exc)) from exc
 
 

@@ -99,8 +99,9 @@ def test_a_repeat_is_acknowledged_only_once_its_first_copy_is_committed(tmp_path
     of a detection still queued must not be acknowledged before the first copy is safe."""
     pipeline, store = _pipeline(tmp_path)
     gate = threading.Event()
-    apply = pipeline._apply
-    pipeline._apply = lambda outputs: (gate.wait(10), apply(outputs))  # type: ignore[method-assign]
+    write = pipeline._tickets.write  # the core's ticket writer: held until the gate opens
+    pipeline._tickets.write = (  # type: ignore[method-assign]
+        lambda outputs, also=None, **kw: (gate.wait(10), write(outputs, also, **kw))[1])
     acks: list[str] = []
     raw = line(event_id="held")
     assert not pipeline.submit_raw(raw, origin="a",
@@ -193,8 +194,9 @@ def test_intake_blocks_when_queue_max_detections_are_waiting(tmp_path):
     store = SqliteTicketStore(tmp_path / "t.sqlite3")
     pipeline = EmbeddedPipeline(load_config(), make_grid(), store, queue_max=3)
     gate = threading.Event()
-    apply = pipeline._apply
-    pipeline._apply = lambda outputs: (gate.wait(10), apply(outputs))  # type: ignore[method-assign]
+    write = pipeline._tickets.write  # the core's ticket writer: held until the gate opens
+    pipeline._tickets.write = (  # type: ignore[method-assign]
+        lambda outputs, also=None, **kw: (gate.wait(10), write(outputs, also, **kw))[1])
     pipeline.submit_many([(make_detection(event_id=f"q{i}", at=timedelta(seconds=i)), None, None)
                           for i in range(3)])
     blocked = threading.Thread(target=pipeline.submit,

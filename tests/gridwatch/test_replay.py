@@ -232,6 +232,6 @@ def test_batches_change_neither_results_nor_line_numbers(monkeypatch, batch_line
     lines[9] = ""
     lines[13] = line(confidence=3)
     expected = _outcome(_replay(lines))
-    monkeypatch.setattr("gridwatch.replay.BATCH_LINES", batch_lines)
+    monkeypatch.setattr("gridwatch.pipeline.BATCH_LINES", batch_lines)
     assert _outcome(_replay(lines)) == expected
     assert [r[:2] for r in expected[0]] == [(5, "invalid_json"), (14, "out_of_range")]
