@@ -81,6 +81,8 @@ class HotspotSettings(BaseModel):
     dispersion_half_life_s: int = Field(default=3 * 86400, ge=3600)
     fdr_q: float = Field(default=0.01, gt=0, lt=1)
     cell_alarm_rate_per_day: float = Field(default=0.005, ge=0, lt=1)
+    new_hotspot_rule: Literal["cell_rate", "fdr"] = "cell_rate"
+    single_cell_share: float = Field(default=0.5, ge=0, le=1)
     min_count: int = Field(default=5, ge=1)
     min_ratio: float = Field(default=1.5, ge=1)
     member_min_ratio: float = Field(default=1.5, ge=1)
@@ -518,7 +520,8 @@ class HotspotEngine:
             scan = scan_zones(observed, expected, variance, eligible, self._neighbours,
                               min_count=s.min_count, min_ratio=s.min_ratio,
                               member_min_ratio=s.member_min_ratio,
-                              max_members=s.max_members)
+                              max_members=s.max_members,
+                              single_share=s.single_cell_share)
             scans.append(scan)
             p = np.minimum(1.0, scan.p_value * n_windows)
             better = p < best_p[scan.centres]
@@ -536,7 +539,10 @@ class HotspotEngine:
         keep_on = candidates[following][best_p[candidates[following]] <= s.fdr_q]
         fresh = candidates[~following]
         m_fresh = max(m - int((eligible & in_hotspot).sum()), 1)
-        new = fresh[benjamini_hochberg(best_p[fresh], s.fdr_q, m_fresh)]
+        if s.new_hotspot_rule == "cell_rate" and s.cell_alarm_rate_per_day > 0:
+            new = fresh
+        else:
+            new = fresh[benjamini_hochberg(best_p[fresh], s.fdr_q, m_fresh)]
         if s.cell_alarm_rate_per_day > 0:
             # each cell is tested every hour: where few cells share the BH family (a town
             # with a handful of cameras), BH alone would let each of them raise a false
