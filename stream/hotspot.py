@@ -539,16 +539,23 @@ class HotspotEngine:
         keep_on = candidates[following][best_p[candidates[following]] <= s.fdr_q]
         fresh = candidates[~following]
         m_fresh = max(m - int((eligible & in_hotspot).sum()), 1)
-        if s.new_hotspot_rule == "cell_rate" and s.cell_alarm_rate_per_day > 0:
+        # New hot spots. "cell_rate": each cell is its own family, held to
+        # cell_alarm_rate_per_day false alarms per day (p <= that / 24 per hourly test;
+        # nominally, as the hourly tests overlap the real rate is lower), however many
+        # cells there are: the target is false tickets per cell-day, and BH's first bar
+        # (fdr_q / m) would ask a cell of a 450-camera city for ten times the evidence
+        # asked of one of 45. "fdr": Benjamini-Hochberg across the kind's cells, with the
+        # per-cell rate as a cap (binding where few cells share the family).
+        cap = s.cell_alarm_rate_per_day / 24.0
+        if s.new_hotspot_rule == "cell_rate" and cap > 0:
             new = fresh
+            new_level = cap
         else:
             new = fresh[benjamini_hochberg(best_p[fresh], s.fdr_q, m_fresh)]
-        if s.cell_alarm_rate_per_day > 0:
-            # each cell is tested every hour: where few cells share the BH family (a town
-            # with a handful of cameras), BH alone would let each of them raise a false
-            # alarm every few weeks; this caps the per-cell rate (nominally: the hourly
-            # tests overlap, so the real rate is lower)
-            new = new[best_p[new] <= s.cell_alarm_rate_per_day / 24.0]
+            new_level = s.fdr_q * max(new.size, 1) / m_fresh
+        if cap > 0:
+            new = new[best_p[new] <= cap]
+            new_level = min(new_level, cap)
         chosen = np.concatenate([keep_on, new])
         order = np.lexsort((chosen, best_p[chosen]))
         taken: set[int] = set()
@@ -577,7 +584,8 @@ class HotspotEngine:
             findings.append(self._finding(
                 kind, state, hour, spot, members, wi, float(best_p[centre]),
                 float(picked.observed[row]), float(picked.expected[row]),
-                m_fresh if centre in new else 1))
+                m_fresh if centre in new else 1,
+                new_level if centre in new else s.fdr_q))
         self._expire(state, hour)
         return findings
 
@@ -625,7 +633,7 @@ class HotspotEngine:
     # -- evidence ---------------------------------------------------------------------
     def _finding(self, kind: str, state: _KindState, hour: int, spot: _Active,
                  members: list[int], wi: int, p_value: float, observed: float,
-                 expected: float, tests: int) -> HotspotFinding:
+                 expected: float, tests: int, level: float) -> HotspotFinding:
         s = self.settings
         centre = spot.centre
         wh = self._window_h[wi]
@@ -697,6 +705,7 @@ class HotspotEngine:
                 ],
                 "dispersion": round(float(state.phi[wi]), 5),
                 "tests": tests,
+                "level": level,
                 "fdr_q": s.fdr_q,
                 "hourly_profile_tz_offset_s": self._offset_s,
             },
