@@ -88,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--days", type=int, help="days (default: the family's, 28)")
     parser.add_argument("--clusters", type=int,
                         help="injected clusters per scenario (default: the family's)")
+    parser.add_argument("--methods", nargs="+", choices=["naive", "scan", "oracle"],
+                        default=["naive", "scan", "oracle"],
+                        help="methods beside GridWatch (default: all)")
     parser.add_argument("--naive-quantile", type=float, nargs="+", default=[0.99, 0.999])
     parser.add_argument("--scan-alpha", type=float, default=0.01,
                         help="the space-time scan's signal level per daily analysis "
@@ -146,7 +149,7 @@ def evaluate_family(family: str, args: argparse.Namespace,
                                 "strength": c.strength, "hours": c.hours,
                                 "baseline_per_hour": round(c.baseline_expected / c.hours, 2),
                                 "detected": o.detected, "hours_to_detect": o.hours_to_detect})
-        for q in args.naive_quantile:
+        for q in args.naive_quantile if "naive" in args.methods else []:
             threshold = naive_threshold(sc, int(warmup_days), q)
             nf = run_engine(NaiveThresholdEngine(sc.grid, threshold=threshold,
                                                  warmup_s=settings.warmup_s,
@@ -154,13 +157,14 @@ def evaluate_family(family: str, args: argparse.Namespace,
             name = f"naive q{q}"
             scores[name] = score(name, nf, sc.clusters, n_cells=n_scored, days=spec.days,
                                  warmup_days=warmup_days)
-        scan = SpaceTimeScanEngine(sc.grid, warmup_s=settings.warmup_s,
-                                   utc_offset_s=settings.utc_offset_s,
-                                   alpha=args.scan_alpha, replicates=args.scan_replicates,
-                                   seed=seed)
-        name = "space-time scan"
-        scores[name] = score(name, run_engine(scan, sc), sc.clusters, n_cells=n_scored,
-                             days=spec.days, warmup_days=warmup_days)
+        if "scan" in args.methods:
+            scan = SpaceTimeScanEngine(sc.grid, warmup_s=settings.warmup_s,
+                                       utc_offset_s=settings.utc_offset_s,
+                                       alpha=args.scan_alpha,
+                                       replicates=args.scan_replicates, seed=seed)
+            name = "space-time scan"
+            scores[name] = score(name, run_engine(scan, sc), sc.clusters, n_cells=n_scored,
+                                 days=spec.days, warmup_days=warmup_days)
         if args.replay:
             name = "GridWatch replay (end to end)"
             scores[name] = score_tickets(name, replay_tickets(sc), sc.clusters,
@@ -170,7 +174,7 @@ def evaluate_family(family: str, args: argparse.Namespace,
             totals[name] = totals[name].merge(sc_score) if name in totals else sc_score
         per_seed[seed] = scores
         budget = args.oracle_budget / 1000.0
-        for o in s.clusters:
+        for o in s.clusters if "oracle" in args.methods else []:
             c = o.cluster
             for name, starts in ORACLES.items():
                 oracle_powers.setdefault(name, []).append(
