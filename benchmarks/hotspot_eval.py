@@ -88,9 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--days", type=int, help="days (default: the family's, 28)")
     parser.add_argument("--clusters", type=int,
                         help="injected clusters per scenario (default: the family's)")
-    parser.add_argument("--methods", nargs="+", choices=["naive", "scan", "oracle"],
+    parser.add_argument("--methods", nargs="*", choices=["naive", "scan", "oracle"],
                         default=["naive", "scan", "oracle"],
-                        help="methods beside GridWatch (default: all)")
+                        help="methods beside GridWatch (default: all; none: GridWatch alone)")
     parser.add_argument("--naive-quantile", type=float, nargs="+", default=[0.99, 0.999])
     parser.add_argument("--scan-alpha", type=float, default=0.01,
                         help="the space-time scan's signal level per daily analysis "
