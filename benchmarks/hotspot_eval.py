@@ -44,6 +44,7 @@ from tests.support.hotspot_scoring import (  # noqa: E402
     Score,
     SpaceTimeScanEngine,
     oracle_alpha,
+    oracle_detects,
     oracle_power,
     score,
     score_tickets,
@@ -53,6 +54,8 @@ from tests.support.hotspot_scoring import (  # noqa: E402
 # cells and span; the first also knows its start hour, the second tests each of the 24
 # start hours of a day (Bonferroni: what an engine knowing the baseline could spend)
 ORACLES = {"oracle, known baseline": 1, "oracle, known baseline, start hour unknown": 24}
+# the first oracle's test applied to the counts drawn (what it finds of these clusters)
+ORACLE_DRAWN = "oracle, known baseline, on the counts drawn"
 
 
 def run_engine(engine: Any, scenario: Scenario) -> list[HotspotFinding]:
@@ -180,6 +183,8 @@ def evaluate_family(family: str, args: argparse.Namespace,
                 oracle_powers.setdefault(name, []).append(
                     (c, oracle_power(sc, c, oracle_alpha(c, false_per_cell_day=budget,
                                                          start_hours=starts))))
+            oracle_powers.setdefault(ORACLE_DRAWN, []).append(
+                (c, oracle_detects(sc, c, oracle_alpha(c, false_per_cell_day=budget))))
 
     cells = spec.rows * spec.cols
     print(f"## Hot-spot evaluation, family {family!r}: {len(args.seeds)} scenarios x {cells} "

@@ -26,6 +26,7 @@ from tests.support.hotspot_scoring import (
     NaiveThresholdEngine,
     SpaceTimeScanEngine,
     oracle_alpha,
+    oracle_detects,
     oracle_power,
     score,
     tickets_from_findings,
@@ -125,6 +126,12 @@ def test_oracle_is_the_neyman_pearson_test_of_the_known_baseline() -> None:
     assert oracle_power(sc, cluster, alpha) == pytest.approx(expected)
     assert 0.2 < expected < 0.3  # unreachable for any method at this false-alarm rate
     assert oracle_power(sc, cluster, 1e-3 / 24) < expected
+    # on the counts drawn: above the critical value found, at it with probability gamma
+    day = slice(10 * 24, 11 * 24)
+    for drawn, found in [(9, 1.0), (8, gamma), (7, 0.0)]:
+        sc.counts[:] = 0
+        sc.counts[day.start, 0] = drawn
+        assert oracle_detects(sc, cluster, alpha) == pytest.approx(found)
 
 
 def test_scan_ignores_cells_that_are_not_eligible_and_respects_min_count() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -388,30 +389,53 @@ def oracle_power(scenario: Scenario, cluster: InjectedCluster, alpha: float) -> 
     variance of that mixture). Under the alternative every rate is ``strength`` times
     higher (the noise is multiplicative, so the same relative wobble).
     """
-    from scipy.stats import nbinom, poisson
+    mu, phi, _ = _oracle_null(scenario, cluster)
+    k, gamma = _critical(_count_dist(mu, phi), alpha)
+    alt = _count_dist(cluster.strength * mu, phi)
+    return float(alt.sf(k) + gamma * alt.pmf(k))
 
+
+def oracle_detects(scenario: Scenario, cluster: InjectedCluster, alpha: float) -> float:
+    """The same test applied to the counts the scenario really drew over the cluster's
+    cells and span: 1 above the critical value, 0 below, the randomisation's probability
+    at it. Averaged over clusters, what the oracle finds of *these* clusters (a cluster
+    whose draw held no excess is missed by it too)."""
+    mu, phi, observed = _oracle_null(scenario, cluster)
+    k, gamma = _critical(_count_dist(mu, phi), alpha)
+    return 1.0 if observed > k else gamma if observed == k else 0.0
+
+
+def _oracle_null(scenario: Scenario, cluster: InjectedCluster) -> tuple[float, float, int]:
+    """``(mu, phi, observed)`` of the cluster's cells and span: the normal expected count,
+    the over-dispersion of the generator's day noise, and what was drawn."""
     spec = scenario.spec
     h0 = (cluster.start_s - scenario.start_s) // HOUR_S
     h1 = (cluster.end_s - scenario.start_s) // HOUR_S
     index = {c.cell_id: i for i, c in enumerate(scenario.grid.cells)}
     cols = [index[c] for c in cluster.cells]
     rates = scenario.rates[h0:h1, cols]  # (hours, cells)
-    day_of = (np.arange(h0, h1)) // 24
-    days = np.unique(day_of)
-    per_cell_day = np.array([rates[day_of == d].sum(axis=0) for d in days])  # (days, cells)
+    day_of = np.arange(h0, h1) // 24
+    per_cell_day = np.array([rates[day_of == d].sum(axis=0) for d in np.unique(day_of)])
     mu = float(per_cell_day.sum())
     noise_var = spec.day_noise_cv ** 2 * float((per_cell_day ** 2).sum()) + \
         spec.city_day_noise_cv ** 2 * float((per_cell_day.sum(axis=1) ** 2).sum())
     phi = noise_var / (mu * mu) if mu > 0 else 0.0
+    return mu, phi, int(scenario.counts[h0:h1, cols].sum())
 
-    def dist(mean: float):  # noqa: ANN202 - a frozen scipy distribution
-        if phi <= 1e-12:
-            return poisson(mean)
-        size = 1.0 / phi
-        return nbinom(size, size / (size + mean))
 
-    null, alt = dist(mu), dist(cluster.strength * mu)
-    # least k with P0(Y > k) <= alpha; reject above k, and at k with probability gamma
+def _count_dist(mean: float, phi: float) -> Any:
+    """A frozen scipy distribution: negative binomial (``Var = mean + phi mean^2``)."""
+    from scipy.stats import nbinom, poisson
+
+    if phi <= 1e-12:
+        return poisson(mean)
+    size = 1.0 / phi
+    return nbinom(size, size / (size + mean))
+
+
+def _critical(null: Any, alpha: float) -> tuple[int, float]:
+    """The Neyman–Pearson rejection region of a count at level ``alpha``: reject above
+    ``k``, and at ``k`` with probability ``gamma``."""
     k = int(null.isf(alpha))
     while null.sf(k) > alpha:
         k += 1
@@ -419,4 +443,4 @@ def oracle_power(scenario: Scenario, cluster: InjectedCluster, alpha: float) -> 
         k -= 1
     at_k = float(null.pmf(k))
     gamma = (alpha - float(null.sf(k))) / at_k if at_k > 0 else 0.0
-    return float(alt.sf(k) + min(max(gamma, 0.0), 1.0) * alt.pmf(k))
+    return k, min(max(gamma, 0.0), 1.0)
