@@ -17,9 +17,11 @@ How it works (event time only; the same input always gives the same findings):
   plus its most excessive neighbours form zones (a Kulldorff-style scan restricted to a
   cell and its neighbours); each zone's count is tested against a negative binomial whose
   dispersion is learned online (day-to-day wobble) plus the baseline's own uncertainty.
-  Best-zone p-values are Bonferroni-adjusted over zones and windows, then
-  Benjamini–Hochberg over all warmed-up cells of the kind; zones also need ``min_count``
-  occurrences and ``min_ratio`` x expected.
+  Best-zone p-values are Bonferroni-adjusted over zones (half the level for the centre
+  alone) and windows; a new hot spot needs p <= ``cell_alarm_rate_per_day`` / 24, a
+  false-alarm rate per cell and day, however many cells there are (or, with
+  ``new_hotspot_rule: fdr``, Benjamini–Hochberg over the kind's cells as well); zones
+  also need ``min_count`` occurrences and ``min_ratio`` x expected.
 * Significant zones that do not overlap become findings. A zone that overlaps a hot spot
   still active (seen within ``hold_s``) keeps that hot spot's centre cell, so a persisting
   hot spot updates its one ticket instead of opening new ones as it wobbles.
@@ -533,8 +535,8 @@ class HotspotEngine:
             self._expire(state, hour)
             return []
         # A hot spot already on a ticket is followed with a single test at level fdr_q
-        # (hysteresis); new ones face Benjamini-Hochberg over every warmed-up cell not in
-        # a hot spot, so persisting hot spots do not loosen the bar for new ones.
+        # (hysteresis); new ones face the bar for new ones below (cells already in a hot
+        # spot are not in BH's family), so persisting hot spots do not loosen it.
         following = in_hotspot[candidates]
         keep_on = candidates[following][best_p[candidates[following]] <= s.fdr_q]
         fresh = candidates[~following]
