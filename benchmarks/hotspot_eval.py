@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from datetime import datetime  # noqa: E402
+
 from stream.hotspot import HotspotEngine, HotspotSettings  # noqa: E402
 from stream.types import HotspotFinding  # noqa: E402
 from tests.support.hotspot_scenarios import FAMILIES, Scenario, family_spec  # noqa: E402
@@ -41,8 +43,19 @@ from tests.support.hotspot_scoring import (  # noqa: E402
     NaiveThresholdEngine,
     Score,
     SpaceTimeScanEngine,
+    oracle_alpha,
+    oracle_detects,
+    oracle_power,
     score,
+    score_tickets,
 )
+
+# the oracle's lines: a per-cluster test that knows the true baseline, and the cluster's
+# cells and span; the first also knows its start hour, the second tests each of the 24
+# start hours of a day (Bonferroni: what an engine knowing the baseline could spend)
+ORACLES = {"oracle, known baseline": 1, "oracle, known baseline, start hour unknown": 24}
+# the first oracle's test applied to the counts drawn (what it finds of these clusters)
+ORACLE_DRAWN = "oracle, known baseline, on the counts drawn"
 
 
 def run_engine(engine: Any, scenario: Scenario) -> list[HotspotFinding]:
@@ -73,11 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--family", nargs="+", choices=sorted(FAMILIES),
                         default=sorted(FAMILIES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--rows", type=int, default=30)
-    parser.add_argument("--cols", type=int, default=30)
-    parser.add_argument("--days", type=int, default=28)
+    parser.add_argument("--rows", type=int, help="grid rows (default: the family's, 30)")
+    parser.add_argument("--cols", type=int, help="grid columns (default: the family's, 30)")
+    parser.add_argument("--days", type=int, help="days (default: the family's, 28)")
     parser.add_argument("--clusters", type=int,
                         help="injected clusters per scenario (default: the family's)")
+    parser.add_argument("--methods", nargs="*", choices=["naive", "scan", "oracle"],
+                        default=["naive", "scan", "oracle"],
+                        help="methods beside GridWatch (default: all; none: GridWatch alone)")
     parser.add_argument("--naive-quantile", type=float, nargs="+", default=[0.99, 0.999])
     parser.add_argument("--scan-alpha", type=float, default=0.01,
                         help="the space-time scan's signal level per daily analysis "
@@ -86,7 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="a GridWatch YAML config (hotspot:)")
     parser.add_argument("--json", type=Path, help="write all figures here")
     parser.add_argument("--replay", action="store_true",
-                        help="also replay the first scenario end to end (slower)")
+                        help="also replay every scenario end to end through "
+                             "gridwatch.replay and score its tickets (slower)")
+    parser.add_argument("--oracle-budget", type=float, default=1.0,
+                        help="false tickets per 1,000 cell-days the oracle may spend "
+                             "(default %(default)s, the target)")
     args = parser.parse_args(argv)
 
     if args.config:
@@ -108,10 +128,13 @@ def evaluate_family(family: str, args: argparse.Namespace,
     totals: dict[str, Score] = {}
     per_seed: dict[int, dict[str, Score]] = {}
     per_cluster: list[dict[str, Any]] = []
+    oracle_powers: dict[str, list[tuple[Any, float]]] = {}
     timing = 0.0
     for seed in args.seeds:
-        overrides: dict[str, Any] = {"rows": args.rows, "cols": args.cols,
-                                     "days": args.days, "seed": seed}
+        overrides: dict[str, Any] = {"seed": seed}
+        for key in ("rows", "cols", "days"):
+            if getattr(args, key) is not None:
+                overrides[key] = getattr(args, key)
         if args.clusters is not None:
             overrides["n_clusters"] = args.clusters
         spec = family_spec(family, **overrides)
@@ -129,7 +152,7 @@ def evaluate_family(family: str, args: argparse.Namespace,
                                 "strength": c.strength, "hours": c.hours,
                                 "baseline_per_hour": round(c.baseline_expected / c.hours, 2),
                                 "detected": o.detected, "hours_to_detect": o.hours_to_detect})
-        for q in args.naive_quantile:
+        for q in args.naive_quantile if "naive" in args.methods else []:
             threshold = naive_threshold(sc, int(warmup_days), q)
             nf = run_engine(NaiveThresholdEngine(sc.grid, threshold=threshold,
                                                  warmup_s=settings.warmup_s,
@@ -137,32 +160,54 @@ def evaluate_family(family: str, args: argparse.Namespace,
             name = f"naive q{q}"
             scores[name] = score(name, nf, sc.clusters, n_cells=n_scored, days=spec.days,
                                  warmup_days=warmup_days)
-        scan = SpaceTimeScanEngine(sc.grid, warmup_s=settings.warmup_s,
-                                   utc_offset_s=settings.utc_offset_s,
-                                   alpha=args.scan_alpha, replicates=args.scan_replicates,
-                                   seed=seed)
-        name = "space-time scan"
-        scores[name] = score(name, run_engine(scan, sc), sc.clusters, n_cells=n_scored,
-                             days=spec.days, warmup_days=warmup_days)
+        if "scan" in args.methods:
+            scan = SpaceTimeScanEngine(sc.grid, warmup_s=settings.warmup_s,
+                                       utc_offset_s=settings.utc_offset_s,
+                                       alpha=args.scan_alpha,
+                                       replicates=args.scan_replicates, seed=seed)
+            name = "space-time scan"
+            scores[name] = score(name, run_engine(scan, sc), sc.clusters, n_cells=n_scored,
+                                 days=spec.days, warmup_days=warmup_days)
+        if args.replay:
+            name = "GridWatch replay (end to end)"
+            scores[name] = score_tickets(name, replay_tickets(sc), sc.clusters,
+                                         n_cells=n_scored, days=spec.days,
+                                         warmup_days=warmup_days)
         for name, sc_score in scores.items():
             totals[name] = totals[name].merge(sc_score) if name in totals else sc_score
         per_seed[seed] = scores
-        if args.replay and seed == args.seeds[0]:
-            replay_check(sc, findings)
+        budget = args.oracle_budget / 1000.0
+        for o in s.clusters if "oracle" in args.methods else []:
+            c = o.cluster
+            for name, starts in ORACLES.items():
+                oracle_powers.setdefault(name, []).append(
+                    (c, oracle_power(sc, c, oracle_alpha(c, false_per_cell_day=budget,
+                                                         start_hours=starts))))
+            oracle_powers.setdefault(ORACLE_DRAWN, []).append(
+                (c, oracle_detects(sc, c, oracle_alpha(c, false_per_cell_day=budget))))
 
-    cells = args.rows * args.cols
+    cells = spec.rows * spec.cols
     print(f"## Hot-spot evaluation, family {family!r}: {len(args.seeds)} scenarios x {cells} "
-          f"cells x {args.days} days, {spec.n_clusters} injected clusters each "
+          f"cells x {spec.days} days, {spec.n_clusters} injected clusters each "
           f"(cell-days: cells with a camera, after warm-up)\n")
     header = ("| method | clusters detected (all) | detected (>=3x, >=1 day) | tickets | "
               "false tickets | false / 1,000 cell-days | median h to detect | p90 h |")
     print(header)
     print("|---|---|---|---|---|---|---|---|")
-    result: dict[str, Any] = {"scenarios": len(args.seeds), "cells": cells, "days": args.days}
+    result: dict[str, Any] = {"scenarios": len(args.seeds), "cells": cells, "days": spec.days}
     for name, sc_total in totals.items():
         sm = sc_total.summary()
         result[name] = sm
         print(row(name, sm, sc_total))
+    for name, powers in oracle_powers.items():
+        target = [p for c, p in powers if c.strength >= 3 and c.hours >= 24]
+        result[name] = {"detected_all": float(np.mean([p for _, p in powers])),
+                        "detected_target": float(np.mean(target)) if target else math.nan,
+                        "expected_hits_target": float(np.sum(target)),
+                        "false_per_1000_cell_days": args.oracle_budget}
+        print(f"| {name} | {fmt(result[name]['detected_all'])} | "
+              f"{fmt(result[name]['detected_target'])} ({sum(target):.1f}/{len(target)}) | - | "
+              f"- | {args.oracle_budget:.3f} (its budget) | - | - |")
     print("\nPer seed:\n")
     print(header.replace("| method |", "| seed | method |"))
     print("|---|---|---|---|---|---|---|---|---|")
@@ -199,16 +244,35 @@ def row(name: str, sm: dict[str, float], total: Score) -> str:
             f"{fmt(sm['median_hours_to_detect'], 1)} | {fmt(sm['p90_hours_to_detect'], 1)} |")
 
 
-def replay_check(sc: Scenario, findings: list[HotspotFinding]) -> None:
-    """Replay the scenario end to end and compare tickets with the engine's findings."""
+def replay_tickets(sc: Scenario) -> list[list[HotspotFinding]]:
+    """Replay the scenario's detections end to end (``gridwatch.replay.replay_lines``,
+    the default config) and turn each hot-spot ticket back into the findings the scorer
+    reads: its first window (when it opened) and its last (what it says now), with its
+    member cells; one list per ticket. The desk's re-alert cooldown applies here, so this
+    counts tickets as an operator would see them."""
     from gridwatch.config import load_config
     from gridwatch.replay import replay_lines
 
     result = replay_lines(sc.detection_lines(), sc.grid, load_config())
-    hot = [t for t in result.tickets if t.hotspot is not None]
-    centres = {f.cell_id for f in findings}
-    print(f"replay: {result.summary.read} detections, {len(hot)} hot-spot tickets "
-          f"over {len(centres)} centre cells from the engine directly", file=sys.stderr)
+    out: list[list[HotspotFinding]] = []
+    for t in result.tickets:
+        hs = t.hotspot
+        if hs is None:
+            continue
+        end = datetime.fromisoformat(str(hs["window_end"])) \
+            if not isinstance(hs["window_end"], datetime) else hs["window_end"]
+        start = datetime.fromisoformat(str(hs["window_start"])) \
+            if not isinstance(hs["window_start"], datetime) else hs["window_start"]
+        members = tuple(hs.get("member_cells") or (t.cell_id,))
+        common = {"kind": t.kind, "cell_id": t.cell_id, "member_cells": members,
+                  "observed": int(hs["observed"]), "expected": float(hs["expected"]),
+                  "p_value": float(hs["p_value"]), "lon": t.lon, "lat": t.lat}
+        opened = t.opened_at
+        # the ticket's first window ends when it opened; its length is the last one's
+        first_start = opened - (end - start)
+        out.append([HotspotFinding(window_start=first_start, window_end=opened, **common),
+                    HotspotFinding(window_start=start, window_end=end, **common)])
+    return out
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ How it works (event time only; the same input always gives the same findings):
   plus its most excessive neighbours form zones (a Kulldorff-style scan restricted to a
   cell and its neighbours); each zone's count is tested against a negative binomial whose
   dispersion is learned online (day-to-day wobble) plus the baseline's own uncertainty.
-  Best-zone p-values are Bonferroni-adjusted over zones and windows, then
-  Benjamini–Hochberg over all warmed-up cells of the kind; zones also need ``min_count``
-  occurrences and ``min_ratio`` x expected.
+  Best-zone p-values are Bonferroni-adjusted over zones (half the level for the centre
+  alone) and windows; a new hot spot needs p <= ``cell_alarm_rate_per_day`` / 24, a
+  false-alarm rate per cell and day, however many cells there are (or, with
+  ``new_hotspot_rule: fdr``, Benjamini–Hochberg over the kind's cells as well); zones
+  also need ``min_count`` occurrences and ``min_ratio`` x expected.
 * Significant zones that do not overlap become findings. A zone that overlaps a hot spot
   still active (seen within ``hold_s``) keeps that hot spot's centre cell, so a persisting
   hot spot updates its one ticket instead of opening new ones as it wobbles.
@@ -81,6 +83,8 @@ class HotspotSettings(BaseModel):
     dispersion_half_life_s: int = Field(default=3 * 86400, ge=3600)
     fdr_q: float = Field(default=0.01, gt=0, lt=1)
     cell_alarm_rate_per_day: float = Field(default=0.005, ge=0, lt=1)
+    new_hotspot_rule: Literal["cell_rate", "fdr"] = "cell_rate"
+    single_cell_share: float = Field(default=0.5, ge=0, le=1)
     min_count: int = Field(default=5, ge=1)
     min_ratio: float = Field(default=1.5, ge=1)
     member_min_ratio: float = Field(default=1.5, ge=1)
@@ -518,7 +522,8 @@ class HotspotEngine:
             scan = scan_zones(observed, expected, variance, eligible, self._neighbours,
                               min_count=s.min_count, min_ratio=s.min_ratio,
                               member_min_ratio=s.member_min_ratio,
-                              max_members=s.max_members)
+                              max_members=s.max_members,
+                              single_share=s.single_cell_share)
             scans.append(scan)
             p = np.minimum(1.0, scan.p_value * n_windows)
             better = p < best_p[scan.centres]
@@ -530,19 +535,29 @@ class HotspotEngine:
             self._expire(state, hour)
             return []
         # A hot spot already on a ticket is followed with a single test at level fdr_q
-        # (hysteresis); new ones face Benjamini-Hochberg over every warmed-up cell not in
-        # a hot spot, so persisting hot spots do not loosen the bar for new ones.
+        # (hysteresis); new ones face the bar for new ones below (cells already in a hot
+        # spot are not in BH's family), so persisting hot spots do not loosen it.
         following = in_hotspot[candidates]
         keep_on = candidates[following][best_p[candidates[following]] <= s.fdr_q]
         fresh = candidates[~following]
         m_fresh = max(m - int((eligible & in_hotspot).sum()), 1)
-        new = fresh[benjamini_hochberg(best_p[fresh], s.fdr_q, m_fresh)]
-        if s.cell_alarm_rate_per_day > 0:
-            # each cell is tested every hour: where few cells share the BH family (a town
-            # with a handful of cameras), BH alone would let each of them raise a false
-            # alarm every few weeks; this caps the per-cell rate (nominally: the hourly
-            # tests overlap, so the real rate is lower)
-            new = new[best_p[new] <= s.cell_alarm_rate_per_day / 24.0]
+        # New hot spots. "cell_rate": each cell is its own family, held to
+        # cell_alarm_rate_per_day false alarms per day (p <= that / 24 per hourly test;
+        # nominally, as the hourly tests overlap the real rate is lower), however many
+        # cells there are: the target is false tickets per cell-day, and BH's first bar
+        # (fdr_q / m) would ask a cell of a 450-camera city for ten times the evidence
+        # asked of one of 45. "fdr": Benjamini-Hochberg across the kind's cells, with the
+        # per-cell rate as a cap (binding where few cells share the family).
+        cap = s.cell_alarm_rate_per_day / 24.0
+        if s.new_hotspot_rule == "cell_rate" and cap > 0:
+            new = fresh
+            new_level = cap
+        else:
+            new = fresh[benjamini_hochberg(best_p[fresh], s.fdr_q, m_fresh)]
+            new_level = s.fdr_q * max(new.size, 1) / m_fresh
+        if cap > 0:
+            new = new[best_p[new] <= cap]
+            new_level = min(new_level, cap)
         chosen = np.concatenate([keep_on, new])
         order = np.lexsort((chosen, best_p[chosen]))
         taken: set[int] = set()
@@ -571,7 +586,8 @@ class HotspotEngine:
             findings.append(self._finding(
                 kind, state, hour, spot, members, wi, float(best_p[centre]),
                 float(picked.observed[row]), float(picked.expected[row]),
-                m_fresh if centre in new else 1))
+                m_fresh if centre in new else 1,
+                new_level if centre in new else s.fdr_q))
         self._expire(state, hour)
         return findings
 
@@ -619,7 +635,7 @@ class HotspotEngine:
     # -- evidence ---------------------------------------------------------------------
     def _finding(self, kind: str, state: _KindState, hour: int, spot: _Active,
                  members: list[int], wi: int, p_value: float, observed: float,
-                 expected: float, tests: int) -> HotspotFinding:
+                 expected: float, tests: int, level: float) -> HotspotFinding:
         s = self.settings
         centre = spot.centre
         wh = self._window_h[wi]
@@ -691,6 +707,7 @@ class HotspotEngine:
                 ],
                 "dispersion": round(float(state.phi[wi]), 5),
                 "tests": tests,
+                "level": level,
                 "fdr_q": s.fdr_q,
                 "hourly_profile_tz_offset_s": self._offset_s,
             },

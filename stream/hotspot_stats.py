@@ -127,6 +127,7 @@ def scan_zones(
     min_ratio: float,
     member_min_ratio: float,
     max_members: int,
+    single_share: float = 0.0,
 ) -> ZoneScan:
     """Scan each eligible cell with an excess and its neighbours for the best zone.
 
@@ -153,6 +154,9 @@ def scan_zones(
         min_ratio: least observed/expected of a zone.
         member_min_ratio: least observed/expected of a neighbour to join a zone.
         max_members: most cells in a zone, the centre included.
+        single_share: the share of a centre's level spent on the centre alone (the rest
+            is split evenly over the larger sizes); at most ``1 / sizes`` (the default,
+            0) every size gets an even share.
 
     Returns:
         A :class:`ZoneScan` over the centres that had an excess.
@@ -206,8 +210,13 @@ def scan_zones(
         phi = np.maximum(z_var[allowed] - e, 0.0) / (e * e)
         p[allowed] = nb_upper_tail(z_obs[allowed], e, phi)
     # weighted Bonferroni over every subset the scan stands for: the best zone of size j
-    # is the best of C(n_nb, j - 1) subsets, and there are n_nb + 1 sizes
-    subsets = comb(n_nb[:, None], sizes - 1) * (n_nb[:, None] + 1)
+    # is the best of C(n_nb, j - 1) subsets; the centre alone gets a share w1 of the
+    # level (at least an even 1 / (n_nb + 1)), each larger size (1 - w1) / n_nb
+    n_sizes = (n_nb + 1).astype(np.float64)
+    w1 = np.maximum(1.0 / n_sizes, min(max(single_share, 0.0), 1.0))
+    w_other = np.where(n_nb > 0, (1.0 - w1) / np.maximum(n_nb, 1), 0.0)
+    share = np.where(sizes == 1, w1[:, None], w_other[:, None])
+    subsets = comb(n_nb[:, None], sizes - 1) / np.maximum(share, 1e-300)
     p_adj_all = np.where(allowed, np.minimum(1.0, p * np.maximum(subsets, 1.0)), 1.0)
     best = np.argmin(p_adj_all, axis=1)  # ties: the smaller zone
     r = np.arange(n)

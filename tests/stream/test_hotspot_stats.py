@@ -16,10 +16,18 @@ from stream.hotspot_stats import (
     winsorise,
 )
 from stream.types import HotspotFinding
-from tests.support.hotspot_scenarios import Scenario, ScenarioSpec, family_spec
+from tests.support.hotspot_scenarios import (
+    InjectedCluster,
+    Scenario,
+    ScenarioSpec,
+    family_spec,
+)
 from tests.support.hotspot_scoring import (
     NaiveThresholdEngine,
     SpaceTimeScanEngine,
+    oracle_alpha,
+    oracle_detects,
+    oracle_power,
     score,
     tickets_from_findings,
 )
@@ -68,6 +76,62 @@ def test_scan_finds_three_cell_zone_on_a_line() -> None:
     assert sorted(scan.members[row, : scan.size[row]].tolist()) == [2, 3, 4]
     assert scan.observed[row] == 91 and scan.expected[row] == 30
     assert scan.p_value[row] < 1e-10
+
+
+@pytest.mark.parametrize(("share", "single", "pair"), [
+    (0.0, 5.0, 4 * 5.0),  # an even split: five sizes, C(4, 1) pairs
+    (0.5, 2.0, 4 * 8.0),  # half for the centre alone; each larger size 0.5 / 4
+    (1.0 / 5, 5.0, 4 * 5.0),  # no more than an even share: the same as 0
+])
+def test_scan_spends_its_share_of_the_level_on_the_centre_alone(
+        share: float, single: float, pair: float) -> None:
+    # cell 0 with four eligible neighbours; only cell 1 has an excess of its own
+    nbrs = neighbour_matrix([[1, 2, 3, 4], [0], [0], [0], [0]])
+    expected = np.full(5, 2.0)
+    variance = expected.copy()  # Poisson
+    args = dict(min_count=5, min_ratio=1.5, member_min_ratio=1.5, max_members=9,
+                single_share=share)
+    alone = scan_zones(np.array([14.0, 2, 2, 2, 2]), expected, variance,
+                       np.ones(5, dtype=bool), nbrs, **args)  # type: ignore[arg-type]
+    row = alone.centres.tolist().index(0)
+    assert alone.size[row] == 1
+    assert alone.p_value[row] == pytest.approx(single * poisson.sf(13, 2.0))
+    both = scan_zones(np.array([10.0, 10, 2, 2, 2]), expected, variance,
+                      np.ones(5, dtype=bool), nbrs, **args)  # type: ignore[arg-type]
+    row = both.centres.tolist().index(0)
+    assert both.size[row] == 2
+    assert both.p_value[row] == pytest.approx(pair * poisson.sf(19, 4.0))
+
+
+def test_oracle_is_the_neyman_pearson_test_of_the_known_baseline() -> None:
+    # one cell at 2 a day, pure Poisson (no day-to-day noise), a 3x day: the issue's
+    # example (6 vs 2 expected; P(X >= 6 | 2) = 0.017, far above a 1e-3 level)
+    spec = ScenarioSpec(rows=1, cols=1, days=14, n_clusters=0, day_noise_cv=0.0,
+                        city_day_noise_cv=0.0)
+    base = Scenario.generate(spec)
+    rates = np.full((14 * 24, 1), 2.0 / 24)
+    sc = Scenario(spec=spec, grid=base.grid, start_s=base.start_s, rates=rates,
+                  counts=np.zeros_like(rates, dtype=np.int64), clusters=[],
+                  sources=base.sources)
+    cluster = InjectedCluster("K1", spec.kind, base.grid.cells[0].cell_id,
+                              (base.grid.cells[0].cell_id,), base.start_s + 10 * 86400,
+                              base.start_s + 11 * 86400, 3.0, 2.0)
+    alpha = oracle_alpha(cluster)
+    assert alpha == pytest.approx(1e-3)  # one test per cell-day of a one-day cluster
+    assert oracle_alpha(cluster, start_hours=24) == pytest.approx(1e-3 / 24)
+    assert poisson.sf(5, 2.0) == pytest.approx(0.0166, abs=1e-4)
+    # reject X >= 9 (P0 = 2.4e-4), and X = 8 with the probability that spends the rest
+    gamma = (alpha - poisson.sf(8, 2.0)) / poisson.pmf(8, 2.0)
+    expected = poisson.sf(8, 6.0) + gamma * poisson.pmf(8, 6.0)
+    assert oracle_power(sc, cluster, alpha) == pytest.approx(expected)
+    assert 0.2 < expected < 0.3  # unreachable for any method at this false-alarm rate
+    assert oracle_power(sc, cluster, 1e-3 / 24) < expected
+    # on the counts drawn: above the critical value found, at it with probability gamma
+    day = slice(10 * 24, 11 * 24)
+    for drawn, found in [(9, 1.0), (8, gamma), (7, 0.0)]:
+        sc.counts[:] = 0
+        sc.counts[day.start, 0] = drawn
+        assert oracle_detects(sc, cluster, alpha) == pytest.approx(found)
 
 
 def test_scan_ignores_cells_that_are_not_eligible_and_respects_min_count() -> None:
@@ -189,3 +253,14 @@ def test_the_quiet_busy_family_has_single_cell_one_day_clusters() -> None:
     daily = sc.rates.sum(axis=0) / 21
     with_camera = daily[daily > 0]
     assert with_camera.min() < 10 and with_camera.max() > 60  # quiet and busy side by side
+
+
+def test_the_held_out_family_is_the_issues_scenario() -> None:
+    sc = Scenario.generate(family_spec("held_out", seed=4))
+    assert sc.counts.shape == (35 * 24, 400)
+    assert len(sc.clusters) == 10
+    assert all(1 <= len(c.cells) <= 3 and c.hours in (24, 48) and c.strength >= 3
+               for c in sc.clusters)
+    daily = sc.rates.sum(axis=0) / 35
+    with_camera = daily[daily > 0]
+    assert with_camera.min() < 10 and with_camera.max() > 60

@@ -91,6 +91,20 @@ FAMILIES: dict[str, dict[str, object]] = {
         "cluster_hours": (24,),
         "cluster_strengths": (3.0, 3.5, 4.0, 6.0),
     },
+    # the held-out scenario: 400 cells x 35 days, quiet and busy roads side by
+    # side, 10 clusters of one to three cells lasting one or two days; not used to tune
+    # the engine (report it on seeds never looked at before)
+    "held_out": {
+        "rows": 20,
+        "cols": 20,
+        "days": 35,
+        "rate_bands": ((0.5, 2.0, 10.0), (0.3, 10.0, 60.0), (0.2, 60.0, 600.0)),
+        "camera_share": 0.5,
+        "n_clusters": 10,
+        "cluster_sizes": (1, 1, 2, 3),
+        "cluster_hours": (24, 48),
+        "cluster_strengths": (3.0, 3.5, 4.0, 6.0),
+    },
 }
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
 from geo.grid import Grid
 from stream.types import HotspotFinding, Occurrence
-from tests.support.hotspot_scenarios import InjectedCluster
+from tests.support.hotspot_scenarios import InjectedCluster, Scenario
 
 HOUR_S = 3600
 
@@ -140,11 +141,26 @@ def score(method: str, findings: Sequence[HotspotFinding],
             outcomes.append(ClusterOutcome(c, True, (first - c.start_s) / HOUR_S, len(found)))
         else:
             outcomes.append(ClusterOutcome(c, False, None))
-    tickets = tickets_from_findings(findings, ticket_gap_s)
-    false = sum(1 for t in tickets
-                if not any(matches(f, c) for f in t.findings for c in clusters))
-    return Score(method, outcomes, len(tickets), false,
-                 n_cells * max(days - warmup_days, 0.0))
+    tickets = [t.findings for t in tickets_from_findings(findings, ticket_gap_s)]
+    return _scored(method, outcomes, tickets, clusters, n_cells * max(days - warmup_days, 0.0))
+
+
+def score_tickets(method: str, tickets: Sequence[Sequence[HotspotFinding]],
+                  clusters: Sequence[InjectedCluster], *, n_cells: int, days: float,
+                  warmup_days: float) -> Score:
+    """Like :func:`score`, for tickets that were really made (each the findings it
+    holds, e.g. from ``gridwatch replay``) instead of tickets modelled from findings."""
+    findings = [f for t in tickets for f in t]
+    outcomes = score("", findings, clusters, n_cells=n_cells, days=days,
+                     warmup_days=warmup_days).clusters
+    return _scored(method, outcomes, tickets, clusters, n_cells * max(days - warmup_days, 0.0))
+
+
+def _scored(method: str, outcomes: list[ClusterOutcome],
+            tickets: Sequence[Sequence[HotspotFinding]],
+            clusters: Sequence[InjectedCluster], cell_days: float) -> Score:
+    false = sum(1 for t in tickets if not any(matches(f, c) for f in t for c in clusters))
+    return Score(method, outcomes, len(tickets), false, cell_days)
 
 
 class NaiveThresholdEngine:
@@ -344,3 +360,87 @@ def _poisson_llr(c: np.ndarray, e: np.ndarray, total: np.ndarray | float) -> np.
         outside = np.where(rest > 0, rest * np.log(rest / (total - e)), 0.0)
         llr = inside + outside
     return np.where((c > e) & np.isfinite(llr), llr, 0.0)
+
+
+# -- the oracle: what any method could reach --------------------------------------------
+def oracle_alpha(cluster: InjectedCluster, *, false_per_cell_day: float = 1e-3,
+                 start_hours: int = 1) -> float:
+    """The false-alarm level per test of the oracle for ``cluster``'s shape.
+
+    A method that knew the cluster's shape (its cells and its span) and the hour it
+    starts would test only zones of that many cells x windows of that length, tiling the
+    cell-days: ``1 / (cells x days)`` tests per cell-day, so a budget of
+    ``false_per_cell_day`` allows ``false_per_cell_day x cells x days`` per test. With
+    ``start_hours`` > 1 it does not know when in the day the cluster starts and tests each
+    of that many start hours (Bonferroni), a level a real engine could use.
+    """
+    days = cluster.hours / 24.0
+    return false_per_cell_day * len(cluster.cells) * days / max(start_hours, 1)
+
+
+def oracle_power(scenario: Scenario, cluster: InjectedCluster, alpha: float) -> float:
+    """The power of the best test of ``cluster``'s cells and span at level ``alpha`` that
+    knows the true baseline: Neyman–Pearson for a count, i.e. the (randomised) upper
+    tail of the count's null distribution, evaluated under the cluster's strength.
+
+    The null is the scenario's own: expected count ``mu`` = the sum of the normal rates
+    over the cluster's cells and hours, with the day-to-day gamma noise of the generator
+    (per cell and day, and city-wide) as over-dispersion (negative binomial with the
+    variance of that mixture). Under the alternative every rate is ``strength`` times
+    higher (the noise is multiplicative, so the same relative wobble).
+    """
+    mu, phi, _ = _oracle_null(scenario, cluster)
+    k, gamma = _critical(_count_dist(mu, phi), alpha)
+    alt = _count_dist(cluster.strength * mu, phi)
+    return float(alt.sf(k) + gamma * alt.pmf(k))
+
+
+def oracle_detects(scenario: Scenario, cluster: InjectedCluster, alpha: float) -> float:
+    """The same test applied to the counts the scenario really drew over the cluster's
+    cells and span: 1 above the critical value, 0 below, the randomisation's probability
+    at it. Averaged over clusters, what the oracle finds of *these* clusters (a cluster
+    whose draw held no excess is missed by it too)."""
+    mu, phi, observed = _oracle_null(scenario, cluster)
+    k, gamma = _critical(_count_dist(mu, phi), alpha)
+    return 1.0 if observed > k else gamma if observed == k else 0.0
+
+
+def _oracle_null(scenario: Scenario, cluster: InjectedCluster) -> tuple[float, float, int]:
+    """``(mu, phi, observed)`` of the cluster's cells and span: the normal expected count,
+    the over-dispersion of the generator's day noise, and what was drawn."""
+    spec = scenario.spec
+    h0 = (cluster.start_s - scenario.start_s) // HOUR_S
+    h1 = (cluster.end_s - scenario.start_s) // HOUR_S
+    index = {c.cell_id: i for i, c in enumerate(scenario.grid.cells)}
+    cols = [index[c] for c in cluster.cells]
+    rates = scenario.rates[h0:h1, cols]  # (hours, cells)
+    day_of = np.arange(h0, h1) // 24
+    per_cell_day = np.array([rates[day_of == d].sum(axis=0) for d in np.unique(day_of)])
+    mu = float(per_cell_day.sum())
+    noise_var = spec.day_noise_cv ** 2 * float((per_cell_day ** 2).sum()) + \
+        spec.city_day_noise_cv ** 2 * float((per_cell_day.sum(axis=1) ** 2).sum())
+    phi = noise_var / (mu * mu) if mu > 0 else 0.0
+    return mu, phi, int(scenario.counts[h0:h1, cols].sum())
+
+
+def _count_dist(mean: float, phi: float) -> Any:
+    """A frozen scipy distribution: negative binomial (``Var = mean + phi mean^2``)."""
+    from scipy.stats import nbinom, poisson
+
+    if phi <= 1e-12:
+        return poisson(mean)
+    size = 1.0 / phi
+    return nbinom(size, size / (size + mean))
+
+
+def _critical(null: Any, alpha: float) -> tuple[int, float]:
+    """The Neyman–Pearson rejection region of a count at level ``alpha``: reject above
+    ``k``, and at ``k`` with probability ``gamma``."""
+    k = int(null.isf(alpha))
+    while null.sf(k) > alpha:
+        k += 1
+    while k > 0 and null.sf(k - 1) <= alpha:
+        k -= 1
+    at_k = float(null.pmf(k))
+    gamma = (alpha - float(null.sf(k))) / at_k if at_k > 0 else 0.0
+    return k, min(max(gamma, 0.0), 1.0)
