@@ -303,7 +303,7 @@ class EdgeAgent:
                        "evidence_dropped": self.outbox.evidence_dropped},
             "receipts": {"enabled": self.config.uplink.receipts,
                          "last_receipt_at": pub.last_receipt_at if pub else None,
-                         "resent": pub.resent if pub else 0,
+                         "resent_this_run": pub.resent if pub else 0,
                          "malformed": pub.bad_receipts if pub else 0},
             "sources": last_seen,
             "clock_skew": dict(sorted(self.clock_skew.items())),

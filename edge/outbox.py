@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 SCHEMA_VERSION = 2
-COUNTERS = ("enqueued", "published", "receipted", "receipts_unknown", "dropped",
+COUNTERS = ("enqueued", "published", "receipted", "receipts_unknown", "resent", "dropped",
             "dropped_unreceipted", "evidence_dropped")
 # added after the first release, in this order (an old outbox gets what it lacks)
 _MIGRATIONS = (
@@ -324,6 +324,8 @@ class Outbox:
                                      "due_at = ? WHERE seq = ?", updates)
                 if newly:
                     self._bump("published", newly)
+                if len(found) > newly:  # handed over again for want of a receipt
+                    self._bump("resent", len(found) - newly)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -447,7 +449,7 @@ class Outbox:
 
     def counters(self) -> dict[str, int]:
         """Persistent totals: ``enqueued``, ``published`` (first PUBACK), ``receipted``,
-        ``receipts_unknown``, ``dropped`` (of which ``dropped_unreceipted`` had been
+        ``receipts_unknown``, ``resent``, ``dropped`` (of which ``dropped_unreceipted`` had been
         acknowledged by the broker), ``evidence_dropped``."""
         with self._lock:
             rows = self._db.execute("SELECT name, value FROM counters").fetchall()

@@ -86,8 +86,8 @@ def _outbox_snapshot(path: str) -> dict[str, Any]:
         "oldest_age_s": None if oldest is None else round(now - oldest, 1),
         "oldest_awaiting_receipt_age_s": (None if oldest_sent is None
                                           else round(now - oldest_sent, 1))}
-    for name in ("enqueued", "published", "receipted", "receipts_unknown", "dropped",
-                 "dropped_unreceipted", "evidence_dropped"):
+    for name in ("enqueued", "published", "receipted", "receipts_unknown", "resent",
+                 "dropped", "dropped_unreceipted", "evidence_dropped"):
         report[name] = int(counters.get(name, 0))
     return report
 
@@ -163,7 +163,7 @@ def status(args: argparse.Namespace) -> int:
             when = "never" if last is None else f"{time.time() - last:.0f}s ago"
             print(f"  receipts: last from the centre {when}; "
                   f"{ob['awaiting_receipt']} awaiting, oldest "
-                  f"{ob['oldest_awaiting_receipt_age_s']}s; re-sent {rec.get('resent', 0)}")
+                  f"{ob['oldest_awaiting_receipt_age_s']}s; re-sent {ob['resent']} in all")
     if agent is not None:
         now = time.time()
         for source_id, seen in sorted(agent.get("sources", {}).items()):
