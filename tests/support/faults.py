@@ -213,6 +213,7 @@ class FaultRig:
     def __init__(self, workdir: Path, *, case: str, store: str = "sqlite", count: int = 1000,
                  rate: float = 500.0, poison: bool = False, persistence: bool = True,
                  autosave_interval: int | None = None, replicas: int = 1,
+                 receipts: bool = True,
                  postgres_url: str = "postgresql://postgres@127.0.0.1:5432/test") -> None:
         from tests.support.mosquitto import MosquittoProcess
 
@@ -245,7 +246,8 @@ class FaultRig:
             f"station_id: {self.station}\n"
             f"state_dir: {self.workdir / 'edge'}\n"
             f"uplink: {{port: {self.broker.port}, reconnect_min_s: 1, reconnect_max_s: 1,"
-            f" receipt_timeout_s: {RECEIPT_TIMEOUT_S}, receipt_timeout_max_s: 30}}\n"
+            f" receipt_timeout_s: {RECEIPT_TIMEOUT_S}, receipt_timeout_max_s: 30,"
+            f" receipts: {'true' if receipts else 'false'}}}\n"
             "metrics: {port: 0}\n", encoding="utf-8")
         self.outbox_path = self.workdir / "edge" / "outbox.sqlite"
         self.status_path = self.workdir / "edge" / "status.json"
@@ -522,6 +524,7 @@ class Case:
     autosave_interval: int | None = None  # Mosquitto's default (1800 s)
     poison: bool = False
     replicas: int = 1
+    receipts: bool = True  # False: the edge deletes on PUBACK, as before issue 12
 
 
 CASES: list[Case] = [
@@ -543,6 +546,10 @@ CASES: list[Case] = [
     Case("centre kill -9 draining a backlog", _centre_kill9_draining, store="postgres"),
     Case("poison + far-future + ancient clocks", _baseline, store="postgres", poison=True),
     Case("2 replicas ($share), one kill -9", _replica_kill9, store="postgres", replicas=2),
+    # the measurement behind issue 12, for comparison: what the same fault costs without
+    # receipts (the only case allowed to lose)
+    Case("broker SIGKILL, centre offline, receipts off", _broker_while_centre_offline(
+        kill=True), receipts=False),
 ]
 
 
@@ -553,7 +560,7 @@ def run_case(case: Case, workdir: Path, *, count: int, rate: float,
     with FaultRig(workdir, case=case.name, store=case.store, count=count, rate=rate,
                   poison=case.poison, persistence=case.persistence,
                   autosave_interval=case.autosave_interval, replicas=case.replicas,
-                  postgres_url=postgres_url) as rig:
+                  receipts=case.receipts, postgres_url=postgres_url) as rig:
         case.scenario(rig)
         return rig.outcome(drain_timeout_s=drain_timeout_s)
 
