@@ -49,9 +49,10 @@ import logging
 import threading
 import time
 from collections import Counter as TallyCounter
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -65,6 +66,7 @@ from detectors.receipt_message import (
     DEADLETTERED,
     DUPLICATE,
     Receipt,
+    ReceiptEntry,
     encode_receipt,
 )
 from detectors.schema import Detection, DetectionRejected, parse_detection
@@ -80,12 +82,9 @@ from detectors.topics import (
     station_filter,
 )
 from edge.config import MqttConnection
-from gridwatch.embedded import STORE_UNAVAILABLE
+from gridwatch.embedded import STORE_UNAVAILABLE, EmbeddedPipeline
 from gridwatch.mqtt_link import ProcessLink, ThreadLink, Token
 from ticketing.evidence import EvidenceRejected, EvidenceStore
-
-if TYPE_CHECKING:
-    from gridwatch.embedded import EmbeddedPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -245,13 +244,15 @@ class MqttIngest:
         self.status_filter = station_filter(topic_prefix, STATUS)
         self.evidence_filter = shared + source_filter(topic_prefix, EVIDENCE)
         self.receipts = receipts
-        self._receipt_lock = threading.Lock()
-        # station -> (channel, event id, outcome or its cell, dead-letter code)
-        self._pending_receipts: dict[str, list[tuple[str, str, list[str] | str,
-                                                     str | None]]] = {}
+        self._receipt_lock = threading.Lock()  # one flush at a time
+        # (station, channel, event id, outcome or its cell, dead-letter code), appended by
+        # any thread without a lock (the hot path: one append per detection)
+        self._settled: deque[tuple[str, str, str, list[str] | str, str | None]] = deque()
         self._receipts_sent = 0
         self._receipted = 0
-        if receipts:
+        if receipts and isinstance(pipeline, EmbeddedPipeline):
+            # one receipt per station per committed batch; a pipeline that settles within
+            # submit_many (a stand-in) is flushed by on_link_messages
             pipeline.batch_listeners.append(self._flush_receipts)
         self.evidence = evidence
         self._evidence_received = 0
@@ -423,29 +424,29 @@ class MqttIngest:
     # -- receipts ---------------------------------------------------------------------------
     def _receipt(self, station: str, channel: str, event_id: str, outcome: list[str] | str,
                  code: str | None = None) -> None:
-        """Note an outcome for the station's next receipt (any thread)."""
-        with self._receipt_lock:
-            # the outcome may be a cell that _submit settles (committed or duplicate)
-            self._pending_receipts.setdefault(station, []).append(
-                (channel, event_id, outcome, code))
+        """Note an outcome for the station's next receipt (any thread); the outcome may
+        be a cell that :meth:`_submit` settles (committed or duplicate)."""
+        self._settled.append((station, channel, event_id, outcome, code))
 
     def _flush_receipts(self) -> None:
         """Publish one receipt per station for what was settled since the last flush (the
         pipeline calls this after each batch; the receiving thread after each batch it
         received)."""
-        if not self._pending_receipts or self._link is None:
+        settled, link = self._settled, self._link
+        if not settled or link is None:
             return
+        by_station: dict[str, list[ReceiptEntry]] = {}
         with self._receipt_lock:
-            pending, self._pending_receipts = self._pending_receipts, {}
-        link = self._link
-        for station, entries in pending.items():
-            receipt = Receipt()
-            for channel, event_id, outcome, code in entries:
-                final = outcome if isinstance(outcome, str) else outcome[0]
-                receipt.add(channel, event_id, final, code)
-            link.publish(receipt_topic(self.prefix, station), encode_receipt(receipt), qos=1)
-            self._receipts_sent += 1
-            self._receipted += len(receipt)
+            for _ in range(len(settled)):
+                station, channel, event_id, outcome, code = settled.popleft()
+                by_station.setdefault(station, []).append(ReceiptEntry(
+                    channel, event_id, outcome if isinstance(outcome, str) else outcome[0],
+                    code))
+            for station, entries in by_station.items():
+                link.publish(receipt_topic(self.prefix, station),
+                             encode_receipt(Receipt(entries)), qos=1)
+                self._receipts_sent += 1
+                self._receipted += len(entries)
 
     def _store_evidence(self, topic: str, payload: bytes | bytearray, token: Token) -> None:
         """Check one evidence message, store it, then acknowledge it (see the module doc)."""

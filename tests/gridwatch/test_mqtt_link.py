@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -130,7 +130,6 @@ class FailingOncePipeline:
         self.attempts: dict[str, int] = {}
         self.committed: set[str] = set()
         self.lock = threading.Lock()
-        self.batch_listeners: list[Callable[[], None]] = []  # the ingest's receipts
 
     def submit_many(self, items: list[Submission]) -> list[SubmitResult]:
         results = []
