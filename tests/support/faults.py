@@ -20,7 +20,8 @@ processes; :meth:`FaultRig.outcome` then counts, from the ticket store itself:
 - ``refused_at_edge``: far-future detections the edge's own clock check kept out.
 
 ``benchmarks/fault_matrix.py`` runs every case and prints the table; ``tests/faults/``
-runs a few with ``lost == duplicated == 0`` asserted.
+runs a few with ``lost == duplicated == 0`` asserted. ``GRIDWATCH_FAULTS_KEEP_DB=1`` keeps
+a case's PostgreSQL database (its name goes to stderr) for a look afterwards.
 
 Poison (``poison=True``): every 10th detection is refused for good by the ticket store
 (``store_refused``: a trigger or CHECK constraint, as ``tests.ticketing.builders.refuse_poison``),
@@ -232,7 +233,7 @@ class FaultRig:
         config = self.workdir / "centre.yaml"
         config.write_text(CENTRE_CONFIG, encoding="utf-8")
         self.centres = [
-            ChildProcess([sys.executable, "-m", "gridwatch", "serve", "--grid", str(grid),
+            ChildProcess([sys.executable, "-m", "gridwatch", "-v", "serve", "--grid", str(grid),
                           "--config", str(config), "--db", self.db_url,
                           "--mqtt-url", self.broker.url, "--client-id",
                           f"centre-{self.station}-{n}", "--port", str(free_port()),
@@ -420,7 +421,9 @@ class FaultRig:
             self._listener.loop_stop()
             self._listener.disconnect()
         self.broker.stop(kill=True)
-        if self._pg_db is not None:
+        if self._pg_db is not None and os.environ.get("GRIDWATCH_FAULTS_KEEP_DB"):
+            print(f"kept PostgreSQL database {self._pg_db}", file=sys.stderr)  # noqa: T201
+        elif self._pg_db is not None:
             import psycopg
 
             with psycopg.connect(self._pg_admin, autocommit=True) as conn:
@@ -545,6 +548,7 @@ CASES: list[Case] = [
          store="postgres"),
     Case("centre kill -9 draining a backlog", _centre_kill9_draining, store="postgres"),
     Case("poison + far-future + ancient clocks", _baseline, store="postgres", poison=True),
+    Case("2 replicas ($share)", _baseline, store="postgres", replicas=2),
     Case("2 replicas ($share), one kill -9", _replica_kill9, store="postgres", replicas=2),
     # the measurement behind issue 12, for comparison: what the same fault costs without
     # receipts (the only case allowed to lose)
