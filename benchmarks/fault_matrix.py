@@ -1,6 +1,6 @@
 """The fault-injection matrix of issue 12 (part 7): every case, real processes, one table.
 
-    PYTHONPATH=. python benchmarks/fault_matrix.py [--count 3000] [--rate 300]
+    PYTHONPATH=. python benchmarks/fault_matrix.py [--count 2000] [--rate 300]
         [--cases SUBSTRING[,SUBSTRING...]] [--store sqlite|postgres|both]
         [--postgres-url postgresql://postgres@127.0.0.1:5432/test] [--json OUT.json]
 
@@ -34,13 +34,15 @@ from tests.support.faults import CASES, TABLE_HEAD, run_case, scratch  # noqa: E
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=3000, help="detections per case")
+    parser.add_argument("--count", type=int, default=2000, help="detections per case")
     parser.add_argument("--rate", type=float, default=300.0, help="detections per second")
     parser.add_argument("--cases", help="only cases whose name contains one of these "
                                         "(comma-separated)")
     parser.add_argument("--store", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--json", type=Path, help="also write the outcomes here")
+    parser.add_argument("--drain-timeout-s", type=float, default=300.0,
+                        help="how long a case may take to empty the edge's outbox")
     args = parser.parse_args(argv)
     wanted = [w.strip() for w in args.cases.split(",")] if args.cases else None
     cases = [c for c in CASES
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         with scratch() as workdir:
             outcome = run_case(case, workdir, count=args.count, rate=args.rate,
-                               postgres_url=args.postgres_url)
+                               postgres_url=args.postgres_url,
+                               drain_timeout_s=args.drain_timeout_s)
         outcomes.append(outcome)
         print(outcome.row() + (f" {outcome.notes}" if outcome.notes else "")
               + (f" lost e.g. {outcome.lost_ids[:3]}" if outcome.lost else ""), flush=True)

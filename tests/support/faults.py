@@ -559,7 +559,7 @@ CASES: list[Case] = [
 
 def run_case(case: Case, workdir: Path, *, count: int, rate: float,
              postgres_url: str = "postgresql://postgres@127.0.0.1:5432/test",
-             drain_timeout_s: float = 120.0) -> Outcome:
+             drain_timeout_s: float = 300.0) -> Outcome:
     """Run one case in ``workdir`` and count what became of its detections."""
     with FaultRig(workdir, case=case.name, store=case.store, count=count, rate=rate,
                   poison=case.poison, persistence=case.persistence,
