@@ -1,7 +1,7 @@
 """Evidence v1 on the wire: a detection's snapshot image, sent beside the detection.
 
 One MQTT message on ``gridwatch/v1/<station_id>/<source_id>/evidence`` (QoS 1, see
-``edge.publisher.evidence_topic``) carries one image: a single line of JSON (the header),
+``detectors.topics.evidence_topic``) carries one image: a single line of JSON (the header),
 a newline, then the image bytes exactly as the camera wrote them::
 
     {"schema":"gridwatch.evidence/1","event_id":"st1:cam-1:...","content_type":"image/jpeg",

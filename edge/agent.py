@@ -27,10 +27,11 @@ from urllib.request import url2pathname
 
 from detectors.evidence_message import encode_evidence, image_content_type
 from detectors.schema import Detection
+from detectors.topics import detection_topic, evidence_topic
 from edge.config import CameraSource, StationConfig
 from edge.metrics import EdgeMetrics
 from edge.outbox import Outbox, OutboxItem, evidence_key
-from edge.publisher import Publisher, detection_topic, evidence_topic
+from edge.publisher import Publisher
 from edge.sources import (
     CameraWorkers,
     LocalMqttInput,
@@ -74,7 +75,9 @@ class EdgeAgent:
         self.clock_skew: dict[str, int] = {}
         self._skew_lock = threading.Lock()
         self.metrics.bind_outbox(lambda: self.outbox.depth, lambda: self.outbox.bytes_used,
-                                 lambda: self.outbox.dropped)
+                                 lambda: self.outbox.dropped,
+                                 pending=lambda: self.outbox.pending,
+                                 awaiting=lambda: self.outbox.awaiting_receipt)
         self.metrics.evidence_dropped.set_function(lambda: self.outbox.evidence_dropped)
         self.hub = SensorHub(config, started_at=time.time(), metrics=self.metrics)
         self.workers = Workers(
@@ -293,9 +296,15 @@ class EdgeAgent:
                        "last_error": pub.last_error if pub else None,
                        "drops": pub.drops if pub else 0,
                        "last_drop": pub.last_drop if pub else None},
-            "outbox": {"depth": self.outbox.depth, "bytes": self.outbox.bytes_used,
+            "outbox": {"depth": self.outbox.depth, "pending": self.outbox.pending,
+                       "awaiting_receipt": self.outbox.awaiting_receipt,
+                       "bytes": self.outbox.bytes_used,
                        "max_bytes": self.outbox.max_bytes, "dropped": self.outbox.dropped,
                        "evidence_dropped": self.outbox.evidence_dropped},
+            "receipts": {"enabled": self.config.uplink.receipts,
+                         "last_receipt_at": pub.last_receipt_at if pub else None,
+                         "resent_this_run": pub.resent if pub else 0,
+                         "malformed": pub.bad_receipts if pub else 0},
             "sources": last_seen,
             "clock_skew": dict(sorted(self.clock_skew.items())),
             "cameras": {cid: {"frames_read": cam.frames_read,

@@ -46,10 +46,27 @@ class _Strict(BaseModel):
 
 
 class UplinkSettings(MqttConnection):
-    """The connection to the centre's broker, plus the publisher's flow control."""
+    """The connection to the centre's broker, plus the publisher's flow control.
+
+    ``receipts`` (default on): a message leaves the outbox only when the centre's receipt
+    says it was committed or dead-lettered, not on the broker's PUBACK. One that stays
+    unreceipted ``receipt_timeout_s`` after its PUBACK is sent again, the wait doubling per
+    attempt up to ``receipt_timeout_max_s`` (see ``docs/edge.md``, "Delivery guarantees").
+    Turn it off only for a centre too old to send receipts.
+    """
 
     max_inflight: Annotated[int, Field(ge=1, le=MAX_INFLIGHT_LIMIT)] = 1000
     topic_prefix: str = "gridwatch/v1"
+    receipts: bool = True
+    receipt_timeout_s: Seconds = 120.0
+    receipt_timeout_max_s: Seconds = 3600.0
+
+    @model_validator(mode="after")
+    def _timeouts_in_order(self) -> UplinkSettings:
+        if self.receipt_timeout_max_s < self.receipt_timeout_s:
+            raise ValueError(f"receipt_timeout_max_s ({self.receipt_timeout_max_s}) must be "
+                             f">= receipt_timeout_s ({self.receipt_timeout_s})")
+        return self
 
 
 class OutboxSettings(_Strict):

@@ -19,14 +19,31 @@ class EdgeMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.station_id = station_id
-        self.published = Counter("gridwatch_edge_published", "Detections acknowledged by the "
-                                 "broker (PUBACK) and removed from the outbox", registry=r)
+        self.published = Counter("gridwatch_edge_published", "Messages acknowledged by the "
+                                 "broker (first PUBACK); with receipts they stay in the "
+                                 "outbox until the centre's receipt", registry=r)
+        self.receipted = Counter("gridwatch_edge_receipted", "Messages the centre's receipts "
+                                 "named (committed, duplicate or dead-lettered), removed from "
+                                 "the outbox", registry=r)
+        self.receipts_unknown = Counter("gridwatch_edge_receipts_unknown", "Event ids in "
+                                        "receipts that the outbox did not hold (receipted "
+                                        "before; ignored)", registry=r)
+        self.deadlettered = Counter("gridwatch_edge_deadlettered", "Messages the centre "
+                                    "refused for good (dead-lettered), by channel and code",
+                                    ["channel", "code"], registry=r)
+        self.resent = Counter("gridwatch_edge_resent", "Messages sent again because no "
+                              "receipt came in time", registry=r)
         self.enqueued = Counter("gridwatch_edge_enqueued", "Detections committed to the outbox",
                                 ["source"], registry=r)
         self.detections = Counter("gridwatch_edge_detections", "Detections produced",
                                   ["source", "kind"], registry=r)
-        self.outbox_depth = Gauge("gridwatch_edge_outbox_depth",
-                                  "Detections in the outbox waiting for a PUBACK", registry=r)
+        self.outbox_depth = Gauge("gridwatch_edge_outbox_depth", "Messages in the outbox "
+                                  "(pending + awaiting a receipt)", registry=r)
+        self.outbox_pending = Gauge("gridwatch_edge_outbox_pending", "Messages in the outbox "
+                                    "the broker has not acknowledged yet", registry=r)
+        self.outbox_awaiting = Gauge("gridwatch_edge_outbox_awaiting_receipt", "Messages "
+                                     "the broker acknowledged, waiting for the centre's "
+                                     "receipt", registry=r)
         self.outbox_bytes = Gauge("gridwatch_edge_outbox_bytes",
                                   "Bytes held by the outbox (the disk budget's measure)",
                                   registry=r)
@@ -74,8 +91,14 @@ class EdgeMetrics:
                                        "the agent after dying", ["worker"], registry=r)
 
     def bind_outbox(self, depth: Callable[[], float], size: Callable[[], float],
-                    dropped: Callable[[], float]) -> None:
+                    dropped: Callable[[], float], *,
+                    pending: Callable[[], float] | None = None,
+                    awaiting: Callable[[], float] | None = None) -> None:
         """Read the outbox gauges at scrape time (always current, no update calls)."""
         self.outbox_depth.set_function(depth)
         self.outbox_bytes.set_function(size)
         self.dropped.set_function(dropped)
+        if pending is not None:
+            self.outbox_pending.set_function(pending)
+        if awaiting is not None:
+            self.outbox_awaiting.set_function(awaiting)

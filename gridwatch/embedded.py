@@ -192,6 +192,9 @@ class EmbeddedPipeline:
         self._checkpoint_name = checkpoint_name if self._batching is not None else None
         self._hotspot_kinds: dict[str, bool] = {}
         self._refusals: dict[str, str] = {}  # event id -> why the store refused it (batch)
+        # called by the worker after each batch's callbacks (the ingest sends its
+        # receipts then: one message per station per batch)
+        self.batch_listeners: list[Callable[[], None]] = []
         self.restored = self._restore()
         self._seed_seen_ids()
         self._worker = threading.Thread(target=self._run, name="gridwatch-pipeline",
@@ -527,6 +530,7 @@ class EmbeddedPipeline:
                     self._waiting.pop(d.event_id, None)
             self._failed += len(batch)
             _run_each([item[2] for item in batch], "failure")
+        _run_each(list(self.batch_listeners), "batch listener")
         with self._idle:
             self._pending -= len(detections_in)
             self._idle.notify_all()  # drain() and submitters held by back-pressure

@@ -26,6 +26,15 @@ its topic) are published to ``gridwatch/v1/deadletter`` with the reason, counted
 code, and acknowledged. Nothing a message contains can crash the ingest: every callback
 catches, logs with the topic, and carries on.
 
+Receipts (``receipts=True``, the default): once a detection is committed, dead-lettered,
+or found to be a repeat (and once an evidence image is stored or refused), its event id
+goes into a receipt for the station of the topic it came on, published to
+``gridwatch/v1/<station>/receipt`` (:mod:`detectors.receipt_message`): one message per
+station per committed pipeline batch (and per received batch for what is settled at once:
+repeats, dead letters, evidence). The edge deletes a message from its outbox only on its
+receipt. With several replicas on one shared subscription (``share_group``) the replica
+that commits a detection is the one that receipts it.
+
 Broker requirements (``docs/edge.md``): for a persistent subscriber Mosquitto's
 ``max_queued_messages`` (default 1000!) must be 0 or large, or it drops queued QoS 1
 messages while the centre is behind or away; ``max_inflight_messages`` sets how many
@@ -40,9 +49,10 @@ import logging
 import threading
 import time
 from collections import Counter as TallyCounter
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
@@ -52,19 +62,35 @@ from detectors.evidence_message import (
     EvidenceMessageRejected,
     parse_evidence,
 )
+from detectors.receipt_message import (
+    COMMITTED,
+    DEADLETTERED,
+    DUPLICATE,
+    Receipt,
+    ReceiptEntry,
+    encode_receipt,
+)
 from detectors.schema import Detection, DetectionRejected, parse_detection
-from edge.publisher import parse_source_topic
-from gridwatch.embedded import STORE_UNAVAILABLE
+from detectors.topics import (
+    DETECTION,
+    EVIDENCE,
+    STATUS,
+    deadletter_topic,
+    parse_source_topic,
+    parse_topic,
+    receipt_topic,
+    source_filter,
+    station_filter,
+)
+from gridwatch.embedded import EmbeddedPipeline
 from gridwatch.mqtt_link import ProcessLink, ThreadLink, Token
+from gridwatch.pipeline import STORE_UNAVAILABLE
 from ticketing.evidence import EvidenceRejected, EvidenceStore
-
-if TYPE_CHECKING:
-    from gridwatch.embedded import EmbeddedPipeline
 
 logger = logging.getLogger(__name__)
 
-DETECTION_FILTER = "gridwatch/v1/+/+/detection"
-DEADLETTER_TOPIC = "gridwatch/v1/deadletter"
+DETECTION_FILTER = source_filter("gridwatch/v1", DETECTION)
+DEADLETTER_TOPIC = deadletter_topic("gridwatch/v1")
 TOPIC_MISMATCH = "topic_mismatch"
 
 
@@ -109,6 +135,10 @@ class _IngestCollector:
              "Reconnects made so the broker re-sends a batch the pipeline could not take"),
             ("gridwatch_ingest_mqtt_process_restarts", "mqtt_process_restarts",
              "Times the ingest's MQTT process died and was started again"),
+            ("gridwatch_ingest_receipts_sent", "receipts_sent", "Receipt messages published "
+             "to stations (one per station per batch)"),
+            ("gridwatch_ingest_receipted", "receipted", "Event ids named in receipts "
+             "(committed, duplicate or dead-lettered)"),
         ):
             yield CounterMetricFamily(name, help_text, value=stats[key])
         dead = CounterMetricFamily("gridwatch_ingest_deadlettered", "Invalid messages sent to "
@@ -145,6 +175,18 @@ class _IngestCollector:
         yield evicted
         yield GaugeMetricFamily("gridwatch_evidence_bytes", "Bytes of evidence images held",
                                 value=kept["bytes"])
+
+
+def _event_id_in(payload: bytes | bytearray) -> str | None:
+    """The ``event_id`` a refused message names, if it is a JSON object that has one (the
+    first line: an evidence message's header)."""
+    line = bytes(payload).split(b"\n", 1)[0]
+    try:
+        body = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    event_id = body.get("event_id") if isinstance(body, dict) else None
+    return event_id if isinstance(event_id, str) and 0 < len(event_id) <= 128 else None
 
 
 def deadletter_message(*, topic: str, payload: bytes | bytearray, code: str, reason: str,
@@ -184,18 +226,39 @@ class MqttIngest:
         isolate: bool = True,
         retry_after_s: float = 5.0,
         evidence: EvidenceStore | None = None,
+        receipts: bool = True,
+        share_group: str | None = None,
     ) -> None:
+        if share_group is not None and (not share_group or any(
+                c in share_group for c in "/+#")):
+            raise ValueError(f"share_group: expected a name without '/', '+' or '#', got "
+                             f"{share_group!r}")
         self.connection = connection
         self.pipeline = pipeline
         self.client_id = client_id
         self.prefix = topic_prefix
-        self.detection_filter = f"{topic_prefix}/+/+/detection"
-        self.status_filter = f"{topic_prefix}/+/status"
-        self.evidence_filter = f"{topic_prefix}/+/+/evidence"
+        # replicas on one shared subscription split the stations' messages between them;
+        # each still sees every status message (not shared)
+        shared = "" if share_group is None else f"$share/{share_group}/"
+        self.share_group = share_group
+        self.detection_filter = shared + source_filter(topic_prefix, DETECTION)
+        self.status_filter = station_filter(topic_prefix, STATUS)
+        self.evidence_filter = shared + source_filter(topic_prefix, EVIDENCE)
+        self.receipts = receipts
+        self._receipt_lock = threading.Lock()  # one flush at a time
+        # (station, channel, event id, outcome or its cell, dead-letter code), appended by
+        # any thread without a lock (the hot path: one append per detection)
+        self._settled: deque[tuple[str, str, str, list[str] | str, str | None]] = deque()
+        self._receipts_sent = 0
+        self._receipted = 0
+        if receipts and isinstance(pipeline, EmbeddedPipeline):
+            # one receipt per station per committed batch; a pipeline that settles within
+            # submit_many (a stand-in) is flushed by on_link_messages
+            pipeline.batch_listeners.append(self._flush_receipts)
         self.evidence = evidence
         self._evidence_received = 0
         self._evidence_rejected: TallyCounter[str] = TallyCounter()
-        self.deadletter_topic = f"{topic_prefix}/deadletter"
+        self.deadletter_topic = deadletter_topic(topic_prefix)
         self.metrics = metrics or IngestMetrics()
         self.metrics.bind(self)
         # plain ints, each written by one thread only (the hot path takes no lock)
@@ -222,6 +285,8 @@ class MqttIngest:
                                "deadlettered": sum(self._deadlettered.values()),
                                "reconnects_for_redelivery": self._reconnects,
                                "mqtt_process_restarts": self._process_restarts(),
+                               "receipts_sent": self._receipts_sent,
+                               "receipted": self._receipted,
                                "evidence_received": self._evidence_received,
                                "evidence_rejected_by_code": dict(sorted(
                                    self._evidence_rejected.items()))}
@@ -275,19 +340,20 @@ class MqttIngest:
                 self._submit(valid)
             except Exception:
                 logger.exception("ingest: failed on a batch of %d detections", len(valid))
+        self._flush_receipts()
 
     def _check(self, topic: str, payload: bytes | bytearray,
                token: Token) -> Detection | None:
         """The valid detection, or ``None`` for a status message or a dead letter."""
         link = self._link
         assert link is not None
-        parts = topic.split("/")
-        if topic.endswith("/status"):
-            station = parts[-2] if len(parts) >= 2 else "?"
-            self.metrics.station_online.labels(station).set(1 if payload == b"online" else 0)
+        parsed = parse_topic(self.prefix, topic)
+        if parsed is not None and parsed.channel == STATUS:
+            self.metrics.station_online.labels(parsed.station_id).set(
+                1 if payload == b"online" else 0)
             link.ack(token)
             return None
-        if topic.endswith("/evidence"):
+        if parsed is not None and parsed.channel == EVIDENCE:
             self._store_evidence(topic, payload, token)
             return None
         self._received += 1
@@ -296,12 +362,17 @@ class MqttIngest:
         except DetectionRejected as exc:
             self._deadletter(topic, payload, token, exc.code.value, exc.reason)
             return None
-        station, source = parts[-3], parts[-2]
+        if parsed is None or parsed.channel != DETECTION:  # not a subscription of ours
+            self._deadletter(topic, payload, token, TOPIC_MISMATCH,
+                             f"expected {self.detection_filter}, got {topic}",
+                             event_id=detection.event_id)
+            return None
+        station, source = parsed.station_id, parsed.source_id
         if detection.station_id != station or detection.source_id != source:
             self._deadletter(topic, payload, token, TOPIC_MISMATCH,
                              f"topic names station {station!r} source {source!r} but the "
                              f"detection says station {detection.station_id!r} source "
-                             f"{detection.source_id!r}")
+                             f"{detection.source_id!r}", event_id=detection.event_id)
             return None
         return detection
 
@@ -309,24 +380,36 @@ class MqttIngest:
         link = self._link
         assert link is not None
         ack = link.ack
+        receipt = self._receipt if self.receipts else None
+        # a repeat's callback runs once the first copy is safe; its receipt says duplicate
+        outcomes: list[list[str]] = [[COMMITTED] for _ in valid]
 
-        def on_committed(token: Token) -> Callable[[], None]:
+        def on_committed(detection: Detection, token: Token,
+                         outcome: list[str]) -> Callable[[], None]:
             def committed() -> None:
                 ack(token)
                 self._committed += 1  # only the pipeline's worker (or this thread) runs this
+                if receipt is not None:
+                    receipt(detection.station_id, "detection", detection.event_id, outcome)
             return committed
 
-        def on_refused(topic: str, payload: bytes | bytearray,
-                       token: Token) -> Callable[[str, str], None]:
+        def on_refused(topic: str, payload: bytes | bytearray, token: Token,
+                       event_id: str) -> Callable[[str, str], None]:
             def refused(code: str, reason: str) -> None:
                 # the store refused it for good (the rest of its batch is committed):
                 # dead-lettered with the store's reason, then acknowledged
-                self._deadletter(topic, payload, token, code, reason)
+                self._deadletter(topic, payload, token, code, reason, event_id=event_id)
             return refused
 
         results = self.pipeline.submit_many(
-            [(d, on_committed(token), self._redeliver_later, on_refused(topic, payload, token))
-             for d, topic, payload, token in valid])
+            [(d, on_committed(d, token, outcome), self._redeliver_later,
+              on_refused(topic, payload, token, d.event_id))
+             for (d, topic, payload, token), outcome in zip(valid, outcomes, strict=True)])
+        for outcome, result in zip(outcomes, results, strict=True):
+            if result.duplicate:
+                # read when the receipt is flushed; a worker's flush that came first
+                # (the first copy committed meanwhile) says committed, also true
+                outcome[0] = DUPLICATE
         now = time.time()
         for (detection, topic, payload, token), result in zip(valid, results, strict=True):
             if result.duplicate:
@@ -336,7 +419,35 @@ class MqttIngest:
                 self.last_seen[(detection.station_id, detection.source_id)] = now
             else:  # refused by the pipeline itself: dead-letter with its reason
                 self._deadletter(topic, payload, token, result.code or "refused",
-                                 result.reason or "refused by the pipeline")
+                                 result.reason or "refused by the pipeline",
+                                 event_id=detection.event_id)
+
+    # -- receipts ---------------------------------------------------------------------------
+    def _receipt(self, station: str, channel: str, event_id: str, outcome: list[str] | str,
+                 code: str | None = None) -> None:
+        """Note an outcome for the station's next receipt (any thread); the outcome may
+        be a cell that :meth:`_submit` settles (committed or duplicate)."""
+        self._settled.append((station, channel, event_id, outcome, code))
+
+    def _flush_receipts(self) -> None:
+        """Publish one receipt per station for what was settled since the last flush (the
+        pipeline calls this after each batch; the receiving thread after each batch it
+        received)."""
+        settled, link = self._settled, self._link
+        if not settled or link is None:
+            return
+        by_station: dict[str, list[ReceiptEntry]] = {}
+        with self._receipt_lock:
+            for _ in range(len(settled)):
+                station, channel, event_id, outcome, code = settled.popleft()
+                by_station.setdefault(station, []).append(ReceiptEntry(
+                    channel, event_id, outcome if isinstance(outcome, str) else outcome[0],
+                    code))
+            for station, entries in by_station.items():
+                link.publish(receipt_topic(self.prefix, station),
+                             encode_receipt(Receipt(entries)), qos=1)
+                self._receipts_sent += 1
+                self._receipted += len(entries)
 
     def _store_evidence(self, topic: str, payload: bytes | bytearray, token: Token) -> None:
         """Check one evidence message, store it, then acknowledge it (see the module doc)."""
@@ -362,6 +473,8 @@ class MqttIngest:
             self._redeliver_later()
             return
         self._link.ack(token)
+        if self.receipts:  # stored, or a repeat of one stored (the first copy is kept)
+            self._receipt(station, "evidence", header.event_id, COMMITTED)
 
     def _reject_evidence(self, topic: str, payload: bytes | bytearray, token: Token,
                          code: str, reason: str) -> None:
@@ -371,10 +484,12 @@ class MqttIngest:
         head = payload[:end if end >= 0 else 256]
         self._deadletter(topic, head, token, f"evidence_{code}", reason,
                          extra={"payload_bytes": len(payload), "payload_truncated":
-                                len(head) < len(payload)})
+                                len(head) < len(payload)},
+                         event_id=_event_id_in(head), channel=EVIDENCE)
 
     def _deadletter(self, topic: str, payload: bytes | bytearray, token: Token, code: str,
-                    reason: str, extra: dict[str, Any] | None = None) -> None:
+                    reason: str, extra: dict[str, Any] | None = None, *,
+                    event_id: str | None = None, channel: str = DETECTION) -> None:
         record = deadletter_message(topic=topic, payload=payload, code=code, reason=reason,
                                     received_at=datetime.now(UTC), extra=extra)
         assert self._link is not None
@@ -382,6 +497,15 @@ class MqttIngest:
         self._link.ack(token)
         self._deadlettered[code] += 1
         logger.info("ingest: dead-lettered a message from %s: %s: %s", topic, code, reason)
+        if not self.receipts:
+            return
+        # receipted to the station of the topic (the broker's ACL vouches for it), under
+        # the event id the payload names, if it names one: an edge re-sends it otherwise
+        parsed = parse_topic(self.prefix, topic)
+        if event_id is None:
+            event_id = _event_id_in(payload)
+        if parsed is not None and parsed.station_id is not None and event_id is not None:
+            self._receipt(parsed.station_id, channel, event_id, DEADLETTERED, code)
 
     def _redeliver_later(self) -> None:
         """A batch failed to commit (store down, disk full): its messages stay

@@ -299,6 +299,17 @@ class ProcessLink:
             thread.join(5)
 
 
+def _settled(info: mqtt.MQTTMessageInfo) -> bool:
+    """Whether a publish needs no more waiting for: acknowledged, or one paho will not
+    report on (a QoS 1 message queued while disconnected has ``rc`` NO_CONN, and paho's
+    ``is_published`` raises for it although it sends it after the reconnect; it raised in
+    the command thread, which then died and took every later acknowledgement with it)."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return True
+
+
 def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
                 filters: Filters) -> None:
     """The MQTT process: receive → pipe in batches; pipe → acknowledge / publish."""
@@ -355,7 +366,7 @@ def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
                     client.ack(command[1], command[2])
                 else:
                     published.append(client.publish(command[1], command[2], qos=command[3]))
-            while published and published[0].is_published():
+            while published and _settled(published[0]):
                 published.popleft()
 
     _connect(client, connection)

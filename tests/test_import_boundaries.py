@@ -118,6 +118,13 @@ HOMES = {
     "KindPolicy": "stream.policy",
     "PolicyBook": "stream.policy",
     "Workers": "edge.workers",
+    "detection_topic": "detectors.topics",
+    "evidence_topic": "detectors.topics",
+    "status_topic": "detectors.topics",
+    "receipt_topic": "detectors.topics",
+    "deadletter_topic": "detectors.topics",
+    "parse_topic": "detectors.topics",
+    "parse_source_topic": "detectors.topics",
     "wait_until": "tests.support.waiting",  # a test tool, not in a runtime package
 }
 

@@ -67,18 +67,29 @@ def _outbox_snapshot(path: str) -> dict[str, Any]:
     except sqlite3.OperationalError as exc:
         raise UserError(f"{path}: cannot open the outbox: {exc}") from None
     try:
-        depth, oldest = db.execute("SELECT COUNT(*), MIN(created_at) FROM outbox").fetchone()
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        # an outbox from before receipts (the agent upgrades it at its next start): all
+        # of its rows are pending
+        sent = "sent_at IS NOT NULL" if "sent_at" in columns else "0"
+        depth, awaiting, oldest, oldest_sent = db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM({sent}), 0), MIN(created_at), "
+            f"MIN(CASE WHEN {sent} THEN created_at END) FROM outbox").fetchone()
         counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
     except sqlite3.DatabaseError as exc:
         raise UserError(f"{path}: not an edge outbox: {exc}") from None
     finally:
         db.close()
-    return {"depth": int(depth),
-            "oldest_age_s": None if oldest is None else round(time.time() - oldest, 1),
-            "enqueued": int(counters.get("enqueued", 0)),
-            "published": int(counters.get("published", 0)),
-            "dropped": int(counters.get("dropped", 0)),
-            "evidence_dropped": int(counters.get("evidence_dropped", 0))}
+    now = time.time()
+    report: dict[str, Any] = {
+        "depth": int(depth), "pending": int(depth) - int(awaiting),
+        "awaiting_receipt": int(awaiting),
+        "oldest_age_s": None if oldest is None else round(now - oldest, 1),
+        "oldest_awaiting_receipt_age_s": (None if oldest_sent is None
+                                          else round(now - oldest_sent, 1))}
+    for name in ("enqueued", "published", "receipted", "receipts_unknown", "resent",
+                 "dropped", "dropped_unreceipted", "evidence_dropped"):
+        report[name] = int(counters.get(name, 0))
+    return report
 
 
 def _pid_alive(pid: object) -> bool:
@@ -137,8 +148,22 @@ def status(args: argparse.Namespace) -> int:
         print(f"  outbox: none yet at {config.outbox_path}")
     else:
         oldest = "" if ob["oldest_age_s"] is None else f", oldest {ob['oldest_age_s']}s"
-        print(f"  outbox: {ob['depth']} waiting{oldest}; enqueued {ob['enqueued']}, "
-              f"published {ob['published']}, dropped {ob['dropped']}")
+        print(f"  outbox: {ob['depth']} held{oldest}: {ob['pending']} pending (not yet "
+              f"acknowledged by the broker), {ob['awaiting_receipt']} awaiting the centre's "
+              f"receipt; enqueued {ob['enqueued']}, published {ob['published']}, receipted "
+              f"{ob['receipted']}, dropped {ob['dropped']}"
+              + (f" ({ob['dropped_unreceipted']} of them acknowledged by the broker, no "
+                 f"receipt)" if ob["dropped_unreceipted"] else ""))
+        if ob["dropped"] or ob["evidence_dropped"]:
+            print(f"  outbox: DROPPED {ob['dropped']} detection(s) and "
+                  f"{ob['evidence_dropped']} image(s) to the disk budget (outbox.max_bytes)")
+        rec = (agent or {}).get("receipts") or {}
+        if rec.get("enabled") and ob["awaiting_receipt"]:
+            last = rec.get("last_receipt_at")
+            when = "never" if last is None else f"{time.time() - last:.0f}s ago"
+            print(f"  receipts: last from the centre {when}; "
+                  f"{ob['awaiting_receipt']} awaiting, oldest "
+                  f"{ob['oldest_awaiting_receipt_age_s']}s; re-sent {ob['resent']} in all")
     if agent is not None:
         now = time.time()
         for source_id, seen in sorted(agent.get("sources", {}).items()):

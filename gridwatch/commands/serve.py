@@ -51,6 +51,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--client-id", default="gridwatch-centre-ingest",
                         help="MQTT client id of the persistent session (default: %(default)s)")
     parser.add_argument("--no-mqtt", action="store_true", help="API only, no MQTT ingest")
+    parser.add_argument("--mqtt-share-group", metavar="NAME",
+                        help="several replicas: subscribe as members of the shared "
+                             "subscription $share/NAME/... (each its own --client-id); the "
+                             "broker splits the stations' messages between them")
     parser.add_argument("--ingest-thread", action="store_true",
                         help="run the MQTT client in a thread of this process instead of a "
                              "child process of its own (slower: it shares a core with the "
@@ -187,8 +191,12 @@ def run(args: argparse.Namespace) -> int:
     metrics.registry.register(PipelineCollector(pipeline))  # type: ignore[arg-type]
     ingest = None
     if connection is not None:
-        ingest = MqttIngest(connection, pipeline, client_id=args.client_id, metrics=metrics,
-                            isolate=not args.ingest_thread, evidence=evidence)
+        try:
+            ingest = MqttIngest(connection, pipeline, client_id=args.client_id,
+                                metrics=metrics, isolate=not args.ingest_thread,
+                                evidence=evidence, share_group=args.mqtt_share_group)
+        except ValueError as exc:  # a share group name MQTT cannot carry
+            raise UserError(f"--mqtt-share-group: {exc}") from None
     try:
         app = create_app(store=store, settings=config.ticketing, policies=config.policies,
                          grid=grid, run_workers=True, evidence=evidence)

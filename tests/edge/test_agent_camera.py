@@ -98,7 +98,7 @@ def test_the_sample_video_gives_exactly_one_wrong_way_detection_over_mqtt(
             assert wait_until(lambda: cam.finished.is_set()
                               and cam.frames_processed == cam.frames_read == 80, 20), (
                 agent.status()["cameras"])
-            assert wait_until(lambda: agent.outbox.depth == 0 and len(uplink.snapshot()) >= 1,
+            assert wait_until(lambda: agent.outbox.pending == 0 and len(uplink.snapshot()) >= 1,
                               10)
             assert wait_until(lambda: agent.cameras["cam-dead"].open_failures >= 2, 10)
             time.sleep(0.3)  # anything else published would have arrived by now

@@ -135,7 +135,9 @@ def test_kill_9_and_restart_lose_nothing_that_entered_the_outbox(
         assert len(set(committed)) == len(committed) == 450
         assert wait_until(lambda: set(committed) <= received(), 60), (
             f"{len(set(committed) - received())} lost", agent.log.read_text()[-3000:])
-        assert wait_until(lambda: status(config)[1]["outbox"]["depth"] == 0, 20)
+        # a raw listener is no centre: no receipts, so the broker's PUBACK is as far as
+        # it goes (tests/faults/ run the real centre)
+        assert wait_until(lambda: status(config)[1]["outbox"]["pending"] == 0, 20)
         assert agent.terminate() == 0
     code, report = status(config)
     assert report["outbox"]["dropped"] == 0

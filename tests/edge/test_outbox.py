@@ -103,3 +103,95 @@ def test_an_outbox_from_before_evidence_is_upgraded(tmp_path: Path) -> None:
     box = Outbox(path)
     assert box.put_many([OutboxItem("t", evidence_key("e0"), b"img", evidence=True)]) == 1
     assert [r.event_id for r in box.fetch_after(0, limit=10)] == ["e0", "evidence:e0"]
+
+
+# -- receipts: pending -> sent (PUBACK) -> receipted (deleted) ----------------------------
+def sent(box: Outbox, seqs: list[int], *, now: float = 1000.0, timeout_s: float = 10.0,
+         timeout_max_s: float = 35.0) -> int:
+    return box.mark_sent(seqs, now=now, timeout_s=timeout_s, timeout_max_s=timeout_max_s)
+
+
+def test_a_puback_makes_a_row_sent_and_only_a_receipt_removes_it() -> None:
+    box = Outbox(":memory:")
+    fill(box, 4)
+    seqs = [r.seq for r in box.fetch_after(0, limit=10)]
+    assert sent(box, seqs[:3]) == 3
+    assert (box.depth, box.pending, box.awaiting_receipt) == (4, 1, 3)
+    assert [r.event_id for r in box.fetch_after(0, limit=10, pending_only=True)] == ["e3"]
+    assert box.receipt(["e0", "e1", "nobody's"]) == (2, 1)
+    assert (box.depth, box.pending, box.awaiting_receipt) == (2, 1, 1)
+    assert box.receipt(["e0"]) == (0, 1)  # a second receipt for the same id: ignored
+    c = box.counters()
+    assert (c["published"], c["receipted"], c["receipts_unknown"]) == (3, 2, 2)
+
+
+def test_a_receipt_that_overtakes_the_puback_still_removes_the_row() -> None:
+    box = Outbox(":memory:")
+    fill(box, 1)
+    [row] = box.fetch_after(0, limit=1)
+    assert box.receipt(["e0"]) == (1, 0)
+    assert sent(box, [row.seq]) == 0  # the late PUBACK finds nothing
+    assert (box.depth, box.awaiting_receipt, box.counters()["published"]) == (0, 0, 1)
+
+
+def test_an_unreceipted_row_falls_due_with_a_doubling_wait() -> None:
+    box = Outbox(":memory:")
+    fill(box, 2)
+    first, second = (r.seq for r in box.fetch_after(0, limit=2))
+    sent(box, [first, second], now=1000)
+    assert box.due(1009.9, limit=10) == []
+    assert box.next_due_at() == 1010
+    assert [r.event_id for r in box.due(1010, limit=10)] == ["e0", "e1"]
+    sent(box, [first], now=1010)  # sent again: next wait 20 s
+    assert [r.event_id for r in box.due(1029, limit=10)] == ["e1"]
+    sent(box, [first], now=1030)  # then 35 s (the cap), not 40
+    assert [(r.event_id, r.attempts) for r in box.due(1065, limit=10)] == [
+        ("e1", 1), ("e0", 3)]
+    assert box.postpone(2000) == 2  # the centre is back: both wait until 2000
+    assert box.due(1999, limit=10) == [] and len(box.due(2000, limit=10)) == 2
+    assert box.counters()["published"] == 2  # re-sends are not new PUBACKs
+
+
+def test_sent_state_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path)
+    fill(box, 3)
+    sent(box, [r.seq for r in box.fetch_after(0, limit=2)], now=500)
+    box.close()
+    again = Outbox(path)
+    assert (again.pending, again.awaiting_receipt) == (1, 2)
+    assert [r.event_id for r in again.due(510, limit=10)] == ["e0", "e1"]
+
+
+def test_budget_drops_of_unreceipted_rows_are_counted_as_such() -> None:
+    box = Outbox(":memory:", max_bytes=4 * (100 + ROW_OVERHEAD_BYTES))
+    fill(box, 4)
+    sent(box, [r.seq for r in box.fetch_after(0, limit=3)])  # e0..e2 acknowledged
+    fill(box, 2, start=4)  # pushes out e0, e1 (sent, no receipt)
+    fill(box, 2, start=6)  # pushes out e2 (sent) and e3 (pending)
+    c = box.counters()
+    assert (box.dropped, c["dropped"], c["dropped_unreceipted"]) == (4, 4, 3)
+    assert (box.pending, box.awaiting_receipt) == (4, 0)
+
+
+def test_an_outbox_from_before_receipts_is_upgraded_with_its_rows_pending(
+        tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL"
+        " UNIQUE, topic TEXT NOT NULL, payload BLOB NOT NULL, is_test INTEGER NOT NULL"
+        " DEFAULT 0, created_at REAL NOT NULL, evidence INTEGER NOT NULL DEFAULT 0);"
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+        "INSERT INTO counters VALUES ('published', 7);"
+        "INSERT INTO outbox (event_id, topic, payload, created_at) VALUES ('e0', 't', X'78', 0);"
+        "INSERT INTO outbox (event_id, topic, payload, created_at) VALUES ('e1', 't', X'78', 0);")
+    old.close()
+    box = Outbox(path)
+    assert (box.depth, box.pending, box.awaiting_receipt) == (2, 2, 0)
+    assert [r.event_id for r in box.fetch_after(0, limit=10, pending_only=True)] == ["e0", "e1"]
+    assert box.counters()["published"] == 7
+    box.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()

@@ -220,7 +220,8 @@ def test_hostname_mismatch_fails_unless_tls_insecure(
             tls=TlsSettings(enabled=True, ca_file=pki.ca_file, insecure=True)))
         relaxed.start()
         try:
-            assert wait_until(lambda: relaxed.outbox.depth == 0, 5), relaxed.status()
+            # no centre here: the broker's PUBACK is as far as it goes
+            assert wait_until(lambda: relaxed.outbox.pending == 0, 5), relaxed.status()
         finally:
             relaxed.stop()
 
@@ -237,7 +238,8 @@ def test_client_certificate_logs_in_where_the_broker_requires_one(
         agent.start()
         try:
             sink_detections(agent, station, 5)
-            assert wait_until(lambda: agent.outbox.depth == 0, 5), agent.status()
+            # no centre here: the broker's PUBACK is as far as it goes
+            assert wait_until(lambda: agent.outbox.pending == 0, 5), agent.status()
         finally:
             agent.stop()
 
@@ -314,3 +316,57 @@ def test_a_station_logged_in_under_another_name_keeps_its_detections(
             agent.stop()
             centre.close()
         assert centre.ingest.stats()["received"] == 0
+
+
+def test_the_documented_acl_lets_only_the_centre_write_receipts_and_each_station_read_its_own(
+        tmp_path: Path) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from detectors.topics import receipt_topic
+
+    users = {"st-a": "pa", "st-b": "pb", "centre": "pc"}
+    mine, theirs = receipt_topic("gridwatch/v1", "st-a"), receipt_topic("gridwatch/v1", "st-b")
+
+    def client(user: str) -> tuple[mqtt.Client, list[tuple[str, bytes]], list[object]]:
+        got: list[tuple[str, bytes]] = []
+        codes: list[object] = []
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique(user))
+        c.username_pw_set(user, users[user])
+        c.on_message = lambda cl, u, m: got.append((m.topic, m.payload))
+        c.on_subscribe = lambda cl, u, mid, reason_codes, p: codes.extend(reason_codes)
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        assert wait_until(c.is_connected, 10)
+        return c, got, codes
+
+    with MosquittoProcess(tmp_path / "acl-broker", users=users, acl_file=ACL) as broker:
+        station, got, codes = client("st-a")
+        centre, _, _ = client("centre")
+        other, _, _ = client("st-b")
+        try:
+            station.subscribe(mine, qos=1)
+            # another station's receipts: Mosquitto 2.0 grants the subscription and then
+            # withholds every message the ACL does not let this user read
+            station.subscribe(theirs, qos=1)
+            assert wait_until(lambda: len(codes) == 2, 10)
+            centre.publish(theirs, b"for-b", qos=1).wait_for_publish(10)
+            centre.publish(mine, b"for-a", qos=1).wait_for_publish(10)
+            assert wait_until(lambda: (mine, b"for-a") in got, 10), got
+            # a forged receipt from another station, and the station's own: both denied
+            # (Mosquitto drops the publish and the connection)
+            other.publish(mine, b"forged-by-b", qos=1)
+            assert wait_until(lambda: not other.is_connected(), 10)
+            station.publish(mine, b"forged-by-a", qos=1)
+            assert wait_until(lambda: not station.is_connected(), 10)
+            station.loop_stop()
+            station, got2, codes2 = client("st-a")
+            station.subscribe(mine, qos=1)
+            assert wait_until(lambda: len(codes2) == 1, 10)
+            centre.publish(mine, b"later", qos=1).wait_for_publish(10)
+            assert wait_until(lambda: (mine, b"later") in got2, 10), got2
+            assert got == [(mine, b"for-a")] and got2 == [(mine, b"later")]
+        finally:
+            for c in (station, centre, other):
+                c.loop_stop()
+                c.disconnect()

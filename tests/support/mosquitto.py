@@ -62,6 +62,9 @@ class MosquittoProcess:
             file made by ``mosquitto_passwd``, on every listener.
         acl_file: a Mosquitto ACL file (``configs/mosquitto.acl``), applied to every
             listener.
+        persistence: keep sessions and queued messages in a file across restarts.
+        autosave_interval: seconds between saves of that file (``None``: Mosquitto's
+            default, 1800 s, as a stock broker runs: a SIGKILL loses what came since).
     """
 
     def __init__(self, workdir: Path, *, port: int | None = None,
@@ -69,7 +72,8 @@ class MosquittoProcess:
                  keyfile: Path | None = None, cafile: Path | None = None,
                  tls_port: int | None = None, require_certificate: bool = False,
                  users: Mapping[str, str] | None = None,
-                 acl_file: Path | None = None) -> None:
+                 acl_file: Path | None = None, persistence: bool = True,
+                 autosave_interval: int | None = 1) -> None:
         binary = MOSQUITTO if Path(MOSQUITTO).exists() else shutil.which("mosquitto")
         if binary is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
@@ -103,10 +107,10 @@ class MosquittoProcess:
             # "mosquitto" user, which cannot write its persistence file here
             f"user {getpass.getuser()}\n"
             f"{access}"
-            "persistence true\n"
+            f"persistence {'true' if persistence else 'false'}\n"
             f"persistence_location {self.workdir / 'data'}/\n"
-            "autosave_interval 1\n"
-            "max_queued_messages 0\n"
+            + ("" if autosave_interval is None else f"autosave_interval {autosave_interval}\n")
+            + "max_queued_messages 0\n"
             "max_queued_bytes 0\n"
             f"max_inflight_messages {max_inflight_messages}\n"
             f"log_dest file {self.log_path}\n"

@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from detectors.evidence_message import encode_evidence
-from edge.publisher import evidence_topic
+from detectors.topics import evidence_topic
 from gridwatch.config import load_config
 from tests.support.mosquitto import MosquittoProcess, free_port
 from tests.support.waiting import wait_until
