@@ -322,13 +322,3 @@ class Publisher:
         self.resent += len(sent)
         self.metrics.resent.inc(len(sent))
         self.metrics.inflight.set(len(self._inflight))
-
-
-def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:
-    """Poll ``predicate`` until true or ``timeout_s`` passes (tests and benchmarks)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
