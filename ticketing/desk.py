@@ -156,7 +156,9 @@ class TicketDesk:
         else:
             self.stats.updated += 1
             ticket.version += 1
-        ticket.event_ids.extend(event.new_event_ids)
+        # never an id the ticket holds: another centre replica may have committed the same
+        # re-sent detection first (a duplicate would make the store's id count overrun)
+        _add_new(ticket.event_ids, list(event.new_event_ids))
         ticket.detection_count = ticket.detection_count + 1
         if event.confidence > ticket.max_confidence:
             ticket.max_confidence = event.confidence

@@ -154,3 +154,24 @@ def test_the_desk_and_a_report_make_the_same_ticket_for_the_same_work() -> None:
     assert {k: v for k, v in desk_public.items() if k not in differ} == {
         k: v for k, v in report_public.items() if k not in differ}
     store.close()
+
+
+def test_an_id_a_ticket_already_holds_is_not_added_twice_and_later_ids_are_kept(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two centre replicas on one store: replica B's stream has not seen e0 (replica A
+    committed it; the edge re-sent it to B). B's fresh incident joins A's open ticket with
+    e0 again; the ticket must hold e0 once, and the ids after it must survive a re-read
+    (a duplicate made the stored id count overrun, and the next id was dropped)."""
+    from ticketing.store import open_store
+
+    store = open_store(str(tmp_path / "tickets.sqlite3"))
+    replica_a, replica_b = _desk(store), _desk(store)
+    replica_a.apply(_event(0, source="s1"))
+    from dataclasses import replace
+
+    first = _event(0, source="s1")
+    resent = replace(first, incident=replace(first.incident, incident_id="inc-b"))
+    replica_b.apply(resent)
+    replica_b.apply(_event(1, source="s1"))
+    (ticket,) = open_store(str(tmp_path / "tickets.sqlite3")).all()
+    assert ticket.event_ids == ["e0", "e1"]
