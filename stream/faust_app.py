@@ -101,6 +101,9 @@ class ScaleoutSettings(BaseModel):
     tick_s: float = Field(1.0, gt=0)  # how often ingest announces its partitions' marks
     batch_max: int = Field(2000, ge=1)  # by-cell records per batch write
     batch_within_s: float = Field(0.2, gt=0)
+    # deadline clocks start at event time and no clock_skew check: re-processing history
+    # (and tests); tickets then equal replay's field for field
+    event_clock: bool = False
     # consumer-group timeouts (faust's broker_session_timeout etc.); tests shorten them
     session_timeout_s: float = Field(30.0, gt=0)
     heartbeat_s: float = Field(3.0, gt=0)
@@ -139,6 +142,7 @@ class ScaleoutSettings(BaseModel):
         "session_timeout_s": "GRIDWATCH_KAFKA_SESSION_TIMEOUT_S",
         "heartbeat_s": "GRIDWATCH_KAFKA_HEARTBEAT_S",
         "rebalance_timeout_s": "GRIDWATCH_KAFKA_REBALANCE_TIMEOUT_S",
+        "event_clock": "GRIDWATCH_KAFKA_EVENT_CLOCK",
         "replication_factor": "GRIDWATCH_KAFKA_REPLICATION",
         "grid": "GRIDWATCH_GRID",
         "config": "GRIDWATCH_CONFIG",
@@ -741,6 +745,7 @@ class Scaleout:
             self._cells)
         self.app.timer(settings.tick_s, name="gridwatch.marks")(self._announce)
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
 
     def _raw_topic(self, name: str, *, partitions: int | None = None) -> Any:
@@ -767,6 +772,12 @@ class Scaleout:
             log.info("partitions %s of %s revoked; dropping their state", partitions,
                      TOPIC_BY_CELL)
             self.worker.revoke(partitions)
+
+    async def _on_assigned(self, _sender: Any, *args: Any, **_: Any) -> None:
+        assigned = args[0] if args else set()
+        for topic in (TOPIC_DETECTIONS, TOPIC_BY_CELL):
+            log.info("assigned %s partitions %s", topic,
+                     sorted(tp.partition for tp in assigned if tp.topic == topic))
 
     async def _on_shutdown(self, _sender: Any, **_: Any) -> None:
         # after the consumer stopped, before the producer's last flush

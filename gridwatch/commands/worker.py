@@ -161,7 +161,8 @@ def build_scaleout(settings: ScaleoutSettings, *,
     config = load_gridwatch_config(settings.config)
     store = open_store(resolved_store_url(settings, config, environ),
                        schema=settings.store_schema)
-    return scaleout_for(settings, config, grid, store)
+    return scaleout_for(settings, config, grid, store,
+                        received=None if settings.event_clock else utc_now)
 
 
 _built: Scaleout | None = None
