@@ -185,3 +185,74 @@ def _last_assignment(log: Path) -> list[int]:
             if marker in row:
                 last = json.loads(row.split(marker, 1)[1].strip())
     return last
+
+
+def test_edge_to_tickets_through_mosquitto_the_bridge_and_two_workers(
+        tansu: TansuProcess, pg_schema: tuple[str, str], tmp_path: Path) -> None:
+    """edge (MQTT QoS 1) → a private Mosquitto → ``gridwatch bridge`` → Tansu → two
+    workers → PostgreSQL: the incident tickets replay gives for the same detections."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from tests.support.mosquitto import MosquittoProcess
+
+    url, schema = pg_schema
+    config = load_config()
+    config = config.model_copy(update={"stream": config.stream.model_copy(
+        update={"lateness_s": 0})})
+    lines = [raw for raw in SAMPLE.read_bytes().splitlines() if raw.strip()]
+    valid = []
+    for raw in lines:
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("kind") in INCIDENT_KINDS | {"wrong_way_ebike"}:
+            valid.append((row, raw))
+    expected = {t.ticket_id: t.to_public()
+                for t in replay_lines([r for _, r in valid], _grid(), config).tickets
+                if t.kind in INCIDENT_KINDS}
+    assert len(expected) >= 5
+
+    app_id = f"gw-e2e-{schema}"
+    env = worker_env(tansu, app_id, url, schema)
+    asyncio.run(declare_topics(ScaleoutSettings(broker_url=tansu.url,
+                                                partitions=PARTITIONS,
+                                                input_partitions=INPUT_PARTITIONS)))
+    logs = [tmp_path / "a.log", tmp_path / "b.log", tmp_path / "bridge.log"]
+    with MosquittoProcess(tmp_path / "mosquitto") as broker:
+        bridge_out = logs[2].open("wb")
+        bridge = subprocess.Popen(
+            [sys.executable, "-m", "gridwatch.cli", "-v", "bridge", "--mqtt", broker.url,
+             "--broker", tansu.url, "--client-id", f"bridge-{schema}"],
+            env=env, cwd=ROOT, stdout=bridge_out, stderr=subprocess.STDOUT)
+        bridge_out.close()
+        workers = [start_worker(env, logs[0]), start_worker(env, logs[1])]
+        try:
+            wait_for(lambda: "bridging MQTT" in logs[2].read_text(errors="replace"),
+                     timeout_s=60, what="the bridge subscribing", logs=logs)
+            edge = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edge-test")
+            edge.connect("127.0.0.1", broker.port)
+            edge.loop_start()
+            infos = [edge.publish(f"gridwatch/v1/{row['station_id']}/{row['source_id']}"
+                                  f"/detection", raw, qos=1) for row, raw in valid]
+            for info in infos:
+                info.wait_for_publish(timeout=30)
+            edge.loop_stop()
+            edge.disconnect()
+            wait_for(lambda: set(incident_tickets(url, schema)) >= set(expected),
+                     timeout_s=120, what="every ticket replay gives", logs=logs)
+            time.sleep(3)
+            got = incident_tickets(url, schema)
+        finally:
+            for proc in (*workers, bridge):
+                proc.send_signal(signal.SIGTERM)
+            for proc in (*workers, bridge):
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    assert {k: v["event_ids"] for k, v in got.items()} == \
+        {k: v["event_ids"] for k, v in expected.items()}
+    assert "bridge stopped" in logs[2].read_text(errors="replace")
