@@ -729,6 +729,9 @@ class Scaleout:
             broker_rebalance_timeout=settings.rebalance_timeout_s,
             broker_commit_interval=1.0,
             consumer_auto_offset_reset="earliest",
+            # the cells stage holds acks of detections waiting in its reorder buffer; a
+            # rebalance must not wait for them (they are redelivered to the next owner)
+            stream_wait_empty=False,
         )
         self.detections_topic = self._raw_topic(TOPIC_DETECTIONS,
                                                 partitions=settings.input_partitions)

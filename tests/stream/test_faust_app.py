@@ -546,3 +546,60 @@ def test_the_live_worker_dead_letters_a_bad_clock(tmp_path: Path, offset, code) 
     unchecked = make_scaleout(SqliteTicketStore(tmp_path / "u.sqlite3"))
     old = asyncio.run(ingest(unchecked, [line(observed_at=(T0 + offset).isoformat())]))
     assert old[0]["code"] is None
+
+
+# -- event-time order across input partitions ------------------------------------------------
+
+def test_results_do_not_depend_on_which_input_partition_drains_first(tmp_path: Path) -> None:
+    """Ingest stamps each by-cell record with its input partition and that partition's
+    high mark; the cells stage releases a detection only when every input partition has
+    passed it. Two input partitions drained one after the other (the worst skew) give the
+    tickets of the same input in event-time order."""
+    from stream.faust_app import Watermarks
+
+    lines = incident_input()
+    expected_store = SqliteTicketStore(tmp_path / "expected.sqlite3")
+    run_through(expected_store, lines)
+
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    recorder = Recorder()
+    scaleout = make_scaleout(store, recorder)
+    settings = scaleout.settings.model_copy(update={"input_partitions": 2})
+    scaleout.settings = settings
+    scaleout.worker.sources = 2
+
+    async def ingest_two() -> None:
+        async with scaleout.ingest_agent.test_context() as agent:
+            for i, raw in enumerate(lines):  # round-robin keys: two input partitions
+                await agent.put(raw.encode(), key=f"rr{i}".encode(), partition=i % 2)
+            await scaleout.announce([0, 1])  # marks; the timer does this every tick_s
+
+    asyncio.run(ingest_two())
+    stamped = list(zip(recorder.records, recorder.headers, strict=True))
+    by_source = sorted((r for r in stamped if r[0][0] == TOPIC_BY_CELL),
+                       key=lambda r: r[1]["gw-source"])  # partition 0 first, then 1
+    assert {h["gw-source"] for _, h in by_source} == {b"0", b"1"}
+
+    async def cells_stamped() -> None:
+        async with scaleout.cell_agent.test_context() as agent:
+            for (_, key, value), headers in by_source:
+                assert key is not None
+                await agent.put(value, key=key, headers=headers,
+                                partition=partition_for(key.decode(), PARTITIONS))
+            # nothing is released before both partitions are heard of, so partition 1's
+            # early detections are not behind partition 0's late ones
+            assert scaleout.worker.held() > 0
+            for partition, headers in recorder.marks:
+                await agent.put(b"", key=None, headers={**headers, "gw-high": b"idle"},
+                                partition=partition)
+            assert scaleout.worker.held() == 0
+
+    asyncio.run(cells_stamped())
+    assert tickets(store) == tickets(expected_store)
+    marks = Watermarks(2)
+    marks.observe(0, 10.0)
+    assert marks.value() == float("-inf")  # partition 1 not heard of yet
+    marks.observe(1, 5.0)
+    assert marks.value() == 5.0
+    marks.observe(1, None)  # idle: no longer waited for
+    assert marks.value() == 10.0

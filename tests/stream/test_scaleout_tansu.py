@@ -256,3 +256,18 @@ def test_edge_to_tickets_through_mosquitto_the_bridge_and_two_workers(
     assert {k: v["event_ids"] for k, v in got.items()} == \
         {k: v["event_ids"] for k, v in expected.items()}
     assert "bridge stopped" in logs[2].read_text(errors="replace")
+
+
+def test_topics_are_declared_and_a_different_partition_count_stops_the_worker(
+        tansu: TansuProcess) -> None:
+    from stream.faust_app import TOPIC_BY_CELL, TopicMismatch
+
+    settings = ScaleoutSettings(broker_url=tansu.url, partitions=PARTITIONS,
+                                input_partitions=INPUT_PARTITIONS)
+    counts = asyncio.run(declare_topics(settings))
+    assert counts[TOPIC_BY_CELL] == PARTITIONS
+    assert counts[TOPIC_DETECTIONS] == INPUT_PARTITIONS
+    assert asyncio.run(declare_topics(settings)) == counts  # again: kept as they are
+    with pytest.raises(TopicMismatch, match=rf"{TOPIC_BY_CELL} exists with {PARTITIONS} "
+                                            r"partitions.*configured for 3.*--partitions"):
+        asyncio.run(declare_topics(settings.model_copy(update={"partitions": 3})))
