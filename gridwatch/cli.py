@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "edge",
     "report",
     "worker",
+    "bridge",
     "hotspots",
 )
 

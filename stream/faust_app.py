@@ -30,6 +30,8 @@ in through a :class:`TicketSink`, which ``gridwatch/commands/worker.py`` builds 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -61,6 +63,14 @@ TOPIC_BY_CELL = "gridwatch.detections.by_cell"
 TOPIC_DEADLETTER = "gridwatch.deadletter"
 
 STORE_RETRY_MAX_S = 30.0
+BROKER_RETRY_MAX_S = 30.0
+
+# headers ingest puts on every by-cell record and watermark marker: the input partition
+# it came from and that partition's event-time high mark (latest observed_at) so far
+HEADER_SOURCE = "gw-source"
+HEADER_HIGH = "gw-high"
+HEADER_MARK = "gw-mark"  # present on a watermark marker (no detection in the value)
+IDLE = b"idle"  # HEADER_HIGH of a marker from an input partition with nothing pending
 
 
 # -- configuration ------------------------------------------------------------------------
@@ -80,7 +90,25 @@ class ScaleoutSettings(BaseModel):
     app_id: str = Field("gridwatch-scaleout", min_length=1)
     broker_url: str = "kafka://localhost:9092"
     partitions: int = Field(8, ge=1, le=10_000)
+    input_partitions: int = Field(8, ge=1, le=10_000)
     replication_factor: int = Field(1, ge=1)
+    # the cells stage holds detections until every input partition has passed their
+    # event time by this much (0: only as long as the slowest input partition lags)
+    lateness_s: float = Field(0.0, ge=0)
+    # an input partition ingest has read nothing from for idle_s is announced idle: the
+    # cells stage stops waiting for it (until it delivers again)
+    idle_s: float = Field(5.0, gt=0)
+    tick_s: float = Field(1.0, gt=0)  # how often ingest announces its partitions' marks
+    metrics_s: float = Field(10.0, gt=0)  # how often the worker logs its metrics line
+    batch_max: int = Field(2000, ge=1)  # by-cell records per batch write
+    batch_within_s: float = Field(0.2, gt=0)
+    # deadline clocks start at event time and no clock_skew check: re-processing history
+    # (and tests); tickets then equal replay's field for field
+    event_clock: bool = False
+    # consumer-group timeouts (faust's broker_session_timeout etc.); tests shorten them
+    session_timeout_s: float = Field(30.0, gt=0)
+    heartbeat_s: float = Field(3.0, gt=0)
+    rebalance_timeout_s: float = Field(60.0, gt=0)
     grid: Path | None = None
     config: Path | None = None
     store_url: str | None = None
@@ -107,6 +135,16 @@ class ScaleoutSettings(BaseModel):
         "app_id": "GRIDWATCH_KAFKA_APP_ID",
         "broker_url": "GRIDWATCH_KAFKA_BROKER",
         "partitions": "GRIDWATCH_KAFKA_PARTITIONS",
+        "input_partitions": "GRIDWATCH_KAFKA_INPUT_PARTITIONS",
+        "lateness_s": "GRIDWATCH_KAFKA_LATENESS_S",
+        "idle_s": "GRIDWATCH_KAFKA_IDLE_S",
+        "tick_s": "GRIDWATCH_KAFKA_TICK_S",
+        "batch_max": "GRIDWATCH_KAFKA_BATCH_MAX",
+        "metrics_s": "GRIDWATCH_KAFKA_METRICS_S",
+        "session_timeout_s": "GRIDWATCH_KAFKA_SESSION_TIMEOUT_S",
+        "heartbeat_s": "GRIDWATCH_KAFKA_HEARTBEAT_S",
+        "rebalance_timeout_s": "GRIDWATCH_KAFKA_REBALANCE_TIMEOUT_S",
+        "event_clock": "GRIDWATCH_KAFKA_EVENT_CLOCK",
         "replication_factor": "GRIDWATCH_KAFKA_REPLICATION",
         "grid": "GRIDWATCH_GRID",
         "config": "GRIDWATCH_CONFIG",
@@ -236,6 +274,152 @@ def dead_letter(raw: bytes | str | None, *, code: str, reason: str, topic: str,
                       ensure_ascii=False, sort_keys=True).encode()
 
 
+# -- topics: declared at start ------------------------------------------------------------------
+
+class TopicMismatch(ValueError):
+    """A topic exists with another partition count than the settings ask for."""
+
+
+def wanted_topics(settings: ScaleoutSettings) -> dict[str, int]:
+    """Topic name → partition count the worker needs."""
+    return {TOPIC_DETECTIONS: settings.input_partitions,
+            TOPIC_BY_CELL: settings.partitions,
+            TOPIC_DEADLETTER: 1}
+
+
+def bootstrap_servers(broker_url: str) -> list[str]:
+    """``host:port`` of each ``kafka://host:port`` in a ``;``-separated broker URL."""
+    return [urlsplit(part.strip()).netloc for part in broker_url.split(";") if part.strip()]
+
+
+async def declare_topics(settings: ScaleoutSettings, *, timeout_s: float = 60.0
+                         ) -> dict[str, int]:
+    """Create the worker's topics with the configured partition counts (an existing topic
+    is kept) and check the counts; returns name → partitions.
+
+    Raises:
+        TopicMismatch: a topic exists with another partition count — the key → partition
+            mapping (murmur2 of the key modulo the count) would differ from the one the
+            settings promise, so the worker must not start.
+        TimeoutError: the broker did not answer within ``timeout_s`` (retried quietly,
+            with back-off, until then).
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError
+
+    wanted = wanted_topics(settings)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    delay = 0.5
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings.broker_url),
+                                    request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            # create first: describing a missing topic auto-creates it on some brokers
+            # (Tansu creates 4 partitions), which would defeat the check
+            response = await admin.create_topics([
+                NewTopic(name, count, settings.replication_factor)
+                for name, count in wanted.items()])
+            for name, code, message in (e[:3] for e in response.topic_errors):
+                if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS
+                    raise TopicMismatch(f"cannot create topic {name}: error {code} "
+                                        f"({message})")
+            described = await admin.describe_topics(list(wanted))
+            break
+        except (KafkaError, OSError) as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise TimeoutError(f"the Kafka broker {settings.broker_url} did not answer "
+                                   f"within {timeout_s:.0f} s: {exc!r}") from exc
+            log.warning("Kafka broker %s not answering (%s); retrying in %.1f s",
+                        settings.broker_url, type(exc).__name__, delay)
+        finally:
+            await admin.close()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, BROKER_RETRY_MAX_S)
+    actual = {d["topic"]: len(d["partitions"]) for d in described}
+    for name, count in wanted.items():
+        if actual.get(name) != count:
+            setting = {TOPIC_DETECTIONS: "input_partitions (--input-partitions, "
+                                         "$GRIDWATCH_KAFKA_INPUT_PARTITIONS)",
+                       TOPIC_BY_CELL: "partitions (--partitions, "
+                                      "$GRIDWATCH_KAFKA_PARTITIONS)"}.get(name, "-")
+            raise TopicMismatch(
+                f"topic {name} exists with {actual.get(name)} partitions, but the worker is "
+                f"configured for {count} ({setting}); set the setting to the topic's count "
+                f"or recreate the topic — never change a running system's count, cells "
+                f"would move between partitions")
+    return actual
+
+
+# -- event-time order across input partitions -------------------------------------------------
+
+class Watermarks:
+    """How far in event time each input partition has got, as one by-cell partition has
+    heard (from the headers ingest puts on records and markers).
+
+    The watermark is the minimum over the input partitions that are not idle: nothing
+    older can still arrive from a partition that has not announced itself idle, whichever
+    partition drains faster. Until every input partition has been heard of, it is
+    ``-inf`` (hold everything). Records without the headers (a producer writing to the
+    by-cell topic directly) advance a partition-local mark instead, used only while no
+    input partition has been heard of.
+    """
+
+    __slots__ = ("sources", "high", "idle", "direct")
+
+    def __init__(self, sources: int) -> None:
+        self.sources = sources
+        self.high: dict[int, float] = {}
+        self.idle: set[int] = set()
+        self.direct = float("-inf")
+
+    def observe(self, source: int, high: float | None) -> None:
+        """``high`` is the input partition's latest event time, ``None``: idle."""
+        if high is None:
+            self.idle.add(source)
+            return
+        self.idle.discard(source)
+        if high > self.high.get(source, float("-inf")):
+            self.high[source] = high
+
+    def observe_direct(self, ts: float) -> None:
+        if ts > self.direct:
+            self.direct = ts
+
+    def value(self) -> float:
+        if not self.high and not self.idle:
+            return self.direct
+        if len(self.idle | self.high.keys()) < self.sources:
+            return float("-inf")
+        active = [h for s, h in self.high.items() if s not in self.idle]
+        return min(active) if active else float("inf")
+
+
+def read_mark(headers: Mapping[str, Any] | None) -> tuple[int, float | None] | None:
+    """(input partition, high mark or ``None`` for idle) from a record's headers, or
+    ``None`` when it carries none. Raises ``ValueError`` on malformed headers."""
+    if not headers or HEADER_SOURCE not in headers:
+        return None
+    source = int(_text(headers[HEADER_SOURCE]))
+    high = headers.get(HEADER_HIGH)
+    if high is None or _text(high) == IDLE.decode():
+        return source, None
+    return source, float(_text(high))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(slots=True)
+class Held:
+    """A by-cell record waiting in the reorder buffer; ``token`` is acked on release."""
+
+    cell_id: str
+    detection: Detection
+    token: Any = None
+
+
 # -- the cell worker: stream core + desk for the partitions this worker owns ------------------
 
 class CellWorker:
@@ -254,8 +438,17 @@ class CellWorker:
 
     def __init__(self, *, stream: StreamSettings, policies: PolicyBook,
                  hotspot: HotspotSettings, grid: Grid, sink: TicketSink,
-                 state: StateSink | None = None, state_prefix: str = "worker") -> None:
+                 state: StateSink | None = None, state_prefix: str = "worker",
+                 lateness_s: float = 0.0, sources: int = 1) -> None:
         self.settings = live_stream_settings(stream)
+        self.lateness_s = lateness_s
+        self.sources = sources  # partitions of the input topic (watermark sources)
+        self._held: dict[int, list[tuple[float, int, Held]]] = {}
+        self._marks: dict[int, Watermarks] = {}
+        self._released_ts: dict[int, float] = {}
+        self._seq = itertools.count()
+        # per by-cell partition: processed, duplicates, late, dead_letters, held
+        self.partition_counts: dict[int, Counter[str]] = {}
         self.policies = policies
         self.hotspot = hotspot
         self.grid = grid
@@ -314,9 +507,16 @@ class CellWorker:
             self._due.discard(partition)
 
     def stream(self, partition: int, cell_id: str, detection: Detection) -> list[StreamOutput]:
-        """The stream stage for one detection of a cell on ``partition``."""
+        """The stream stage for one detection of a cell on ``partition``, now (no
+        reorder buffer: :meth:`hold` and :meth:`release` are the ordered path)."""
         with self._lock:
-            processor, ids, seeded = self._partition(partition)
+            self._seed(partition, [cell_id])
+            return self._push(partition, cell_id, detection)
+
+    def _seed(self, partition: int, cell_ids: Iterable[str]) -> None:
+        # may raise StoreUnavailable; what succeeded stays done, so a retry resumes
+        _, ids, seeded = self._partition(partition)
+        for cell_id in cell_ids:
             if cell_id not in seeded:
                 # the first time this processor sees the cell: remember what its tickets
                 # hold, so a redelivered detection is dropped before it re-opens an
@@ -324,15 +524,100 @@ class CellWorker:
                 for event_id, ts in self.sink.held_event_ids(cell_id):
                     ids.seen(event_id, ts)
                 seeded.add(cell_id)
-            if ids.seen(detection.event_id, detection.observed_at.timestamp()):
-                self.counts["duplicates"] += 1
+
+    def _push(self, partition: int, cell_id: str, detection: Detection) -> list[StreamOutput]:
+        processor, ids, _ = self._partition(partition)
+        counts = self.partition_counts.setdefault(partition, Counter())
+        if ids.seen(detection.event_id, detection.observed_at.timestamp()):
+            self.counts["duplicates"] += 1
+            counts["duplicates"] += 1
+            return []
+        self.counts["processed"] += 1
+        counts["processed"] += 1
+        hour_before = processor.hotspots.open_hour
+        late_before = processor.stats.late
+        outputs = processor.push(detection, cell_id)
+        if processor.stats.late != late_before:
+            self.counts["late"] += 1
+            counts["late"] += 1
+        if hour_before is not None and processor.hotspots.open_hour != hour_before:
+            self._due.add(partition)
+        return outputs
+
+    # -- the ordered path: hold in a reorder buffer, release by watermark ------------------
+
+    def mark(self, partition: int, source: int, high: float | None) -> None:
+        """Input partition ``source`` has got to event time ``high`` (``None``: idle)."""
+        with self._lock:
+            self._watermarks(partition).observe(source, high)
+
+    def _watermarks(self, partition: int) -> Watermarks:
+        marks = self._marks.get(partition)
+        if marks is None:
+            marks = self._marks[partition] = Watermarks(self.sources)
+        return marks
+
+    def hold(self, partition: int, cell_id: str, detection: Detection, token: Any = None,
+             *, direct: bool = False) -> None:
+        """Put a detection in ``partition``'s reorder buffer (``direct``: it carried no
+        watermark headers and advances the partition-local mark)."""
+        ts = detection.observed_at.timestamp()
+        with self._lock:
+            if direct:
+                self._watermarks(partition).observe_direct(ts)
+            heapq.heappush(self._held.setdefault(partition, []),
+                           (ts, next(self._seq), Held(cell_id, detection, token)))
+
+    def release(self, partition: int, *, everything: bool = False) -> list[Held]:
+        """Take the held detections the watermark has passed (minus ``lateness_s``), in
+        event-time order (ties in arrival order); ``everything``: all of them."""
+        with self._lock:
+            heap = self._held.get(partition)
+            if not heap:
                 return []
-            self.counts["processed"] += 1
-            hour_before = processor.hotspots.open_hour
-            outputs = processor.push(detection, cell_id)
-            if hour_before is not None and processor.hotspots.open_hour != hour_before:
-                self._due.add(partition)
+            until = (float("inf") if everything
+                     else self._watermarks(partition).value() - self.lateness_s)
+            out: list[Held] = []
+            while heap and heap[0][0] <= until:
+                ts, _, held = heapq.heappop(heap)
+                out.append(held)
+            return out
+
+    def process(self, partition: int, released: Sequence[Held]) -> list[StreamOutput]:
+        """The stream stage for released detections of ``partition``, in order. Seeding
+        reads the store first (may raise :class:`StoreUnavailable`: call again with the
+        same detections); processing itself does no I/O."""
+        with self._lock:
+            self._seed(partition, dict.fromkeys(h.cell_id for h in released))
+            outputs: list[StreamOutput] = []
+            for held in released:
+                outputs.extend(self._push(partition, held.cell_id, held.detection))
             return outputs
+
+    def held(self, partition: int | None = None) -> int:
+        """Detections waiting in the reorder buffer (of one partition, or all)."""
+        with self._lock:
+            if partition is not None:
+                return len(self._held.get(partition, ()))
+            return sum(map(len, self._held.values()))
+
+    def metrics(self) -> dict[int, dict[str, Any]]:
+        """Per owned by-cell partition: processed, duplicates, late, dead letters, held
+        (waiting for the watermark) and the watermark (event-time seconds)."""
+        with self._lock:
+            parts = sorted(set(self._processors) | set(self._held) | set(self._marks))
+            return {p: {"processed": self.partition_counts.get(p, Counter())["processed"],
+                        "duplicates": self.partition_counts.get(p, Counter())["duplicates"],
+                        "late": self.partition_counts.get(p, Counter())["late"],
+                        "dead_letters":
+                            self.partition_counts.get(p, Counter())["dead_letters"],
+                        "held": len(self._held.get(p, ())),
+                        "watermark": self._marks[p].value() if p in self._marks else None}
+                    for p in parts}
+
+    def count_dead_letter(self, partition: int) -> None:
+        with self._lock:
+            self.partition_counts.setdefault(partition, Counter())["dead_letters"] += 1
 
     def apply(self, outputs: Sequence[StreamOutput]) -> list[str]:
         """Apply outputs to tickets (the sink makes a repeat harmless), then checkpoint
@@ -347,8 +632,12 @@ class CellWorker:
     def flush(self) -> list[str]:
         """Close open hot-spot windows of every owned partition (the end of a finite
         input; a worker that stops and starts again uses :meth:`shutdown`)."""
+        outputs: list[StreamOutput] = []
+        for partition in sorted(self._held):
+            outputs.extend(self.process(partition, self.release(partition, everything=True)))
         with self._lock:
-            outputs = [o for p in sorted(self._processors) for o in self._processors[p].flush()]
+            outputs += [o for p in sorted(self._processors)
+                        for o in self._processors[p].flush()]
         return self.apply(outputs)
 
     def shutdown(self) -> list[str]:
@@ -377,6 +666,10 @@ class CellWorker:
                 self._processors.pop(partition, None)
                 self._ids.pop(partition, None)
                 self._seeded.pop(partition, None)
+                # held detections were never acked: the next owner gets them again
+                self._held.pop(partition, None)
+                self._marks.pop(partition, None)
+                self.partition_counts.pop(partition, None)
 
     @property
     def partitions(self) -> list[int]:
@@ -385,7 +678,16 @@ class CellWorker:
 
 # -- the faust app ------------------------------------------------------------------------------
 
-Sender = Callable[[str, bytes | None, bytes], Awaitable[None]]
+class Sender(Protocol):
+    """``await sender(topic, key, value, partition=None, headers=None)`` publishes one
+    record (the faust topics in production; a recorder in tests)."""
+
+    def __call__(self, topic: str, key: bytes | None, value: bytes, *,
+                 partition: int | None = None,
+                 headers: Mapping[str, bytes] | None = None) -> Awaitable[None]:
+        ...
+
+
 _T = TypeVar("_T")
 
 
@@ -393,11 +695,11 @@ class Scaleout:
     """The faust app, its topics and its two agents, over one :class:`CellWorker`.
 
     Args:
-        settings: broker, partitions, web port.
+        settings: broker, partitions, web port, batching, group timeouts.
         grid: the cell grid (ingest looks cells up in it).
         worker: the stream state and the ticket sink.
-        sender: ``await sender(topic, key, value)`` publishes one record; defaults to the
-            faust topics. Tests pass a recorder, since faust has no in-memory broker.
+        sender: publishes one record (:class:`Sender`); defaults to the faust topics.
+            Tests pass a recorder, since faust has no in-memory broker.
     """
 
     retry_delay_s = 0.5  # first wait when the store is unavailable; doubles to 30 s
@@ -418,21 +720,38 @@ class Scaleout:
             autodiscover=False,
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
+            topic_allow_declare=False,  # declare_topics() creates and checks them
             processing_guarantee="at_least_once",
             web_enabled=settings.web_port is not None,
             web_port=settings.web_port or 6066,
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=settings.heartbeat_s,
+            broker_rebalance_timeout=settings.rebalance_timeout_s,
+            broker_commit_interval=1.0,
+            consumer_auto_offset_reset="earliest",
+            # the cells stage holds acks of detections waiting in its reorder buffer; a
+            # rebalance must not wait for them (they are redelivered to the next owner)
+            stream_wait_empty=False,
         )
-        self.detections_topic = self._raw_topic(TOPIC_DETECTIONS)
+        self.detections_topic = self._raw_topic(TOPIC_DETECTIONS,
+                                                partitions=settings.input_partitions)
         self.by_cell_topic = self._raw_topic(TOPIC_BY_CELL, partitions=settings.partitions)
-        self.deadletter_topic = self._raw_topic(TOPIC_DEADLETTER)
+        self.deadletter_topic = self._raw_topic(TOPIC_DEADLETTER, partitions=1)
         self._topics = {t.get_topic_name(): t for t in
                         (self.detections_topic, self.by_cell_topic, self.deadletter_topic)}
         self.send: Sender = sender or self._send_to_kafka
+        # ingest's view of the input partitions it owns: event-time high mark, when it
+        # last read from each (monotonic), to announce marks and idleness downstream
+        self._high: dict[int, float] = {}
+        self._last_read: dict[int, float] = {}
         self.ingest_agent = self.app.agent(self.detections_topic, name="gridwatch.ingest")(
             self._ingest)
         self.cell_agent = self.app.agent(self.by_cell_topic, name="gridwatch.cells")(
             self._cells)
+        self.app.timer(settings.tick_s, name="gridwatch.marks")(self._announce)
+        self.app.timer(settings.metrics_s, name="gridwatch.metrics")(self._log_metrics)
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
 
     def _raw_topic(self, name: str, *, partitions: int | None = None) -> Any:
@@ -440,73 +759,189 @@ class Scaleout:
         return self.app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
                               value_serializer="raw", partitions=partitions)
 
-    async def _send_to_kafka(self, topic: str, key: bytes | None, value: bytes) -> None:
+    async def _send_to_kafka(self, topic: str, key: bytes | None, value: bytes, *,
+                             partition: int | None = None,
+                             headers: Mapping[str, bytes] | None = None) -> None:
         # buffered by the producer; faust flushes it before committing offsets
-        await self._topics[topic].send(key=key, value=value)
+        await self._topics[topic].send(key=key, value=value, partition=partition,
+                                       headers=dict(headers) if headers else None)
 
     async def _on_revoked(self, _sender: Any, *args: Any, signal: Any = None,
                           **_: Any) -> None:
         revoked = args[0] if args else set()
         partitions = [tp.partition for tp in revoked if tp.topic == TOPIC_BY_CELL]
+        for tp in revoked:
+            if tp.topic == TOPIC_DETECTIONS:
+                self._high.pop(tp.partition, None)
+                self._last_read.pop(tp.partition, None)
         if partitions:
             log.info("partitions %s of %s revoked; dropping their state", partitions,
                      TOPIC_BY_CELL)
             self.worker.revoke(partitions)
 
+    async def _on_assigned(self, _sender: Any, *args: Any, **_: Any) -> None:
+        assigned = args[0] if args else set()
+        for topic in (TOPIC_DETECTIONS, TOPIC_BY_CELL):
+            log.info("assigned %s partitions %s", topic,
+                     sorted(tp.partition for tp in assigned if tp.topic == topic))
+
     async def _on_shutdown(self, _sender: Any, **_: Any) -> None:
         # after the consumer stopped, before the producer's last flush
         try:
-            tickets = await asyncio.to_thread(self.worker.shutdown)
+            tickets = await asyncio.wait_for(asyncio.to_thread(self.worker.shutdown), 5.0)
             log.info("shutdown flush: partitions %s checkpointed, %d tickets written",
                      self.worker.partitions, len(tickets))
-        except StoreUnavailable as exc:
-            log.error("shutdown flush failed, the ticket store is unavailable (%s); the "
-                      "next start restores the last hourly checkpoints", exc)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.error("shutdown flush failed (%s); the next start restores the last "
+                      "hourly checkpoints", exc or "timed out")
 
     async def _dead_letter(self, event: Any, code: str, reason: str) -> None:
         message = event.message
         self.counts[f"rejected:{code}"] += 1
+        if message.topic == TOPIC_BY_CELL:
+            self.worker.count_dead_letter(message.partition)
         log.info("dead letter from %s[%s]@%s: %s", message.topic, message.partition,
                  message.offset, reason)
         await self.send(TOPIC_DEADLETTER, event.key, dead_letter(
             event.value, code=code, reason=reason, topic=message.topic,
             partition=message.partition, offset=message.offset))
 
+    # -- ingest -------------------------------------------------------------------------
+
+    def _mark_headers(self, source: int) -> dict[str, bytes]:
+        high = self._high.get(source)
+        return {HEADER_SOURCE: str(source).encode(),
+                HEADER_HIGH: IDLE if high is None else repr(high).encode()}
+
     async def _ingest(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
         async for event in stream.events():
+            source = event.message.partition
+            self._last_read[source] = asyncio.get_running_loop().time()
             clock = self.skew_clock
             routed = route(event.value, self.grid, limits=self.worker.settings,
                            now=None if clock is None else clock())
             self.counts[routed.outcome] += 1
+            if routed.detection is not None and routed.code is None:
+                # every valid detection moves its partition's event time on, forwarded
+                # or not (out of area): the cells stage waits for no partition longer
+                # than it must
+                ts = routed.detection.observed_at.timestamp()
+                if ts > self._high.get(source, float("-inf")):
+                    self._high[source] = ts
             if routed.code is not None:
                 await self._dead_letter(event, routed.code, routed.reason or "")
             elif routed.cell_id is not None:
                 # the cell id is the record key: Kafka's key partitioner keeps a cell on
                 # one partition, so one worker holds all of its state
                 await self.send(TOPIC_BY_CELL, routed.cell_id.encode(),
-                                event.value.strip())
+                                event.value.strip(), headers=self._mark_headers(source))
             yield {"outcome": routed.outcome, "cell_id": routed.cell_id,
                    "code": routed.code, "reason": routed.reason}
 
+    def owned_input_partitions(self) -> list[int]:
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - no consumer yet (starting, stopping)
+            return []
+        return sorted(tp.partition for tp in assignment if tp.topic == TOPIC_DETECTIONS)
+
+    async def _announce(self) -> None:
+        """Tell every by-cell partition how far each owned input partition has got (or
+        that it is idle), so a partition without records still moves the watermark."""
+        await self.announce(self.owned_input_partitions())
+
+    async def announce(self, sources: Iterable[int]) -> None:
+        now = asyncio.get_running_loop().time()
+        for source in sources:
+            last = self._last_read.setdefault(source, now)
+            headers = self._mark_headers(source)
+            if now - last >= self.settings.idle_s:
+                headers[HEADER_HIGH] = IDLE
+            headers[HEADER_MARK] = b"1"
+            for partition in range(self.settings.partitions):
+                await self.send(TOPIC_BY_CELL, None, b"", partition=partition,
+                                headers=headers)
+
+    def metrics(self) -> dict[str, Any]:
+        """What the worker has done: ingest outcomes, and per owned by-cell partition
+        processed, duplicates, late, dead letters, held (waiting for the watermark), the
+        watermark, and lag (records not yet read; ``None`` when unknown)."""
+        parts = self.worker.metrics()
+        for partition, row in parts.items():
+            row["lag"] = self._lag(partition)
+        return {"ingest": dict(sorted(self.counts.items())),
+                "partitions": {str(p): row for p, row in parts.items()}}
+
+    def _lag(self, partition: int) -> int | None:
+        from faust.types import TP
+
+        try:
+            tp = TP(TOPIC_BY_CELL, partition)
+            consumer = self.app.consumer
+            high = consumer.highwater(tp)
+            read = getattr(consumer, "_read_offset", {}).get(tp)  # faust internals: no API
+            # (Tansu's high water can under-report batched records: read it as a hint)
+            return None if high is None or read is None else max(0, high - read - 1)
+        except Exception:  # noqa: BLE001 - no consumer (tests, shutdown): unknown
+            return None
+
+    async def _log_metrics(self) -> None:
+        log.info("metrics %s", json.dumps(self.metrics(), sort_keys=True))
+
+    # -- cells ----------------------------------------------------------------------------
+
     async def _cells(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
-        async for event in stream.events():
-            cell_id = event.key.decode() if isinstance(event.key, bytes) else event.key
-            if not cell_id or cell_id not in self.grid:
-                await self._dead_letter(event, "unknown_cell",
-                                        f"record key {cell_id!r} is not a cell of the grid")
-                yield {"outcome": "rejected", "code": "unknown_cell"}
-                continue
-            try:
-                detection = parse_detection(event.value)
-            except DetectionRejected as exc:
-                await self._dead_letter(event, exc.code.value, exc.reason)
-                yield {"outcome": "rejected", "code": exc.code.value}
-                continue
-            partition = event.message.partition
-            outputs = await self._until_stored(self.worker.stream, partition, cell_id,
-                                               detection)
-            tickets = await self._until_stored(self.worker.apply, outputs)
-            yield {"outcome": "processed", "cell_id": cell_id, "tickets": tickets}
+        worker = self.worker
+        async for events in stream.take_events(self.settings.batch_max,
+                                               self.settings.batch_within_s):
+            touched: set[int] = set()
+            rejected = 0
+            for event in events:
+                partition = event.message.partition
+                try:
+                    mark = read_mark(event.headers)
+                except ValueError as exc:
+                    await self._dead_letter(event, "bad_headers",
+                                            f"unreadable watermark headers: {exc}")
+                    rejected += 1
+                    continue
+                if mark is not None:
+                    worker.mark(partition, *mark)
+                    touched.add(partition)
+                if event.headers and HEADER_MARK in event.headers:
+                    continue  # a watermark marker, no detection
+                cell_id = event.key.decode() if isinstance(event.key, bytes) else event.key
+                if not cell_id or cell_id not in self.grid:
+                    await self._dead_letter(event, "unknown_cell",
+                                            f"record key {cell_id!r} is not a cell of the "
+                                            f"grid")
+                    rejected += 1
+                    continue
+                try:
+                    detection = parse_detection(event.value)
+                except DetectionRejected as exc:
+                    await self._dead_letter(event, exc.code.value, exc.reason)
+                    rejected += 1
+                    continue
+                # held: not acked (so not committed) until released and written;
+                # take_events' own ack then only drops our extra reference
+                event.message.incref()
+                worker.hold(partition, cell_id, detection, event, direct=mark is None)
+                touched.add(partition)
+            released = {p: worker.release(p) for p in sorted(touched)}
+            outputs: list[StreamOutput] = []
+            for partition, held in released.items():
+                if held:
+                    outputs += await self._until_stored(worker.process, partition, held)
+            tickets = await self._until_stored(worker.apply, outputs)
+            processed = 0
+            for held in released.values():
+                for item in held:
+                    processed += 1
+                    if item.token is not None:
+                        item.token.ack()
+            yield {"outcome": "batch", "processed": processed, "rejected": rejected,
+                   "held": worker.held(), "tickets": tickets}
 
     async def _until_stored(self, work: Callable[..., _T], *args: Any) -> _T:
         # the store is down: retry (seeding reads only; the desk path is idempotent)

@@ -46,6 +46,10 @@ TESTED: dict[str, str] = {
     "GRIDWATCH_TEST_POSTGRES_URL": "test_test_service_urls_from_the_environment",
     "GRIDWATCH_ARTIFACTS": "test_console_artifacts_folder_from_the_environment",
     "GRIDWATCH_TEST_ULTRALYTICS": "test_the_ultralytics_test_is_collected_only_when_asked",
+    **{f"GRIDWATCH_KAFKA_{name}": "test_scaleout_tuning_from_the_environment" for name in (
+        "INPUT_PARTITIONS", "LATENESS_S", "IDLE_S", "TICK_S", "BATCH_MAX", "METRICS_S",
+        "SESSION_TIMEOUT_S", "HEARTBEAT_S", "REBALANCE_TIMEOUT_S", "EVENT_CLOCK")},
+    "GRIDWATCH_BRIDGE_MQTT_PASSWORD": "test_bridge_mqtt_password_from_the_environment",
 }
 
 
@@ -312,3 +316,61 @@ def test_the_ultralytics_test_is_collected_only_when_asked() -> None:
 
     assert target not in collected()
     assert target in collected(GRIDWATCH_TEST_ULTRALYTICS="1")
+
+
+def test_scaleout_tuning_from_the_environment(tmp_path: Path) -> None:
+    env = clean_env(
+        GRIDWATCH_GRID=str(ROOT / "sample_data" / "grid.geojson"),
+        GRIDWATCH_TICKETS_URL=f"sqlite:///{tmp_path / 'w.db'}",
+        GRIDWATCH_KAFKA_INPUT_PARTITIONS="6", GRIDWATCH_KAFKA_LATENESS_S="30",
+        GRIDWATCH_KAFKA_IDLE_S="4")
+    result = gridwatch("worker", "--check", env=env)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^input +6 partitions, lateness 30 s, idle after 4 s$", result.stdout,
+                     re.M), result.stdout
+    from stream.faust_app import ScaleoutSettings
+
+    settings = ScaleoutSettings.from_env({
+        "GRIDWATCH_KAFKA_TICK_S": "0.5", "GRIDWATCH_KAFKA_BATCH_MAX": "10",
+        "GRIDWATCH_KAFKA_METRICS_S": "2", "GRIDWATCH_KAFKA_SESSION_TIMEOUT_S": "6",
+        "GRIDWATCH_KAFKA_HEARTBEAT_S": "0.5", "GRIDWATCH_KAFKA_REBALANCE_TIMEOUT_S": "8",
+        "GRIDWATCH_KAFKA_EVENT_CLOCK": "1"})
+    assert (settings.tick_s, settings.batch_max, settings.metrics_s,
+            settings.session_timeout_s, settings.heartbeat_s, settings.rebalance_timeout_s,
+            settings.event_clock) == (0.5, 10, 2.0, 6.0, 0.5, 8.0, True)
+
+
+@pytest.mark.services
+def test_bridge_mqtt_password_from_the_environment(tmp_path: Path) -> None:
+    """The bridge logs in to a broker that requires a password only with the one from
+    the environment."""
+    import time
+
+    from tests.support.mosquitto import MosquittoProcess
+    from tests.support.tansu import TansuProcess
+
+    with TansuProcess() as kafka, MosquittoProcess(tmp_path / "mq",
+                                                   users={"bridge": "s3cret"}) as mq:
+        def bridge_log(password: str) -> str:
+            log = tmp_path / f"bridge-{password}.log"
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "gridwatch", "-v", "bridge", "--mqtt",
+                     f"mqtt://bridge@127.0.0.1:{mq.port}", "--broker", kafka.url,
+                     "--client-id", f"b-{password}"], cwd=ROOT, stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=clean_env(GRIDWATCH_BRIDGE_MQTT_PASSWORD=password))
+            deadline = time.monotonic() + 30
+            text = ""
+            while time.monotonic() < deadline:
+                text = log.read_text(errors="replace")
+                if "bridging MQTT" in text or "refused the connection" in text:
+                    break
+                time.sleep(0.2)
+            proc.terminate()
+            proc.wait(timeout=20)
+            return text
+
+        assert "bridging MQTT" in bridge_log("s3cret")
+        wrong = bridge_log("wrong")
+        assert "refused the connection" in wrong and "bridging MQTT" not in wrong

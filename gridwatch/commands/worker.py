@@ -157,7 +157,8 @@ def scaleout_for(settings: ScaleoutSettings, config: GridWatchConfig, grid: Grid
                         hotspot=config.hotspot, grid=grid,
                         sink=StoreSink(config, grid, store, received=received),
                         state=StoreCheckpoints(store) if isinstance(store, SqlTicketStore)
-                        else None, state_prefix=f"worker:{settings.app_id}")
+                        else None, state_prefix=f"worker:{settings.app_id}",
+                        lateness_s=settings.lateness_s, sources=settings.input_partitions)
     # a live worker (a received clock) dead-letters detections whose clock is far off it
     return Scaleout(settings, grid=grid, worker=worker, sender=sender, skew_clock=received)
 
@@ -174,7 +175,8 @@ def build_scaleout(settings: ScaleoutSettings, *,
     config = load_gridwatch_config(settings.config)
     store = open_store(resolved_store_url(settings, config, environ),
                        schema=settings.store_schema)
-    return scaleout_for(settings, config, grid, store)
+    return scaleout_for(settings, config, grid, store,
+                        received=None if settings.event_clock else utc_now)
 
 
 _built: Scaleout | None = None
@@ -208,8 +210,15 @@ def register(subparsers: Any) -> None:
                         help="kafka://host:port[;kafka://host2:port] "
                              "(or $GRIDWATCH_KAFKA_BROKER; default kafka://localhost:9092)")
     parser.add_argument("--partitions", type=int,
-                        help="partitions of the by-cell topic when it is created "
+                        help="partitions of the by-cell topic (created at start; an "
+                             "existing topic must have this count) "
                              "(or $GRIDWATCH_KAFKA_PARTITIONS; default 8)")
+    parser.add_argument("--input-partitions", type=int,
+                        help="partitions of the input topic gridwatch.detections.v1 "
+                             "(or $GRIDWATCH_KAFKA_INPUT_PARTITIONS; default 8)")
+    parser.add_argument("--lateness-s", type=float,
+                        help="hold detections until every input partition is this far "
+                             "past them (or $GRIDWATCH_KAFKA_LATENESS_S; default 0)")
     parser.add_argument("--app-id", help="consumer group / app id shared by all workers "
                                          "(or $GRIDWATCH_KAFKA_APP_ID)")
     parser.add_argument("--store-url", metavar="URL",
@@ -255,7 +264,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = ScaleoutSettings.from_env(
             grid=args.grid, config=args.config, broker_url=args.broker_url,
-            partitions=args.partitions, app_id=args.app_id, store_url=args.store_url,
+            partitions=args.partitions, input_partitions=args.input_partitions,
+            lateness_s=args.lateness_s, app_id=args.app_id, store_url=args.store_url,
             store_schema=args.store_schema, web_port=args.web_port)
     except ValidationError as exc:
         raise UserError(format_validation_error("worker settings", exc)) from None
@@ -268,6 +278,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"consumes      {TOPIC_DETECTIONS}")
         print(f"by cell       {TOPIC_BY_CELL} ({settings.partitions} partitions, "
               f"key = cell id)")
+        print(f"input         {settings.input_partitions} partitions, lateness "
+              f"{settings.lateness_s:g} s, idle after {settings.idle_s:g} s")
         print(f"dead letters  {TOPIC_DEADLETTER}")
         print(f"replication   {settings.replication_factor}")
         print(f"grid          {len(scaleout.grid)} cells ({settings.grid})")
@@ -276,8 +288,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"store schema  {settings.store_schema or '-'}")
         print(f"web port      {settings.web_port or 'off'}")
         return 0
+    import asyncio
+
     from faust import Worker
 
+    from stream.faust_app import TopicMismatch, declare_topics
+
+    try:
+        asyncio.run(declare_topics(settings))
+    except (TopicMismatch, TimeoutError) as exc:
+        raise UserError(str(exc)) from None
     worker = Worker(scaleout.app, loglevel=args.loglevel)
     worker.execute_from_commandline()  # runs until a signal stops it
     return 0

@@ -1,0 +1,207 @@
+"""Scale-out throughput and takeover on a real Kafka-protocol broker (Tansu).
+
+    PYTHONPATH=. python benchmarks/scaleout_bench.py [--copies 8] [--partitions 4]
+
+The sample detections, ``--copies`` times (each copy with its own event and station ids,
+so keyed by station the input is balanced), are produced to a fresh private Tansu (memory
+storage, restarted for every run so runs do not share by-cell records), then consumed by
+one, then two ``gridwatch worker`` processes on SQLite / PostgreSQL. Reported in the same
+run: replay (in memory) on the same input as the baseline, detections per second of each
+worker run (from the moment every partition is assigned to the moment the workers' metrics
+show every forwarded detection processed), the ratios, the time the group took to form,
+and — with ``--kill`` — how long the survivor took to own the killed worker's partitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gridwatch.config import load_config  # noqa: E402
+from gridwatch.replay import replay_lines  # noqa: E402
+from stream.faust_app import TOPIC_DETECTIONS, ScaleoutSettings, declare_topics  # noqa: E402
+from tests.support.tansu import TansuProcess  # noqa: E402
+
+SAMPLE = ROOT / "sample_data" / "detections.jsonl"
+GRID = ROOT / "sample_data" / "grid.geojson"
+
+
+def copies_of_sample(copies: int) -> tuple[list[bytes], list[bytes]]:
+    """(lines, station keys): the sample ``copies`` times, ids made unique per copy."""
+    lines: list[bytes] = []
+    keys: list[bytes] = []
+    for n in range(copies):
+        for raw in SAMPLE.read_bytes().splitlines():
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                lines.append(raw)
+                keys.append(b"bad")
+                continue
+            if isinstance(row, dict) and isinstance(row.get("event_id"), str):
+                row["event_id"] += f":copy{n}"
+                if isinstance(row.get("station_id"), str):
+                    row["station_id"] += f"-{n}"
+            lines.append(json.dumps(row).encode())
+            keys.append(str(row.get("station_id", "x") if isinstance(row, dict)
+                            else "x").encode())
+    return lines, keys
+
+
+async def produce(bootstrap: str, lines: list[bytes], keys: list[bytes]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    await producer.start()
+    try:
+        for key, value in zip(keys, lines, strict=True):
+            await producer.send(TOPIC_DETECTIONS, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def last_metrics(log: Path) -> dict[str, Any] | None:
+    found = None
+    for row in log.read_text(errors="replace").splitlines():
+        if " metrics {" in row:
+            found = json.loads(row.split(" metrics ", 1)[1])
+    return found
+
+
+def assigned(log: Path) -> list[int]:
+    marker = "assigned gridwatch.detections.by_cell partitions "
+    last: list[int] = []
+    for row in log.read_text(errors="replace").splitlines():
+        if marker in row:
+            last = json.loads(row.split(marker, 1)[1])
+    return last
+
+
+def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list[bytes],
+                forwarded: int, workdir: Path, *, kill: bool = False) -> dict[str, float]:
+    with TansuProcess(log_path=workdir / f"tansu-{n}.log") as broker:
+        settings = ScaleoutSettings(broker_url=broker.url, partitions=args.partitions,
+                                    input_partitions=args.partitions)
+        asyncio.run(declare_topics(settings))
+        asyncio.run(produce(broker.bootstrap, lines, keys))
+        store = workdir / f"tickets-{n}-{uuid.uuid4().hex[:6]}.sqlite3"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDWATCH_")}
+        env.update({"PYTHONPATH": str(ROOT), "GRIDWATCH_KAFKA_BROKER": broker.url,
+                    "GRIDWATCH_KAFKA_APP_ID": f"bench-{n}",
+                    "GRIDWATCH_KAFKA_PARTITIONS": str(args.partitions),
+                    "GRIDWATCH_KAFKA_INPUT_PARTITIONS": str(args.partitions),
+                    "GRIDWATCH_KAFKA_EVENT_CLOCK": "1", "GRIDWATCH_KAFKA_IDLE_S": "2",
+                    "GRIDWATCH_KAFKA_METRICS_S": "0.5",
+                    "GRIDWATCH_KAFKA_SESSION_TIMEOUT_S": "6",
+                    "GRIDWATCH_KAFKA_HEARTBEAT_S": "0.5",
+                    "GRIDWATCH_KAFKA_REBALANCE_TIMEOUT_S": "8",
+                    "GRIDWATCH_GRID": str(GRID),
+                    "GRIDWATCH_TICKETS_URL": args.store_url or str(store)})
+        if args.store_url:
+            env["GRIDWATCH_TICKETS_SCHEMA"] = f"bench_{uuid.uuid4().hex[:8]}"
+        logs = [workdir / f"w{n}-{i}.log" for i in range(n)]
+        started = time.monotonic()
+        procs = []
+        for log in logs:
+            with log.open("wb") as out:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "gridwatch.cli", "worker"], env=env, cwd=ROOT,
+                    stdout=out, stderr=subprocess.STDOUT))
+        try:
+            while sorted(sum((assigned(p) for p in logs), [])) != list(range(args.partitions)):
+                time.sleep(0.2)
+                if time.monotonic() - started > 180:
+                    raise RuntimeError(f"group did not form; see {logs}")
+            formed = time.monotonic()
+            takeover = float("nan")
+            while True:
+                done = 0
+                for log in logs:
+                    m = last_metrics(log)
+                    if m:
+                        done += sum(r["processed"] + r["duplicates"]
+                                    for r in m["partitions"].values())
+                if kill and done >= forwarded // 3 and len(procs) > 1 and \
+                        procs[0].poll() is None:
+                    procs[0].send_signal(signal.SIGKILL)
+                    killed_at = time.monotonic()
+                    while assigned(logs[1]) != list(range(args.partitions)):
+                        time.sleep(0.1)
+                    takeover = time.monotonic() - killed_at
+                    break
+                if done >= forwarded:
+                    break
+                time.sleep(0.2)
+                if time.monotonic() - formed > 600:
+                    raise RuntimeError(f"only {done} of {forwarded} processed; see {logs}")
+            finished = time.monotonic()
+        finally:
+            stop_times = []
+            for proc in procs:
+                if proc.poll() is None:
+                    t = time.monotonic()
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                    stop_times.append(time.monotonic() - t)
+        return {"join_s": formed - started, "run_s": finished - formed,
+                "det_per_s": forwarded / (finished - formed), "takeover_s": takeover,
+                "sigterm_s": max(stop_times) if stop_times else float("nan")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=8)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--store-url", help="postgresql://... (default: a SQLite file)")
+    parser.add_argument("--kill", action="store_true",
+                        help="also measure takeover after a kill -9 of one of two workers")
+    args = parser.parse_args()
+    lines, keys = copies_of_sample(args.copies)
+    from geo.grid import Grid
+
+    config = load_config()
+    config = config.model_copy(update={"stream": config.stream.model_copy(
+        update={"lateness_s": 0})})
+    t = time.perf_counter()
+    result = replay_lines(lines, Grid.from_file(GRID), config)
+    replay_s = time.perf_counter() - t
+    s = result.summary
+    forwarded = s.read - sum(s.rejected.values()) - s.stream.out_of_area
+    replay_rate = forwarded / replay_s
+    print(f"input: {len(lines)} lines, {forwarded} in-area detections, "
+          f"{args.partitions} partitions")
+    print(f"replay (in memory)       {replay_rate:8.0f} det/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        one = run_workers(1, args, lines, keys, forwarded, Path(tmp))
+        two = run_workers(2, args, lines, keys, forwarded, Path(tmp))
+        print(f"1 worker                 {one['det_per_s']:8.0f} det/s  "
+              f"({one['det_per_s'] / replay_rate:.2f}x replay; group formed in "
+              f"{one['join_s']:.1f} s; SIGTERM took {one['sigterm_s']:.1f} s)")
+        print(f"2 workers                {two['det_per_s']:8.0f} det/s  "
+              f"({two['det_per_s'] / one['det_per_s']:.2f}x one worker; group formed in "
+              f"{two['join_s']:.1f} s; SIGTERM took {two['sigterm_s']:.1f} s)")
+        if args.kill:
+            killed = run_workers(2, args, lines, keys, forwarded, Path(tmp), kill=True)
+            print(f"kill -9 of one of two    survivor owned every partition "
+                  f"{killed['takeover_s']:.1f} s after the kill")
+
+
+if __name__ == "__main__":
+    main()
