@@ -54,7 +54,8 @@ from stream import hotspot_state
 from stream.dedup import EventIdFilter
 from stream.hotspot import HotspotEngine, HotspotSettings
 from stream.policy import PolicyBook, StreamSettings
-from stream.processor import StreamOutput, StreamProcessor
+from stream.processor import StreamOutput, StreamProcessor, live_stream_settings
+from stream.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +162,6 @@ class ScaleoutSettings(BaseModel):
         data: dict[str, Any] = {field: env[var] for field, var in cls.ENV.items() if env.get(var)}
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(data)
-
-
-def live_stream_settings(settings: StreamSettings) -> StreamSettings:
-    """Live processing, as in the embedded service: no reorder buffer (``lateness_s=0``)
-    — waiting for stragglers would delay every alarm; the clusterer joins late detections
-    by their span anyway."""
-    return settings.model_copy(update={"lateness_s": 0})
 
 
 # -- the ticket side, as the stream sees it ---------------------------------------------------
@@ -947,12 +941,11 @@ class Scaleout:
         # the store is down: retry (seeding reads only; the desk path is idempotent)
         # instead of moving on, so no offset is committed past a detection that never
         # reached a ticket. In a worker thread: the store's I/O is blocking.
-        delay = self.retry_delay_s
-        while True:
+        for delay in Backoff(self.retry_delay_s, STORE_RETRY_MAX_S).delays():
             try:
                 return await asyncio.to_thread(work, *args)
             except StoreUnavailable as exc:
                 log.warning("ticket store unavailable (%s); retrying in %.1fs",
                             exc.__cause__ or exc, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, STORE_RETRY_MAX_S)
+        raise AssertionError("unreachable: Backoff.delays() never ends")
