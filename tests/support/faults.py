@@ -50,6 +50,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tests.support.waiting import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 AREA = (113.00, 23.00, 113.05, 23.05)
 BATCH = 10
@@ -168,16 +170,6 @@ class ChildProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.1
-             ) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
 
 
 @dataclass
@@ -311,13 +303,13 @@ class FaultRig:
         client.connect_async("127.0.0.1", self.broker.port)
         client.loop_start()
         self._listener = client
-        wait_for(client.is_connected, 10)
+        wait_until(client.is_connected, 10)
 
     # -- the processes -----------------------------------------------------------------------
     def start_centres(self, which: list[int] | None = None) -> None:
         for n in which if which is not None else range(len(self.centres)):
             self.centres[n].start()
-        assert wait_for(self._centres_subscribed, 60), self.tail("centre-0.log")
+        assert wait_until(self._centres_subscribed, 60), self.tail("centre-0.log")
         time.sleep(1.0)  # connected; the subscription follows at once
 
     def _centres_subscribed(self) -> bool:
@@ -342,11 +334,11 @@ class FaultRig:
         return out
 
     def wait_accepted(self, n: int, timeout_s: float = 120.0) -> None:
-        assert wait_for(lambda: len(self.accepted()) >= n, timeout_s, 0.05), (
+        assert wait_until(lambda: len(self.accepted()) >= n, timeout_s, 0.05), (
             len(self.accepted()), self.tail("edge.log"))
 
     def edge_done(self, timeout_s: float = 300.0) -> None:
-        assert wait_for((self.workdir / "edge.done").exists, timeout_s), self.tail("edge.log")
+        assert wait_until((self.workdir / "edge.done").exists, timeout_s), self.tail("edge.log")
 
     def outbox_depth(self) -> int:
         try:
@@ -360,7 +352,7 @@ class FaultRig:
 
     def drain(self, timeout_s: float = 120.0) -> bool:
         """Wait until the edge has everything receipted (its outbox is empty)."""
-        return wait_for(lambda: self.outbox_depth() == 0, timeout_s, 0.2)
+        return wait_until(lambda: self.outbox_depth() == 0, timeout_s, 0.2)
 
     def tail(self, name: str, chars: int = 3000) -> str:
         path = self.workdir / name
@@ -463,7 +455,7 @@ def _broker_while_centre_offline(kill: bool) -> Scenario:
             centre.stop()
         rig.start_edge()
         rig.edge_done()  # everything acknowledged by the broker, queued for the centre
-        assert wait_for(lambda: _pending(rig) == 0, 60)
+        assert wait_until(lambda: _pending(rig) == 0, 60)
         rig.broker.stop(kill=kill)
         rig.broker.start()
         rig.start_centres()
@@ -498,11 +490,11 @@ def _centre_kill9_draining(rig: FaultRig) -> None:
         centre.stop()
     rig.start_edge()
     rig.edge_done()
-    assert wait_for(lambda: _pending(rig) == 0, 60)
+    assert wait_until(lambda: _pending(rig) == 0, 60)
     held = rig.outbox_depth()
     rig.start_centres()
     # kill it while it works through the broker's backlog: once a third is receipted
-    assert wait_for(lambda: 0 <= rig.outbox_depth() <= 2 * held // 3, 120, 0.02), (
+    assert wait_until(lambda: 0 <= rig.outbox_depth() <= 2 * held // 3, 120, 0.02), (
         rig.outbox_depth(), rig.tail("centre-0.log"))
     rig.centres[0].stop(kill=True)
     rig.start_centres([0])
