@@ -62,7 +62,7 @@ def _timed(totals: Counter[str], key: str, method: Callable[..., Any]) -> Callab
 def run(batch: int, count: int, grid: Grid) -> tuple[float, Counter[str]]:
     totals: Counter[str] = Counter()
     detections = [detection(i) for i in range(count)]
-    row = store_module._ticket_row
+    row = store_module.ticket_row
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteTicketStore(Path(tmp) / "tickets.sqlite")
         pipeline = EmbeddedPipeline(load_config(), grid, store)
@@ -73,12 +73,12 @@ def run(batch: int, count: int, grid: Grid) -> tuple[float, Counter[str]]:
         for obj, name, key in (
                 (core, "stream", "stream"), (tickets, "write", "write"),
                 (store, "save_many", "save_many"), (store, "_record", "record"),
-                (store, "_insert_event_ids", "event_ids"),
-                (store, "_stored_versions", "versions"),
-                (store, "_check_open", "check_open"),
+                (store._event_ids, "append", "event_ids"),
+                (store._tickets, "stored_versions", "versions"),
+                (store._tickets, "check_open", "check_open"),
                 (tickets.batching, "_keep", "keep")):
             setattr(obj, name, _timed(totals, key, getattr(obj, name)))
-        store_module._ticket_row = _timed(totals, "ticket_rows", row)  # type: ignore[assignment]
+        store_module.ticket_row = _timed(totals, "ticket_rows", row)  # type: ignore[assignment]
         try:
             start = time.perf_counter()
             for i in range(WARM_UP, count, batch):
@@ -86,7 +86,7 @@ def run(batch: int, count: int, grid: Grid) -> tuple[float, Counter[str]]:
                 pipeline.drain(None)
             totals["total"] = time.perf_counter() - start
         finally:
-            store_module._ticket_row = row
+            store_module.ticket_row = row
             pipeline.close()
             store.close()
     return (count - WARM_UP) / totals["total"], totals

@@ -161,7 +161,14 @@ class EmbeddedPipeline:
         # start when the centre receives the work (wall clock), not at the observation
         # (an edge box's backlog must not arrive overdue); None: at the event time, as
         # replay does (the demo plays its sample as if it happened live)
-        self._core = Pipeline(config, grid, store, received=received, live=True)
+        # Re-sent detections: one event-id filter, owned here at intake (self._ids,
+        # seeded from the store at start-up); it must be here, not in the stream core,
+        # because a repeat of a detection still queued is held until that first copy
+        # commits. The stream core therefore does not filter again. What the filter
+        # cannot know (an id past the dedup horizon, re-sent into a ticket the store
+        # holds) the idempotent desk absorbs against the store.
+        self._core = Pipeline(config, grid, store, received=received, live=True,
+                              filter_event_ids=False)
         self._tickets = self._core.tickets
         self._batching = self._tickets.batching
         self._ids = EventIdFilter(config.stream.dedup_horizon_s)
@@ -522,11 +529,11 @@ class EmbeddedPipeline:
                     cb for d in detections for cb in self._waiting.pop(d.event_id, ())]
             _run_each([item[1] for item in batch] + repeats, "acknowledgement")
         else:
-            forget = self._core.processor.forget
             with self._ids_lock:
                 for d in detections:
+                    # so that the re-delivery is processed, not dropped (the one filter:
+                    # the stream core has none here)
                     self._ids.forget(d.event_id)
-                    forget(d.event_id)  # so that the re-delivery is processed, not dropped
                     self._waiting.pop(d.event_id, None)
             self._failed += len(batch)
             _run_each([item[2] for item in batch], "failure")

@@ -364,19 +364,22 @@ class Pipeline:
     ``live`` (the embedded service): the live settings (:func:`live_config`), the
     idempotent desk and batched writes (:class:`TicketWriter`); else (replay) the
     configured reorder buffer and a straight desk. ``received``: see
-    :class:`TicketWriter`.
+    :class:`TicketWriter`. ``filter_event_ids=False``: the runtime drops re-sent
+    detections before :meth:`stream` with its own event-id filter (the embedded
+    service's intake), so the stream core does not filter them a second time.
     """
 
     def __init__(self, config: GridWatchConfig, grid: Grid, store: TicketStore, *,
                  received: Callable[[], datetime] | None = None,
-                 live: bool = False) -> None:
+                 live: bool = False, filter_event_ids: bool = True) -> None:
         self.config = live_config(config) if live else config
         self.grid = grid
         self.store = store
         # the cell ids by index, and None last: what -1 (out of area) picks
         self._cell_ids: list[str | None] = [*(c.cell_id for c in grid.cells), None]
         self.processor = StreamProcessor(self.config.stream, self.config.policies,
-                                         HotspotEngine(self.config.hotspot, grid))
+                                         HotspotEngine(self.config.hotspot, grid),
+                                         filter_event_ids=filter_event_ids)
         self.tickets = TicketWriter(self.config, grid, store, received=received,
                                     idempotent=live)
 

@@ -64,6 +64,10 @@ class StreamStats:
 class StreamProcessor:
     """Dedup, reorder, cluster and count. Feed with :meth:`push`, end with :meth:`flush`.
 
+    ``filter_event_ids=False`` for a runtime that drops re-sent detections (by event id)
+    before pushing them, with its own filter (the embedded service's intake): the
+    processor then trusts every pushed detection to be new.
+
     Example:
         >>> proc = StreamProcessor(StreamSettings(), PolicyBook(), hotspot_engine)
         >>> outputs = proc.push(detection, "C0001")  # cell id, or None if out of area
@@ -74,12 +78,19 @@ class StreamProcessor:
         settings: StreamSettings,
         policies: PolicyBook,
         hotspots: HotspotEngine,
+        *,
+        filter_event_ids: bool = True,
     ) -> None:
         self.settings = settings
         self.policies = policies
         self.hotspots = hotspots
         self.stats = StreamStats()
-        self._ids = EventIdFilter(settings.dedup_horizon_s)
+        # the event-id filter (a re-sent detection is dropped within the dedup horizon).
+        # ``filter_event_ids=False``: the runtime filters before it pushes, with the one
+        # filter it owns (the embedded service's intake, which must know repeats while
+        # their first copy is still queued); a second filter here would only repeat it
+        self._ids: EventIdFilter | None = (EventIdFilter(settings.dedup_horizon_s)
+                                           if filter_event_ids else None)
         all_policies = [*policies.kinds.values(), policies.default_kind]
         self._window_max = max(p.window_s for p in all_policies)
         self._occurrences = OccurrenceDeduper(horizon_s=max(
@@ -99,7 +110,8 @@ class StreamProcessor:
         """Take one valid detection and the cell it falls in (``None``: out of area)."""
         ts = detection.observed_at.timestamp()
         stats = self.stats
-        if self._ids.seen(detection.event_id, ts):
+        ids = self._ids
+        if ids is not None and ids.seen(detection.event_id, ts):
             stats.duplicates += 1
             return []
         if cell_id is None:
@@ -130,7 +142,8 @@ class StreamProcessor:
     def forget(self, event_id: str) -> None:
         """Let ``event_id`` through again: the runtime could not write what it produced,
         and its re-delivery must be processed, not dropped as a duplicate."""
-        self._ids.forget(event_id)
+        if self._ids is not None:
+            self._ids.forget(event_id)
 
     def flush(self) -> list[StreamOutput]:
         """End of input: release everything buffered and close hot-spot windows."""

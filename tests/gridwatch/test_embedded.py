@@ -58,6 +58,10 @@ def test_duplicates_are_acknowledged_but_not_counted_twice(tmp_path):
     assert sorted(acks) == [1, 2]
     [ticket] = list(store.all())
     assert ticket.event_ids == ["dup-1"]
+    # one filter, at intake: the stream core saw the detection once and filtered nothing
+    stats = pipeline.stats()
+    assert stats["duplicates"] == 1 and stats["stream"]["duplicates"] == 0
+    assert stats["stream"]["accepted"] == 1
     pipeline.close()
 
 

@@ -75,6 +75,19 @@ def test_duplicate_event_ids_are_dropped():
     assert proc.stats.duplicates == 2
 
 
+def test_without_its_own_filter_the_processor_trusts_the_runtime_to_drop_repeats():
+    """The embedded service filters event ids at intake (the one filter it owns); its
+    stream core, built with ``filter_event_ids=False``, does not filter them again."""
+    proc = StreamProcessor(StreamSettings(lateness_s=600), POLICIES,
+                           HotspotEngine(HotspotSettings(), make_grid()),
+                           filter_event_ids=False)
+    d = make_detection()
+    events = _run(proc, [(d, "C00"), (d, "C00")])
+    assert len(events) == 2
+    assert proc.stats.duplicates == 0 and proc.stats.accepted == 2
+    proc.forget(d.event_id)  # nothing to forget: not an error
+
+
 def test_out_of_order_within_tolerance_is_processed_in_event_time():
     proc = _processor(lateness_s=600)
     late = make_detection(source_id="smoke-late", at=timedelta(seconds=0))
