@@ -130,6 +130,11 @@ class EmbeddedPipeline:
     ticket. A batch the store refuses for good is split until only the offender is left;
     that one is refused (``store_refused``, the store's reason) and the rest committed.
 
+    ``shared_store`` (``gridwatch serve --mqtt-share-group``: several replicas on one
+    store): every new event id is also checked against the whole store before a ticket
+    takes it, since another replica may have committed a re-sent detection into a ticket
+    this one does not know (one query per incident event).
+
     Example:
         >>> pipeline = EmbeddedPipeline(config, grid, SqliteTicketStore("tickets.db"))
         >>> pipeline.submit_raw(payload, origin="mqtt:gridwatch/v1/st1/smoke-3/detection")
@@ -151,6 +156,7 @@ class EmbeddedPipeline:
         received: Callable[[], datetime] | None = _utc_now,
         checkpoint_name: str | None = CHECKPOINT_NAME,
         skew_clock: Callable[[], datetime] | None = None,
+        shared_store: bool = False,
     ) -> None:
         self.config = config
         self.grid = grid
@@ -168,7 +174,7 @@ class EmbeddedPipeline:
         # cannot know (an id past the dedup horizon, re-sent into a ticket the store
         # holds) the idempotent desk absorbs against the store.
         self._core = Pipeline(config, grid, store, received=received, live=True,
-                              filter_event_ids=False)
+                              filter_event_ids=False, shared_store=shared_store)
         self._tickets = self._core.tickets
         self._batching = self._tickets.batching
         self._ids = EventIdFilter(config.stream.dedup_horizon_s)

@@ -153,7 +153,7 @@ class TicketWriter:
 
     def __init__(self, config: GridWatchConfig, grid: Grid, store: TicketStore, *,
                  received: Callable[[], datetime] | None = None, idempotent: bool = False,
-                 only_reopened: bool = True) -> None:
+                 only_reopened: bool = True, shared_store: bool = False) -> None:
         self.store = store
         # the desk works on a write-behind copy per batch: each touched ticket is written
         # once per batch, in one transaction, instead of once per output
@@ -165,7 +165,11 @@ class TicketWriter:
                               grid=grid, store=target, received=received)
 
         self.desk = desk_over(self.batching or store)
-        self.idempotent = (IdempotentDesk(self.desk, only_reopened=only_reopened)
+        # shared_store: other writers (centre replicas) add detections to this store too
+        held = (store.event_ids_held
+                if shared_store and isinstance(store, SqlTicketStore) else None)
+        self.idempotent = (IdempotentDesk(self.desk, only_reopened=only_reopened,
+                                          held_anywhere=held)
                            if idempotent else None)
         self._apply_one: Callable[[StreamOutput], Ticket | None] = (
             self.desk.apply if self.idempotent is None else self.idempotent.apply)
@@ -174,7 +178,8 @@ class TicketWriter:
         self._direct: IdempotentDesk | None = None
         if self.batching is not None and self.idempotent is not None:
             self._direct = IdempotentDesk(desk_over(store), only_reopened=only_reopened,
-                                          reopened=self.idempotent.reopened)
+                                          reopened=self.idempotent.reopened,
+                                          held_anywhere=held)
         self._also: list[AlsoWrite] = []  # the durable state's write, until written
         self.refused: list[Refusal] = []  # since the last take_refused()
         self.lock = threading.Lock()  # one writer at a time (the batch is not shared)
@@ -371,7 +376,8 @@ class Pipeline:
 
     def __init__(self, config: GridWatchConfig, grid: Grid, store: TicketStore, *,
                  received: Callable[[], datetime] | None = None,
-                 live: bool = False, filter_event_ids: bool = True) -> None:
+                 live: bool = False, filter_event_ids: bool = True,
+                 shared_store: bool = False) -> None:
         self.config = live_config(config) if live else config
         self.grid = grid
         self.store = store
@@ -381,7 +387,7 @@ class Pipeline:
                                          HotspotEngine(self.config.hotspot, grid),
                                          filter_event_ids=filter_event_ids)
         self.tickets = TicketWriter(self.config, grid, store, received=received,
-                                    idempotent=live)
+                                    idempotent=live, shared_store=shared_store)
 
     @property
     def desk(self) -> TicketDesk:

@@ -134,3 +134,15 @@ def recent(conn: Connection, *, horizon_s: float,
         + bound.replace(" WHERE", " AND") + " ORDER BY added_at, ticket_id, seq"),
         {"since": sortable(since), **params}).fetchall()
     return [(r[0], from_sortable(r[1]).timestamp()) for r in rows]
+
+
+_HELD = text("SELECT DISTINCT event_id FROM ticket_event_ids WHERE event_id IN :ids"
+             ).bindparams(bindparam("ids", expanding=True))
+
+
+def held(conn: Connection, ids: list[str]) -> set[str]:
+    """The ids of ``ids`` that some ticket holds (any ticket, open or closed)."""
+    found: set[str] = set()
+    for part in chunks(ids):
+        found.update(row[0] for row in conn.execute(_HELD, {"ids": part}))
+    return found

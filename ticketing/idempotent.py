@@ -9,6 +9,7 @@ mechanism for both, so a re-sent detection is absorbed, never a version conflict
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from stream.processor import StreamOutput
@@ -30,8 +31,14 @@ class IdempotentDesk:
     """
 
     def __init__(self, desk: TicketDesk, *, only_reopened: bool = False,
-                 reopened: set[str] | None = None) -> None:
+                 reopened: set[str] | None = None,
+                 held_anywhere: Callable[[list[str]], set[str]] | None = None) -> None:
         self.desk = desk
+        # several centre replicas on one store (``gridwatch serve --mqtt-share-group``):
+        # another replica may have committed a re-sent detection into a ticket this one
+        # has never seen (its own incident, or an open ticket its cache does not know), so
+        # every new id is also checked against the whole store
+        self.held_anywhere = held_anywhere
         self.store: TicketStore = desk.store
         self.skipped = 0
         # only_reopened: a runtime whose event-id filter already drops the repeats it
@@ -54,6 +61,13 @@ class IdempotentDesk:
 
     def _fresh_incident_event(self, event: IncidentEvent) -> IncidentEvent | None:
         incident = event.incident
+        if self.held_anywhere is not None:
+            elsewhere = self.held_anywhere(list(event.new_event_ids))
+            if elsewhere:
+                if elsewhere.issuperset(event.new_event_ids):
+                    return None
+                event = replace(event, new_event_ids=tuple(
+                    e for e in event.new_event_ids if e not in elsewhere))
         if self.only_reopened and not event.opened and \
                 incident.incident_id not in self.reopened:
             return event  # an incident opened afresh in this run: nothing it adds is held

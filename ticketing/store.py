@@ -303,6 +303,15 @@ class SqlTicketStore:
         with self.db.read() as conn:
             return event_ids.recent(conn, horizon_s=horizon_s, until=until)
 
+    def event_ids_held(self, ids: builtins.list[str]) -> set[str]:
+        """The ids of ``ids`` that a ticket holds, whichever ticket: what a centre replica
+        checks before it adds a re-sent detection that another replica may have committed
+        into a ticket this one does not know."""
+        if not ids:
+            return set()
+        with self.db.read() as conn:
+            return event_ids.held(conn, ids)
+
     # -- audit (ticketing.audit) ---------------------------------------------------------
     def audit(self, ticket_id: str) -> builtins.list[AuditEntry]:
         """The ticket's audit log, oldest first."""

@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
     store = open_store(url, webhooks=webhooks)
     # live: a detection whose clock is far from the centre's is dead-lettered (clock_skew)
-    pipeline = EmbeddedPipeline(config, grid, store, skew_clock=lambda: datetime.now(UTC))
+    pipeline = EmbeddedPipeline(config, grid, store, skew_clock=lambda: datetime.now(UTC),
+                                shared_store=args.mqtt_share_group is not None)
     # the embedded default puts evidence beside the SQLite file in use (``evidence:``
     # names a folder for a PostgreSQL store; else it goes beside --db)
     sqlite_file = (url if "://" not in url else url.removeprefix("sqlite:///")

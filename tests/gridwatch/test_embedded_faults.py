@@ -308,3 +308,38 @@ def test_a_refused_hot_spot_journal_write_refuses_no_detection(tmp_path):
     assert sorted(e for t in store.all() for e in t.event_ids) == \
         ["smoke-0", "smoke-1", "smoke-2"]
     pipeline.close()
+
+
+@pytest.mark.parametrize("shared_store", [True, False])
+def test_a_replica_does_not_put_an_id_another_replica_committed_on_a_second_ticket(
+        store_factory, shared_store):
+    """Two centre replicas on one store (``serve --mqtt-share-group``), started together
+    (so neither's event-id filter is seeded with the other's work). Replica A commits y
+    then x into one ticket, which an operator then dismisses; the edge re-sends x and the
+    broker gives it to replica B. B's incident opens afresh from x, and nothing B knows
+    holds x; only a check against the whole store keeps x off a second ticket."""
+    store = store_factory()
+    a = EmbeddedPipeline(load_config(), make_grid(), store, received=None,
+                         shared_store=True)
+    b = EmbeddedPipeline(load_config(), make_grid(), store_factory(), received=None,
+                         shared_store=shared_store)
+    a.submit_many([(make_detection(event_id=e, at=timedelta(seconds=k)), None, None)
+                   for k, e in enumerate(["y", "x"])])
+    assert a.drain()
+    [first] = store.all()
+    assert first.event_ids == ["y", "x"]
+    act(store=store, rules=RULES, ticket_id=first.ticket_id,
+        request=ActionRequest(action=Action.DISMISS, reason="drill"),
+        expected_version=first.version, actor="op", at=NOW, visible=lambda t: True)
+
+    watch = Watch()
+    b.submit_many([watch.item(make_detection(event_id="x", at=timedelta(seconds=1)))])
+    assert b.drain()
+    assert watch.events == {"x": ["committed"]}  # receipted: it is on a ticket
+    holding = [t.ticket_id for t in store.all() if "x" in t.event_ids]
+    if shared_store:
+        assert holding == [first.ticket_id]
+    else:  # what the check prevents: the same detection on two tickets
+        assert len(holding) == 2
+    a.close()
+    b.close()
