@@ -528,7 +528,7 @@ def test_hot_spot_tickets_equal_replays_whatever_the_keying_and_drain_order(
     assert forwarded == len(recorder.hot) - sum(
         1 for _, _, h in recorder.hot if "gw-mark" in h) > 0
     assert stage.counts["processed"] + stage.counts["duplicates"] == forwarded
-    assert all(not p.hotspots.kinds for p in scaleout.worker._processors.values())
+    assert all(p.hotspots.open_hour is None for p in scaleout.worker._processors.values())
 
 
 def test_hot_spot_stage_metrics_and_topic_are_declared(tmp_path: Path) -> None:
@@ -554,8 +554,10 @@ def test_a_restarted_hot_spot_stage_gives_the_same_tickets(tmp_path: Path) -> No
     first = hot_scaleout(store, recorder, grid=grid, partitions=1)
     at = len(lines) * 3 // 4  # into the burst day
     feed_worker(first, recorder, lines[:at])
+    hourly = first.hotspots.counts["checkpoints"]
+    assert hourly > 0  # one after every closed hour
     asyncio.run(first.app.on_before_shutdown.send())  # what faust's App.on_stop sends
-    assert first.hotspots.counts["checkpoints"] == 1
+    assert first.hotspots.counts["checkpoints"] == hourly + 1
 
     successor = hot_scaleout(store, recorder, grid=grid, partitions=1)
     feed_worker(successor, recorder, lines[at - 200:])  # 200 redelivered
@@ -594,10 +596,13 @@ def test_without_a_state_sink_shutdown_closes_the_open_hour(tmp_path: Path) -> N
     sink = worker_command.StoreSink(cfg, grid, store)
     stage = HotspotStage(stream=cfg.stream, policies=cfg.policies, hotspot=cfg.hotspot,
                          grid=grid, sink=sink)
-    from detectors.schema import parse_detection
+    from detectors.schema import DetectionRejected, parse_detection
 
     for raw in lines[:300]:
-        d = parse_detection(raw)
+        try:
+            d = parse_detection(raw)
+        except DetectionRejected:
+            continue  # the sample data has some bad lines
         cell = grid.cell_at(d.lon, d.lat)
         if cell is not None:
             stage.hold(cell.cell_id, d, direct=True)
