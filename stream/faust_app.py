@@ -1,6 +1,6 @@
 """The scale-out runtime: faust agents on Kafka, keyed by grid cell.
 
-Two agents, the same pure core as replay and the embedded service
+Three agents, the same pure core as replay and the embedded service
 (:class:`~stream.processor.StreamProcessor` → :class:`~ticketing.desk.TicketDesk`)::
 
     gridwatch.detections.v1 ──ingest──► gridwatch.detections.by_cell ──cells──► tickets (SQL)
@@ -11,9 +11,13 @@ Two agents, the same pure core as replay and the embedded service
   its cell and re-publishes it keyed by the cell id, so Kafka's key partitioner puts every
   detection of a cell on one partition and so in one worker. Invalid messages go to the
   dead-letter topic with the reason; detections outside every cell are counted only.
-* **cells** keeps one :class:`StreamProcessor` per partition it owns (state is dropped
-  when a partition is revoked) and hands the outputs to the :class:`TicketSink` (the
-  idempotent desk over a SQL ticket store, PostgreSQL in production).
+* **cells** keeps one :class:`StreamProcessor` per partition it owns for the incident
+  kinds (state is dropped when a partition is revoked) and hands the outputs to the
+  :class:`TicketSink` (the idempotent desk over a SQL ticket store, PostgreSQL in
+  production). Detections of hot-spot kinds go on to ``gridwatch.detections.hotspot``.
+* **hotspots** (:class:`HotspotStage`, the topic's one partition) runs one
+  :class:`StreamProcessor` and :class:`HotspotEngine` over the whole grid, in event-time
+  order across the by-cell partitions, checkpointed with :mod:`stream.hotspot_state`.
 
 Delivery is at least once: a rebalance or a restart redelivers detections whose offsets
 were not committed yet. Ticket ids are deterministic and the desk path skips event ids a
