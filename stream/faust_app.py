@@ -1,6 +1,6 @@
 """The scale-out runtime: faust agents on Kafka, keyed by grid cell.
 
-Two agents, the same pure core as replay and the embedded service
+Three agents, the same pure core as replay and the embedded service
 (:class:`~stream.processor.StreamProcessor` → :class:`~ticketing.desk.TicketDesk`)::
 
     gridwatch.detections.v1 ──ingest──► gridwatch.detections.by_cell ──cells──► tickets (SQL)
@@ -11,9 +11,13 @@ Two agents, the same pure core as replay and the embedded service
   its cell and re-publishes it keyed by the cell id, so Kafka's key partitioner puts every
   detection of a cell on one partition and so in one worker. Invalid messages go to the
   dead-letter topic with the reason; detections outside every cell are counted only.
-* **cells** keeps one :class:`StreamProcessor` per partition it owns (state is dropped
-  when a partition is revoked) and hands the outputs to the :class:`TicketSink` (the
-  idempotent desk over a SQL ticket store, PostgreSQL in production).
+* **cells** keeps one :class:`StreamProcessor` per partition it owns for the incident
+  kinds (state is dropped when a partition is revoked) and hands the outputs to the
+  :class:`TicketSink` (the idempotent desk over a SQL ticket store, PostgreSQL in
+  production). Detections of hot-spot kinds go on to ``gridwatch.detections.hotspot``.
+* **hotspots** (:class:`HotspotStage`, the topic's one partition) runs one
+  :class:`StreamProcessor` and :class:`HotspotEngine` over the whole grid, in event-time
+  order across the by-cell partitions, checkpointed with :mod:`stream.hotspot_state`.
 
 Delivery is at least once: a rebalance or a restart redelivers detections whose offsets
 were not committed yet. Ticket ids are deterministic and the desk path skips event ids a
@@ -53,7 +57,7 @@ from geo.grid import Grid
 from stream import hotspot_state
 from stream.dedup import EventIdFilter
 from stream.hotspot import HotspotEngine, HotspotSettings
-from stream.policy import PolicyBook, StreamSettings
+from stream.policy import Mode, PolicyBook, StreamSettings
 from stream.processor import StreamOutput, StreamProcessor, live_stream_settings
 from stream.retry import Backoff
 
@@ -62,6 +66,11 @@ log = logging.getLogger(__name__)
 TOPIC_DETECTIONS = "gridwatch.detections.v1"
 TOPIC_BY_CELL = "gridwatch.detections.by_cell"
 TOPIC_DEADLETTER = "gridwatch.deadletter"
+# one partition: the cells stage forwards every hot-spot-kind detection here (keyed by
+# cell, in event-time order per by-cell partition, with watermark markers); one hot-spot
+# stage runs the whole grid's HotspotEngine over it
+TOPIC_HOTSPOT = "gridwatch.detections.hotspot"
+HOTSPOT_STATE = "hotspots"  # checkpoint name suffix: <state_prefix>:hotspots
 
 STORE_RETRY_MAX_S = 30.0
 BROKER_RETRY_MAX_S = 30.0
@@ -278,7 +287,8 @@ def wanted_topics(settings: ScaleoutSettings) -> dict[str, int]:
     """Topic name → partition count the worker needs."""
     return {TOPIC_DETECTIONS: settings.input_partitions,
             TOPIC_BY_CELL: settings.partitions,
-            TOPIC_DEADLETTER: 1}
+            TOPIC_DEADLETTER: 1,
+            TOPIC_HOTSPOT: 1}
 
 
 def bootstrap_servers(broker_url: str) -> list[str]:
@@ -414,34 +424,66 @@ class Held:
     token: Any = None
 
 
+class ReorderBuffer:
+    """Detections held until the watermark of their upstream partitions has passed them
+    (then released in event-time order, ties in arrival order). The cells stage keeps one
+    per by-cell partition (sources: the input partitions), the hot-spot stage one for its
+    topic (sources: the by-cell partitions). Not thread-safe: the owner locks."""
+
+    __slots__ = ("marks", "heap", "_seq")
+
+    def __init__(self, sources: int) -> None:
+        self.marks = Watermarks(sources)
+        self.heap: list[tuple[float, int, Held]] = []
+        self._seq = itertools.count()
+
+    def hold(self, held: Held, *, direct: bool = False) -> None:
+        ts = held.detection.observed_at.timestamp()
+        if direct:
+            self.marks.observe_direct(ts)
+        heapq.heappush(self.heap, (ts, next(self._seq), held))
+
+    def until(self, lateness_s: float) -> float:
+        """Event time up to which :meth:`release` releases."""
+        return self.marks.value() - lateness_s
+
+    def release(self, lateness_s: float, *, everything: bool = False) -> list[Held]:
+        heap = self.heap
+        until = float("inf") if everything else self.until(lateness_s)
+        out: list[Held] = []
+        while heap and heap[0][0] <= until:
+            out.append(heapq.heappop(heap)[2])
+        return out
+
+    def __len__(self) -> int:
+        return len(self.heap)
+
+
 # -- the cell worker: stream core + desk for the partitions this worker owns ------------------
 
 class CellWorker:
-    """One :class:`StreamProcessor` and event-id filter per owned partition; outputs go
-    to one :class:`TicketSink`.
+    """One :class:`StreamProcessor` and event-id filter per owned by-cell partition for
+    the incident kinds; outputs go to one :class:`TicketSink`. Detections of hot-spot
+    kinds are not counted here: :meth:`take_forwarded` hands them, in event-time order,
+    to the hot-spot stage (:class:`HotspotStage`, one for the whole grid), since the
+    occurrence deduper and the multiple-testing correction span cells of every partition.
 
-    With a ``state`` sink each partition's hot-spot state is durable: restored when the
-    worker first sees the partition (after a restart or a rebalance), checkpointed after
-    the outputs of every hour it closes are applied, when the partition is revoked, and
-    at shutdown (:meth:`shutdown`). Checkpoints are named ``<state_prefix>:<partition>``.
+    Incident state is not checkpointed: it is seeded from the tickets (``held_event_ids``)
+    the first time a partition sees a cell.
 
-    Thread-safe: the faust agent runs :meth:`stream` and :meth:`apply` in a worker thread
+    Thread-safe: the faust agent runs :meth:`process` and :meth:`apply` in a worker thread
     (the store does blocking I/O) while rebalance callbacks call :meth:`revoke` on the
     event loop.
     """
 
     def __init__(self, *, stream: StreamSettings, policies: PolicyBook,
                  hotspot: HotspotSettings, grid: Grid, sink: TicketSink,
-                 state: StateSink | None = None, state_prefix: str = "worker",
                  lateness_s: float = 0.0, sources: int = 1) -> None:
         self.settings = live_stream_settings(stream)
         self.lateness_s = lateness_s
         self.sources = sources  # partitions of the input topic (watermark sources)
-        self._held: dict[int, list[tuple[float, int, Held]]] = {}
-        self._marks: dict[int, Watermarks] = {}
-        self._released_ts: dict[int, float] = {}
-        self._seq = itertools.count()
-        # per by-cell partition: processed, duplicates, late, dead_letters, held
+        self._order: dict[int, ReorderBuffer] = {}
+        # per by-cell partition: processed, duplicates, late, dead_letters, forwarded
         self.partition_counts: dict[int, Counter[str]] = {}
         self.policies = policies
         self.hotspot = hotspot
@@ -452,60 +494,34 @@ class CellWorker:
         self._seeded: dict[int, set[str]] = {}
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
-        self.state = state
-        self.state_prefix = state_prefix
-        self._due: set[int] = set()  # partitions that closed an hour since their checkpoint
+        self._hot_kinds: dict[str, bool] = {}
+        # hot-spot-kind detections processed, not yet taken by the agent: (partition, held)
+        self._forward: list[tuple[int, Held]] = []
+        self._high: dict[int, float] = {}  # per partition: event time released up to
+
+    def is_hotspot_kind(self, kind: str) -> bool:
+        hot = self._hot_kinds.get(kind)
+        if hot is None:
+            hot = self._hot_kinds[kind] = self.policies.for_kind(kind).mode is Mode.HOTSPOT
+        return hot
 
     def _partition(self, partition: int) -> tuple[StreamProcessor, EventIdFilter, set[str]]:
         processor = self._processors.get(partition)
         if processor is None:
+            # its engine stays empty: hot-spot kinds never reach this processor
             processor = StreamProcessor(self.settings, self.policies,
                                         HotspotEngine(self.hotspot, self.grid))
-            ids = EventIdFilter(self.settings.dedup_horizon_s)
-            self._restore(partition, processor, ids)  # may raise StoreUnavailable
             self._processors[partition] = processor
-            self._ids[partition] = ids
+            self._ids[partition] = EventIdFilter(self.settings.dedup_horizon_s)
             self._seeded[partition] = set()
         return processor, self._ids[partition], self._seeded[partition]
-
-    def _state_name(self, partition: int) -> str:
-        return f"{self.state_prefix}:{partition}"
-
-    def _restore(self, partition: int, processor: StreamProcessor,
-                 ids: EventIdFilter) -> None:
-        if self.state is None:
-            return
-        data = self.state.load_state(self._state_name(partition))
-        if data is None:
-            return
-        try:
-            hotspot_state.restore(processor, data)
-        except hotspot_state.CheckpointError as exc:
-            log.warning("hot-spot state of partition %d not restored, starting cold: %s",
-                        partition, exc)
-            return
-        # a redelivered detection the checkpoint already counted is not counted again
-        for event_id, ts in hotspot_state.held_event_ids(processor):
-            ids.seen(event_id, ts)
-        self.counts["restored"] += 1
-
-    def _checkpoint(self, partitions: Iterable[int]) -> None:
-        if self.state is None:
-            return
-        for partition in sorted(partitions):
-            processor = self._processors.get(partition)
-            if processor is not None and processor.hotspots.open_hour is not None:
-                self.state.save_state(self._state_name(partition),
-                                      hotspot_state.dump(processor))
-                self.counts["checkpoints"] += 1
-            self._due.discard(partition)
 
     def stream(self, partition: int, cell_id: str, detection: Detection) -> list[StreamOutput]:
         """The stream stage for one detection of a cell on ``partition``, now (no
         reorder buffer: :meth:`hold` and :meth:`release` are the ordered path)."""
         with self._lock:
             self._seed(partition, [cell_id])
-            return self._push(partition, cell_id, detection)
+            return self._push(partition, Held(cell_id, detection))
 
     def _seed(self, partition: int, cell_ids: Iterable[str]) -> None:
         # may raise StoreUnavailable; what succeeded stays done, so a retry resumes
@@ -519,94 +535,108 @@ class CellWorker:
                     ids.seen(event_id, ts)
                 seeded.add(cell_id)
 
-    def _push(self, partition: int, cell_id: str, detection: Detection) -> list[StreamOutput]:
-        processor, ids, _ = self._partition(partition)
+    def _push(self, partition: int, held: Held) -> list[StreamOutput]:
         counts = self.partition_counts.setdefault(partition, Counter())
+        detection = held.detection
+        if self.is_hotspot_kind(detection.kind):
+            # the hot-spot stage dedups these (its own event-id filter and checkpoint)
+            self._forward.append((partition, held))
+            self.counts["forwarded"] += 1
+            counts["forwarded"] += 1
+            return []
+        processor, ids, _ = self._partition(partition)
         if ids.seen(detection.event_id, detection.observed_at.timestamp()):
             self.counts["duplicates"] += 1
             counts["duplicates"] += 1
             return []
         self.counts["processed"] += 1
         counts["processed"] += 1
-        hour_before = processor.hotspots.open_hour
         late_before = processor.stats.late
-        outputs = processor.push(detection, cell_id)
+        outputs = processor.push(detection, held.cell_id)
         if processor.stats.late != late_before:
             self.counts["late"] += 1
             counts["late"] += 1
-        if hour_before is not None and processor.hotspots.open_hour != hour_before:
-            self._due.add(partition)
         return outputs
+
+    def take_forwarded(self) -> list[tuple[int, Held]]:
+        """The hot-spot-kind detections processed since the last call, (by-cell
+        partition, detection) in the order processed."""
+        with self._lock:
+            out, self._forward = self._forward, []
+            return out
 
     # -- the ordered path: hold in a reorder buffer, release by watermark ------------------
 
     def mark(self, partition: int, source: int, high: float | None) -> None:
         """Input partition ``source`` has got to event time ``high`` (``None``: idle)."""
         with self._lock:
-            self._watermarks(partition).observe(source, high)
+            self._buffer(partition).marks.observe(source, high)
 
-    def _watermarks(self, partition: int) -> Watermarks:
-        marks = self._marks.get(partition)
-        if marks is None:
-            marks = self._marks[partition] = Watermarks(self.sources)
-        return marks
+    def _buffer(self, partition: int) -> ReorderBuffer:
+        order = self._order.get(partition)
+        if order is None:
+            order = self._order[partition] = ReorderBuffer(self.sources)
+        return order
 
     def hold(self, partition: int, cell_id: str, detection: Detection, token: Any = None,
              *, direct: bool = False) -> None:
         """Put a detection in ``partition``'s reorder buffer (``direct``: it carried no
         watermark headers and advances the partition-local mark)."""
-        ts = detection.observed_at.timestamp()
         with self._lock:
-            if direct:
-                self._watermarks(partition).observe_direct(ts)
-            heapq.heappush(self._held.setdefault(partition, []),
-                           (ts, next(self._seq), Held(cell_id, detection, token)))
+            self._buffer(partition).hold(Held(cell_id, detection, token), direct=direct)
 
     def release(self, partition: int, *, everything: bool = False) -> list[Held]:
         """Take the held detections the watermark has passed (minus ``lateness_s``), in
         event-time order (ties in arrival order); ``everything``: all of them."""
         with self._lock:
-            heap = self._held.get(partition)
-            if not heap:
+            order = self._order.get(partition)
+            if order is None:
                 return []
-            until = (float("inf") if everything
-                     else self._watermarks(partition).value() - self.lateness_s)
-            out: list[Held] = []
-            while heap and heap[0][0] <= until:
-                ts, _, held = heapq.heappop(heap)
-                out.append(held)
-            return out
+            return order.release(self.lateness_s, everything=everything)
+
+    def released_until(self, partition: int) -> float:
+        """Event time up to which ``partition`` has released (what the hot-spot stage's
+        watermark hears: ``inf`` when every input partition is idle, ``-inf`` before
+        every one has been heard of)."""
+        with self._lock:
+            order = self._order.get(partition)
+            return float("-inf") if order is None else order.until(self.lateness_s)
 
     def process(self, partition: int, released: Sequence[Held]) -> list[StreamOutput]:
         """The stream stage for released detections of ``partition``, in order. Seeding
         reads the store first (may raise :class:`StoreUnavailable`: call again with the
         same detections); processing itself does no I/O."""
         with self._lock:
-            self._seed(partition, dict.fromkeys(h.cell_id for h in released))
+            self._seed(partition, dict.fromkeys(
+                h.cell_id for h in released if not self.is_hotspot_kind(h.detection.kind)))
             outputs: list[StreamOutput] = []
             for held in released:
-                outputs.extend(self._push(partition, held.cell_id, held.detection))
+                outputs.extend(self._push(partition, held))
             return outputs
 
     def held(self, partition: int | None = None) -> int:
         """Detections waiting in the reorder buffer (of one partition, or all)."""
         with self._lock:
             if partition is not None:
-                return len(self._held.get(partition, ()))
-            return sum(map(len, self._held.values()))
+                return len(self._order.get(partition, ()))
+            return sum(map(len, self._order.values()))
 
     def metrics(self) -> dict[int, dict[str, Any]]:
-        """Per owned by-cell partition: processed, duplicates, late, dead letters, held
-        (waiting for the watermark) and the watermark (event-time seconds)."""
+        """Per owned by-cell partition: processed, duplicates, late, dead letters,
+        forwarded (hot-spot kinds, to the hot-spot stage), held (waiting for the
+        watermark) and the watermark (event-time seconds)."""
         with self._lock:
-            parts = sorted(set(self._processors) | set(self._held) | set(self._marks))
+            parts = sorted(set(self._processors) | set(self._order)
+                           | set(self.partition_counts))
             return {p: {"processed": self.partition_counts.get(p, Counter())["processed"],
                         "duplicates": self.partition_counts.get(p, Counter())["duplicates"],
                         "late": self.partition_counts.get(p, Counter())["late"],
                         "dead_letters":
                             self.partition_counts.get(p, Counter())["dead_letters"],
-                        "held": len(self._held.get(p, ())),
-                        "watermark": self._marks[p].value() if p in self._marks else None}
+                        "forwarded": self.partition_counts.get(p, Counter())["forwarded"],
+                        "held": len(self._order[p]) if p in self._order else 0,
+                        "watermark":
+                            self._order[p].marks.value() if p in self._order else None}
                     for p in parts}
 
     def count_dead_letter(self, partition: int) -> None:
@@ -614,60 +644,203 @@ class CellWorker:
             self.partition_counts.setdefault(partition, Counter())["dead_letters"] += 1
 
     def apply(self, outputs: Sequence[StreamOutput]) -> list[str]:
-        """Apply outputs to tickets (the sink makes a repeat harmless), then checkpoint
-        the partitions that closed an hour (so a checkpoint never holds findings whose
-        tickets are not written)."""
+        """Apply outputs to tickets (the sink makes a repeat harmless)."""
         with self._lock:
-            written = self.sink.apply(outputs) if outputs else []
-            if self._due:
-                self._checkpoint(list(self._due))
-            return written
+            return self.sink.apply(outputs) if outputs else []
 
     def flush(self) -> list[str]:
-        """Close open hot-spot windows of every owned partition (the end of a finite
-        input; a worker that stops and starts again uses :meth:`shutdown`)."""
+        """Release and process everything held (the end of a finite input); hot-spot
+        kinds among it wait in :meth:`take_forwarded`."""
         outputs: list[StreamOutput] = []
-        for partition in sorted(self._held):
+        for partition in sorted(self._order):
             outputs.extend(self.process(partition, self.release(partition, everything=True)))
         with self._lock:
             outputs += [o for p in sorted(self._processors)
                         for o in self._processors[p].flush()]
         return self.apply(outputs)
 
-    def shutdown(self) -> list[str]:
-        """The shutdown flush: with a state sink, checkpoint every owned partition (the
-        open hour stays open: the next run continues it, as an uninterrupted one would);
-        without one, close the open windows (:meth:`flush`) so their findings are not
-        lost. Returns the tickets written."""
-        if self.state is None:
-            return self.flush()
-        with self._lock:
-            self._checkpoint(list(self._processors))
-        return []
-
     def revoke(self, partitions: Iterable[int]) -> None:
-        """Checkpoint (with a state sink) and forget the state of partitions this worker
-        no longer owns; whoever gets them restores the checkpoint and takes the
-        redelivered detections on from there."""
-        partitions = list(partitions)
+        """Forget the state of partitions this worker no longer owns; whoever gets them
+        seeds from the tickets and takes the redelivered detections on from there."""
         with self._lock:
-            try:
-                self._checkpoint([p for p in partitions if p in self._processors])
-            except StoreUnavailable as exc:
-                log.warning("checkpoint of revoked partitions %s failed (%s); their next "
-                            "owner starts from the previous one", partitions, exc)
             for partition in partitions:
                 self._processors.pop(partition, None)
                 self._ids.pop(partition, None)
                 self._seeded.pop(partition, None)
                 # held detections were never acked: the next owner gets them again
-                self._held.pop(partition, None)
-                self._marks.pop(partition, None)
+                self._order.pop(partition, None)
                 self.partition_counts.pop(partition, None)
+                self._high.pop(partition, None)
+                self._forward = [f for f in self._forward if f[0] != partition]
 
     @property
     def partitions(self) -> list[int]:
-        return sorted(self._processors)
+        return sorted(self._processors.keys() | self.partition_counts.keys())
+
+
+# -- the hot-spot stage: one engine over the whole grid ---------------------------------------
+
+class HotspotStage:
+    """ONE :class:`StreamProcessor` for the hot-spot kinds of the whole grid (occurrence
+    dedup, the :class:`HotspotEngine`, the multiple-testing correction over every cell),
+    fed by the cells stage through :data:`TOPIC_HOTSPOT` and ordered across the by-cell
+    partitions by a :class:`ReorderBuffer` (the watermark the cells stage announces).
+    Findings go to the same :class:`TicketSink`.
+
+    With a ``state`` sink its state is durable (:mod:`stream.hotspot_state`, under
+    ``state_name``): restored the first time the stage processes (a restart, or a worker
+    taking the partition over), checkpointed after the outputs of every hour it closes are
+    applied, on revoke and at shutdown. After a restore, the event ids the checkpoint
+    counted are seeded into the stage's event-id filter: a redelivered detection is not
+    counted twice.
+    """
+
+    def __init__(self, *, stream: StreamSettings, policies: PolicyBook,
+                 hotspot: HotspotSettings, grid: Grid, sink: TicketSink,
+                 state: StateSink | None = None, state_name: str = f"worker:{HOTSPOT_STATE}",
+                 lateness_s: float = 0.0, sources: int = 1) -> None:
+        self.settings = live_stream_settings(stream)
+        self.policies = policies
+        self.hotspot = hotspot
+        self.grid = grid
+        self.sink = sink
+        self.state = state
+        self.state_name = state_name
+        self.lateness_s = lateness_s
+        self.sources = sources  # partitions of the by-cell topic (watermark sources)
+        self.order = ReorderBuffer(sources)
+        self.counts: Counter[str] = Counter()
+        self._processor: StreamProcessor | None = None
+        self._ids = EventIdFilter(self.settings.dedup_horizon_s)
+        self._due = False  # an hour closed since the last checkpoint
+        self._lock = threading.Lock()
+
+    @property
+    def processor(self) -> StreamProcessor:
+        """The stage's processor, restored from the checkpoint on first use (may raise
+        :class:`StoreUnavailable`)."""
+        if self._processor is None:
+            processor = StreamProcessor(self.settings, self.policies,
+                                        HotspotEngine(self.hotspot, self.grid))
+            ids = EventIdFilter(self.settings.dedup_horizon_s)
+            self._restore(processor, ids)
+            self._processor, self._ids = processor, ids
+        return self._processor
+
+    def _restore(self, processor: StreamProcessor, ids: EventIdFilter) -> None:
+        if self.state is None:
+            return
+        data = self.state.load_state(self.state_name)
+        if data is None:
+            return
+        try:
+            hotspot_state.restore(processor, data)
+        except hotspot_state.CheckpointError as exc:
+            log.warning("hot-spot state %s not restored, starting cold: %s",
+                        self.state_name, exc)
+            return
+        for event_id, ts in hotspot_state.held_event_ids(processor):
+            ids.seen(event_id, ts)
+        self.counts["restored"] += 1
+
+    def _checkpoint(self) -> None:
+        processor = self._processor
+        if self.state is not None and processor is not None and \
+                processor.hotspots.open_hour is not None:
+            self.state.save_state(self.state_name, hotspot_state.dump(processor))
+            self.counts["checkpoints"] += 1
+        self._due = False
+
+    def mark(self, source: int, high: float | None) -> None:
+        """By-cell partition ``source`` has released up to ``high`` (``None``: idle)."""
+        with self._lock:
+            self.order.marks.observe(source, high)
+
+    def hold(self, cell_id: str, detection: Detection, token: Any = None, *,
+             direct: bool = False) -> None:
+        with self._lock:
+            self.order.hold(Held(cell_id, detection, token), direct=direct)
+
+    def release(self, *, everything: bool = False) -> list[Held]:
+        with self._lock:
+            return self.order.release(self.lateness_s, everything=everything)
+
+    def held(self) -> int:
+        with self._lock:
+            return len(self.order)
+
+    def process(self, released: Sequence[Held]) -> list[StreamOutput]:
+        """Count released detections in order (the restore on first use may raise
+        :class:`StoreUnavailable`: call again with the same detections)."""
+        with self._lock:
+            processor = self.processor
+            outputs: list[StreamOutput] = []
+            for held in released:
+                d = held.detection
+                if self._ids.seen(d.event_id, d.observed_at.timestamp()):
+                    self.counts["duplicates"] += 1
+                    continue
+                self.counts["processed"] += 1
+                hour_before = processor.hotspots.open_hour
+                outputs.extend(processor.push(d, held.cell_id))
+                if hour_before is not None and processor.hotspots.open_hour != hour_before:
+                    self._due = True
+            return outputs
+
+    def apply(self, outputs: Sequence[StreamOutput]) -> list[str]:
+        """Apply findings to tickets, then checkpoint if an hour closed (so a checkpoint
+        never holds findings whose tickets are not written)."""
+        with self._lock:
+            written = self.sink.apply(outputs) if outputs else []
+            if self._due:
+                self._checkpoint()
+            return written
+
+    def flush(self) -> list[str]:
+        """The end of a finite input: process everything held, close the open hour."""
+        outputs = self.process(self.release(everything=True))
+        with self._lock:
+            outputs += self.processor.flush()
+        return self.apply(outputs)
+
+    def shutdown(self) -> list[str]:
+        """With a state sink, checkpoint (the open hour stays open: the next run continues
+        it); without one, close the open hour (:meth:`flush`) so its findings are not
+        lost. Returns the tickets written."""
+        if self.state is None:
+            return self.flush() if self._processor is not None or len(self.order) else []
+        with self._lock:
+            self._checkpoint()
+        return []
+
+    def revoke(self) -> None:
+        """Checkpoint (with a state sink) and forget everything: the partition's next
+        owner restores the checkpoint and takes the redelivered records on from there."""
+        with self._lock:
+            try:
+                if self.state is not None:
+                    self._checkpoint()
+            except StoreUnavailable as exc:
+                log.warning("checkpoint of the hot-spot stage failed (%s); its next owner "
+                            "starts from the previous one", exc)
+            self._processor = None
+            self._ids = EventIdFilter(self.settings.dedup_horizon_s)
+            # held records were never acked: the next owner gets them again
+            self.order = ReorderBuffer(self.sources)
+            self._due = False
+
+    def metrics(self) -> dict[str, Any]:
+        """Processed, duplicates (redelivered or re-sent), restored, checkpoints, held
+        (waiting for the watermark) and the watermark (event-time seconds)."""
+        with self._lock:
+            return {**{k: self.counts[k] for k in ("processed", "duplicates", "restored",
+                                                     "checkpoints")},
+                    "held": len(self.order), "watermark": self.order.marks.value()}
+
+    @property
+    def active(self) -> bool:
+        """Whether the stage holds state (it owns the partition and has processed)."""
+        return self._processor is not None
 
 
 # -- the faust app ------------------------------------------------------------------------------
@@ -686,12 +859,16 @@ _T = TypeVar("_T")
 
 
 class Scaleout:
-    """The faust app, its topics and its two agents, over one :class:`CellWorker`.
+    """The faust app, its topics and its three agents, over one :class:`CellWorker` and
+    one :class:`HotspotStage`.
 
     Args:
         settings: broker, partitions, web port, batching, group timeouts.
         grid: the cell grid (ingest looks cells up in it).
-        worker: the stream state and the ticket sink.
+        worker: the incident stream state and the ticket sink.
+        hotspots: the hot-spot stage (runs while this worker owns
+            :data:`TOPIC_HOTSPOT`'s one partition); ``None``: one without a state sink
+            over the worker's settings and sink.
         sender: publishes one record (:class:`Sender`); defaults to the faust topics.
             Tests pass a recorder, since faust has no in-memory broker.
     """
@@ -699,9 +876,15 @@ class Scaleout:
     retry_delay_s = 0.5  # first wait when the store is unavailable; doubles to 30 s
 
     def __init__(self, settings: ScaleoutSettings, *, grid: Grid, worker: CellWorker,
-                 sender: Sender | None = None,
+                 hotspots: HotspotStage | None = None, sender: Sender | None = None,
                  skew_clock: Callable[[], datetime] | None = None) -> None:
         self.settings = settings
+        self.hotspots = hotspots or HotspotStage(
+            stream=worker.settings, policies=worker.policies, hotspot=worker.hotspot,
+            grid=grid, sink=worker.sink, sources=settings.partitions)
+        # per by-cell partition: the released-until mark last announced to the hot-spot
+        # stage (None: idle)
+        self._hot_marks: dict[int, float | None] = {}
         # live: the clock detections are checked against (clock_skew); None: no check
         self.skew_clock = skew_clock
         self.grid = grid
@@ -731,8 +914,10 @@ class Scaleout:
                                                 partitions=settings.input_partitions)
         self.by_cell_topic = self._raw_topic(TOPIC_BY_CELL, partitions=settings.partitions)
         self.deadletter_topic = self._raw_topic(TOPIC_DEADLETTER, partitions=1)
+        self.hotspot_topic = self._raw_topic(TOPIC_HOTSPOT, partitions=1)
         self._topics = {t.get_topic_name(): t for t in
-                        (self.detections_topic, self.by_cell_topic, self.deadletter_topic)}
+                        (self.detections_topic, self.by_cell_topic, self.deadletter_topic,
+                         self.hotspot_topic)}
         self.send: Sender = sender or self._send_to_kafka
         # ingest's view of the input partitions it owns: event-time high mark, when it
         # last read from each (monotonic), to announce marks and idleness downstream
@@ -742,6 +927,8 @@ class Scaleout:
             self._ingest)
         self.cell_agent = self.app.agent(self.by_cell_topic, name="gridwatch.cells")(
             self._cells)
+        self.hotspot_agent = self.app.agent(self.hotspot_topic, name="gridwatch.hotspots")(
+            self._hotspots)
         self.app.timer(settings.tick_s, name="gridwatch.marks")(self._announce)
         self.app.timer(settings.metrics_s, name="gridwatch.metrics")(self._log_metrics)
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
@@ -772,19 +959,25 @@ class Scaleout:
             log.info("partitions %s of %s revoked; dropping their state", partitions,
                      TOPIC_BY_CELL)
             self.worker.revoke(partitions)
+            for partition in partitions:
+                self._hot_marks.pop(partition, None)
+        if any(tp.topic == TOPIC_HOTSPOT for tp in revoked):
+            log.info("%s revoked; checkpointing the hot-spot stage", TOPIC_HOTSPOT)
+            await asyncio.to_thread(self.hotspots.revoke)
 
     async def _on_assigned(self, _sender: Any, *args: Any, **_: Any) -> None:
         assigned = args[0] if args else set()
-        for topic in (TOPIC_DETECTIONS, TOPIC_BY_CELL):
+        for topic in (TOPIC_DETECTIONS, TOPIC_BY_CELL, TOPIC_HOTSPOT):
             log.info("assigned %s partitions %s", topic,
                      sorted(tp.partition for tp in assigned if tp.topic == topic))
 
     async def _on_shutdown(self, _sender: Any, **_: Any) -> None:
         # after the consumer stopped, before the producer's last flush
         try:
-            tickets = await asyncio.wait_for(asyncio.to_thread(self.worker.shutdown), 5.0)
-            log.info("shutdown flush: partitions %s checkpointed, %d tickets written",
-                     self.worker.partitions, len(tickets))
+            tickets = await asyncio.wait_for(asyncio.to_thread(self.hotspots.shutdown), 5.0)
+            log.info("shutdown flush: hot-spot stage %s, %d tickets written",
+                     "checkpointed" if self.hotspots.state is not None else "flushed",
+                     len(tickets))
         except (StoreUnavailable, TimeoutError) as exc:
             log.error("shutdown flush failed (%s); the next start restores the last "
                       "hourly checkpoints", exc or "timed out")
@@ -857,14 +1050,16 @@ class Scaleout:
                                 headers=headers)
 
     def metrics(self) -> dict[str, Any]:
-        """What the worker has done: ingest outcomes, and per owned by-cell partition
-        processed, duplicates, late, dead letters, held (waiting for the watermark), the
-        watermark, and lag (records not yet read; ``None`` when unknown)."""
+        """What the worker has done: ingest outcomes; per owned by-cell partition
+        processed, duplicates, late, dead letters, forwarded (to the hot-spot stage),
+        held (waiting for the watermark), the watermark, and lag (records not yet read;
+        ``None`` when unknown); the hot-spot stage's counts (:meth:`HotspotStage.metrics`)."""
         parts = self.worker.metrics()
         for partition, row in parts.items():
             row["lag"] = self._lag(partition)
         return {"ingest": dict(sorted(self.counts.items())),
-                "partitions": {str(p): row for p, row in parts.items()}}
+                "partitions": {str(p): row for p, row in parts.items()},
+                "hotspots": self.hotspots.metrics()}
 
     def _lag(self, partition: int) -> int | None:
         from faust.types import TP
@@ -928,6 +1123,7 @@ class Scaleout:
                 if held:
                     outputs += await self._until_stored(worker.process, partition, held)
             tickets = await self._until_stored(worker.apply, outputs)
+            await self._forward_hotspots(sorted(touched))
             processed = 0
             for held in released.values():
                 for item in held:
@@ -936,6 +1132,76 @@ class Scaleout:
                         item.token.ack()
             yield {"outcome": "batch", "processed": processed, "rejected": rejected,
                    "held": worker.held(), "tickets": tickets}
+
+    async def _forward_hotspots(self, touched: Iterable[int]) -> None:
+        """Publish the hot-spot-kind detections the batch released to the hot-spot
+        stage, stamped with their by-cell partition and how far it has released, then a
+        marker for each touched partition whose mark moved (so the stage's watermark
+        moves on partitions without hot-spot kinds too)."""
+        worker = self.worker
+        for partition, held in worker.take_forwarded():
+            await self.send(TOPIC_HOTSPOT, held.cell_id.encode(),
+                            held.detection.to_json().encode(), partition=0,
+                            headers=self._hot_headers(partition))
+        for partition in touched:
+            until = worker.released_until(partition)
+            mark = None if until == float("inf") else until
+            if until == float("-inf") or (partition in self._hot_marks
+                                          and self._hot_marks[partition] == mark):
+                continue
+            self._hot_marks[partition] = mark
+            await self.send(TOPIC_HOTSPOT, None, b"", partition=0,
+                            headers={**self._hot_headers(partition), HEADER_MARK: b"1"})
+
+    def _hot_headers(self, partition: int) -> dict[str, bytes]:
+        until = self.worker.released_until(partition)
+        high = IDLE if until == float("inf") else repr(until).encode()
+        if until == float("-inf"):  # flushed without a watermark: no promise
+            high = b"-inf"
+        return {HEADER_SOURCE: str(partition).encode(), HEADER_HIGH: high}
+
+    # -- hot spots ------------------------------------------------------------------------
+
+    async def _hotspots(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
+        stage = self.hotspots
+        async for events in stream.take_events(self.settings.batch_max,
+                                               self.settings.batch_within_s):
+            rejected = 0
+            for event in events:
+                try:
+                    mark = read_mark(event.headers)
+                except ValueError as exc:
+                    await self._dead_letter(event, "bad_headers",
+                                            f"unreadable watermark headers: {exc}")
+                    rejected += 1
+                    continue
+                if mark is not None:
+                    stage.mark(*mark)
+                if event.headers and HEADER_MARK in event.headers:
+                    continue
+                cell_id = event.key.decode() if isinstance(event.key, bytes) else event.key
+                if not cell_id or cell_id not in self.grid:
+                    await self._dead_letter(event, "unknown_cell",
+                                            f"record key {cell_id!r} is not a cell of the "
+                                            f"grid")
+                    rejected += 1
+                    continue
+                try:
+                    detection = parse_detection(event.value)
+                except DetectionRejected as exc:
+                    await self._dead_letter(event, exc.code.value, exc.reason)
+                    rejected += 1
+                    continue
+                event.message.incref()  # acked when released and written
+                stage.hold(cell_id, detection, event, direct=mark is None)
+            released = stage.release()
+            outputs = await self._until_stored(stage.process, released) if released else []
+            tickets = await self._until_stored(stage.apply, outputs)
+            for item in released:
+                if item.token is not None:
+                    item.token.ack()
+            yield {"outcome": "hotspots", "processed": len(released), "rejected": rejected,
+                   "held": stage.held(), "tickets": tickets}
 
     async def _until_stored(self, work: Callable[..., _T], *args: Any) -> _T:
         # the store is down: retry (seeding reads only; the desk path is idempotent)

@@ -97,8 +97,8 @@ class StoreSink:
 
 
 class StoreCheckpoints:
-    """The scale-out runtime's :class:`~stream.faust_app.StateSink`: each partition's
-    hot-spot checkpoint in the ticket store (:mod:`ticketing.checkpoints`)."""
+    """The scale-out runtime's :class:`~stream.faust_app.StateSink`: the hot-spot stage's
+    checkpoint in the ticket store (:mod:`ticketing.checkpoints`)."""
 
     def __init__(self, store: TicketStore) -> None:
         if not isinstance(store, SqlTicketStore):
@@ -151,16 +151,22 @@ def scaleout_for(settings: ScaleoutSettings, config: GridWatchConfig, grid: Grid
     ``stream.max_future_s`` after or ``max_age_s`` before it are dead-lettered
     (``clock_skew``); ``received=None`` starts them at event time, checks no clocks and
     gives exactly the tickets replay gives."""
-    from stream.faust_app import CellWorker, Scaleout
+    from stream.faust_app import HOTSPOT_STATE, CellWorker, HotspotStage, Scaleout
 
+    sink = StoreSink(config, grid, store, received=received)
     worker = CellWorker(stream=config.stream, policies=config.policies,
-                        hotspot=config.hotspot, grid=grid,
-                        sink=StoreSink(config, grid, store, received=received),
-                        state=StoreCheckpoints(store) if isinstance(store, SqlTicketStore)
-                        else None, state_prefix=f"worker:{settings.app_id}",
+                        hotspot=config.hotspot, grid=grid, sink=sink,
                         lateness_s=settings.lateness_s, sources=settings.input_partitions)
+    # one hot-spot stage for the whole grid, its state durable in the ticket store
+    hotspots = HotspotStage(stream=config.stream, policies=config.policies,
+                            hotspot=config.hotspot, grid=grid, sink=sink,
+                            state=StoreCheckpoints(store)
+                            if isinstance(store, SqlTicketStore) else None,
+                            state_name=f"worker:{settings.app_id}:{HOTSPOT_STATE}",
+                            sources=settings.partitions)
     # a live worker (a received clock) dead-letters detections whose clock is far off it
-    return Scaleout(settings, grid=grid, worker=worker, sender=sender, skew_clock=received)
+    return Scaleout(settings, grid=grid, worker=worker, hotspots=hotspots, sender=sender,
+                    skew_clock=received)
 
 
 def build_scaleout(settings: ScaleoutSettings, *,
