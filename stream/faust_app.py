@@ -509,8 +509,10 @@ class CellWorker:
         processor = self._processors.get(partition)
         if processor is None:
             # its engine stays empty: hot-spot kinds never reach this processor
+            # the event-id filter beside it is the one filter (seeded, checkpointed)
             processor = StreamProcessor(self.settings, self.policies,
-                                        HotspotEngine(self.hotspot, self.grid))
+                                        HotspotEngine(self.hotspot, self.grid),
+                                        filter_event_ids=False)
             self._processors[partition] = processor
             self._ids[partition] = EventIdFilter(self.settings.dedup_horizon_s)
             self._seeded[partition] = set()
@@ -720,8 +722,10 @@ class HotspotStage:
         """The stage's processor, restored from the checkpoint on first use (may raise
         :class:`StoreUnavailable`)."""
         if self._processor is None:
+            # the event-id filter beside it is the one filter (seeded, checkpointed)
             processor = StreamProcessor(self.settings, self.policies,
-                                        HotspotEngine(self.hotspot, self.grid))
+                                        HotspotEngine(self.hotspot, self.grid),
+                                        filter_event_ids=False)
             ids = EventIdFilter(self.settings.dedup_horizon_s)
             self._restore(processor, ids)
             self._processor, self._ids = processor, ids
