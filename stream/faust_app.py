@@ -986,6 +986,20 @@ class Scaleout:
             log.error("shutdown flush failed (%s); the next start restores the last "
                       "hourly checkpoints", exc or "timed out")
 
+    async def _keyed_detection(self, event: Any) -> tuple[str, Detection] | None:
+        """The cell (the record key) and the detection of a by-cell or hot-spot record;
+        None when either is bad (then dead-lettered with the reason)."""
+        cell_id = event.key.decode() if isinstance(event.key, bytes) else event.key
+        if not cell_id or cell_id not in self.grid:
+            await self._dead_letter(event, "unknown_cell",
+                                    f"record key {cell_id!r} is not a cell of the grid")
+            return None
+        try:
+            return cell_id, parse_detection(event.value)
+        except DetectionRejected as exc:
+            await self._dead_letter(event, exc.code.value, exc.reason)
+            return None
+
     async def _dead_letter(self, event: Any, code: str, reason: str) -> None:
         message = event.message
         self.counts[f"rejected:{code}"] += 1
@@ -1103,19 +1117,11 @@ class Scaleout:
                     touched.add(partition)
                 if event.headers and HEADER_MARK in event.headers:
                     continue  # a watermark marker, no detection
-                cell_id = event.key.decode() if isinstance(event.key, bytes) else event.key
-                if not cell_id or cell_id not in self.grid:
-                    await self._dead_letter(event, "unknown_cell",
-                                            f"record key {cell_id!r} is not a cell of the "
-                                            f"grid")
+                keyed = await self._keyed_detection(event)
+                if keyed is None:
                     rejected += 1
                     continue
-                try:
-                    detection = parse_detection(event.value)
-                except DetectionRejected as exc:
-                    await self._dead_letter(event, exc.code.value, exc.reason)
-                    rejected += 1
-                    continue
+                cell_id, detection = keyed
                 # held: not acked (so not committed) until released and written;
                 # take_events' own ack then only drops our extra reference
                 event.message.incref()
@@ -1183,19 +1189,11 @@ class Scaleout:
                     stage.mark(*mark)
                 if event.headers and HEADER_MARK in event.headers:
                     continue
-                cell_id = event.key.decode() if isinstance(event.key, bytes) else event.key
-                if not cell_id or cell_id not in self.grid:
-                    await self._dead_letter(event, "unknown_cell",
-                                            f"record key {cell_id!r} is not a cell of the "
-                                            f"grid")
+                keyed = await self._keyed_detection(event)
+                if keyed is None:
                     rejected += 1
                     continue
-                try:
-                    detection = parse_detection(event.value)
-                except DetectionRejected as exc:
-                    await self._dead_letter(event, exc.code.value, exc.reason)
-                    rejected += 1
-                    continue
+                cell_id, detection = keyed
                 event.message.incref()  # acked when released and written
                 stage.hold(cell_id, detection, event, direct=mark is None)
             released = stage.release()
