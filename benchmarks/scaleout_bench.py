@@ -132,9 +132,11 @@ def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list
                 done = 0
                 for log in logs:
                     m = last_metrics(log)
-                    if m:
+                    if m:  # the cells stage's own, then the hot-spot stage's (forwarded)
                         done += sum(r["processed"] + r["duplicates"]
                                     for r in m["partitions"].values())
+                        hot = m.get("hotspots") or {}
+                        done += hot.get("processed", 0) + hot.get("duplicates", 0)
                 if kill and done >= forwarded // 3 and len(procs) > 1 and \
                         procs[0].poll() is None:
                     procs[0].send_signal(signal.SIGKILL)
