@@ -44,7 +44,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from detectors.schema import Detection
 
@@ -351,18 +351,7 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                removed = freed = sent = 0
-                for start in range(0, len(keys), 500):
-                    chunk = list(keys[start:start + 500])
-                    marks = ",".join("?" * len(chunk))
-                    row = self._db.execute(
-                        f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), "
-                        f"COALESCE(SUM(sent_at IS NOT NULL), 0) FROM outbox "
-                        f"WHERE event_id IN ({marks})", chunk).fetchone()
-                    self._db.execute(f"DELETE FROM outbox WHERE event_id IN ({marks})", chunk)
-                    removed += int(row[0])
-                    freed += int(row[1]) + int(row[0]) * ROW_OVERHEAD_BYTES
-                    sent += int(row[2])
+                removed, freed, sent = self._delete_rows("event_id", list(keys))
                 unknown = len(keys) - removed
                 self._bump("receipted", removed)
                 if unknown:
@@ -379,6 +368,23 @@ class Outbox:
             self._awaiting -= sent
         return removed, unknown
 
+    def _delete_rows(self, column: str, keys: list[Any]) -> tuple[int, int, int]:
+        """Inside the caller's transaction: delete the rows whose ``column`` is in
+        ``keys``; ``(rows removed, bytes freed, of them sent)``."""
+        removed = freed = sent = 0
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            row = self._db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), "
+                f"COALESCE(SUM(sent_at IS NOT NULL), 0) FROM outbox "
+                f"WHERE {column} IN ({marks})", chunk).fetchone()
+            self._db.execute(f"DELETE FROM outbox WHERE {column} IN ({marks})", chunk)
+            removed += int(row[0])
+            freed += int(row[1]) + int(row[0]) * ROW_OVERHEAD_BYTES
+            sent += int(row[2])
+        return removed, freed, sent
+
     def ack(self, seqs: list[int]) -> int:
         """Receipts off: delete rows on their PUBACK; returns how many were still there."""
         if not seqs:
@@ -386,20 +392,7 @@ class Outbox:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                removed = 0
-                freed = 0
-                sent = 0
-                for start in range(0, len(seqs), 500):
-                    chunk = seqs[start:start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    row = self._db.execute(
-                        f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), "
-                        f"COALESCE(SUM(sent_at IS NOT NULL), 0) FROM outbox "
-                        f"WHERE seq IN ({marks})", chunk).fetchone()
-                    self._db.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", chunk)
-                    removed += int(row[0])
-                    freed += int(row[1]) + int(row[0]) * ROW_OVERHEAD_BYTES
-                    sent += int(row[2])
+                removed, freed, sent = self._delete_rows("seq", seqs)
                 self._bump("published", removed - sent)
                 self._db.execute("COMMIT")
             except BaseException:
