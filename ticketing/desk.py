@@ -58,7 +58,8 @@ class TicketDesk:
         self.store = store
         self.received = received
         self.stats = DeskStats()
-        self._known = _KnownItems()
+        # the item sets of the ticket lists it appends to (also the idempotent desk's)
+        self.known = KnownItems()
 
     def _received_at(self, event_time: datetime) -> datetime:
         if self.received is None:
@@ -159,7 +160,7 @@ class TicketDesk:
             ticket.version += 1
         # never an id the ticket holds: another centre replica may have committed the same
         # re-sent detection first (a duplicate would make the store's id count overrun)
-        self._known.add_new(ticket.event_ids, event.new_event_ids)
+        self.known.add_new(ticket.event_ids, event.new_event_ids)
         ticket.detection_count = ticket.detection_count + 1
         if event.confidence > ticket.max_confidence:
             ticket.max_confidence = event.confidence
@@ -174,7 +175,7 @@ class TicketDesk:
                 ticket.received_at = incident.opened_at
                 self._clock(ticket, incident.opened_at)
             ticket.opened_at = incident.opened_at
-        self._known.add_new(ticket.source_ids, incident.source_ids)
+        self.known.add_new(ticket.source_ids, incident.source_ids)
         for url in incident.snapshot_urls:
             if url not in ticket.snapshot_urls and len(ticket.snapshot_urls) < MAX_SNAPSHOTS:
                 ticket.snapshot_urls.append(url)
@@ -315,7 +316,7 @@ def review_reason(policies: PolicyBook, kind: str, policy: KindPolicy,
     return None
 
 
-class _KnownItems:
+class KnownItems:
     """The set of a ticket list's items (``event_ids``, ``source_ids``), kept while the
     desk appends to that same list, for :meth:`add_new`.
 
@@ -332,33 +333,33 @@ class _KnownItems:
         # id(list) -> (the list itself, so the id is not reused while kept; its items)
         self._sets: dict[int, tuple[list[str], set[str]]] = {}
 
-    def add_new(self, values: list[str], more: Sequence[str]) -> None:
-        """Append the items of ``more`` not in ``values`` yet, in order (as a ``not in``
-        scan per item would)."""
+    def items_of(self, values: list[str]) -> set[str]:
+        """The items of ``values`` as a set (kept for the next call while ``values``
+        does not change but through :meth:`add_new`; do not change it)."""
         entry = self._sets.get(id(values))
-        if entry is None or entry[0] is not values or len(entry[1]) != len(values):
-            known = set(values)
-            if len(known) != len(values):  # repeats: no set can follow this list
-                _append_missing(values, known, more)
-                return
+        if entry is not None and entry[0] is values and len(entry[1]) == len(values):
+            return entry[1]
+        known = set(values)
+        if len(known) == len(values):  # with repeats no set can follow the list
             if len(self._sets) >= self.max_lists:
                 self._sets.clear()
             self._sets[id(values)] = (values, known)
-        else:
-            known = entry[1]
-        _append_missing(values, known, more)
+        return known
 
+    def add_new(self, values: list[str], more: Sequence[str]) -> None:
+        """Append the items of ``more`` not in ``values`` yet, in order (as a ``not in``
+        scan per item would)."""
+        known = self.items_of(values)
+        if len(more) == 1:
+            value = more[0]
+            if value not in known:
+                known.add(value)
+                values.append(value)
+            return
+        if known.issuperset(more):  # the usual case: nothing new
+            return
+        for value in more:
+            if value not in known:
+                known.add(value)
+                values.append(value)
 
-def _append_missing(values: list[str], known: set[str], more: Sequence[str]) -> None:
-    if len(more) == 1:
-        value = more[0]
-        if value not in known:
-            known.add(value)
-            values.append(value)
-        return
-    if known.issuperset(more):  # the usual case: nothing new
-        return
-    for value in more:
-        if value not in known:
-            known.add(value)
-            values.append(value)
