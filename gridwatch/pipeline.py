@@ -46,7 +46,7 @@ from gridwatch.config import GridWatchConfig
 from stream.hotspot import HotspotEngine
 from stream.processor import StreamOutput, StreamProcessor, live_stream_settings
 from stream.retry import Backoff
-from stream.types import HotspotFinding
+from stream.types import HotspotFinding, IncidentEvent
 from ticketing.batch import BatchingStore
 from ticketing.desk import TicketDesk
 from ticketing.idempotent import IdempotentDesk
@@ -242,6 +242,11 @@ class TicketWriter:
             tickets: list[Ticket] = []
             try:
                 with batching.batch(also=carried):
+                    # the new incidents' "has it a ticket already?" (the idempotent
+                    # desk's re-open check) in one read, not one each
+                    batching.prefetch_incidents([
+                        o.incident.incident_id for o in part
+                        if isinstance(o, IncidentEvent) and o.opened])
                     for output in part:
                         ticket = apply(output)
                         if ticket is not None:
