@@ -76,6 +76,7 @@ from detectors.topics import (
     DETECTION,
     EVIDENCE,
     STATUS,
+    Topic,
     deadletter_topic,
     parse_source_topic,
     parse_topic,
@@ -93,6 +94,7 @@ logger = logging.getLogger(__name__)
 DETECTION_FILTER = source_filter("gridwatch/v1", DETECTION)
 DEADLETTER_TOPIC = deadletter_topic("gridwatch/v1")
 TOPIC_MISMATCH = "topic_mismatch"
+TOPIC_CACHE_MAX = 65_536  # parsed topics kept (one per source of every station)
 
 
 # The centre's hot path allocates a few container objects per message (callbacks, queue
@@ -231,6 +233,43 @@ def _event_id_in(payload: bytes | bytearray) -> str | None:
     return event_id if isinstance(event_id, str) and 0 < len(event_id) <= 128 else None
 
 
+class _Delivery:
+    """One valid detection handed to the pipeline, and what happens to it next: called
+    once it is committed (acknowledge, count, note for the receipt), or :meth:`refused`
+    (dead-letter). One object per message rather than two closures over its cells."""
+
+    __slots__ = ("ingest", "ack", "receipts", "detection", "topic", "payload", "token",
+                 "outcome")
+
+    def __init__(self, ingest: MqttIngest, ack: Callable[[Token], None], receipts: bool,
+                 detection: Detection, topic: str, payload: bytes | bytearray,
+                 token: Token) -> None:
+        self.ingest = ingest
+        self.ack = ack
+        self.receipts = receipts
+        self.detection = detection
+        self.topic = topic
+        self.payload = payload
+        self.token = token
+        # a repeat's callback runs once the first copy is safe; its receipt says so
+        self.outcome = COMMITTED
+
+    def __call__(self) -> None:
+        self.ack(self.token)
+        ingest = self.ingest
+        ingest._committed += 1  # only the pipeline's worker (or this thread) runs this
+        if self.receipts:
+            detection = self.detection
+            ingest._settled.append((detection.station_id, "detection", detection.event_id,
+                                    self, None))
+
+    def refused(self, code: str, reason: str) -> None:
+        """The store refused it for good (the rest of its batch is committed):
+        dead-lettered with the store's reason, then acknowledged."""
+        self.ingest._deadletter(self.topic, self.payload, self.token, code, reason,
+                                event_id=self.detection.event_id)
+
+
 def deadletter_message(*, topic: str, payload: bytes | bytearray, code: str, reason: str,
                        received_at: datetime, extra: dict[str, Any] | None = None) -> bytes:
     """The dead-letter record: reason, where it came from, and the payload itself."""
@@ -293,7 +332,7 @@ class MqttIngest:
         self._receipt_lock = threading.Lock()  # one flush at a time
         # (station, channel, event id, outcome or its cell, dead-letter code), appended by
         # any thread without a lock (the hot path: one append per detection)
-        self._settled: deque[tuple[str, str, str, list[str] | str, str | None]] = deque()
+        self._settled: deque[tuple[str, str, str, _Delivery | str, str | None]] = deque()
         self._receipts_sent = 0
         self._receipted = 0
         if receipts and isinstance(pipeline, EmbeddedPipeline):
@@ -321,6 +360,9 @@ class MqttIngest:
         self._retry_lock = threading.Lock()
         self._retry_timer: threading.Timer | None = None
         self._link: ProcessLink | ThreadLink | None = None
+        # topic -> what it is: a station's few sources send on the same topics again and
+        # again (written by the receiving thread only; emptied when it grows too big)
+        self._topics: dict[str, Topic | None] = {}
         # the garbage collector's settings for the centre's hot path while this runs
         # (GC_THRESHOLDS; False: leave the process's own)
         self.tune_gc = tune_gc
@@ -391,12 +433,23 @@ class MqttIngest:
                 logger.exception("ingest: failed on a batch of %d detections", len(valid))
         self._flush_receipts()
 
+    def _parse_topic(self, topic: str) -> Topic | None:
+        topics = self._topics
+        try:
+            return topics[topic]
+        except KeyError:
+            pass
+        if len(topics) >= TOPIC_CACHE_MAX:
+            topics.clear()
+        parsed = topics[topic] = parse_topic(self.prefix, topic)
+        return parsed
+
     def _check(self, topic: str, payload: bytes | bytearray,
                token: Token) -> Detection | None:
         """The valid detection, or ``None`` for a status message or a dead letter."""
         link = self._link
         assert link is not None
-        parsed = parse_topic(self.prefix, topic)
+        parsed = self._parse_topic(topic)
         if parsed is not None and parsed.channel == STATUS:
             self.metrics.station_online.labels(parsed.station_id).set(
                 1 if payload == b"online" else 0)
@@ -428,37 +481,17 @@ class MqttIngest:
     def _submit(self, valid: list[tuple[Detection, str, bytes | bytearray, Token]]) -> None:
         link = self._link
         assert link is not None
-        ack = link.ack
-        receipt = self._receipt if self.receipts else None
-        # a repeat's callback runs once the first copy is safe; its receipt says duplicate
-        outcomes: list[list[str]] = [[COMMITTED] for _ in valid]
-
-        def on_committed(detection: Detection, token: Token,
-                         outcome: list[str]) -> Callable[[], None]:
-            def committed() -> None:
-                ack(token)
-                self._committed += 1  # only the pipeline's worker (or this thread) runs this
-                if receipt is not None:
-                    receipt(detection.station_id, "detection", detection.event_id, outcome)
-            return committed
-
-        def on_refused(topic: str, payload: bytes | bytearray, token: Token,
-                       event_id: str) -> Callable[[str, str], None]:
-            def refused(code: str, reason: str) -> None:
-                # the store refused it for good (the rest of its batch is committed):
-                # dead-lettered with the store's reason, then acknowledged
-                self._deadletter(topic, payload, token, code, reason, event_id=event_id)
-            return refused
-
+        ack, receipts = link.ack, self.receipts
+        deliveries = [_Delivery(self, ack, receipts, d, topic, payload, token)
+                      for d, topic, payload, token in valid]
         results = self.pipeline.submit_many(
-            [(d, on_committed(d, token, outcome), self._redeliver_later,
-              on_refused(topic, payload, token, d.event_id))
-             for (d, topic, payload, token), outcome in zip(valid, outcomes, strict=True)])
-        for outcome, result in zip(outcomes, results, strict=True):
+            [(delivery.detection, delivery, self._redeliver_later, delivery.refused)
+             for delivery in deliveries])
+        for delivery, result in zip(deliveries, results, strict=True):
             if result.duplicate:
                 # read when the receipt is flushed; a worker's flush that came first
                 # (the first copy committed meanwhile) says committed, also true
-                outcome[0] = DUPLICATE
+                delivery.outcome = DUPLICATE
         now = time.time()
         for (detection, topic, payload, token), result in zip(valid, results, strict=True):
             if result.duplicate:
@@ -472,10 +505,11 @@ class MqttIngest:
                                  event_id=detection.event_id)
 
     # -- receipts ---------------------------------------------------------------------------
-    def _receipt(self, station: str, channel: str, event_id: str, outcome: list[str] | str,
-                 code: str | None = None) -> None:
+    def _receipt(self, station: str, channel: str, event_id: str,
+                 outcome: _Delivery | str, code: str | None = None) -> None:
         """Note an outcome for the station's next receipt (any thread); the outcome may
-        be a cell that :meth:`_submit` settles (committed or duplicate)."""
+        be a delivery whose ``outcome`` :meth:`_submit` settles (committed or
+        duplicate)."""
         self._settled.append((station, channel, event_id, outcome, code))
 
     def _flush_receipts(self) -> None:
@@ -490,8 +524,8 @@ class MqttIngest:
             for _ in range(len(settled)):
                 station, channel, event_id, outcome, code = settled.popleft()
                 by_station.setdefault(station, []).append(ReceiptEntry(
-                    channel, event_id, outcome if isinstance(outcome, str) else outcome[0],
-                    code))
+                    channel, event_id,
+                    outcome if isinstance(outcome, str) else outcome.outcome, code))
             for station, entries in by_station.items():
                 link.publish(receipt_topic(self.prefix, station),
                              encode_receipt(Receipt(entries)), qos=1)
@@ -550,7 +584,7 @@ class MqttIngest:
             return
         # receipted to the station of the topic (the broker's ACL vouches for it), under
         # the event id the payload names, if it names one: an edge re-sends it otherwise
-        parsed = parse_topic(self.prefix, topic)
+        parsed = self._parse_topic(topic)
         if event_id is None:
             event_id = _event_id_in(payload)
         if parsed is not None and parsed.station_id is not None and event_id is not None:
