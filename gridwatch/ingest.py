@@ -115,12 +115,15 @@ class _GcTuning:
         self._lock = threading.Lock()
         self._users = 0
         self._saved: tuple[int, int, int] | None = None
+        self._unfreeze = True
 
     def acquire(self) -> None:
         with self._lock:
             self._users += 1
             if self._users == 1:
                 self._saved = gc.get_threshold()
+                # objects someone else froze (a pre-fork server) stay frozen after us
+                self._unfreeze = gc.get_freeze_count() == 0
                 gc.freeze()
                 gc.set_threshold(*GC_THRESHOLDS)
 
@@ -131,7 +134,8 @@ class _GcTuning:
             self._users -= 1
             if self._users == 0 and self._saved is not None:
                 gc.set_threshold(*self._saved)
-                gc.unfreeze()
+                if self._unfreeze:
+                    gc.unfreeze()
                 self._saved = None
 
 
