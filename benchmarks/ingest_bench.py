@@ -32,6 +32,7 @@ Prints one JSON object with the rates, the ratios to raw and the CPU accounting.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -269,6 +270,7 @@ def main() -> None:
             k = r % len(variants)
             for v in variants[k:] + variants[:k]:
                 cid = f"bench-{v}-{r}"
+                gc.collect()  # no round pays for the garbage of the one before
                 broker_pid = broker.proc.pid if broker.proc is not None else None
                 used: dict[str, float] = {}
                 if v == "raw":
