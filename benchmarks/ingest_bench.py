@@ -190,15 +190,21 @@ class InstantPipeline:
 
 
 class TimedIngest(MqttIngest):
-    """MqttIngest noting when its first message arrived."""
+    """MqttIngest noting when its first message arrived, and the CPU window from then."""
 
     first = 0.0
+    broker_pid: int | None = None
     cpu: CpuWindow | None = None
 
     def on_link_messages(self, batch: list[Any]) -> None:
         if not self.first:
-            if self.cpu is not None:
-                self.cpu.begin()
+            # built here, not after start(): the first batch may come before start()
+            # returns; the link (and its child) exist by now
+            link = self._link
+            self.cpu = CpuWindow(broker=self.broker_pid, centre=os.getpid(),
+                                 mqtt_child=link.pid if isinstance(link, ProcessLink)
+                                 else None)
+            self.cpu.begin()
             self.first = time.perf_counter()
         super().on_link_messages(batch)
 
@@ -211,14 +217,13 @@ def drain_ingest(port: int, count: int, pipeline: Any, client_id: str, *,
     CPU seconds over that window."""
     ingest = TimedIngest(MqttConnection(port=port), pipeline, client_id=client_id,
                          isolate=isolate)
+    ingest.broker_pid = broker_pid
     ingest.start()
-    link = ingest._link
-    child = link.pid if isinstance(link, ProcessLink) else None
-    ingest.cpu = CpuWindow(broker=broker_pid, centre=os.getpid(), mqtt_child=child)
     deadline = time.monotonic() + 600
     while ingest.stats()["committed"] < count and time.monotonic() < deadline:
         time.sleep(0.002)
     elapsed = time.perf_counter() - ingest.first
+    assert ingest.cpu is not None
     ingest.cpu.end()  # before stop(): the child exits there
     if cpu is not None:
         cpu.update(ingest.cpu.used)
