@@ -240,6 +240,9 @@ class TicketWriter:
             opened, updated = stats.opened, stats.updated
             carried = also[0] if also and with_also else None
             tickets: list[Ticket] = []
+            # the tickets of the batch before are copies the desk no longer appends to:
+            # its sets of their ids would only hold them in memory
+            self.desk.known.forget()
             try:
                 with batching.batch(also=carried):
                     # the new incidents' "has it a ticket already?" (the idempotent

@@ -325,13 +325,21 @@ class KnownItems:
     time. A set is trusted only for the very list object it was built from and only
     while the two have the same length (the desk only appends through ``add_new``;
     a batching store's fresh copy of a ticket, or a list changed elsewhere, gets a new
-    set). At most ``max_lists`` lists are followed (then all are forgotten at once).
+    set). At most ``max_items`` items are held in all (then everything is forgotten at
+    once); a runtime whose tickets are copied per batch calls :meth:`forget` after each
+    (the sets of the old copies would only hold them in memory).
     """
 
-    def __init__(self, max_lists: int = 4096) -> None:
-        self.max_lists = max_lists
+    def __init__(self, max_items: int = 250_000) -> None:
+        self.max_items = max_items
         # id(list) -> (the list itself, so the id is not reused while kept; its items)
         self._sets: dict[int, tuple[list[str], set[str]]] = {}
+        self._items = 0  # at least the items of the sets held (they grow by add_new)
+
+    def forget(self) -> None:
+        """Drop every set (the lists they were built from are not used again)."""
+        self._sets.clear()
+        self._items = 0
 
     def items_of(self, values: list[str]) -> set[str]:
         """The items of ``values`` as a set (kept for the next call while ``values``
@@ -341,9 +349,10 @@ class KnownItems:
             return entry[1]
         known = set(values)
         if len(known) == len(values):  # with repeats no set can follow the list
-            if len(self._sets) >= self.max_lists:
-                self._sets.clear()
+            if self._items + len(known) > self.max_items:
+                self.forget()
             self._sets[id(values)] = (values, known)
+            self._items += len(known)
         return known
 
     def add_new(self, values: list[str], more: Sequence[str]) -> None:

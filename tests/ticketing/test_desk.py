@@ -195,7 +195,7 @@ def test_known_items_appends_what_is_new_in_order(before: list[str], more: list[
 def test_known_items_follows_a_list_changed_elsewhere_and_a_fresh_copy() -> None:
     from ticketing.desk import KnownItems
 
-    known = KnownItems(max_lists=2)
+    known = KnownItems(max_items=8)
     ids = ["e0"]
     known.add_new(ids, ["e1"])
     ids.append("e2")  # appended by someone else: the kept set is not trusted
@@ -205,7 +205,10 @@ def test_known_items_follows_a_list_changed_elsewhere_and_a_fresh_copy() -> None
     known.add_new(copy, ["e3", "e4"])
     assert copy == ["e0", "e1", "e2", "e3", "e4"] and ids == ["e0", "e1", "e2", "e3"]
     assert known.items_of(ids) == {"e0", "e1", "e2", "e3"}
-    other = ["x"]  # a third list: the oldest are forgotten, answers stay right
+    other = ["x"]  # past max_items: everything is forgotten, answers stay right
     known.add_new(other, ["x", "y"])
     known.add_new(ids, ["e0", "e5"])
     assert other == ["x", "y"] and ids == ["e0", "e1", "e2", "e3", "e5"]
+    known.forget()
+    known.add_new(ids, ["e5", "e6"])
+    assert ids == ["e0", "e1", "e2", "e3", "e5", "e6"]
