@@ -338,7 +338,7 @@ class MqttIngest:
         self.evidence_filter = shared + source_filter(topic_prefix, EVIDENCE)
         self.receipts = receipts
         self._receipt_lock = threading.Lock()  # one flush at a time
-        # (station, channel, event id, outcome or its cell, dead-letter code), appended by
+        # (station, channel, event id, outcome or its delivery, dead-letter code), appended by
         # any thread without a lock (the hot path: one append per detection)
         self._settled: deque[tuple[str, str, str, _Delivery | str, str | None]] = deque()
         self._receipts_sent = 0
