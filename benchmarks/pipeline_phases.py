@@ -1,6 +1,7 @@
 """Where the embedded pipeline's time goes, per detection, by batch size (SQLite store).
 
     PYTHONPATH=. python benchmarks/pipeline_phases.py [--count 20000] [--batch 500,1000,2000]
+                                                      [--service-gc]
 
 The ``ingest_bench`` workload (``detection(i)``: 36 cells, 3 kinds, ~108 tickets) is
 submitted to an ``EmbeddedPipeline`` over a fresh SQLite file in batches of each size, each
@@ -16,13 +17,16 @@ timed. Each phase is timed by wrapping the method that does it (wall time, this 
 - ``keep``: what the batching store keeps between batches.
 
 What is left of ``total`` is intake (``submit_many``: dedup, queueing) and the worker's
-hand-offs. Prints one line per batch size. A profiling aid: figures swing with the load of
+hand-offs. ``--service-gc``: the garbage collector set as a running ingest sets it
+(``gridwatch.mqtt_link.GC_THRESHOLDS``, start-up objects frozen); without it, CPython's
+defaults. Prints one line per batch size. A profiling aid: figures swing with the load of
 a shared machine, so compare sizes within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import tempfile
@@ -44,6 +48,7 @@ from geo.grid import Grid  # noqa: E402
 from geo.make import square_grid  # noqa: E402
 from gridwatch.config import load_config  # noqa: E402
 from gridwatch.embedded import EmbeddedPipeline  # noqa: E402
+from gridwatch.mqtt_link import GC_THRESHOLDS  # noqa: E402
 from ticketing.store import SqliteTicketStore  # noqa: E402
 
 WARM_UP = 2000
@@ -97,11 +102,16 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--batch", default="500,1000,2000",
                         help="batch sizes, comma-separated")
+    parser.add_argument("--service-gc", action="store_true",
+                        help="the garbage collector as a running ingest sets it")
     args = parser.parse_args()
     if args.count <= WARM_UP:
         raise SystemExit(f"--count: expected more than {WARM_UP}, got {args.count}")
     logging.basicConfig(level=logging.WARNING)
     grid = Grid.from_geojson(square_grid(box(*AREA), size_m=1000))
+    if args.service_gc:
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
     order = ("total", "stream", "write", "save_many", "ticket_rows", "event_ids", "record",
              "versions", "check_open", "keep")
     for size in (int(b) for b in args.batch.split(",")):

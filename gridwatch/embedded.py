@@ -113,7 +113,8 @@ class EmbeddedPipeline:
     A batch costs per ticket it touches (read check, row update, body encoding, commit), so
     when intake runs ahead (a backlog after an outage, a burst) bigger batches amortise
     that over more detections; when the worker keeps up, batches stay small and latency
-    low. At 2,000 a full batch takes about 0.1 s on a 2-core box.
+    low. At 4,000 a full batch takes about 0.07 s on a 2-core box (it was 2,000 while a
+    detection cost half as much again; ``benchmarks/pipeline_phases.py --batch 4000``).
 
     With a SQL store the hot-spot state is durable (``checkpoint_name``, ``None``: off):
     at every closed hour and at :meth:`close` a checkpoint
@@ -149,7 +150,7 @@ class EmbeddedPipeline:
         store: TicketStore,
         *,
         queue_max: int = 50_000,
-        batch_max: int = 2000,
+        batch_max: int = 4000,
         retry_delay_s: float = 0.5,
         retry_max_s: float = 30.0,
         link_evidence: bool = True,

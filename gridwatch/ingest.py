@@ -44,6 +44,7 @@ unacknowledged messages it sends at once (the ingest's batch size; default 20).
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import logging
 import threading
@@ -75,6 +76,7 @@ from detectors.topics import (
     DETECTION,
     EVIDENCE,
     STATUS,
+    Topic,
     deadletter_topic,
     parse_source_topic,
     parse_topic,
@@ -83,7 +85,7 @@ from detectors.topics import (
     station_filter,
 )
 from gridwatch.embedded import EmbeddedPipeline
-from gridwatch.mqtt_link import ProcessLink, ThreadLink, Token
+from gridwatch.mqtt_link import GC_THRESHOLDS, ProcessLink, ThreadLink, Token
 from gridwatch.pipeline import STORE_UNAVAILABLE
 from ticketing.evidence import EvidenceRejected, EvidenceStore
 
@@ -92,6 +94,56 @@ logger = logging.getLogger(__name__)
 DETECTION_FILTER = source_filter("gridwatch/v1", DETECTION)
 DEADLETTER_TOPIC = deadletter_topic("gridwatch/v1")
 TOPIC_MISMATCH = "topic_mismatch"
+TOPIC_CACHE_MAX = 65_536  # parsed topics kept (one per source of every station)
+
+
+# The centre's hot path allocates a few container objects per message (callbacks, queue
+# entries, stream outputs); with CPython's default thresholds (a young-generation pass
+# every 700 allocations, a full pass over every tracked object every 100 of those) the
+# collector walked the queued detections and held tickets again and again: ~10 µs of the
+# centre's CPU per message (``benchmarks/ingest_bench.py``'s CPU accounting: 48 → 38 µs).
+# While an ingest runs, the objects of start-up (modules, config, grid) are frozen out of
+# the collector's passes and the young generation is collected every 10,000 allocations;
+# the last ingest to stop puts the process's settings back. (The MQTT child process
+# uses the same thresholds.)
+
+
+class _GcTuning:
+    """Reference-counted: the process's GC settings while at least one ingest runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: tuple[int, int, int] | None = None
+        self._unfreeze = True
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+            if self._users == 1:
+                self._saved = gc.get_threshold()
+                # objects someone else froze (a pre-fork server) stay frozen after us
+                self._unfreeze = gc.get_freeze_count() == 0
+                gc.freeze()
+                gc.set_threshold(*GC_THRESHOLDS)
+
+    def release(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                return
+            self._users -= 1
+            if self._users == 0 and self._saved is not None:
+                gc.set_threshold(*self._saved)
+                if self._unfreeze:
+                    gc.unfreeze()
+                    # the collector counts the unfrozen objects as new: without one full
+                    # pass now, the next young-generation passes trigger it later, on
+                    # whatever runs then (a benchmark's next round paid ~40-70 ms)
+                    gc.collect()
+                self._saved = None
+
+
+_gc_tuning = _GcTuning()
 
 
 class IngestMetrics:
@@ -189,6 +241,43 @@ def _event_id_in(payload: bytes | bytearray) -> str | None:
     return event_id if isinstance(event_id, str) and 0 < len(event_id) <= 128 else None
 
 
+class _Delivery:
+    """One valid detection handed to the pipeline, and what happens to it next: called
+    once it is committed (acknowledge, count, note for the receipt), or :meth:`refused`
+    (dead-letter). One object per message rather than two closures over its cells."""
+
+    __slots__ = ("ingest", "ack", "receipts", "detection", "topic", "payload", "token",
+                 "outcome")
+
+    def __init__(self, ingest: MqttIngest, ack: Callable[[Token], None], receipts: bool,
+                 detection: Detection, topic: str, payload: bytes | bytearray,
+                 token: Token) -> None:
+        self.ingest = ingest
+        self.ack = ack
+        self.receipts = receipts
+        self.detection = detection
+        self.topic = topic
+        self.payload = payload
+        self.token = token
+        # a repeat's callback runs once the first copy is safe; its receipt says so
+        self.outcome = COMMITTED
+
+    def __call__(self) -> None:
+        self.ack(self.token)
+        ingest = self.ingest
+        ingest._committed += 1  # only the pipeline's worker (or this thread) runs this
+        if self.receipts:
+            detection = self.detection
+            ingest._settled.append((detection.station_id, "detection", detection.event_id,
+                                    self, None))
+
+    def refused(self, code: str, reason: str) -> None:
+        """The store refused it for good (the rest of its batch is committed):
+        dead-lettered with the store's reason, then acknowledged."""
+        self.ingest._deadletter(self.topic, self.payload, self.token, code, reason,
+                                event_id=self.detection.event_id)
+
+
 def deadletter_message(*, topic: str, payload: bytes | bytearray, code: str, reason: str,
                        received_at: datetime, extra: dict[str, Any] | None = None) -> bytes:
     """The dead-letter record: reason, where it came from, and the payload itself."""
@@ -208,7 +297,9 @@ class MqttIngest:
 
     Validation, the topic check, dead letters, counters and the pipeline run in this
     process, on the link's receiving thread; only the MQTT client is in the child
-    (``isolate=True``).
+    (``isolate=True``). ``tune_gc`` (the default) sets this process's garbage collector
+    for the hot path while the ingest runs (:data:`GC_THRESHOLDS`, start-up objects
+    frozen; restored when the last ingest stops).
 
     Example:
         >>> ingest = MqttIngest(MqttConnection(host="127.0.0.1"), pipeline)
@@ -228,6 +319,7 @@ class MqttIngest:
         evidence: EvidenceStore | None = None,
         receipts: bool = True,
         share_group: str | None = None,
+        tune_gc: bool = True,
     ) -> None:
         if share_group is not None and (not share_group or any(
                 c in share_group for c in "/+#")):
@@ -246,9 +338,9 @@ class MqttIngest:
         self.evidence_filter = shared + source_filter(topic_prefix, EVIDENCE)
         self.receipts = receipts
         self._receipt_lock = threading.Lock()  # one flush at a time
-        # (station, channel, event id, outcome or its cell, dead-letter code), appended by
+        # (station, channel, event id, outcome or its delivery, dead-letter code), appended by
         # any thread without a lock (the hot path: one append per detection)
-        self._settled: deque[tuple[str, str, str, list[str] | str, str | None]] = deque()
+        self._settled: deque[tuple[str, str, str, _Delivery | str, str | None]] = deque()
         self._receipts_sent = 0
         self._receipted = 0
         if receipts and isinstance(pipeline, EmbeddedPipeline):
@@ -276,6 +368,13 @@ class MqttIngest:
         self._retry_lock = threading.Lock()
         self._retry_timer: threading.Timer | None = None
         self._link: ProcessLink | ThreadLink | None = None
+        # topic -> what it is: a station's few sources send on the same topics again and
+        # again (written by the receiving thread only; emptied when it grows too big)
+        self._topics: dict[str, Topic | None] = {}
+        # the garbage collector's settings for the centre's hot path while this runs
+        # (GC_THRESHOLDS; False: leave the process's own)
+        self.tune_gc = tune_gc
+        self._gc_tuned = False
 
     # -- counters -------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -342,12 +441,23 @@ class MqttIngest:
                 logger.exception("ingest: failed on a batch of %d detections", len(valid))
         self._flush_receipts()
 
+    def _parse_topic(self, topic: str) -> Topic | None:
+        topics = self._topics
+        try:
+            return topics[topic]
+        except KeyError:
+            pass
+        if len(topics) >= TOPIC_CACHE_MAX:
+            topics.clear()
+        parsed = topics[topic] = parse_topic(self.prefix, topic)
+        return parsed
+
     def _check(self, topic: str, payload: bytes | bytearray,
                token: Token) -> Detection | None:
         """The valid detection, or ``None`` for a status message or a dead letter."""
         link = self._link
         assert link is not None
-        parsed = parse_topic(self.prefix, topic)
+        parsed = self._parse_topic(topic)
         if parsed is not None and parsed.channel == STATUS:
             self.metrics.station_online.labels(parsed.station_id).set(
                 1 if payload == b"online" else 0)
@@ -379,37 +489,17 @@ class MqttIngest:
     def _submit(self, valid: list[tuple[Detection, str, bytes | bytearray, Token]]) -> None:
         link = self._link
         assert link is not None
-        ack = link.ack
-        receipt = self._receipt if self.receipts else None
-        # a repeat's callback runs once the first copy is safe; its receipt says duplicate
-        outcomes: list[list[str]] = [[COMMITTED] for _ in valid]
-
-        def on_committed(detection: Detection, token: Token,
-                         outcome: list[str]) -> Callable[[], None]:
-            def committed() -> None:
-                ack(token)
-                self._committed += 1  # only the pipeline's worker (or this thread) runs this
-                if receipt is not None:
-                    receipt(detection.station_id, "detection", detection.event_id, outcome)
-            return committed
-
-        def on_refused(topic: str, payload: bytes | bytearray, token: Token,
-                       event_id: str) -> Callable[[str, str], None]:
-            def refused(code: str, reason: str) -> None:
-                # the store refused it for good (the rest of its batch is committed):
-                # dead-lettered with the store's reason, then acknowledged
-                self._deadletter(topic, payload, token, code, reason, event_id=event_id)
-            return refused
-
+        ack, receipts = link.ack, self.receipts
+        deliveries = [_Delivery(self, ack, receipts, d, topic, payload, token)
+                      for d, topic, payload, token in valid]
         results = self.pipeline.submit_many(
-            [(d, on_committed(d, token, outcome), self._redeliver_later,
-              on_refused(topic, payload, token, d.event_id))
-             for (d, topic, payload, token), outcome in zip(valid, outcomes, strict=True)])
-        for outcome, result in zip(outcomes, results, strict=True):
+            [(delivery.detection, delivery, self._redeliver_later, delivery.refused)
+             for delivery in deliveries])
+        for delivery, result in zip(deliveries, results, strict=True):
             if result.duplicate:
                 # read when the receipt is flushed; a worker's flush that came first
                 # (the first copy committed meanwhile) says committed, also true
-                outcome[0] = DUPLICATE
+                delivery.outcome = DUPLICATE
         now = time.time()
         for (detection, topic, payload, token), result in zip(valid, results, strict=True):
             if result.duplicate:
@@ -423,10 +513,11 @@ class MqttIngest:
                                  event_id=detection.event_id)
 
     # -- receipts ---------------------------------------------------------------------------
-    def _receipt(self, station: str, channel: str, event_id: str, outcome: list[str] | str,
-                 code: str | None = None) -> None:
+    def _receipt(self, station: str, channel: str, event_id: str,
+                 outcome: _Delivery | str, code: str | None = None) -> None:
         """Note an outcome for the station's next receipt (any thread); the outcome may
-        be a cell that :meth:`_submit` settles (committed or duplicate)."""
+        be a delivery whose ``outcome`` :meth:`_submit` settles (committed or
+        duplicate)."""
         self._settled.append((station, channel, event_id, outcome, code))
 
     def _flush_receipts(self) -> None:
@@ -441,8 +532,8 @@ class MqttIngest:
             for _ in range(len(settled)):
                 station, channel, event_id, outcome, code = settled.popleft()
                 by_station.setdefault(station, []).append(ReceiptEntry(
-                    channel, event_id, outcome if isinstance(outcome, str) else outcome[0],
-                    code))
+                    channel, event_id,
+                    outcome if isinstance(outcome, str) else outcome.outcome, code))
             for station, entries in by_station.items():
                 link.publish(receipt_topic(self.prefix, station),
                              encode_receipt(Receipt(entries)), qos=1)
@@ -501,7 +592,7 @@ class MqttIngest:
             return
         # receipted to the station of the topic (the broker's ACL vouches for it), under
         # the event id the payload names, if it names one: an edge re-sends it otherwise
-        parsed = parse_topic(self.prefix, topic)
+        parsed = self._parse_topic(topic)
         if event_id is None:
             event_id = _event_id_in(payload)
         if parsed is not None and parsed.station_id is not None and event_id is not None:
@@ -536,6 +627,9 @@ class MqttIngest:
             filters.append((self.evidence_filter, 1))
         self._link = (ProcessLink if self.isolate else ThreadLink)(
             self.connection, client_id=self.client_id, filters=filters)
+        if self.tune_gc and not self._gc_tuned:
+            _gc_tuning.acquire()
+            self._gc_tuned = True
         self._link.start(self)
 
     def wait_subscribed(self, timeout_s: float = 10.0) -> bool:
@@ -551,4 +645,7 @@ class MqttIngest:
         if self._link is not None:
             self._link.stop()
             self._link = None
+        if self._gc_tuned:
+            _gc_tuning.release()
+            self._gc_tuned = False
         self.metrics.connected.set(0)

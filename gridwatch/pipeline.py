@@ -46,7 +46,7 @@ from gridwatch.config import GridWatchConfig
 from stream.hotspot import HotspotEngine
 from stream.processor import StreamOutput, StreamProcessor, live_stream_settings
 from stream.retry import Backoff
-from stream.types import HotspotFinding
+from stream.types import HotspotFinding, IncidentEvent
 from ticketing.batch import BatchingStore
 from ticketing.desk import TicketDesk
 from ticketing.idempotent import IdempotentDesk
@@ -240,8 +240,16 @@ class TicketWriter:
             opened, updated = stats.opened, stats.updated
             carried = also[0] if also and with_also else None
             tickets: list[Ticket] = []
+            # the tickets of the batch before are copies the desk no longer appends to:
+            # its sets of their ids would only hold them in memory
+            self.desk.known.forget()
             try:
                 with batching.batch(also=carried):
+                    # the new incidents' "has it a ticket already?" (the idempotent
+                    # desk's re-open check) in one read, not one each
+                    batching.prefetch_incidents([
+                        o.incident.incident_id for o in part
+                        if isinstance(o, IncidentEvent) and o.opened])
                     for output in part:
                         ticket = apply(output)
                         if ticket is not None:

@@ -131,6 +131,14 @@ class StreamProcessor:
             self._process(detection, cell_id, ts, outputs)
             return outputs
         buffer = self._buffer
+        if not buffer and self.settings.lateness_s <= 0:
+            # live, no reorder buffer: what the heap below would do (push, then release
+            # at once), without the heap entry
+            if ts > self._max_ts:
+                self._max_ts = ts
+            self._released_ts = ts
+            self._process(detection, cell_id, ts, outputs)
+            return outputs
         heapq.heappush(buffer, (ts, next(self._seq), detection, cell_id))
         if ts > self._max_ts:
             self._max_ts = ts

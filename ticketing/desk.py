@@ -10,7 +10,7 @@ and the clock starts at event time, so the same input gives the same tickets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -58,6 +58,8 @@ class TicketDesk:
         self.store = store
         self.received = received
         self.stats = DeskStats()
+        # the item sets of the ticket lists it appends to (also the idempotent desk's)
+        self.known = KnownItems()
 
     def _received_at(self, event_time: datetime) -> datetime:
         if self.received is None:
@@ -158,7 +160,7 @@ class TicketDesk:
             ticket.version += 1
         # never an id the ticket holds: another centre replica may have committed the same
         # re-sent detection first (a duplicate would make the store's id count overrun)
-        _add_new(ticket.event_ids, list(event.new_event_ids))
+        self.known.add_new(ticket.event_ids, event.new_event_ids)
         ticket.detection_count = ticket.detection_count + 1
         if event.confidence > ticket.max_confidence:
             ticket.max_confidence = event.confidence
@@ -173,7 +175,7 @@ class TicketDesk:
                 ticket.received_at = incident.opened_at
                 self._clock(ticket, incident.opened_at)
             ticket.opened_at = incident.opened_at
-        _add_new(ticket.source_ids, incident.source_ids)
+        self.known.add_new(ticket.source_ids, incident.source_ids)
         for url in incident.snapshot_urls:
             if url not in ticket.snapshot_urls and len(ticket.snapshot_urls) < MAX_SNAPSHOTS:
                 ticket.snapshot_urls.append(url)
@@ -314,18 +316,59 @@ def review_reason(policies: PolicyBook, kind: str, policy: KindPolicy,
     return None
 
 
-def _add_new(values: list[str], more: list[str]) -> None:
-    """Append the items of ``more`` not in ``values`` yet, in order (as a ``not in``
-    scan per item would, but an incident's every source checked on each of its
-    detections made that scan quadratic)."""
-    if len(more) == 1:
-        if more[0] not in values:
-            values.append(more[0])
-        return
-    known = set(values)
-    if known.issuperset(more):  # the usual case: nothing new
-        return
-    for value in more:
-        if value not in known:
-            known.add(value)
-            values.append(value)
+class KnownItems:
+    """The set of a ticket list's items (``event_ids``, ``source_ids``), kept while the
+    desk appends to that same list, for :meth:`add_new`.
+
+    A ``not in`` scan of a long-open ticket's thousands of event ids on each detection,
+    or a set built anew from an incident's 50 sources on each, was most of the desk's
+    time. A set is trusted only for the very list object it was built from and only
+    while the two have the same length (the desk only appends through ``add_new``;
+    a batching store's fresh copy of a ticket, or a list changed elsewhere, gets a new
+    set). At most ``max_items`` items are held in all (then everything is forgotten at
+    once); a runtime whose tickets are copied per batch calls :meth:`forget` after each
+    (the sets of the old copies would only hold them in memory).
+    """
+
+    def __init__(self, max_items: int = 250_000) -> None:
+        self.max_items = max_items
+        # id(list) -> (the list itself, so the id is not reused while kept; its items)
+        self._sets: dict[int, tuple[list[str], set[str]]] = {}
+        self._items = 0  # at least the items of the sets held (they grow by add_new)
+
+    def forget(self) -> None:
+        """Drop every set (the lists they were built from are not used again)."""
+        self._sets.clear()
+        self._items = 0
+
+    def items_of(self, values: list[str]) -> set[str]:
+        """The items of ``values`` as a set (kept for the next call while ``values``
+        does not change but through :meth:`add_new`; do not change it)."""
+        entry = self._sets.get(id(values))
+        if entry is not None and entry[0] is values and len(entry[1]) == len(values):
+            return entry[1]
+        known = set(values)
+        if len(known) == len(values):  # with repeats no set can follow the list
+            if self._items + len(known) > self.max_items:
+                self.forget()
+            self._sets[id(values)] = (values, known)
+            self._items += len(known)
+        return known
+
+    def add_new(self, values: list[str], more: Sequence[str]) -> None:
+        """Append the items of ``more`` not in ``values`` yet, in order (as a ``not in``
+        scan per item would)."""
+        known = self.items_of(values)
+        if len(more) == 1:
+            value = more[0]
+            if value not in known:
+                known.add(value)
+                values.append(value)
+            return
+        if known.issuperset(more):  # the usual case: nothing new
+            return
+        for value in more:
+            if value not in known:
+                known.add(value)
+                values.append(value)
+

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -154,6 +155,11 @@ class Database:
                 if not schema.replace("_", "").isalnum():
                     raise ValueError(f"expected a plain schema name, got {schema!r}")
                 with self.engine.begin() as conn:
+                    # PostgreSQL's IF NOT EXISTS is no guard against a create at the same
+                    # moment (two workers starting together: one failed on
+                    # pg_namespace's unique index); the lock makes the second wait
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": zlib.crc32(f"gridwatch-schema:{schema}".encode())})
                     conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
 
                 def _search_path(dbapi_conn: Any, _record: Any) -> None:

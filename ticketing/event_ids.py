@@ -2,7 +2,8 @@
 
 A ticket row counts its ids (``event_count``); the ids themselves are rows ``(ticket_id,
 event_id, seq, added_at)``, appended in the transaction that raises the count and never
-updated or deleted. So a reader takes only ``seq < event_count`` (the list matches the
+updated or deleted; keyed by ``(ticket_id, seq)``, unique on ``(event_id, ticket_id)``
+(migration 10). So a reader takes only ``seq < event_count`` (the list matches the
 ticket's body even where a writer commits between the two reads), and
 :class:`EventIdTable` caches the ids of recently read tickets: the next read fetches only
 the rows past the cached count (the desk reads its hot tickets once per batch without

@@ -72,11 +72,14 @@ class IdempotentDesk:
                 incident.incident_id not in self.reopened:
             return event  # an incident opened afresh in this run: nothing it adds is held
         linked = self.store.ticket_for_incident(incident.incident_id)
-        held: set[str] = set()
-        for ticket in (linked, self.store.open_ticket_for(incident.cell_id, incident.kind)):
-            if ticket is not None:
-                held.update(ticket.event_ids)
-        new_ids = tuple(e for e in event.new_event_ids if e not in held)
+        # the desk's kept sets of the tickets' ids: no set of a long ticket's thousands
+        # of ids built anew for each new incident
+        items_of = self.desk.known.items_of
+        held = [items_of(ticket.event_ids) for ticket in (
+            linked, self.store.open_ticket_for(incident.cell_id, incident.kind))
+            if ticket is not None]
+        new_ids = tuple(e for e in event.new_event_ids
+                        if not any(e in ids for ids in held))
         if self.only_reopened and event.opened and \
                 (linked is not None or new_ids != event.new_event_ids):
             self.reopened.add(incident.incident_id)

@@ -14,7 +14,9 @@ version 6 adds the centre's evidence metadata (``ticketing/evidence.py``); versi
 the change log (``ticket_changes``, see :mod:`ticketing.changelog`); version 8 adds
 the stream stage's checkpoints (``ticketing/checkpoints.py``); version 9 gives each
 webhook outbox row its receiver (``destination``: the centre or one department's own
-webhook, :mod:`ticketing.deliveries`).
+webhook, :mod:`ticketing.deliveries`); version 10 keys ``ticket_event_ids`` by
+``(ticket_id, seq)`` with one unique ``(event_id, ticket_id)`` index, three B-trees a row
+where there were four (:func:`_event_ids_by_seq`).
 
 To change the schema, append a migration; never edit one that has shipped. Versions need
 not be contiguous (parallel branches take numbers ahead of time): every version not yet
@@ -67,6 +69,45 @@ def _move_event_ids(conn: Connection, dialect: str) -> None:
                           " WHERE ticket_id = :t"),
                      {"body": json.dumps(body, sort_keys=True, ensure_ascii=False),
                       "n": len(event_ids), "t": row.ticket_id})
+
+
+# Version 10, per dialect. SQLite cannot change a primary key in place: the table is
+# rebuilt (WITHOUT ROWID: the table is its key's B-tree) and its rows copied in key order.
+_EVENT_IDS_BY_SEQ = {
+    "sqlite": (
+        """CREATE TABLE ticket_event_ids_v10 (
+            ticket_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            event_id TEXT NOT NULL,
+            added_at TEXT NOT NULL,
+            PRIMARY KEY (ticket_id, seq)) WITHOUT ROWID""",
+        "INSERT INTO ticket_event_ids_v10 (ticket_id, seq, event_id, added_at)"
+        " SELECT ticket_id, seq, event_id, added_at FROM ticket_event_ids"
+        " ORDER BY ticket_id, seq",
+        "DROP TABLE ticket_event_ids",
+        "ALTER TABLE ticket_event_ids_v10 RENAME TO ticket_event_ids",
+        "CREATE UNIQUE INDEX ticket_event_ids_event ON ticket_event_ids (event_id, ticket_id)",
+        "CREATE INDEX ticket_event_ids_added ON ticket_event_ids (added_at)",
+    ),
+    "postgresql": (
+        "ALTER TABLE ticket_event_ids DROP CONSTRAINT ticket_event_ids_pkey",
+        "DROP INDEX ticket_event_ids_seq",
+        "DROP INDEX ticket_event_ids_event",
+        "ALTER TABLE ticket_event_ids ADD PRIMARY KEY (ticket_id, seq)",
+        "CREATE UNIQUE INDEX ticket_event_ids_event ON ticket_event_ids (event_id, ticket_id)",
+    ),
+}
+
+
+def _event_ids_by_seq(conn: Connection, dialect: str) -> None:
+    """Version 10: ``ticket_event_ids`` keyed by ``(ticket_id, seq)`` (each ticket's ids
+    in order, as they are read), unique on ``(event_id, ticket_id)`` (an id once per
+    ticket, as before; and the look-up by event id the separate index of version 6 was
+    for), and ``added_at`` indexed for the restart's seeding. Each appended id updated
+    four B-trees (key, the ``(ticket_id, seq)`` and ``event_id`` indexes, ``added_at``);
+    now three. Rows and their order are unchanged."""
+    for statement in _EVENT_IDS_BY_SEQ[dialect]:
+        conn.execute(text(statement))
 
 
 def _cards_per_unit(conn: Connection, dialect: str) -> None:
@@ -289,6 +330,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX outbox_destination_due ON outbox"
         " (destination, delivered_at, failed_at, next_attempt_at)",
     )),
+    # The desk appends every detection's id: four B-trees a row made the id rows the
+    # largest part of a batch's transaction after the ticket rows (docs/runtime.md
+    # "Speed"). The statements differ per dialect, so all of them are in the step.
+    Migration(10, "ticket_event_ids keyed by (ticket_id, seq); one unique event-id index",
+              (), run=_event_ids_by_seq),
 )
 
 MIGRATIONS = tuple(sorted(MIGRATIONS, key=lambda m: m.version))

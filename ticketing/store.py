@@ -303,6 +303,13 @@ class SqlTicketStore:
         with self.db.read() as conn:
             return event_ids.recent(conn, horizon_s=horizon_s, until=until)
 
+    def linked_incidents(self, incident_ids: builtins.list[str]) -> set[str]:
+        """The incidents of ``incident_ids`` that a ticket is linked to (one read)."""
+        if not incident_ids:
+            return set()
+        with self.db.read() as conn:
+            return self._tickets.linked(conn, incident_ids)
+
     def event_ids_held(self, ids: builtins.list[str]) -> set[str]:
         """The ids of ``ids`` that a ticket holds, whichever ticket: what a centre replica
         checks before it adds a re-sent detection that another replica may have committed

@@ -86,6 +86,8 @@ _UPDATE = ("UPDATE tickets SET "
            + " WHERE ticket_id = :ticket_id AND version = :expected")
 _VERSION_BODY = text("SELECT ticket_id, version, body FROM tickets WHERE ticket_id IN :ids"
                      ).bindparams(bindparam("ids", expanding=True))
+_LINKED = text("SELECT incident_id FROM incident_tickets WHERE incident_id IN :ids"
+               ).bindparams(bindparam("ids", expanding=True))
 _LINK_INCIDENT = text("INSERT INTO incident_tickets (incident_id, ticket_id) VALUES (:i, :t)"
                       " ON CONFLICT (incident_id) DO NOTHING")
 _RELINK_INCIDENTS = text("UPDATE incident_tickets SET ticket_id = :into WHERE ticket_id = :id")
@@ -309,6 +311,14 @@ class TicketTable:
             raise VersionConflict(ticket.ticket_id, expected=expected_version,
                                   current=-1)
         new_ids += new_rows(ticket, stored=stored_events)
+
+    @staticmethod
+    def linked(conn: Connection, incident_ids: list[str]) -> set[str]:
+        """The incidents of ``incident_ids`` linked to a ticket."""
+        found: set[str] = set()
+        for part in chunks(incident_ids):
+            found.update(row[0] for row in conn.execute(_LINKED, {"ids": part}))
+        return found
 
     @staticmethod
     def link_incidents(conn: Connection, links: list[dict[str, object]]) -> int:

@@ -125,3 +125,19 @@ def test_hotspot_kinds_become_occurrences_not_incidents():
     assert _run(proc, items) == []
     assert proc.stats.occurrences == 1
     assert proc.stats.absorbed == 49
+
+
+def test_live_without_a_buffer_each_detection_comes_out_at_once_in_arrival_order():
+    """lateness_s=0 (the live runtimes): nothing waits; an older arrival is counted late
+    and still joins its incident."""
+    proc = _processor(lateness_s=0)
+    outs = [proc.push(make_detection(event_id=name, at=timedelta(seconds=s)), "C00")
+            for name, s in (("e10", 10), ("e5", 5), ("e20", 20), ("e20b", 20))]
+    assert [[o.new_event_ids for o in out] for out in outs] == [
+        [("e10",)], [("e5",)], [("e20",)], [("e20b",)]]
+    assert [out[0].opened for out in outs] == [True, False, False, False]
+    assert proc.stats.late == 1
+    incident = outs[-1][0].incident
+    assert incident.event_ids == ["e10", "e5", "e20", "e20b"]
+    assert incident.opened_at == make_detection(at=timedelta(seconds=5)).observed_at
+    assert proc.flush() == []

@@ -395,3 +395,31 @@ def test_a_kept_copy_has_every_field_and_nothing_shared() -> None:
     kept.hotspot["top_sources"].append({"source": "b"})
     assert ticket.event_ids == ["e1", "e2"]
     assert ticket.hotspot["top_sources"] == [{"source": "a"}]
+
+
+def test_a_batchs_new_incidents_are_looked_up_in_one_read(setup, monkeypatch):
+    """prefetch_incidents: one IN read for the batch; an incident the store links to a
+    ticket (re-opened after a restart) is still found and read."""
+    store, batching, desk, _, event = setup
+    first = event(0)
+    desk.apply(first)  # written through: linked in the store
+    batching.forget()
+    reads: list[str] = []
+    original = store.ticket_for_incident
+    monkeypatch.setattr(store, "ticket_for_incident",
+                        lambda incident_id: (reads.append(incident_id), original(incident_id))[1])
+    asked: list[list[str]] = []
+    linked = store.linked_incidents
+    monkeypatch.setattr(store, "linked_incidents",
+                        lambda ids: (asked.append(list(ids)), linked(ids))[1])
+    fresh = [event(3600 * h, cell_lon=1.5) for h in range(1, 4)]  # three new incidents
+    ids = [first.incident.incident_id] + [e.incident.incident_id for e in fresh]
+    with batching.batch():
+        batching.prefetch_incidents(ids)
+        found = {i: batching.ticket_for_incident(i) for i in ids}
+    assert asked == [ids]
+    assert reads == [first.incident.incident_id]  # only the linked one is read
+    assert found[first.incident.incident_id] is not None
+    assert [found[e.incident.incident_id] for e in fresh] == [None, None, None]
+    with pytest.raises(RuntimeError, match="batch"):
+        batching.prefetch_incidents(ids)

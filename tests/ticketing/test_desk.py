@@ -175,3 +175,40 @@ def test_an_id_a_ticket_already_holds_is_not_added_twice_and_later_ids_are_kept(
     replica_b.apply(_event(1, source="s1"))
     (ticket,) = open_store(str(tmp_path / "tickets.sqlite3")).all()
     assert ticket.event_ids == ["e0", "e1"]
+
+
+@pytest.mark.parametrize(("before", "more", "expected"), [
+    ([], ["a"], ["a"]),
+    (["a", "b"], ["b"], ["a", "b"]),
+    (["a", "b"], ["c", "a", "c", "d"], ["a", "b", "c", "d"]),
+    (["a", "a"], ["a", "b"], ["a", "a", "b"]),  # a repeat already there stays
+])
+def test_known_items_appends_what_is_new_in_order(before: list[str], more: list[str],
+                                                 expected: list[str]) -> None:
+    from ticketing.desk import KnownItems
+
+    values = list(before)
+    KnownItems().add_new(values, more)
+    assert values == expected
+
+
+def test_known_items_follows_a_list_changed_elsewhere_and_a_fresh_copy() -> None:
+    from ticketing.desk import KnownItems
+
+    known = KnownItems(max_items=8)
+    ids = ["e0"]
+    known.add_new(ids, ["e1"])
+    ids.append("e2")  # appended by someone else: the kept set is not trusted
+    known.add_new(ids, ["e2", "e3"])
+    assert ids == ["e0", "e1", "e2", "e3"]
+    copy = list(ids)  # a batching store's copy of the ticket: its own set
+    known.add_new(copy, ["e3", "e4"])
+    assert copy == ["e0", "e1", "e2", "e3", "e4"] and ids == ["e0", "e1", "e2", "e3"]
+    assert known.items_of(ids) == {"e0", "e1", "e2", "e3"}
+    other = ["x"]  # past max_items: everything is forgotten, answers stay right
+    known.add_new(other, ["x", "y"])
+    known.add_new(ids, ["e0", "e5"])
+    assert other == ["x", "y"] and ids == ["e0", "e1", "e2", "e3", "e5"]
+    known.forget()
+    known.add_new(ids, ["e5", "e6"])
+    assert ids == ["e0", "e1", "e2", "e3", "e5", "e6"]

@@ -99,3 +99,45 @@ def test_a_failed_write_is_rolled_back_and_reads_see_commits() -> None:
     with db.read() as conn:
         assert [r[0] for r in conn.execute(text("SELECT n FROM t"))] == [2]
     assert db.schema_version() == VERSIONS[-1] and db.ping()
+
+
+def test_stores_opened_at_once_on_a_new_postgresql_schema_all_start(pg_schema) -> None:  # type: ignore[no-untyped-def]
+    """Two workers starting together on a fresh schema: PostgreSQL's CREATE SCHEMA IF NOT
+    EXISTS failed one of them on pg_namespace's unique index (the scale-out test's
+    second worker died at start-up)."""
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    from ticketing.store import SqlTicketStore, _normalise_url
+
+    url, schema = pg_schema
+    names = [f"{schema}_{attempt}" for attempt in range(3)]  # the race is at creation
+    errors: list[BaseException] = []
+    stores: list[SqlTicketStore] = []
+
+    def open_one(name: str, start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            stores.append(SqlTicketStore(url, schema=name, pool_size=1))
+        except Exception as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    try:
+        for name in names:
+            start = threading.Barrier(4)
+            threads = [threading.Thread(target=open_one, args=(name, start))
+                       for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+        assert errors == [] and len(stores) == 4 * len(names)
+    finally:
+        for store in stores:
+            store.close()
+        engine = create_engine(_normalise_url(url))
+        with engine.begin() as conn:
+            for name in names:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        engine.dispose()

@@ -167,3 +167,55 @@ def test_a_restarted_pipeline_recognises_a_stored_detection(
 
 def _no_full_scan() -> list[Ticket]:
     raise AssertionError("start-up seeding must not load every ticket")
+
+
+def _event_id_indexes(store: SqlTicketStore) -> dict[str, list[str]]:
+    """Each B-tree of ``ticket_event_ids`` beside the table's own: name -> columns."""
+    with store.engine.connect() as conn:
+        if store.dialect == "sqlite":
+            names = [r[1] for r in conn.execute(text("PRAGMA index_list(ticket_event_ids)"))]
+            return {n: [r[2] for r in conn.execute(text(f"PRAGMA index_info({n})"))]
+                    for n in names if not n.startswith("sqlite_autoindex")}
+        return {r[0]: r[1].split("(", 1)[1].rstrip(")").split(", ") for r in conn.execute(
+            text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename ="
+                 " 'ticket_event_ids' AND schemaname = current_schema()"))}
+
+
+def test_a_schema_9_store_is_rekeyed_by_seq_with_its_ids(
+        store_factory, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(migrations, "MIGRATIONS",
+                        tuple(m for m in migrations.MIGRATIONS if m.version < 10))
+    old = store_factory()
+    assert 10 not in old.applied_migrations
+    assert set(_event_id_indexes(old)) - {"ticket_event_ids_pkey"} == {
+        "ticket_event_ids_seq", "ticket_event_ids_added", "ticket_event_ids_event"}
+    source = make_ticket(status=S.PENDING_REVIEW, event_ids=["s1", "shared", "s2"])
+    target = make_ticket(event_ids=[f"t{i}" for i in range(300)] + ["shared"])
+    old.save(source)
+    old.save(target)
+    old.close()
+    monkeypatch.undo()
+
+    upgraded = store_factory()
+    assert upgraded.applied_migrations == [10]
+    assert upgraded.schema_version() == LATEST
+    # the key is the table (SQLite) or its own index (PostgreSQL); one unique index
+    # answers "which tickets hold this id", the other the restart's seeding
+    indexes = _event_id_indexes(upgraded)
+    assert indexes.pop("ticket_event_ids_event") == ["event_id", "ticket_id"]
+    assert indexes.pop("ticket_event_ids_added") == ["added_at"]
+    # SQLite: nothing else (the table is its key); PostgreSQL: the key's own index
+    assert indexes == ({} if upgraded.dialect == "sqlite"
+                       else {"ticket_event_ids_pkey": ["ticket_id", "seq"]})
+    assert upgraded.get(source.ticket_id).event_ids == ["s1", "shared", "s2"]  # type: ignore[union-attr]
+    assert upgraded.get(target.ticket_id).event_ids == [  # type: ignore[union-attr]
+        *(f"t{i}" for i in range(300)), "shared"]
+    assert _rows(upgraded, source.ticket_id) == [("s1", 0), ("shared", 1), ("s2", 2)]
+    assert upgraded.event_ids_held(["shared", "s2", "nowhere"]) == {"shared", "s2"}
+    # appends still skip an id the ticket holds, and keep the rest in order
+    _append(upgraded, source.ticket_id, ["s3"])
+    assert upgraded.get(source.ticket_id).event_ids == [  # type: ignore[union-attr]
+        "s1", "shared", "s2", "s3"]
+    with upgraded.transaction() as conn:
+        upgraded._event_ids.append(conn, [(source.ticket_id, "s1", 9, "2026-05-04T07:00:00Z")])
+    assert _rows(upgraded, source.ticket_id)[-1] == ("s3", 3)
