@@ -85,6 +85,8 @@ class SubmitResult:
 
 
 _STOP = object()
+# a queued first copy's repeats while it has none (a list is made for the first)
+_NO_REPEATS: tuple[()] = ()
 
 # the dead-letter code of a detection the ticket store refused for good
 STORE_REFUSED = "store_refused"
@@ -182,7 +184,7 @@ class EmbeddedPipeline:
         self._ids_lock = threading.Lock()
         # event id -> callbacks of its repeats, while the first copy is queued and not yet
         # committed: a repeat is acknowledged only when the first copy is safe
-        self._waiting: dict[str, list[OnCommitted]] = {}
+        self._waiting: dict[str, list[OnCommitted] | tuple[()]] = {}
         # entries are lists of submissions; _pending (detections accepted and not yet
         # written) is what is bounded by queue_max
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -344,6 +346,7 @@ class EmbeddedPipeline:
         ack_now: list[OnCommitted | None] = []
         skewed = self._clock_check(items)
         duplicates = 0
+        link_evidence = self.link_evidence
         with self._ids_lock:
             seen, waiting_for = self._ids.seen, self._waiting
             for index, submitted in enumerate(items):
@@ -360,11 +363,15 @@ class EmbeddedPipeline:
                     if waiting is None:
                         ack_now.append(on_committed)
                     elif on_committed is not None:
-                        waiting.append(on_committed)
+                        if waiting:
+                            waiting.append(on_committed)
+                        else:  # the first repeat: its list is made now
+                            waiting_for[event_id] = [on_committed]
                     results.append(_DUPLICATE)
                 else:
-                    waiting_for[event_id] = []
-                    if self.link_evidence and detection.evidence is not None:
+                    # no list per detection: most have no repeat (tracked by the GC too)
+                    waiting_for[event_id] = _NO_REPEATS
+                    if link_evidence and detection.evidence is not None:
                         item = (centre_evidence_link(detection), on_committed, item[2],
                                 item[3])
                     fresh.append(item)

@@ -67,10 +67,8 @@ from detectors.receipt_message import (
     COMMITTED,
     DEADLETTERED,
     DUPLICATE,
-    Receipt,
-    ReceiptEntry,
-    encode_receipt,
 )
+from detectors.receipt_message import SCHEMA as RECEIPT_SCHEMA
 from detectors.schema import Detection, DetectionRejected, parse_detection
 from detectors.topics import (
     DETECTION,
@@ -266,16 +264,75 @@ class _Delivery:
         self.ack(self.token)
         ingest = self.ingest
         ingest._committed += 1  # only the pipeline's worker (or this thread) runs this
-        if self.receipts:
-            detection = self.detection
-            ingest._settled.append((detection.station_id, "detection", detection.event_id,
-                                    self, None))
+        if self.receipts:  # the delivery itself: _flush_receipts reads what it needs
+            ingest._settled.append(self)
 
     def refused(self, code: str, reason: str) -> None:
         """The store refused it for good (the rest of its batch is committed):
         dead-lettered with the store's reason, then acknowledged."""
         self.ingest._deadletter(self.topic, self.payload, self.token, code, reason,
                                 event_id=self.detection.event_id)
+
+
+# A receipt's JSON, grouped as it is built: per station ``{"schema": ..., channel:
+# {outcome: [ids], "deadlettered": {code: [ids]}}}`` in the order each key first appears,
+# which is what ``encode_receipt(Receipt(entries))`` writes for the same entries (one
+# NamedTuple and a second pass per entry less: the receiving thread and the pipeline's
+# worker run this for every detection; ``tests/gridwatch/test_ingest_receipts.py``
+# compares the two).
+_ReceiptBody = dict[str, Any]
+
+
+def _receipt_ids(bodies: dict[str, _ReceiptBody], station: str, channel: str,
+                 outcome: str, code: str | None) -> list[str]:
+    """The id list of ``bodies[station]`` that ``(channel, outcome, code)`` goes to."""
+    body = bodies.get(station)
+    if body is None:
+        body = bodies[station] = {"schema": RECEIPT_SCHEMA}
+    outcomes = body.setdefault(channel, {})
+    if outcome == DEADLETTERED:
+        ids: list[str] = outcomes.setdefault(DEADLETTERED, {}).setdefault(code, [])
+        return ids
+    ids = outcomes.setdefault(outcome, [])
+    return ids
+
+
+def _group_receipts(settled: deque[Any], count: int
+                    ) -> dict[str, tuple[_ReceiptBody, int]]:
+    """Take ``count`` settled outcomes off ``settled``: per station, its receipt's body and
+    how many ids it names. An item is a :class:`_Delivery` (a detection, committed or
+    duplicate) or ``(station, channel, event id, outcome or delivery, code)``."""
+    bodies: dict[str, _ReceiptBody] = {}
+    counts: dict[str, int] = {}
+    # the usual item: a committed detection of the same station as the one before
+    last_station: str | None = None
+    committed: list[str] = []
+    popleft = settled.popleft
+    for _ in range(count):
+        item = popleft()
+        if type(item) is _Delivery:
+            detection = item.detection
+            station = detection.station_id
+            counts[station] = counts.get(station, 0) + 1
+            if item.outcome == COMMITTED:
+                if station != last_station:
+                    committed = _receipt_ids(bodies, station, "detection", COMMITTED, None)
+                    last_station = station
+                committed.append(detection.event_id)
+                continue
+            _receipt_ids(bodies, station, "detection", item.outcome, None).append(
+                detection.event_id)
+            continue
+        station, channel, event_id, outcome, code = item
+        counts[station] = counts.get(station, 0) + 1
+        if not isinstance(outcome, str):
+            outcome = outcome.outcome
+        _receipt_ids(bodies, station, channel, outcome, code).append(event_id)
+    return {station: (body, counts[station]) for station, body in bodies.items()}
+
+
+def _encode_body(body: _ReceiptBody) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def deadletter_message(*, topic: str, payload: bytes | bytearray, code: str, reason: str,
@@ -340,7 +397,9 @@ class MqttIngest:
         self._receipt_lock = threading.Lock()  # one flush at a time
         # (station, channel, event id, outcome or its delivery, dead-letter code), appended by
         # any thread without a lock (the hot path: one append per detection)
-        self._settled: deque[tuple[str, str, str, _Delivery | str, str | None]] = deque()
+        # (or the delivery itself, for a detection committed or found to be a repeat)
+        self._settled: deque[_Delivery | tuple[str, str, str, _Delivery | str, str | None]] = \
+            deque()
         self._receipts_sent = 0
         self._receipted = 0
         if receipts and isinstance(pipeline, EmbeddedPipeline):
@@ -423,22 +482,27 @@ class MqttIngest:
 
     def on_link_messages(self, batch: list[tuple[str, bytes | bytearray, int, int]]) -> None:
         """Check each message, then hand the valid ones to the pipeline in one call."""
-        valid: list[tuple[Detection, str, bytes | bytearray, Token]] = []
+        link = self._link
+        ack, receipts = (link.ack if link is not None else None), self.receipts
+        deliveries: list[_Delivery] = []
         for topic, payload, mid, qos in batch:
+            token = (mid, qos)
             try:
-                detection = self._check(topic, payload, (mid, qos))
+                detection = self._check(topic, payload, token)
             except Exception:
                 # a bug of ours must not stop the ingest; the message stays
                 # unacknowledged and comes back after a reconnect
                 logger.exception("ingest: failed on a message from %s", topic)
                 continue
-            if detection is not None:
-                valid.append((detection, topic, payload, (mid, qos)))
-        if valid:
+            if detection is not None and ack is not None:
+                deliveries.append(_Delivery(self, ack, receipts, detection, topic, payload,
+                                            token))
+        if deliveries:
             try:
-                self._submit(valid)
+                self._submit(deliveries)
             except Exception:
-                logger.exception("ingest: failed on a batch of %d detections", len(valid))
+                logger.exception("ingest: failed on a batch of %d detections",
+                                 len(deliveries))
         self._flush_receipts()
 
     def _parse_topic(self, topic: str) -> Topic | None:
@@ -486,31 +550,31 @@ class MqttIngest:
             return None
         return detection
 
-    def _submit(self, valid: list[tuple[Detection, str, bytes | bytearray, Token]]) -> None:
-        link = self._link
-        assert link is not None
-        ack, receipts = link.ack, self.receipts
-        deliveries = [_Delivery(self, ack, receipts, d, topic, payload, token)
-                      for d, topic, payload, token in valid]
+    def _submit(self, deliveries: list[_Delivery]) -> None:
+        redeliver = self._redeliver_later
         results = self.pipeline.submit_many(
-            [(delivery.detection, delivery, self._redeliver_later, delivery.refused)
+            [(delivery.detection, delivery, redeliver, delivery.refused)
              for delivery in deliveries])
+        now = time.time()
+        last_seen = self.last_seen
+        accepted = duplicates = 0
         for delivery, result in zip(deliveries, results, strict=True):
             if result.duplicate:
                 # read when the receipt is flushed; a worker's flush that came first
                 # (the first copy committed meanwhile) says committed, also true
                 delivery.outcome = DUPLICATE
-        now = time.time()
-        for (detection, topic, payload, token), result in zip(valid, results, strict=True):
-            if result.duplicate:
-                self._duplicates += 1
+                duplicates += 1
             elif result.accepted:
-                self._accepted += 1
-                self.last_seen[(detection.station_id, detection.source_id)] = now
+                accepted += 1
+                detection = delivery.detection
+                last_seen[(detection.station_id, detection.source_id)] = now
             else:  # refused by the pipeline itself: dead-letter with its reason
-                self._deadletter(topic, payload, token, result.code or "refused",
+                self._deadletter(delivery.topic, delivery.payload, delivery.token,
+                                 result.code or "refused",
                                  result.reason or "refused by the pipeline",
-                                 event_id=detection.event_id)
+                                 event_id=delivery.detection.event_id)
+        self._accepted += accepted
+        self._duplicates += duplicates
 
     # -- receipts ---------------------------------------------------------------------------
     def _receipt(self, station: str, channel: str, event_id: str,
@@ -527,18 +591,12 @@ class MqttIngest:
         settled, link = self._settled, self._link
         if not settled or link is None:
             return
-        by_station: dict[str, list[ReceiptEntry]] = {}
         with self._receipt_lock:
-            for _ in range(len(settled)):
-                station, channel, event_id, outcome, code = settled.popleft()
-                by_station.setdefault(station, []).append(ReceiptEntry(
-                    channel, event_id,
-                    outcome if isinstance(outcome, str) else outcome.outcome, code))
-            for station, entries in by_station.items():
-                link.publish(receipt_topic(self.prefix, station),
-                             encode_receipt(Receipt(entries)), qos=1)
+            bodies = _group_receipts(settled, len(settled))
+            for station, (body, count) in bodies.items():
+                link.publish(receipt_topic(self.prefix, station), _encode_body(body), qos=1)
                 self._receipts_sent += 1
-                self._receipted += len(entries)
+                self._receipted += count
 
     def _store_evidence(self, topic: str, payload: bytes | bytearray, token: Token) -> None:
         """Check one evidence message, store it, then acknowledge it (see the module doc)."""

@@ -149,7 +149,7 @@ class ProcessLink:
         self.filters = filters
         self.restart_delay_s = restart_delay_s
         self.restarts = 0
-        self._commands: deque[tuple[Any, ...]] = deque()
+        self._commands: deque[tuple[Any, ...]] = deque()  # tokens, publishes
         self._wake = threading.Event()
         self._running = False
         self._conn: Connection | None = None
@@ -264,7 +264,9 @@ class ProcessLink:
             pass
 
     def ack(self, token: Token) -> None:
-        self._commands.append(("a", token[0], token[1]))
+        # the token itself is the command (``(mid, qos)``; a publish is a 4-tuple): no
+        # tuple built per message
+        self._commands.append(token)
         if not self._wake.is_set():  # the sender clears it before it drains the deque
             self._wake.set()
 
@@ -369,8 +371,8 @@ def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
                 stop.set()
                 return
             for command in batch:
-                if command[0] == "a":
-                    client.ack(command[1], command[2])
+                if len(command) == 2:  # an acknowledgement: (mid, qos)
+                    client.ack(command[0], command[1])
                 else:
                     published.append(client.publish(command[1], command[2], qos=command[3]))
             while published and _settled(published[0]):

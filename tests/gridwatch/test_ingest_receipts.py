@@ -139,3 +139,53 @@ def test_a_share_group_name_that_mqtt_cannot_carry_is_refused(tmp_path: Path,
             MqttIngest(connection("mqtt://127.0.0.1:1"), centre.pipeline, share_group=group)
     finally:
         centre.pipeline.close()
+
+
+def test_receipts_grouped_on_the_hot_path_are_the_bytes_encode_receipt_writes() -> None:
+    """The ingest builds each station's receipt while it takes the settled outcomes off
+    (deliveries and tuples mixed, any order); the bytes are those of ``encode_receipt`` for
+    the same entries, and each station's count is its number of entries."""
+    import random
+    from collections import deque
+    from typing import Any
+
+    from detectors.receipt_message import Receipt, encode_receipt
+    from gridwatch.ingest import _Delivery, _encode_body, _group_receipts
+
+    rng = random.Random(7)
+    for _ in range(200):
+        settled: deque[Any] = deque()
+        expected: dict[str, Receipt] = {}
+        for i in range(rng.randrange(1, 40)):
+            station = rng.choice(["st-a", "st-b", "st-c"])
+            d = spread_detection(i, station=station, kind="smoke").model_copy(
+                update={"event_id": f"{station}:e{i}"})
+            shape = rng.randrange(5)
+            if shape <= 1:  # a delivery: committed, or found to be a repeat
+                delivery = _Delivery(None, print, True, d, "t", b"", (1, 1))  # type: ignore[arg-type]
+                delivery.outcome = COMMITTED if shape == 0 else DUPLICATE
+                settled.append(delivery)
+                entry = ("detection", d.event_id, delivery.outcome, None)
+            elif shape == 2:  # a tuple naming a delivery
+                delivery = _Delivery(None, print, True, d, "t", b"", (1, 1))  # type: ignore[arg-type]
+                delivery.outcome = rng.choice([COMMITTED, DUPLICATE])
+                settled.append((station, "detection", d.event_id, delivery, None))
+                entry = ("detection", d.event_id, delivery.outcome, None)
+            else:  # dead-lettered, or evidence stored
+                channel = rng.choice(["detection", "evidence"])
+                if shape == 3:
+                    code = rng.choice(["clock_skew", "topic_mismatch", "evidence_size"])
+                    entry = (channel, d.event_id, DEADLETTERED, code)
+                else:
+                    entry = (channel, d.event_id, COMMITTED, None)
+                settled.append((station, *entry))
+            expected.setdefault(station, Receipt()).add(*entry)
+        extra = len(settled)
+        settled.append(("st-z", "detection", "left:e1", COMMITTED, None))  # not taken
+        got = _group_receipts(settled, extra)
+        assert list(settled) == [("st-z", "detection", "left:e1", COMMITTED, None)]
+        assert list(got) == list(expected)
+        for station, receipt in expected.items():
+            body, count = got[station]
+            assert _encode_body(body) == encode_receipt(receipt)
+            assert count == len(receipt)
