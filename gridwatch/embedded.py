@@ -344,7 +344,7 @@ class EmbeddedPipeline:
         results: list[SubmitResult] = []
         fresh: list[_Item] = []
         ack_now: list[OnCommitted | None] = []
-        skewed = self._clock_check(items)
+        skewed, stamps = self._clock_check(items)
         duplicates = 0
         link_evidence = self.link_evidence
         with self._ids_lock:
@@ -357,7 +357,8 @@ class EmbeddedPipeline:
                     results.append(skewed[index])
                     continue
                 event_id = detection.event_id
-                if seen(event_id, detection.observed_at.timestamp()):
+                if seen(event_id, detection.observed_at.timestamp() if stamps is None
+                        else stamps[index]):
                     duplicates += 1
                     waiting = waiting_for.get(event_id)
                     if waiting is None:
@@ -390,23 +391,26 @@ class EmbeddedPipeline:
                 self._counts["accepted"] += len(fresh)
         return results
 
-    def _clock_check(self, items: list[Submission]) -> dict[int, SubmitResult] | None:
+    def _clock_check(self, items: list[Submission]
+                     ) -> tuple[dict[int, SubmitResult] | None, list[float] | None]:
         """Live runtimes only (a ``skew_clock``): the detections observed more than
         ``stream.max_future_s`` after or ``stream.max_age_s`` before the centre received
-        them, by index, refused as ``clock_skew`` and counted per source. A bad clock must
-        not reach the stream core (it would move the hot-spot hour, the event-id filter's
+        them, by index, refused as ``clock_skew`` and counted per source; and each
+        item's observation time as a POSIX timestamp (the event-id filter takes it too:
+        one conversion a detection). ``(None, None)`` without a ``skew_clock``. A bad
+        clock must not reach the stream core (it would move the hot-spot hour, the event-id filter's
         horizon and the tickets it joins); replay keeps the file's own time."""
         if self._skew_clock is None:
-            return None
+            return None, None
         now = self._skew_clock().timestamp()
         latest = now + self.config.stream.max_future_s
         earliest = now - self.config.stream.age_limit_s
         skewed: dict[int, SubmitResult] | None = None
-        for index, item in enumerate(items):
-            detection = item[0]
-            ts = detection.observed_at.timestamp()
+        stamps = [item[0].observed_at.timestamp() for item in items]
+        for index, ts in enumerate(stamps):
             if earliest <= ts <= latest:
                 continue
+            detection = items[index][0]
             if skewed is None:
                 skewed = {}
             ahead = ts > latest
@@ -422,7 +426,7 @@ class EmbeddedPipeline:
                 self._clock_skew[(detection.station_id, detection.source_id)] += 1
             log.warning("refused a detection from %s/%s: %s", detection.station_id,
                         detection.source_id, reason)
-        return skewed
+        return skewed, stamps
 
     # -- the worker ------------------------------------------------------------------------
     def _write(self, outputs: list[Any], size: int, also: AlsoWrite | None = None) -> bool:
