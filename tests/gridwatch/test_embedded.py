@@ -120,6 +120,34 @@ def test_a_repeat_is_acknowledged_only_once_its_first_copy_is_committed(tmp_path
     pipeline.close()
 
 
+def test_every_repeat_of_a_queued_detection_waits_for_its_first_copy(tmp_path):
+    """Several repeats while the first copy is queued (the first makes the waiting list,
+    the next ones join it; one without a callback is only counted): each is acknowledged,
+    in order, once the first copy is committed, and none before."""
+    pipeline, store = _pipeline(tmp_path)
+    gate = threading.Event()
+    write = pipeline._tickets.write
+    pipeline._tickets.write = (  # type: ignore[method-assign]
+        lambda outputs, also=None, **kw: (gate.wait(10), write(outputs, also, **kw))[1])
+    acks: list[str] = []
+    raw = line(event_id="held-many")
+    pipeline.submit_raw(raw, origin="a", on_committed=lambda: acks.append("first"))
+    assert pipeline.submit_raw(raw, origin="a").duplicate  # no callback: nothing to run
+    for name in ("repeat-1", "repeat-2", "repeat-3"):
+        assert pipeline.submit_raw(raw, origin="a",
+                                   on_committed=lambda name=name: acks.append(name)).duplicate
+    assert acks == []
+    gate.set()
+    assert pipeline.drain()
+    assert acks == ["first", "repeat-1", "repeat-2", "repeat-3"]
+    assert pipeline.stats()["duplicates"] == 4
+    # once committed, a repeat is acknowledged at once
+    pipeline.submit_raw(raw, origin="a", on_committed=lambda: acks.append("late"))
+    assert acks[-1] == "late"
+    assert [t.event_ids for t in store.all()] == [["held-many"]]
+    pipeline.close()
+
+
 def test_a_failing_store_is_retried_and_nothing_is_acknowledged_before_it_works(tmp_path):
     """Disk full, database gone: the batch is written when the store is back (the stream
     core does not see it twice), and acknowledged only then."""
