@@ -112,6 +112,15 @@ class ScaleoutSettings(BaseModel):
     metrics_s: float = Field(10.0, gt=0)  # how often the worker logs its metrics line
     batch_max: int = Field(2000, ge=1)  # by-cell records per batch write
     batch_within_s: float = Field(0.2, gt=0)
+    # while the broker is down: the first of each repeated Kafka-client warning or error,
+    # then at most one line (with the count held back) per this many seconds
+    log_repeat_s: float = Field(30.0, gt=0)
+    # at shutdown, how long the producer's last flush may wait for the broker (records
+    # still buffered then are dropped: their input offsets were not committed either)
+    stop_flush_s: float = Field(3.0, gt=0)
+    # SIGTERM: a worker still stopping after this long exits anyway (the issue's bound
+    # is 10 s; an orderly stop with the broker up takes 2-5 s)
+    stop_s: float = Field(8.0, gt=0)
     # deadline clocks start at event time and no clock_skew check: re-processing history
     # (and tests); tickets then equal replay's field for field
     event_clock: bool = False
@@ -151,6 +160,9 @@ class ScaleoutSettings(BaseModel):
         "tick_s": "GRIDWATCH_KAFKA_TICK_S",
         "batch_max": "GRIDWATCH_KAFKA_BATCH_MAX",
         "metrics_s": "GRIDWATCH_KAFKA_METRICS_S",
+        "log_repeat_s": "GRIDWATCH_KAFKA_LOG_REPEAT_S",
+        "stop_flush_s": "GRIDWATCH_KAFKA_STOP_FLUSH_S",
+        "stop_s": "GRIDWATCH_KAFKA_STOP_S",
         "session_timeout_s": "GRIDWATCH_KAFKA_SESSION_TIMEOUT_S",
         "heartbeat_s": "GRIDWATCH_KAFKA_HEARTBEAT_S",
         "rebalance_timeout_s": "GRIDWATCH_KAFKA_REBALANCE_TIMEOUT_S",
@@ -862,6 +874,26 @@ class Sender(Protocol):
 _T = TypeVar("_T")
 
 
+class _App(faust.App):
+    """faust's App with a bounded last flush: faust waits for the producer's buffer
+    without a limit, so a SIGTERM while the broker is down never finished. The records
+    still buffered after ``stop_flush_s`` are dropped — their input offsets were not
+    committed (faust commits after flushing), so they are delivered again."""
+
+    stop_flush_s = 3.0
+
+    async def _producer_flush(self, logger: Any) -> None:
+        if not self.should_stop:  # a rebalance: wait as faust does
+            await super()._producer_flush(logger)
+            return
+        try:
+            await asyncio.wait_for(super()._producer_flush(logger), self.stop_flush_s)
+        except TimeoutError:
+            logger.warning("the broker did not take the producer's buffer within %.1f s; "
+                           "stopping without it (the uncommitted input is delivered "
+                           "again)", self.stop_flush_s)
+
+
 class Scaleout:
     """The faust app, its topics and its three agents, over one :class:`CellWorker` and
     one :class:`HotspotStage`.
@@ -894,7 +926,7 @@ class Scaleout:
         self.grid = grid
         self.worker = worker
         self.counts: Counter[str] = Counter()
-        self.app = faust.App(
+        self.app = _App(
             settings.app_id,
             broker=settings.broker_url,
             store="memory://",  # no faust tables: ticket state lives in the SQL store
@@ -938,6 +970,7 @@ class Scaleout:
         self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
         self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
+        self.app.stop_flush_s = settings.stop_flush_s
 
     def _raw_topic(self, name: str, *, partitions: int | None = None) -> Any:
         # bytes in, bytes out: validation is ours (parse_detection), not a codec's

@@ -48,7 +48,8 @@ TESTED: dict[str, str] = {
     "GRIDWATCH_TEST_ULTRALYTICS": "test_the_ultralytics_test_is_collected_only_when_asked",
     **{f"GRIDWATCH_KAFKA_{name}": "test_scaleout_tuning_from_the_environment" for name in (
         "INPUT_PARTITIONS", "LATENESS_S", "IDLE_S", "TICK_S", "BATCH_MAX", "METRICS_S",
-        "SESSION_TIMEOUT_S", "HEARTBEAT_S", "REBALANCE_TIMEOUT_S", "EVENT_CLOCK")},
+        "SESSION_TIMEOUT_S", "HEARTBEAT_S", "REBALANCE_TIMEOUT_S", "EVENT_CLOCK",
+        "LOG_REPEAT_S", "STOP_FLUSH_S", "STOP_S")},
     "GRIDWATCH_BRIDGE_MQTT_PASSWORD": "test_bridge_mqtt_password_from_the_environment",
 }
 
@@ -334,10 +335,12 @@ def test_scaleout_tuning_from_the_environment(tmp_path: Path) -> None:
         "GRIDWATCH_KAFKA_TICK_S": "0.5", "GRIDWATCH_KAFKA_BATCH_MAX": "10",
         "GRIDWATCH_KAFKA_METRICS_S": "2", "GRIDWATCH_KAFKA_SESSION_TIMEOUT_S": "6",
         "GRIDWATCH_KAFKA_HEARTBEAT_S": "0.5", "GRIDWATCH_KAFKA_REBALANCE_TIMEOUT_S": "8",
-        "GRIDWATCH_KAFKA_EVENT_CLOCK": "1"})
+        "GRIDWATCH_KAFKA_EVENT_CLOCK": "1", "GRIDWATCH_KAFKA_LOG_REPEAT_S": "60",
+        "GRIDWATCH_KAFKA_STOP_FLUSH_S": "2", "GRIDWATCH_KAFKA_STOP_S": "9"})
     assert (settings.tick_s, settings.batch_max, settings.metrics_s,
             settings.session_timeout_s, settings.heartbeat_s, settings.rebalance_timeout_s,
-            settings.event_clock) == (0.5, 10, 2.0, 6.0, 0.5, 8.0, True)
+            settings.event_clock, settings.log_repeat_s, settings.stop_flush_s,
+            settings.stop_s) == (0.5, 10, 2.0, 6.0, 0.5, 8.0, True, 60.0, 2.0, 9.0)
 
 
 @pytest.mark.services

@@ -189,6 +189,11 @@ def register(subparsers: Any) -> None:
                              "not yet forwarded)")
     parser.add_argument("--shared-group",
                         help="share the subscription with other bridges ($share/NAME/...)")
+    parser.add_argument("--log-repeat-s", type=float,
+                        default=float(os.environ.get("GRIDWATCH_KAFKA_LOG_REPEAT_S", 30)),
+                        help="while Kafka is down, log a repeated client error once, then "
+                             "at most once per this many seconds with a count "
+                             "(or $GRIDWATCH_KAFKA_LOG_REPEAT_S; default 30)")
     parser.set_defaults(func=run)
 
 
@@ -198,6 +203,11 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError:
         raise UserError("the bridge needs aiokafka: pip install 'gridwatch[kafka]'") from None
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    if args.log_repeat_s <= 0:
+        raise UserError(f"--log-repeat-s: expected a number > 0, got {args.log_repeat_s}")
+    from gridwatch.commands.quiet_logs import install
+
+    install(args.log_repeat_s)
     bridge = Bridge(mqtt_url=args.mqtt, broker_url=args.broker, client_id=args.client_id,
                     shared_group=args.shared_group)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -18,6 +18,7 @@ import time). Importing this module does not import faust; building a worker doe
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from geo.grid import Grid
+from gridwatch.commands.quiet_logs import install
 from gridwatch.config import GridWatchConfig
 from gridwatch.errors import UserError
 from gridwatch.pipeline import (
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from stream.faust_app import Scaleout, ScaleoutSettings, Sender
 
 DEFAULT_STORE_URL = "var/scaleout/tickets.sqlite3"
+
+log = logging.getLogger(__name__)
 
 
 # -- the ticket side: the idempotent desk over the store ---------------------------------
@@ -296,14 +300,52 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import asyncio
 
-    from faust import Worker
-
     from stream.faust_app import TopicMismatch, declare_topics
 
+    install(settings.log_repeat_s)  # the CLI's handlers, until faust sets up its own
     try:
         asyncio.run(declare_topics(settings))
     except (TopicMismatch, TimeoutError) as exc:
         raise UserError(str(exc)) from None
-    worker = Worker(scaleout.app, loglevel=args.loglevel)
+    worker = quiet_worker(scaleout.app, loglevel=args.loglevel,
+                          log_repeat_s=settings.log_repeat_s, stop_s=settings.stop_s)
     worker.execute_from_commandline()  # runs until a signal stops it
     return 0
+
+
+STOPPED_LATE = 75  # exit status of a worker that had to be cut off (EX_TEMPFAIL)
+
+
+def quiet_worker(app: Any, *, log_repeat_s: float, stop_s: float, **kwargs: Any) -> Any:
+    """faust's :class:`~faust.Worker` for ``app``: its log handlers quiet about repeated
+    broker errors (:mod:`gridwatch.commands.quiet_logs`, one line per ``log_repeat_s``),
+    and a stop that ends within ``stop_s`` seconds. (With the broker down, faust's
+    consumer thread dies in its own shutdown and faust then waits for it forever; a
+    worker still stopping at the deadline exits with status :data:`STOPPED_LATE`. What
+    it had not committed is delivered again.)"""
+    import os
+    import sys
+    import threading
+
+    from faust import Worker
+
+    def cut_off() -> None:
+        log.error("the worker did not stop within %.0f s (broker unreachable?); exiting "
+                  "with status %d", stop_s, STOPPED_LATE)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        os._exit(STOPPED_LATE)
+
+    class QuietWorker(Worker):
+        def on_setup_root_logger(self, logger: Any, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            install(log_repeat_s, logger)
+
+        async def stop(self) -> None:
+            deadline = threading.Timer(stop_s, cut_off)
+            deadline.daemon = True
+            deadline.start()
+            await super().stop()
+
+    return QuietWorker(app, **kwargs)
