@@ -20,9 +20,8 @@ import logging
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ ROOT_DIR = Path(__file__).resolve().parents[1]
 if str(ROOT_DIR) not in sys.path:  # run as a script: the helpers in tests/ are needed
     sys.path.insert(0, str(ROOT_DIR))
 
+from benchmarks.ingest_bench import AREA, T0, subscribe_session  # noqa: E402
 from configs.mqtt import MqttConnection  # noqa: E402
 from detectors.schema import Detection  # noqa: E402
 from geo.grid import Grid  # noqa: E402
@@ -44,10 +44,6 @@ from gridwatch.ingest import MqttIngest  # noqa: E402
 from tests.support.mosquitto import MosquittoProcess  # noqa: E402
 from ticketing.store import SqliteTicketStore  # noqa: E402
 
-FILTER = "gridwatch/v1/+/+/detection"
-AREA = (113.00, 23.00, 113.05, 23.05)
-T0 = datetime(2026, 5, 4, 6, 0, tzinfo=UTC)
-
 
 def detection(i: int, stations: int, salt: str) -> Detection:
     x0, y0, x1, y1 = AREA
@@ -57,18 +53,6 @@ def detection(i: int, stations: int, salt: str) -> Detection:
         source_type="access_control", kind=("door_forced", "smoke")[i % 2], confidence=0.9,
         lon=x0 + 0.001 + (x1 - x0 - 0.002) * ((i * 7919) % 1000) / 1000,
         lat=y0 + 0.001 + (y1 - y0 - 0.002) * ((i * 104729) % 997) / 997)
-
-
-def subscribe_session(port: int, client_id: str) -> None:
-    done = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-    c.on_connect = lambda cl, *a: cl.subscribe(FILTER, qos=1)
-    c.on_subscribe = lambda *a: done.set()
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    assert done.wait(10)
-    c.disconnect()
-    c.loop_stop()
 
 
 def preload(port: int, count: int, stations: int, salt: str) -> None:
