@@ -1019,6 +1019,22 @@ class Scaleout:
             log.error("shutdown flush failed (%s); the next start restores the last "
                       "hourly checkpoints", exc or "timed out")
 
+    async def _read_record(self, event: Any) -> tuple[tuple[int, float | None] | None,
+                                                    tuple[str, Detection] | None, bool]:
+        """A by-cell or hot-spot record: (its watermark mark, its cell and detection,
+        whether it was dead-lettered). Unreadable watermark headers dead-letter the record,
+        mark and all; a marker record carries a mark and no detection."""
+        try:
+            mark = read_mark(event.headers)
+        except ValueError as exc:
+            await self._dead_letter(event, "bad_headers",
+                                    f"unreadable watermark headers: {exc}")
+            return None, None, True
+        if event.headers and HEADER_MARK in event.headers:
+            return mark, None, False
+        keyed = await self._keyed_detection(event)
+        return mark, keyed, keyed is None
+
     async def _keyed_detection(self, event: Any) -> tuple[str, Detection] | None:
         """The cell (the record key) and the detection of a by-cell or hot-spot record;
         None when either is bad (then dead-lettered with the reason)."""
@@ -1138,22 +1154,13 @@ class Scaleout:
             rejected = 0
             for event in events:
                 partition = event.message.partition
-                try:
-                    mark = read_mark(event.headers)
-                except ValueError as exc:
-                    await self._dead_letter(event, "bad_headers",
-                                            f"unreadable watermark headers: {exc}")
-                    rejected += 1
-                    continue
+                mark, keyed, bad = await self._read_record(event)
+                rejected += bad
                 if mark is not None:
                     worker.mark(partition, *mark)
                     touched.add(partition)
-                if event.headers and HEADER_MARK in event.headers:
-                    continue  # a watermark marker, no detection
-                keyed = await self._keyed_detection(event)
                 if keyed is None:
-                    rejected += 1
-                    continue
+                    continue  # dead-lettered, or a watermark marker
                 cell_id, detection = keyed
                 # held: not acked (so not committed) until released and written;
                 # take_events' own ack then only drops our extra reference
@@ -1211,21 +1218,12 @@ class Scaleout:
                                                self.settings.batch_within_s):
             rejected = 0
             for event in events:
-                try:
-                    mark = read_mark(event.headers)
-                except ValueError as exc:
-                    await self._dead_letter(event, "bad_headers",
-                                            f"unreadable watermark headers: {exc}")
-                    rejected += 1
-                    continue
+                mark, keyed, bad = await self._read_record(event)
+                rejected += bad
                 if mark is not None:
                     stage.mark(*mark)
-                if event.headers and HEADER_MARK in event.headers:
-                    continue
-                keyed = await self._keyed_detection(event)
                 if keyed is None:
-                    rejected += 1
-                    continue
+                    continue  # dead-lettered, or a watermark marker
                 cell_id, detection = keyed
                 event.message.incref()  # acked when released and written
                 stage.hold(cell_id, detection, event, direct=mark is None)
