@@ -27,6 +27,8 @@ from gridwatch.commands.worker import resolved_store_url, scaleout_for
 from gridwatch.config import load_config
 from gridwatch.replay import replay_lines
 from stream.faust_app import (
+    HEADER_HIGH,
+    HEADER_SOURCE,
     TOPIC_BY_CELL,
     TOPIC_DEADLETTER,
     TOPIC_DETECTIONS,
@@ -234,6 +236,30 @@ def test_the_cell_agent_dead_letters_a_record_keyed_by_no_cell(tmp_path: Path) -
     [(topic, _, value)] = recorder.records
     assert topic == TOPIC_DEADLETTER and "NOPE" in json.loads(value)["reason"]
     assert store.count() == 0
+
+
+
+def test_a_record_with_unreadable_watermark_headers_is_dead_lettered(tmp_path: Path) -> None:
+    # both stages read the headers through one path: the record goes to the dead-letter
+    # topic with the reason and its bad mark moves no watermark; a good one after it is held
+    recorder = Recorder()
+    store = SqliteTicketStore(tmp_path / "t.sqlite3")
+    scaleout = make_scaleout(store, recorder)
+    [(_, key, value)] = _by_cell_records([line()])
+    assert key is not None
+
+    async def run() -> dict[int, Any]:
+        async with scaleout.cell_agent.test_context() as agent:
+            await agent.put(value, key=key, partition=partition_for(key.decode(), PARTITIONS),
+                            headers={HEADER_SOURCE: b"zero", HEADER_HIGH: b"1.0"})
+            return dict(agent.results)
+
+    results = asyncio.run(run())
+    assert results[0]["rejected"] == 1 and results[0]["processed"] == 0
+    [(topic, _, dead)] = recorder.on(TOPIC_DEADLETTER)
+    letter = json.loads(dead)
+    assert letter["code"] == "bad_headers" and "unreadable watermark headers" in letter["reason"]
+    assert scaleout.counts["rejected:bad_headers"] == 1
 
 
 # -- idempotency -------------------------------------------------------------------------------
