@@ -232,6 +232,8 @@ class TicketWriter:
                  batching: BatchingStore) -> None:
         also = self._also
         apply = self._apply_one
+        merge: Callable[[list[StreamOutput]], list[StreamOutput]] = (
+            list if self.idempotent is None else self.idempotent.merge_joins)
         size = len(outputs)
         with_also = True  # False: retry one output without the durable state's write
         while outputs or also:
@@ -250,7 +252,10 @@ class TicketWriter:
                     batching.prefetch_incidents([
                         o.incident.incident_id for o in part
                         if isinstance(o, IncidentEvent) and o.opened])
-                    for output in part:
+                    # one application per busy incident (the same tickets); a refused
+                    # batch is split in the outputs as they came, so a poison
+                    # detection never takes a merged one with it
+                    for output in merge(part):
                         ticket = apply(output)
                         if ticket is not None:
                             tickets.append(ticket)

@@ -36,7 +36,11 @@ class IncidentEvent:
     """An incident was opened (``opened``) or grew (``joined``) by one detection.
 
     ``new_event_ids`` are the detection ids that this event added to the incident (one,
-    or more where dedup absorbed detections into it).
+    or more where dedup absorbed detections into it). ``detections`` is how many
+    detections the event stands for: 1 from the stream; more where the ticket side
+    merged several joins of one incident in a batch into one
+    (:meth:`~ticketing.idempotent.IdempotentDesk.merge_joins`; ``confidence`` is then
+    their highest).
     """
 
     incident: Incident
@@ -44,6 +48,7 @@ class IncidentEvent:
     new_event_ids: tuple[str, ...]
     confidence: float
     source_type: str
+    detections: int = 1
 
 
 @dataclass(slots=True)

@@ -161,7 +161,11 @@ class TicketDesk:
         # never an id the ticket holds: another centre replica may have committed the same
         # re-sent detection first (a duplicate would make the store's id count overrun)
         self.known.add_new(ticket.event_ids, event.new_event_ids)
-        ticket.detection_count = ticket.detection_count + 1
+        ticket.detection_count = ticket.detection_count + event.detections
+        extra = event.detections - 1
+        if extra:  # merged joins: each after the first is one more update, as one by one
+            self.stats.updated += extra
+            ticket.version += extra
         if event.confidence > ticket.max_confidence:
             ticket.max_confidence = event.confidence
         if incident.last_at > ticket.updated_at:

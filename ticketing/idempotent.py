@@ -9,11 +9,11 @@ mechanism for both, so a re-sent detection is absorbed, never a version conflict
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from stream.processor import StreamOutput
-from stream.types import HotspotFinding, IncidentEvent
+from stream.types import HotspotFinding, Incident, IncidentEvent
 from ticketing.desk import TicketDesk
 from ticketing.models import Ticket, ticket_id_for
 from ticketing.store import TicketStore
@@ -48,9 +48,21 @@ class IdempotentDesk:
         self.only_reopened = only_reopened
         # the incidents found re-opened (shared with another view of the same store)
         self.reopened: set[str] = set() if reopened is None else reopened
+        # the last merge_joins' merged events: id -> (the event, the joins it stands for)
+        self._parts: dict[int, tuple[IncidentEvent, list[IncidentEvent]]] = {}
 
     def apply(self, output: StreamOutput) -> Ticket | None:
         """Apply one output; ``None`` when it was a redelivery with nothing new."""
+        if self._parts and isinstance(output, IncidentEvent) and \
+                output.incident.incident_id in self.reopened:
+            merged = self._parts.get(id(output))
+            if merged is not None and merged[0] is output:
+                # its incident was found re-opened when this batch applied its
+                # opening: each join is checked against the store, one by one
+                ticket = None
+                for join in merged[1]:
+                    ticket = self.apply(join) or ticket
+                return ticket
         fresh: StreamOutput | None = (self._fresh_incident_event(output)
                                       if isinstance(output, IncidentEvent)
                                       else self._fresh_finding(output))
@@ -58,6 +70,60 @@ class IdempotentDesk:
             self.skipped += 1
             return None
         return self.desk.apply(fresh)
+
+    def merge_joins(self, outputs: Sequence[StreamOutput]) -> list[StreamOutput]:
+        """``outputs`` with the joins of one incident merged into one event, where that
+        gives the same tickets as applying them one by one: a batch's detections of one
+        busy incident then cost the desk one application, not one each.
+
+        The desk applies an event from the incident's state as it is when applied, which
+        in a batch is already its state after the whole batch; what differs per join is
+        only its ids, its confidence and the counts (``detections``). So the joins of an
+        incident are merged into the place of the first, unless another output of the
+        same cell and kind (another incident joining the same open ticket, a hot-spot
+        finding) comes between them, which would change the order of the ticket's ids.
+        Only where no join is checked against the store (``only_reopened`` without
+        ``held_anywhere``, an incident not found re-opened): a checked join's outcome
+        depends on the joins applied before it. An incident opened in the same batch is
+        found re-opened, or not, only when its opening is applied: :meth:`apply` then
+        applies its merged joins one by one after all.
+        """
+        self._parts.clear()
+        if not self.only_reopened or self.held_anywhere is not None:
+            return list(outputs)
+        merged: list[StreamOutput] = []
+        # per (cell, kind): the incident whose joins are being merged, and its group
+        current: dict[tuple[str, str], tuple[Incident, list[IncidentEvent]]] = {}
+        groups: list[tuple[int, list[IncidentEvent]]] = []  # (index in merged, its joins)
+        reopened = self.reopened
+        for output in outputs:
+            if isinstance(output, IncidentEvent):
+                incident = output.incident
+                key = (incident.cell_id, incident.kind)
+                if not output.opened and incident.incident_id not in reopened:
+                    group = current.get(key)
+                    if group is not None and group[0] is incident:
+                        group[1].append(output)
+                        continue
+                    joins = [output]
+                    current[key] = (incident, joins)
+                    groups.append((len(merged), joins))
+                    merged.append(output)
+                    continue
+            else:
+                key = (output.cell_id, output.kind)
+            current.pop(key, None)
+            merged.append(output)
+        for index, joins in groups:
+            if len(joins) > 1:
+                first = joins[0]
+                event = merged[index] = IncidentEvent(
+                    first.incident, False,
+                    tuple(e for join in joins for e in join.new_event_ids),
+                    max(join.confidence for join in joins), first.source_type,
+                    sum(join.detections for join in joins))
+                self._parts[id(event)] = (event, joins)
+        return merged
 
     def _fresh_incident_event(self, event: IncidentEvent) -> IncidentEvent | None:
         incident = event.incident
