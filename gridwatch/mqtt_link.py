@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -50,6 +51,29 @@ IDLE_MAX_S = 0.02
 # centre process while an ingest runs): collecting the young generation every 700
 # allocations, and every tracked object every 100 of those, cost ~10 µs a message
 GC_THRESHOLDS = (10_000, 10, 10)
+
+_PUBACK = struct.Struct("!BBH")  # a PUBACK packet: type, remaining length 2, message id
+
+
+def acknowledge_many(client: mqtt.Client, tokens: list[tuple[int, int]]) -> None:
+    """Acknowledge QoS 1 messages with one write of their PUBACKs, as ``client.ack`` for
+    each would send them one by one.
+
+    paho queues every acknowledgement as a packet of its own: one wake-up of its network
+    thread and one ``send`` each, about a third of this process's time per message at
+    full rate. The PUBACK packets are the same bytes on the wire, queued here as one
+    (``Client._packet_queue``, paho 2's own queue, so nothing is interleaved with its other
+    writes). QoS 2 (PUBCOMP), or a paho without that queue, go through ``client.ack``."""
+    queue = getattr(client, "_packet_queue", None)
+    packets = bytearray()
+    for mid, qos in tokens:
+        if qos == 1 and queue is not None:
+            packets += _PUBACK.pack(mqtt.PUBACK, 2, mid)
+        else:
+            client.ack(mid, qos)
+    if packets:
+        assert queue is not None
+        queue(mqtt.PUBACK, bytes(packets), 0, 1)
 
 
 class LinkHandler(Protocol):
@@ -375,11 +399,17 @@ def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
             if batch is None:
                 stop.set()
                 return
+            acks: list[tuple[int, int]] = []
             for command in batch:
                 if len(command) == 2:  # an acknowledgement: (mid, qos)
-                    client.ack(command[0], command[1])
+                    acks.append(command)
                 else:
+                    if acks:  # in order: what came before this publish goes first
+                        acknowledge_many(client, acks)
+                        acks = []
                     published.append(client.publish(command[1], command[2], qos=command[3]))
+            if acks:
+                acknowledge_many(client, acks)
             while published and _settled(published[0]):
                 published.popleft()
 

@@ -206,3 +206,55 @@ def test_stop_right_after_a_large_batch_delivers_every_publish(
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+def _drain(port: int, client_id: str, count: int, timeout_s: float = 20.0
+           ) -> tuple[mqtt.Client, list[mqtt.MQTTMessage]]:
+    """A persistent manual-ack session that has received ``count`` messages (still
+    connected, nothing acknowledged)."""
+    got: list[mqtt.MQTTMessage] = []
+    done = threading.Event()
+
+    def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        got.append(msg)
+        if len(got) >= count:
+            done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                    manual_ack=True)
+    c.on_message = on_message
+    c.on_connect = lambda cl, *a: cl.subscribe("gridwatch/v1/+/+/detection", qos=1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    assert done.wait(timeout_s), f"got {len(got)} of {count}"
+    return c, got
+
+
+def test_many_acknowledgements_in_one_write_settle_each_message(
+        broker: MosquittoProcess) -> None:
+    from gridwatch.mqtt_link import acknowledge_many
+
+    station = unique("st")
+    cid = unique("acks")
+    subscriber = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+    subscriber.on_connect = lambda cl, *a: cl.subscribe("gridwatch/v1/+/+/detection", qos=1)
+    subscriber.connect("127.0.0.1", broker.port)
+    subscriber.loop_start()
+    time.sleep(0.5)  # the session exists and is subscribed; now away
+    subscriber.disconnect()
+    subscriber.loop_stop()
+    publish(broker.port, [spread_detection(i, station=station) for i in range(300)])
+
+    client, got = _drain(broker.port, cid, 300)
+    acked = got[:200]  # settled in one write; the other 100 not at all
+    acknowledge_many(client, [(m.mid, m.qos) for m in acked])
+    time.sleep(0.5)
+    client.disconnect()
+    client.loop_stop()
+
+    # the broker re-delivers exactly the 100 that were not acknowledged
+    client, again = _drain(broker.port, cid, 100)
+    time.sleep(0.5)  # and nothing more comes
+    client.disconnect()
+    client.loop_stop()
+    assert sorted(m.payload for m in again) == sorted(m.payload for m in got[200:])
