@@ -73,11 +73,13 @@ class MqttConnection(_Strict):
 
 
 def make_client(conn: MqttConnection, *, client_id: str, clean_session: bool = True,
-                manual_ack: bool = False) -> mqtt.Client:
-    """A paho client with the connection's credentials, TLS and back-off applied."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         clean_session=clean_session, protocol=mqtt.MQTTv311,
-                         manual_ack=manual_ack)
+                manual_ack: bool = False,
+                client_class: type[mqtt.Client] = mqtt.Client) -> mqtt.Client:
+    """A paho client (``client_class``, a subclass of paho's) with the connection's
+    credentials, TLS and back-off applied."""
+    client = client_class(CallbackAPIVersion.VERSION2, client_id=client_id,
+                          clean_session=clean_session, protocol=mqtt.MQTTv311,
+                          manual_ack=manual_ack)
     if conn.username is not None:
         client.username_pw_set(conn.username, conn.password())
     if conn.tls.enabled:

@@ -258,3 +258,40 @@ def test_many_acknowledgements_in_one_write_settle_each_message(
     client.disconnect()
     client.loop_stop()
     assert sorted(m.payload for m in again) == sorted(m.payload for m in got[200:])
+
+
+def test_a_read_ahead_socket_hands_out_the_stream_unchanged() -> None:
+    import socket as socketlib
+
+    from gridwatch.mqtt_link import ReadAheadSocket
+
+    left, right = socketlib.socketpair()
+    right.setblocking(False)
+    sock = ReadAheadSocket(right)
+    try:
+        with pytest.raises(BlockingIOError):  # nothing sent yet: as the socket says
+            sock.recv(1)
+        stream = bytes(range(256)) * 1000  # 256,000 bytes: several read-aheads
+        sender = threading.Thread(target=left.sendall, args=(stream,))
+        sender.start()  # more than the socket buffers: sent while read
+        got = bytearray()
+        sizes = [1, 1, 2, 300, 7, 70_000, 5]
+        k = 0
+        while len(got) < len(stream):
+            try:
+                part = sock.recv(sizes[k % len(sizes)])
+            except BlockingIOError:
+                time.sleep(0.001)
+                continue
+            assert len(part) <= sizes[k % len(sizes)]
+            got += part
+            k += 1
+            assert sock.pending() >= 0
+        sender.join(10)
+        assert bytes(got) == stream
+        assert sock.pending() == 0
+        assert sock.fileno() == right.fileno()  # the rest is the socket's own
+        left.close()
+        assert sock.recv(10) == b""  # the end of the stream is passed on
+    finally:
+        right.close()
