@@ -40,7 +40,7 @@ import json
 import logging
 import os
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -859,6 +859,112 @@ class HotspotStage:
         return self._processor is not None
 
 
+# -- acknowledgements in offset order ---------------------------------------------------------
+
+class _Slot:
+    """One delivered record in :class:`InOrderAcks`: acked to faust once it and every
+    record delivered before it on its partition are done."""
+
+    __slots__ = ("event", "done", "queue")
+
+    def __init__(self, event: Any, queue: deque[_Slot]) -> None:
+        self.event = event
+        self.done = False
+        self.queue = queue
+
+
+class InOrderAcks:
+    """Acknowledges the records of each partition to faust in the order they were
+    delivered, whatever order the stage finishes them in.
+
+    faust (0.15.3, ``Consumer._new_offset``) commits the run of consecutive acked offsets
+    that starts at the smallest acked one, and refuses only when that run starts MORE
+    than one past the committed offset (``min(acked) - committed > 1``; none at all while
+    the committed offset is 0 or unknown). The committed offset is the next record to
+    read, so a record AT it that is still unacked is committed past as soon as the record
+    after it is acked. The cells and hot-spot stages hold detections (unacked) in their
+    reorder buffers while markers and released detections behind them are acked: a
+    commit could then cover a held detection, and a kill or a revoke dropped it for good
+    (the next owner starts after it). Acking in delivery order keeps every acked run
+    starting at the committed offset, so a commit never passes a record not done.
+
+    Event-loop only (the agents and the rebalance callbacks), no lock.
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[tuple[str, int], deque[_Slot]] = {}
+
+    def take(self, event: Any) -> _Slot:
+        """Register a delivered record (in delivery order) and hold its ack: faust's
+        own ack (``take_events``) then only drops this extra reference."""
+        message = event.message
+        key = (message.topic, message.partition)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        message.incref()
+        slot = _Slot(event, queue)
+        queue.append(slot)
+        return slot
+
+    def done(self, slot: _Slot) -> None:
+        """The stage has finished with the record: ack it and every record after it
+        that is done, as far as the first that is not."""
+        slot.done = True
+        queue = slot.queue
+        message = slot.event.message
+        if self._queues.get((message.topic, message.partition)) is not queue:
+            return  # revoked since: the next owner reads it again
+        while queue and queue[0].done:
+            queue.popleft().event.ack()
+
+    def revoke(self, tps: Iterable[Any]) -> None:
+        """Forget the records of revoked partitions without acking them."""
+        for tp in tps:
+            self._queues.pop((tp.topic, tp.partition), None)
+
+    def pending(self, topic: str, partition: int) -> int:
+        """Records delivered and not acked yet (done or not)."""
+        return len(self._queues.get((topic, partition), ()))
+
+
+# -- an opt-in trace of offsets (investigation aid) -------------------------------------------
+
+trace = logging.getLogger("gridwatch.trace")
+trace.propagate = False
+
+
+def _trace_setup(app: Any) -> None:
+    """With ``$GRIDWATCH_KAFKA_TRACE`` = a directory: one line per by-cell record read,
+    held, acked, and per commit, into ``<dir>/<pid>.trace`` (line-buffered: survives a
+    kill -9)."""
+    where = os.environ.get("GRIDWATCH_KAFKA_TRACE")
+    if not where or trace.handlers:
+        return
+    Path(where).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(Path(where) / f"{os.getpid()}.trace")
+    handler.setFormatter(logging.Formatter("%(created).3f %(message)s"))
+    trace.addHandler(handler)
+    trace.setLevel(logging.DEBUG)
+
+
+def _trace_commits(app: Any) -> None:
+    if not trace.handlers:
+        return
+    consumer = app.consumer
+    if getattr(consumer, "_gw_traced", False):
+        return
+    original = consumer._commit
+
+    async def _commit(offsets: Mapping[Any, int]) -> bool:
+        trace.debug("commit %s", " ".join(f"{tp.topic[-7:]}/{tp.partition}={o}"
+                                           for tp, o in sorted(offsets.items())))
+        return await original(offsets)
+
+    consumer._commit = _commit
+    consumer._gw_traced = True
+
+
 # -- the faust app ------------------------------------------------------------------------------
 
 class Sender(Protocol):
@@ -921,6 +1027,8 @@ class Scaleout:
         # per by-cell partition: the released-until mark last announced to the hot-spot
         # stage (None: idle)
         self._hot_marks: dict[int, float | None] = {}
+        # by-cell and hot-spot records are acked in delivery order (see InOrderAcks)
+        self.acks = InOrderAcks()
         # live: the clock detections are checked against (clock_skew); None: no check
         self.skew_clock = skew_clock
         self.grid = grid
@@ -945,7 +1053,11 @@ class Scaleout:
             # the cells stage holds acks of detections waiting in its reorder buffer; a
             # rebalance must not wait for them (they are redelivered to the next owner)
             stream_wait_empty=False,
+            # batch the producer's records (a produce request carried ~2.5 records)
+            producer_linger=0.010,
+            producer_max_batch_size=256 * 1024,
         )
+        _trace_setup(self.app)
         self.detections_topic = self._raw_topic(TOPIC_DETECTIONS,
                                                 partitions=settings.input_partitions)
         self.by_cell_topic = self._raw_topic(TOPIC_BY_CELL, partitions=settings.partitions)
@@ -987,7 +1099,10 @@ class Scaleout:
     async def _on_revoked(self, _sender: Any, *args: Any, signal: Any = None,
                           **_: Any) -> None:
         revoked = args[0] if args else set()
+        if trace.handlers:
+            trace.debug("revoked %s", sorted((tp.topic[-7:], tp.partition) for tp in revoked))
         partitions = [tp.partition for tp in revoked if tp.topic == TOPIC_BY_CELL]
+        self.acks.revoke(revoked)
         for tp in revoked:
             if tp.topic == TOPIC_DETECTIONS:
                 self._high.pop(tp.partition, None)
@@ -1004,6 +1119,9 @@ class Scaleout:
 
     async def _on_assigned(self, _sender: Any, *args: Any, **_: Any) -> None:
         assigned = args[0] if args else set()
+        _trace_commits(self.app)
+        if trace.handlers:
+            trace.debug("assigned %s", sorted((tp.topic[-7:], tp.partition) for tp in assigned))
         for topic in (TOPIC_DETECTIONS, TOPIC_BY_CELL, TOPIC_HOTSPOT):
             log.info("assigned %s partitions %s", topic,
                      sorted(tp.partition for tp in assigned if tp.topic == topic))
@@ -1089,6 +1207,10 @@ class Scaleout:
                 # one partition, so one worker holds all of its state
                 await self.send(TOPIC_BY_CELL, routed.cell_id.encode(),
                                 event.value.strip(), headers=self._mark_headers(source))
+                if trace.handlers:
+                    trace.debug("ingest in=%s@%s eid=%s cell=%s", source,
+                                event.message.offset, routed.detection.event_id,
+                                routed.cell_id)
             yield {"outcome": routed.outcome, "cell_id": routed.cell_id,
                    "code": routed.code, "reason": routed.reason}
 
@@ -1152,20 +1274,27 @@ class Scaleout:
                                                self.settings.batch_within_s):
             touched: set[int] = set()
             rejected = 0
-            for event in events:
+            # all at once, before any await: a revoke in between drops them together
+            slots = [self.acks.take(event) for event in events]
+            for event, slot in zip(events, slots, strict=True):
                 partition = event.message.partition
                 mark, keyed, bad = await self._read_record(event)
                 rejected += bad
+                if trace.handlers:
+                    trace.debug("cell-read p=%s@%s %s mark=%s", partition,
+                                event.message.offset,
+                                "marker" if keyed is None else f"eid={keyed[1].event_id}",
+                                mark)
                 if mark is not None:
                     worker.mark(partition, *mark)
                     touched.add(partition)
                 if keyed is None:
-                    continue  # dead-lettered, or a watermark marker
+                    self.acks.done(slot)  # dead-lettered, or a watermark marker
+                    continue
                 cell_id, detection = keyed
-                # held: not acked (so not committed) until released and written;
-                # take_events' own ack then only drops our extra reference
-                event.message.incref()
-                worker.hold(partition, cell_id, detection, event, direct=mark is None)
+                # held: not acked (so not committed) until released and written, nor
+                # is any record after it on the partition (InOrderAcks)
+                worker.hold(partition, cell_id, detection, slot, direct=mark is None)
                 touched.add(partition)
             released = {p: worker.release(p) for p in sorted(touched)}
             outputs: list[StreamOutput] = []
@@ -1179,7 +1308,12 @@ class Scaleout:
                 for item in held:
                     processed += 1
                     if item.token is not None:
-                        item.token.ack()
+                        if trace.handlers:
+                            trace.debug("cell-ack p=%s@%s eid=%s",
+                                        item.token.event.message.partition,
+                                        item.token.event.message.offset,
+                                        item.detection.event_id)
+                        self.acks.done(item.token)
             yield {"outcome": "batch", "processed": processed, "rejected": rejected,
                    "held": worker.held(), "tickets": tickets}
 
@@ -1217,22 +1351,24 @@ class Scaleout:
         async for events in stream.take_events(self.settings.batch_max,
                                                self.settings.batch_within_s):
             rejected = 0
-            for event in events:
+            slots = [self.acks.take(event) for event in events]  # before any await
+            for event, slot in zip(events, slots, strict=True):
                 mark, keyed, bad = await self._read_record(event)
                 rejected += bad
                 if mark is not None:
                     stage.mark(*mark)
                 if keyed is None:
-                    continue  # dead-lettered, or a watermark marker
+                    self.acks.done(slot)  # dead-lettered, or a watermark marker
+                    continue
                 cell_id, detection = keyed
-                event.message.incref()  # acked when released and written
-                stage.hold(cell_id, detection, event, direct=mark is None)
+                # acked when released and written (and all before it: InOrderAcks)
+                stage.hold(cell_id, detection, slot, direct=mark is None)
             released = stage.release()
             outputs = await self._until_stored(stage.process, released) if released else []
             tickets = await self._until_stored(stage.apply, outputs)
             for item in released:
                 if item.token is not None:
-                    item.token.ack()
+                    self.acks.done(item.token)
             yield {"outcome": "hotspots", "processed": len(released), "rejected": rejected,
                    "held": stage.held(), "tickets": tickets}
 
