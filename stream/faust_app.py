@@ -81,6 +81,9 @@ HEADER_SOURCE = "gw-source"
 HEADER_HIGH = "gw-high"
 HEADER_MARK = "gw-mark"  # present on a watermark marker (no detection in the value)
 IDLE = b"idle"  # HEADER_HIGH of a marker from an input partition with nothing pending
+# present on a packed record: its value is a JSON list of detections (see pack()), all
+# from the one upstream partition its HEADER_SOURCE names
+HEADER_PACK = "gw-pack"
 
 
 # -- configuration ------------------------------------------------------------------------
@@ -242,7 +245,7 @@ class Routed:
 
 
 def route(raw: bytes | str | None, grid: Grid, *, now: datetime | None = None,
-          limits: StreamSettings | None = None) -> Routed:
+          limits: StreamSettings | None = None, lookup: bool = True) -> Routed:
     """Validate one wire message and find its cell. Never raises on bad input.
 
     With ``now`` and ``limits`` (the live worker), a detection observed more than
@@ -264,9 +267,76 @@ def route(raw: bytes | str | None, grid: Grid, *, now: datetime | None = None,
                 f"observed_at {detection.observed_at.isoformat()} is {abs(skew):.0f} s "
                 f"{'ahead of' if ahead else 'behind'} the centre's clock; expected at most "
                 f"{limit} s ({setting})"))
+    if not lookup:  # route_many looks the batch up at once
+        return Routed(detection=detection)
     [index] = grid.lookup(np.array([detection.lon]), np.array([detection.lat])).tolist()
     cell_id = grid.cells[index].cell_id if index >= 0 else None
     return Routed(detection=detection, cell_id=cell_id)
+
+
+def route_many(raws: Sequence[bytes | str | None], grid: Grid, *,
+               now: datetime | None = None,
+               limits: StreamSettings | None = None) -> list[Routed]:
+    """:func:`route` for a batch: the same outcomes, one vectorised grid lookup for all
+    the valid detections (a one-point lookup costs about as much as a hundred)."""
+    out: list[Routed | None] = []
+    valid: list[tuple[int, Detection]] = []
+    for raw in raws:
+        routed = route(raw, grid, now=now, limits=limits, lookup=False)
+        if routed.detection is not None and routed.code is None:
+            valid.append((len(out), routed.detection))
+            out.append(None)
+        else:
+            out.append(routed)
+    if valid:
+        lon = np.fromiter((d.lon for _, d in valid), dtype=float, count=len(valid))
+        lat = np.fromiter((d.lat for _, d in valid), dtype=float, count=len(valid))
+        cells = grid.cells
+        for (i, detection), index in zip(valid, grid.lookup(lon, lat).tolist(), strict=True):
+            out[i] = Routed(detection=detection,
+                            cell_id=cells[index].cell_id if index >= 0 else None)
+    return out  # type: ignore[return-value]
+
+
+# -- packed records: many detections in one record on the internal topics ----------------------
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """One detection inside a packed record: its cell, where it entered (the input
+    partition and offset, so a dead letter can name that record) and its JSON."""
+
+    cell_id: str
+    partition: int | None
+    offset: int | None
+    raw: str
+
+
+def pack(items: Iterable[Packed]) -> bytes:
+    """The value of a packed record: ``[[cell id, input partition, input offset, detection
+    JSON], ...]``."""
+    return json.dumps([[i.cell_id, i.partition, i.offset, i.raw] for i in items],
+                      ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def unpack(value: bytes | str | None) -> list[Packed]:
+    """The detections of a packed record. Raises ``ValueError`` when the value is not a
+    list of ``[str, int|null, int|null, str]`` (each detection's JSON is checked later,
+    one by one)."""
+    if value is None:
+        raise ValueError("a packed record without a value")
+    rows = json.loads(value)
+    if not isinstance(rows, list):
+        raise ValueError(f"expected a list of detections, got {type(rows).__name__}")
+    out: list[Packed] = []
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 4 and isinstance(row[0], str)
+                and isinstance(row[3], str)
+                and all(v is None or (isinstance(v, int) and not isinstance(v, bool))
+                        for v in row[1:3])):
+            raise ValueError(f"expected [cell id, partition, offset, detection], got "
+                             f"{str(row)[:80]}")
+        out.append(Packed(row[0], row[1], row[2], row[3]))
+    return out
 
 
 def partition_for(cell_id: str, partitions: int) -> int:
@@ -281,12 +351,17 @@ def partition_for(cell_id: str, partitions: int) -> int:
 
 
 def dead_letter(raw: bytes | str | None, *, code: str, reason: str, topic: str,
-                partition: int | None, offset: int | None) -> bytes:
-    """The dead-letter record: why, where from, and the raw text."""
+                partition: int | None, offset: int | None,
+                via: Mapping[str, Any] | None = None) -> bytes:
+    """The dead-letter record: why, where from, and the raw text. A detection refused
+    inside a packed record names its input record (``topic``, ``partition``, ``offset``)
+    and, as ``via``, the packed record it was refused in."""
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    return json.dumps({"code": code, "reason": reason, "raw": text, "topic": topic,
-                       "partition": partition, "offset": offset},
-                      ensure_ascii=False, sort_keys=True).encode()
+    letter: dict[str, Any] = {"code": code, "reason": reason, "raw": text, "topic": topic,
+                              "partition": partition, "offset": offset}
+    if via is not None:
+        letter["via"] = dict(via)
+    return json.dumps(letter, ensure_ascii=False, sort_keys=True).encode()
 
 
 # -- topics: declared at start ------------------------------------------------------------------
@@ -434,6 +509,8 @@ class Held:
     cell_id: str
     detection: Detection
     token: Any = None
+    # (input partition, offset) the detection entered through, when known
+    origin: tuple[int | None, int | None] | None = None
 
 
 class ReorderBuffer:
@@ -593,11 +670,13 @@ class CellWorker:
         return order
 
     def hold(self, partition: int, cell_id: str, detection: Detection, token: Any = None,
-             *, direct: bool = False) -> None:
+             *, direct: bool = False,
+             origin: tuple[int | None, int | None] | None = None) -> None:
         """Put a detection in ``partition``'s reorder buffer (``direct``: it carried no
         watermark headers and advances the partition-local mark)."""
         with self._lock:
-            self._buffer(partition).hold(Held(cell_id, detection, token), direct=direct)
+            self._buffer(partition).hold(Held(cell_id, detection, token, origin),
+                                         direct=direct)
 
     def release(self, partition: int, *, everything: bool = False) -> list[Held]:
         """Take the held detections the watermark has passed (minus ``lateness_s``), in
@@ -773,9 +852,10 @@ class HotspotStage:
             self.order.marks.observe(source, high)
 
     def hold(self, cell_id: str, detection: Detection, token: Any = None, *,
-             direct: bool = False) -> None:
+             direct: bool = False,
+             origin: tuple[int | None, int | None] | None = None) -> None:
         with self._lock:
-            self.order.hold(Held(cell_id, detection, token), direct=direct)
+            self.order.hold(Held(cell_id, detection, token, origin), direct=direct)
 
     def release(self, *, everything: bool = False) -> list[Held]:
         with self._lock:
@@ -865,12 +945,13 @@ class _Slot:
     """One delivered record in :class:`InOrderAcks`: acked to faust once it and every
     record delivered before it on its partition are done."""
 
-    __slots__ = ("event", "done", "queue")
+    __slots__ = ("event", "done", "queue", "pending")
 
     def __init__(self, event: Any, queue: deque[_Slot]) -> None:
         self.event = event
         self.done = False
         self.queue = queue
+        self.pending = 1  # a packed record: one per detection it holds
 
 
 class InOrderAcks:
@@ -907,9 +988,21 @@ class InOrderAcks:
         queue.append(slot)
         return slot
 
+    def expect(self, slot: _Slot, count: int) -> None:
+        """The record is done after ``count`` calls of :meth:`done` (a packed record:
+        one per detection it holds); 0: done now."""
+        slot.pending = count
+        if count <= 0:
+            slot.pending = 1
+            self.done(slot)
+
     def done(self, slot: _Slot) -> None:
-        """The stage has finished with the record: ack it and every record after it
-        that is done, as far as the first that is not."""
+        """The stage has finished with the record (a packed record: with one more of its
+        detections): once it is finished with all, ack it and every record after it that
+        is done, as far as the first that is not."""
+        slot.pending -= 1
+        if slot.pending > 0:
+            return
         slot.done = True
         queue = slot.queue
         message = slot.event.message
@@ -1029,6 +1122,7 @@ class Scaleout:
         self._hot_marks: dict[int, float | None] = {}
         # by-cell and hot-spot records are acked in delivery order (see InOrderAcks)
         self.acks = InOrderAcks()
+        self._cell_partition: dict[str, int] = {}  # cell id -> by-cell partition
         # live: the clock detections are checked against (clock_skew); None: no check
         self.skew_clock = skew_clock
         self.grid = grid
@@ -1137,21 +1231,53 @@ class Scaleout:
             log.error("shutdown flush failed (%s); the next start restores the last "
                       "hourly checkpoints", exc or "timed out")
 
-    async def _read_record(self, event: Any) -> tuple[tuple[int, float | None] | None,
-                                                    tuple[str, Detection] | None, bool]:
-        """A by-cell or hot-spot record: (its watermark mark, its cell and detection,
-        whether it was dead-lettered). Unreadable watermark headers dead-letter the record,
-        mark and all; a marker record carries a mark and no detection."""
+    async def _read_record(self, event: Any) -> tuple[
+            tuple[int, float | None] | None,
+            list[tuple[str, Detection, tuple[int | None, int | None] | None]], int]:
+        """A by-cell or hot-spot record: (its watermark mark, its detections — (cell,
+        detection, (input partition, offset) or None) — and how many were
+        dead-lettered). Unreadable watermark headers dead-letter the record, mark and
+        all; a marker record carries a mark and no detection; a packed record
+        (:data:`HEADER_PACK`) carries many, each refused on its own (dead-lettered with
+        the input record it came from)."""
+        headers = event.headers
         try:
-            mark = read_mark(event.headers)
+            mark = read_mark(headers)
         except ValueError as exc:
             await self._dead_letter(event, "bad_headers",
                                     f"unreadable watermark headers: {exc}")
-            return None, None, True
-        if event.headers and HEADER_MARK in event.headers:
-            return mark, None, False
+            return None, [], 1
+        if headers and HEADER_MARK in headers:
+            return mark, [], 0
+        if headers and HEADER_PACK in headers:
+            return (mark, *await self._unpacked(event))
         keyed = await self._keyed_detection(event)
-        return mark, keyed, keyed is None
+        return mark, [] if keyed is None else [(*keyed, None)], keyed is None
+
+    async def _unpacked(self, event: Any) -> tuple[
+            list[tuple[str, Detection, tuple[int | None, int | None] | None]], int]:
+        try:
+            items = unpack(event.value)
+        except ValueError as exc:  # also JSONDecodeError
+            await self._dead_letter(event, "bad_pack", f"unreadable packed record: {exc}")
+            return [], 1
+        out: list[tuple[str, Detection, tuple[int | None, int | None] | None]] = []
+        rejected = 0
+        grid = self.grid
+        for item in items:
+            origin = (item.partition, item.offset)
+            if item.cell_id not in grid:
+                await self._dead_letter(event, "unknown_cell",
+                                        f"cell {item.cell_id!r} is not a cell of the grid",
+                                        item=item)
+                rejected += 1
+                continue
+            try:
+                out.append((item.cell_id, parse_detection(item.raw), origin))
+            except DetectionRejected as exc:
+                await self._dead_letter(event, exc.code.value, exc.reason, item=item)
+                rejected += 1
+        return out, rejected
 
     async def _keyed_detection(self, event: Any) -> tuple[str, Detection] | None:
         """The cell (the record key) and the detection of a by-cell or hot-spot record;
@@ -1167,16 +1293,31 @@ class Scaleout:
             await self._dead_letter(event, exc.code.value, exc.reason)
             return None
 
-    async def _dead_letter(self, event: Any, code: str, reason: str) -> None:
+    async def _dead_letter(self, event: Any, code: str, reason: str, *,
+                           item: Packed | None = None) -> None:
+        """Dead-letter a record, or (``item``) one detection of a packed record: then the
+        letter names the input record it entered through, and the packed record as
+        ``via``."""
         message = event.message
         self.counts[f"rejected:{code}"] += 1
         if message.topic == TOPIC_BY_CELL:
             self.worker.count_dead_letter(message.partition)
-        log.info("dead letter from %s[%s]@%s: %s", message.topic, message.partition,
-                 message.offset, reason)
-        await self.send(TOPIC_DEADLETTER, event.key, dead_letter(
-            event.value, code=code, reason=reason, topic=message.topic,
-            partition=message.partition, offset=message.offset))
+        if item is None:
+            log.info("dead letter from %s[%s]@%s: %s", message.topic, message.partition,
+                     message.offset, reason)
+            body = dead_letter(event.value, code=code, reason=reason, topic=message.topic,
+                               partition=message.partition, offset=message.offset)
+            key = event.key
+        else:
+            log.info("dead letter from %s[%s]@%s (in %s[%s]@%s): %s", TOPIC_DETECTIONS,
+                     item.partition, item.offset, message.topic, message.partition,
+                     message.offset, reason)
+            body = dead_letter(item.raw, code=code, reason=reason, topic=TOPIC_DETECTIONS,
+                               partition=item.partition, offset=item.offset,
+                               via={"topic": message.topic, "partition": message.partition,
+                                    "offset": message.offset})
+            key = item.cell_id.encode()
+        await self.send(TOPIC_DEADLETTER, key, body)
 
     # -- ingest -------------------------------------------------------------------------
 
@@ -1185,34 +1326,67 @@ class Scaleout:
         return {HEADER_SOURCE: str(source).encode(),
                 HEADER_HIGH: IDLE if high is None else repr(high).encode()}
 
+    def _partition_of(self, cell_id: str) -> int:
+        partition = self._cell_partition.get(cell_id)
+        if partition is None:
+            partition = self._cell_partition[cell_id] = partition_for(
+                cell_id, self.settings.partitions)
+        return partition
+
     async def _ingest(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
-        async for event in stream.events():
-            source = event.message.partition
-            self._last_read[source] = asyncio.get_running_loop().time()
-            clock = self.skew_clock
-            routed = route(event.value, self.grid, limits=self.worker.settings,
-                           now=None if clock is None else clock())
+        async for events in stream.take_events(self.settings.batch_max,
+                                               self.settings.batch_within_s):
+            for result in await self.ingest_batch(events):
+                yield result
+
+    async def ingest_batch(self, events: Sequence[Any]) -> list[dict[str, Any]]:
+        """Validate and route a batch of input records; send the routed detections as
+        ONE packed record per (input partition, by-cell partition) — explicit partition,
+        keyed by the partition number, the input partition's high mark in its headers —
+        and dead-letter the refused ones, each naming its record. One result per
+        record, in order."""
+        clock = self.skew_clock
+        routed_all = route_many([e.value for e in events], self.grid,
+                                limits=self.worker.settings,
+                                now=None if clock is None else clock())
+        now = asyncio.get_running_loop().time()
+        groups: dict[tuple[int, int], list[Packed]] = {}
+        results: list[dict[str, Any]] = []
+        high = self._high
+        for event, routed in zip(events, routed_all, strict=True):
+            message = event.message
+            source = message.partition
+            self._last_read[source] = now
             self.counts[routed.outcome] += 1
             if routed.detection is not None and routed.code is None:
                 # every valid detection moves its partition's event time on, forwarded
                 # or not (out of area): the cells stage waits for no partition longer
                 # than it must
                 ts = routed.detection.observed_at.timestamp()
-                if ts > self._high.get(source, float("-inf")):
-                    self._high[source] = ts
+                if ts > high.get(source, float("-inf")):
+                    high[source] = ts
             if routed.code is not None:
                 await self._dead_letter(event, routed.code, routed.reason or "")
             elif routed.cell_id is not None:
-                # the cell id is the record key: Kafka's key partitioner keeps a cell on
-                # one partition, so one worker holds all of its state
-                await self.send(TOPIC_BY_CELL, routed.cell_id.encode(),
-                                event.value.strip(), headers=self._mark_headers(source))
-                if trace.handlers:
-                    trace.debug("ingest in=%s@%s eid=%s cell=%s", source,
-                                event.message.offset, routed.detection.event_id,
-                                routed.cell_id)
-            yield {"outcome": routed.outcome, "cell_id": routed.cell_id,
-                   "code": routed.code, "reason": routed.reason}
+                # all of a cell's detections on one partition (murmur2 of the cell id,
+                # as the key partitioner would), so one worker holds all of its state
+                raw = event.value
+                text = (raw.decode("utf-8", errors="replace") if isinstance(raw, bytes)
+                        else raw).strip()
+                groups.setdefault((source, self._partition_of(routed.cell_id)), []).append(
+                    Packed(routed.cell_id, source, message.offset, text))
+                if trace.handlers and routed.detection is not None:
+                    trace.debug("ingest in=%s@%s eid=%s cell=%s", source, message.offset,
+                                routed.detection.event_id, routed.cell_id)
+            results.append({"outcome": routed.outcome, "cell_id": routed.cell_id,
+                            "code": routed.code, "reason": routed.reason})
+        for (source, partition), items in groups.items():
+            # the mark after the whole batch: every detection of this input partition
+            # for this by-cell partition up to it is in this record or an earlier one
+            await self.send(TOPIC_BY_CELL, str(partition).encode(), pack(items),
+                            partition=partition,
+                            headers={**self._mark_headers(source), HEADER_PACK: b"1"})
+        return results
 
     def owned_input_partitions(self) -> list[int]:
         try:
@@ -1269,64 +1443,76 @@ class Scaleout:
     # -- cells ----------------------------------------------------------------------------
 
     async def _cells(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
-        worker = self.worker
         async for events in stream.take_events(self.settings.batch_max,
                                                self.settings.batch_within_s):
-            touched: set[int] = set()
-            rejected = 0
-            # all at once, before any await: a revoke in between drops them together
-            slots = [self.acks.take(event) for event in events]
-            for event, slot in zip(events, slots, strict=True):
-                partition = event.message.partition
-                mark, keyed, bad = await self._read_record(event)
-                rejected += bad
-                if trace.handlers:
-                    trace.debug("cell-read p=%s@%s %s mark=%s", partition,
-                                event.message.offset,
-                                "marker" if keyed is None else f"eid={keyed[1].event_id}",
-                                mark)
-                if mark is not None:
-                    worker.mark(partition, *mark)
-                    touched.add(partition)
-                if keyed is None:
-                    self.acks.done(slot)  # dead-lettered, or a watermark marker
-                    continue
-                cell_id, detection = keyed
-                # held: not acked (so not committed) until released and written, nor
-                # is any record after it on the partition (InOrderAcks)
-                worker.hold(partition, cell_id, detection, slot, direct=mark is None)
+            yield await self.cells_batch(events)
+
+    async def cells_batch(self, events: Sequence[Any]) -> dict[str, Any]:
+        """One batch of by-cell records: hold their detections in the reorder buffers,
+        release what the watermark passed, process and write it, forward hot-spot kinds,
+        then ack what is finished (a packed record once all its detections are)."""
+        worker = self.worker
+        touched: set[int] = set()
+        rejected = 0
+        # all at once, before any await: a revoke in between drops them together
+        slots = [self.acks.take(event) for event in events]
+        for event, slot in zip(events, slots, strict=True):
+            partition = event.message.partition
+            mark, keyed, bad = await self._read_record(event)
+            rejected += bad
+            if mark is not None:
+                worker.mark(partition, *mark)
                 touched.add(partition)
-            released = {p: worker.release(p) for p in sorted(touched)}
-            outputs: list[StreamOutput] = []
-            for partition, held in released.items():
-                if held:
-                    outputs += await self._until_stored(worker.process, partition, held)
-            tickets = await self._until_stored(worker.apply, outputs)
-            await self._forward_hotspots(sorted(touched))
-            processed = 0
-            for held in released.values():
-                for item in held:
-                    processed += 1
-                    if item.token is not None:
-                        if trace.handlers:
-                            trace.debug("cell-ack p=%s@%s eid=%s",
-                                        item.token.event.message.partition,
-                                        item.token.event.message.offset,
-                                        item.detection.event_id)
-                        self.acks.done(item.token)
-            yield {"outcome": "batch", "processed": processed, "rejected": rejected,
-                   "held": worker.held(), "tickets": tickets}
+            if trace.handlers:
+                trace.debug("cell-read p=%s@%s %s mark=%s", partition, event.message.offset,
+                            " ".join(f"eid={d.event_id}" for _, d, _ in keyed) or "marker",
+                            mark)
+            # held: not acked (so not committed) until released and written, nor is any
+            # record after it on the partition (InOrderAcks); a packed record when all
+            # its detections are
+            self.acks.expect(slot, len(keyed))
+            for cell_id, detection, origin in keyed:
+                worker.hold(partition, cell_id, detection, slot, direct=mark is None,
+                            origin=origin)
+                touched.add(partition)
+        released = {p: worker.release(p) for p in sorted(touched)}
+        outputs: list[StreamOutput] = []
+        for partition, held in released.items():
+            if held:
+                outputs += await self._until_stored(worker.process, partition, held)
+        tickets = await self._until_stored(worker.apply, outputs)
+        await self._forward_hotspots(sorted(touched))
+        processed = 0
+        for held in released.values():
+            for item in held:
+                processed += 1
+                if item.token is not None:
+                    if trace.handlers:
+                        trace.debug("cell-ack p=%s@%s eid=%s", item.token.event.message.partition,
+                                    item.token.event.message.offset, item.detection.event_id)
+                    self.acks.done(item.token)
+        return {"outcome": "batch", "processed": processed, "rejected": rejected,
+                "held": worker.held(), "tickets": tickets}
 
     async def _forward_hotspots(self, touched: Iterable[int]) -> None:
         """Publish the hot-spot-kind detections the batch released to the hot-spot
-        stage, stamped with their by-cell partition and how far it has released, then a
-        marker for each touched partition whose mark moved (so the stage's watermark
-        moves on partitions without hot-spot kinds too)."""
+        stage: ONE packed record per by-cell partition, stamped with that partition and
+        how far it has released; then a marker for each other touched partition whose
+        mark moved (so the stage's watermark moves on partitions without hot-spot kinds
+        too)."""
         worker = self.worker
+        groups: dict[int, list[Packed]] = {}
         for partition, held in worker.take_forwarded():
-            await self.send(TOPIC_HOTSPOT, held.cell_id.encode(),
-                            held.detection.to_json().encode(), partition=0,
-                            headers=self._hot_headers(partition))
+            source, offset = held.origin or (None, None)
+            groups.setdefault(partition, []).append(
+                Packed(held.cell_id, source, offset, held.detection.to_json()))
+        for partition, items in groups.items():
+            headers = self._hot_headers(partition)
+            await self.send(TOPIC_HOTSPOT, str(partition).encode(), pack(items),
+                            partition=0, headers={**headers, HEADER_PACK: b"1"})
+            until = worker.released_until(partition)
+            if until != float("-inf"):
+                self._hot_marks[partition] = None if until == float("inf") else until
         for partition in touched:
             until = worker.released_until(partition)
             mark = None if until == float("inf") else until
@@ -1347,30 +1533,33 @@ class Scaleout:
     # -- hot spots ------------------------------------------------------------------------
 
     async def _hotspots(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
-        stage = self.hotspots
         async for events in stream.take_events(self.settings.batch_max,
                                                self.settings.batch_within_s):
-            rejected = 0
-            slots = [self.acks.take(event) for event in events]  # before any await
-            for event, slot in zip(events, slots, strict=True):
-                mark, keyed, bad = await self._read_record(event)
-                rejected += bad
-                if mark is not None:
-                    stage.mark(*mark)
-                if keyed is None:
-                    self.acks.done(slot)  # dead-lettered, or a watermark marker
-                    continue
-                cell_id, detection = keyed
-                # acked when released and written (and all before it: InOrderAcks)
-                stage.hold(cell_id, detection, slot, direct=mark is None)
-            released = stage.release()
-            outputs = await self._until_stored(stage.process, released) if released else []
-            tickets = await self._until_stored(stage.apply, outputs)
-            for item in released:
-                if item.token is not None:
-                    self.acks.done(item.token)
-            yield {"outcome": "hotspots", "processed": len(released), "rejected": rejected,
-                   "held": stage.held(), "tickets": tickets}
+            yield await self.hotspots_batch(events)
+
+    async def hotspots_batch(self, events: Sequence[Any]) -> dict[str, Any]:
+        """One batch of hot-spot records (packed or single): hold, release by the
+        by-cell partitions' watermark, count, write, ack what is finished."""
+        stage = self.hotspots
+        rejected = 0
+        slots = [self.acks.take(event) for event in events]  # before any await
+        for event, slot in zip(events, slots, strict=True):
+            mark, keyed, bad = await self._read_record(event)
+            rejected += bad
+            if mark is not None:
+                stage.mark(*mark)
+            # acked when released and written (and all before it: InOrderAcks)
+            self.acks.expect(slot, len(keyed))
+            for cell_id, detection, origin in keyed:
+                stage.hold(cell_id, detection, slot, direct=mark is None, origin=origin)
+        released = stage.release()
+        outputs = await self._until_stored(stage.process, released) if released else []
+        tickets = await self._until_stored(stage.apply, outputs)
+        for item in released:
+            if item.token is not None:
+                self.acks.done(item.token)
+        return {"outcome": "hotspots", "processed": len(released), "rejected": rejected,
+                "held": stage.held(), "tickets": tickets}
 
     async def _until_stored(self, work: Callable[..., _T], *args: Any) -> _T:
         # the store is down: retry (seeding reads only; the desk path is idempotent)
