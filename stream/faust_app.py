@@ -41,7 +41,15 @@ import logging
 import os
 import threading
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -316,6 +324,26 @@ def pack(items: Iterable[Packed]) -> bytes:
     JSON], ...]``."""
     return json.dumps([[i.cell_id, i.partition, i.offset, i.raw] for i in items],
                       ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# a packed record stays well under the producer's batch (256 KiB) and aiokafka's request
+# limit (1 MiB): a longer list is split over several records
+PACK_MAX_BYTES = 128 * 1024
+
+
+def packs(items: Sequence[Packed], max_bytes: int = PACK_MAX_BYTES) -> Iterator[bytes]:
+    """:func:`pack` over consecutive slices of ``items``, each record's value about
+    ``max_bytes`` at most (a single larger detection gets a record of its own)."""
+    start, size = 0, 0
+    for i, item in enumerate(items):
+        raw = item.raw  # JSON in JSON: each quote and backslash gets escaped
+        cost = len(raw) + raw.count('"') + raw.count("\\") + len(item.cell_id) + 32
+        if size and size + cost > max_bytes:
+            yield pack(items[start:i])
+            start, size = i, 0
+        size += cost
+    if start < len(items):
+        yield pack(items[start:])
 
 
 def unpack(value: bytes | str | None) -> list[Packed]:
@@ -1383,9 +1411,10 @@ class Scaleout:
         for (source, partition), items in groups.items():
             # the mark after the whole batch: every detection of this input partition
             # for this by-cell partition up to it is in this record or an earlier one
-            await self.send(TOPIC_BY_CELL, str(partition).encode(), pack(items),
-                            partition=partition,
-                            headers={**self._mark_headers(source), HEADER_PACK: b"1"})
+            headers = {**self._mark_headers(source), HEADER_PACK: b"1"}
+            for value in packs(items):
+                await self.send(TOPIC_BY_CELL, str(partition).encode(), value,
+                                partition=partition, headers=headers)
         return results
 
     def owned_input_partitions(self) -> list[int]:
@@ -1507,9 +1536,10 @@ class Scaleout:
             groups.setdefault(partition, []).append(
                 Packed(held.cell_id, source, offset, held.detection.to_json()))
         for partition, items in groups.items():
-            headers = self._hot_headers(partition)
-            await self.send(TOPIC_HOTSPOT, str(partition).encode(), pack(items),
-                            partition=0, headers={**headers, HEADER_PACK: b"1"})
+            headers = {**self._hot_headers(partition), HEADER_PACK: b"1"}
+            for value in packs(items):
+                await self.send(TOPIC_HOTSPOT, str(partition).encode(), value,
+                                partition=0, headers=headers)
             until = worker.released_until(partition)
             if until != float("-inf"):
                 self._hot_marks[partition] = None if until == float("inf") else until

@@ -36,6 +36,7 @@ from stream.faust_app import (
     Scaleout,
     ScaleoutSettings,
     pack,
+    packs,
     partition_for,
     route,
     route_many,
@@ -118,6 +119,16 @@ def test_pack_and_unpack_round_trip_and_refuse_a_malformed_value() -> None:
                 b'[["C00", 1, 2]]', b'[["C00", true, 2, "{}"]]', None):
         with pytest.raises(ValueError):
             unpack(bad)
+
+
+def test_a_long_list_is_split_over_records_under_the_size_limit() -> None:
+    items = [Packed("C00", 0, n, line(event_id=f"e-{n:04d}")) for n in range(600)]
+    values = list(packs(items, max_bytes=20_000))
+    assert len(values) > 1 and all(len(v) <= 20_000 for v in values)
+    assert [i for v in values for i in unpack(v)] == items
+    assert list(packs([], max_bytes=100)) == []
+    [alone] = packs(items[:1], max_bytes=10)  # too big for the limit: on its own
+    assert unpack(alone) == items[:1]
 
 
 def test_route_many_gives_what_route_gives() -> None:
