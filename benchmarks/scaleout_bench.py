@@ -82,6 +82,27 @@ def last_metrics(log: Path) -> dict[str, Any] | None:
     return found
 
 
+def embedded_rate(lines: list[bytes], grid: Any, config: Any, workdir: Path,
+                  forwarded: int) -> float:
+    """In-area detections/s through the embedded pipeline (``gridwatch serve``'s) into a
+    fresh SQLite store, deadline clocks on event time as the workers run: every line
+    submitted, timed until it drained."""
+    from gridwatch.embedded import EmbeddedPipeline
+    from ticketing.store import SqliteTicketStore
+
+    store = SqliteTicketStore(workdir / f"embedded-{uuid.uuid4().hex[:6]}.sqlite3")
+    pipeline = EmbeddedPipeline(config, grid, store, received=None)
+    try:
+        start = time.perf_counter()
+        for raw in lines:
+            pipeline.submit_raw(raw, origin="bench")
+        assert pipeline.drain(timeout=600), "the embedded pipeline did not drain"
+        elapsed = time.perf_counter() - start
+    finally:
+        pipeline.close()
+    return forwarded / elapsed
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used so far (Linux /proc)."""
     try:
@@ -212,10 +233,13 @@ def main() -> None:
           f"{args.partitions} partitions")
     print(f"replay (in memory)       {replay_rate:8.0f} det/s")
     with tempfile.TemporaryDirectory() as tmp:
+        embedded = embedded_rate(lines, Grid.from_file(GRID), config, Path(tmp), forwarded)
+        print(f"embedded (SQLite)        {embedded:8.0f} det/s")
         one = run_workers(1, args, lines, keys, forwarded, Path(tmp))
         two = run_workers(2, args, lines, keys, forwarded, Path(tmp))
         print(f"1 worker                 {one['det_per_s']:8.0f} det/s  "
-              f"({one['det_per_s'] / replay_rate:.2f}x replay; group formed in "
+              f"({one['det_per_s'] / embedded:.2f}x embedded, "
+              f"{one['det_per_s'] / replay_rate:.2f}x replay; group formed in "
               f"{one['join_s']:.1f} s; SIGTERM took {one['sigterm_s']:.1f} s)")
         print(f"2 workers                {two['det_per_s']:8.0f} det/s  "
               f"({two['det_per_s'] / one['det_per_s']:.2f}x one worker; group formed in "
