@@ -1072,24 +1072,27 @@ class InOrderAcks:
 
 trace = logging.getLogger("gridwatch.trace")
 trace.propagate = False
+_tracing = False  # set by _trace_setup: the trace lines are built only then
 
 
 def _trace_setup(app: Any) -> None:
     """With ``$GRIDWATCH_KAFKA_TRACE`` = a directory: one line per by-cell record read,
     held, acked, and per commit, into ``<dir>/<pid>.trace`` (line-buffered: survives a
     kill -9)."""
+    global _tracing
     where = os.environ.get("GRIDWATCH_KAFKA_TRACE")
-    if not where or trace.handlers:
+    if not where or _tracing:
         return
     Path(where).mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(Path(where) / f"{os.getpid()}.trace")
     handler.setFormatter(logging.Formatter("%(created).3f %(message)s"))
     trace.addHandler(handler)
     trace.setLevel(logging.DEBUG)
+    _tracing = True
 
 
 def _trace_commits(app: Any) -> None:
-    if not trace.handlers:
+    if not _tracing:
         return
     consumer = app.consumer
     if getattr(consumer, "_gw_traced", False):
@@ -1240,7 +1243,7 @@ class Scaleout:
     async def _on_revoked(self, _sender: Any, *args: Any, signal: Any = None,
                           **_: Any) -> None:
         revoked = args[0] if args else set()
-        if trace.handlers:
+        if _tracing:
             trace.debug("revoked %s", sorted((tp.topic[-7:], tp.partition) for tp in revoked))
         partitions = [tp.partition for tp in revoked if tp.topic == TOPIC_BY_CELL]
         self.acks.revoke(revoked)
@@ -1261,7 +1264,7 @@ class Scaleout:
     async def _on_assigned(self, _sender: Any, *args: Any, **_: Any) -> None:
         assigned = args[0] if args else set()
         _trace_commits(self.app)
-        if trace.handlers:
+        if _tracing:
             trace.debug("assigned %s", sorted((tp.topic[-7:], tp.partition) for tp in assigned))
         for topic in (TOPIC_DETECTIONS, TOPIC_BY_CELL, TOPIC_HOTSPOT):
             log.info("assigned %s partitions %s", topic,
@@ -1422,7 +1425,7 @@ class Scaleout:
                         else raw).strip()
                 groups.setdefault((source, self._partition_of(routed.cell_id)), []).append(
                     Packed(routed.cell_id, source, message.offset, text))
-                if trace.handlers and routed.detection is not None:
+                if _tracing and routed.detection is not None:
                     trace.debug("ingest in=%s@%s eid=%s cell=%s", source, message.offset,
                                 routed.detection.event_id, routed.cell_id)
             results.append({"outcome": routed.outcome, "cell_id": routed.cell_id,
@@ -1511,7 +1514,7 @@ class Scaleout:
             if mark is not None:
                 worker.mark(partition, *mark)
                 touched.add(partition)
-            if trace.handlers:
+            if _tracing:
                 trace.debug("cell-read p=%s@%s %s mark=%s", partition, event.message.offset,
                             " ".join(f"eid={d.event_id}" for _, d, _ in keyed) or "marker",
                             mark)
@@ -1535,7 +1538,7 @@ class Scaleout:
             for item in held:
                 processed += 1
                 if item.token is not None:
-                    if trace.handlers:
+                    if _tracing:
                         trace.debug("cell-ack p=%s@%s eid=%s", item.token.event.message.partition,
                                     item.token.event.message.offset, item.detection.event_id)
                     self.acks.done(item.token)
