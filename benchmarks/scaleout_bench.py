@@ -82,6 +82,36 @@ def last_metrics(log: Path) -> dict[str, Any] | None:
     return found
 
 
+def embedded_rate(lines: list[bytes], grid: Any, config: Any, workdir: Path,
+                  forwarded: int) -> float:
+    """In-area detections/s through the embedded pipeline (``gridwatch serve``'s) into a
+    fresh SQLite store, deadline clocks on event time as the workers run: every line
+    submitted, timed until it drained."""
+    from gridwatch.embedded import EmbeddedPipeline
+    from ticketing.store import SqliteTicketStore
+
+    store = SqliteTicketStore(workdir / f"embedded-{uuid.uuid4().hex[:6]}.sqlite3")
+    pipeline = EmbeddedPipeline(config, grid, store, received=None)
+    try:
+        start = time.perf_counter()
+        for raw in lines:
+            pipeline.submit_raw(raw, origin="bench")
+        assert pipeline.drain(timeout=600), "the embedded pipeline did not drain"
+        elapsed = time.perf_counter() - start
+    finally:
+        pipeline.close()
+    return forwarded / elapsed
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def assigned(log: Path) -> list[int]:
     marker = "assigned gridwatch.detections.by_cell partitions "
     last: list[int] = []
@@ -117,16 +147,20 @@ def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list
         started = time.monotonic()
         procs = []
         for log in logs:
+            profile = ([] if args.profile is None else
+                       ["-m", "cProfile", "-o", str(args.profile / f"{log.stem}.prof")])
             with log.open("wb") as out:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "gridwatch.cli", "worker"], env=env, cwd=ROOT,
-                    stdout=out, stderr=subprocess.STDOUT))
+                    [sys.executable, *profile, "-m", "gridwatch.cli", "worker"], env=env,
+                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
         try:
             while sorted(sum((assigned(p) for p in logs), [])) != list(range(args.partitions)):
                 time.sleep(0.2)
                 if time.monotonic() - started > 180:
                     raise RuntimeError(f"group did not form; see {logs}")
             formed = time.monotonic()
+            cpu_before = [cpu_s(p.pid) for p in procs]
+            broker_before = cpu_s(broker.proc.pid) if broker.proc else float("nan")
             takeover = float("nan")
             while True:
                 done = 0
@@ -151,6 +185,9 @@ def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list
                 if time.monotonic() - formed > 600:
                     raise RuntimeError(f"only {done} of {forwarded} processed; see {logs}")
             finished = time.monotonic()
+            worker_cpu = [cpu_s(p.pid) - b for p, b in zip(procs, cpu_before, strict=True)]
+            broker_cpu = (cpu_s(broker.proc.pid) if broker.proc else float("nan")) - \
+                broker_before
         finally:
             stop_times = []
             for proc in procs:
@@ -164,7 +201,10 @@ def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list
                     stop_times.append(time.monotonic() - t)
         return {"join_s": formed - started, "run_s": finished - formed,
                 "det_per_s": forwarded / (finished - formed), "takeover_s": takeover,
-                "sigterm_s": max(stop_times) if stop_times else float("nan")}
+                "sigterm_s": max(stop_times) if stop_times else float("nan"),
+                # CPU per detection during the measured run, each worker and the broker
+                "worker_us": [1e6 * c / forwarded for c in worker_cpu],
+                "broker_us": 1e6 * broker_cpu / forwarded}
 
 
 def main() -> None:
@@ -172,6 +212,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=8)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--store-url", help="postgresql://... (default: a SQLite file)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="run the workers under cProfile, one .prof per worker in DIR")
     parser.add_argument("--kill", action="store_true",
                         help="also measure takeover after a kill -9 of one of two workers")
     args = parser.parse_args()
@@ -191,14 +233,21 @@ def main() -> None:
           f"{args.partitions} partitions")
     print(f"replay (in memory)       {replay_rate:8.0f} det/s")
     with tempfile.TemporaryDirectory() as tmp:
+        embedded = embedded_rate(lines, Grid.from_file(GRID), config, Path(tmp), forwarded)
+        print(f"embedded (SQLite)        {embedded:8.0f} det/s")
         one = run_workers(1, args, lines, keys, forwarded, Path(tmp))
         two = run_workers(2, args, lines, keys, forwarded, Path(tmp))
         print(f"1 worker                 {one['det_per_s']:8.0f} det/s  "
-              f"({one['det_per_s'] / replay_rate:.2f}x replay; group formed in "
+              f"({one['det_per_s'] / embedded:.2f}x embedded, "
+              f"{one['det_per_s'] / replay_rate:.2f}x replay; group formed in "
               f"{one['join_s']:.1f} s; SIGTERM took {one['sigterm_s']:.1f} s)")
         print(f"2 workers                {two['det_per_s']:8.0f} det/s  "
               f"({two['det_per_s'] / one['det_per_s']:.2f}x one worker; group formed in "
               f"{two['join_s']:.1f} s; SIGTERM took {two['sigterm_s']:.1f} s)")
+        for name, run in (("1 worker", one), ("2 workers", two)):
+            print(f"CPU per detection, {name:9s} workers "
+                  f"{' + '.join(f'{us:.0f}' for us in run['worker_us'])} µs, broker "
+                  f"{run['broker_us']:.0f} µs")
         if args.kill:
             killed = run_workers(2, args, lines, keys, forwarded, Path(tmp), kill=True)
             print(f"kill -9 of one of two    survivor owned every partition "

@@ -40,8 +40,16 @@ import json
 import logging
 import os
 import threading
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +89,9 @@ HEADER_SOURCE = "gw-source"
 HEADER_HIGH = "gw-high"
 HEADER_MARK = "gw-mark"  # present on a watermark marker (no detection in the value)
 IDLE = b"idle"  # HEADER_HIGH of a marker from an input partition with nothing pending
+# present on a packed record: its value is a JSON list of detections (see pack()), all
+# from the one upstream partition its HEADER_SOURCE names
+HEADER_PACK = "gw-pack"
 
 
 # -- configuration ------------------------------------------------------------------------
@@ -242,7 +253,7 @@ class Routed:
 
 
 def route(raw: bytes | str | None, grid: Grid, *, now: datetime | None = None,
-          limits: StreamSettings | None = None) -> Routed:
+          limits: StreamSettings | None = None, lookup: bool = True) -> Routed:
     """Validate one wire message and find its cell. Never raises on bad input.
 
     With ``now`` and ``limits`` (the live worker), a detection observed more than
@@ -264,9 +275,96 @@ def route(raw: bytes | str | None, grid: Grid, *, now: datetime | None = None,
                 f"observed_at {detection.observed_at.isoformat()} is {abs(skew):.0f} s "
                 f"{'ahead of' if ahead else 'behind'} the centre's clock; expected at most "
                 f"{limit} s ({setting})"))
+    if not lookup:  # route_many looks the batch up at once
+        return Routed(detection=detection)
     [index] = grid.lookup(np.array([detection.lon]), np.array([detection.lat])).tolist()
     cell_id = grid.cells[index].cell_id if index >= 0 else None
     return Routed(detection=detection, cell_id=cell_id)
+
+
+def route_many(raws: Sequence[bytes | str | None], grid: Grid, *,
+               now: datetime | None = None,
+               limits: StreamSettings | None = None) -> list[Routed]:
+    """:func:`route` for a batch: the same outcomes, one vectorised grid lookup for all
+    the valid detections (a one-point lookup costs about as much as a hundred)."""
+    out: list[Routed | None] = []
+    valid: list[tuple[int, Detection]] = []
+    for raw in raws:
+        routed = route(raw, grid, now=now, limits=limits, lookup=False)
+        if routed.detection is not None and routed.code is None:
+            valid.append((len(out), routed.detection))
+            out.append(None)
+        else:
+            out.append(routed)
+    if valid:
+        lon = np.fromiter((d.lon for _, d in valid), dtype=float, count=len(valid))
+        lat = np.fromiter((d.lat for _, d in valid), dtype=float, count=len(valid))
+        cells = grid.cells
+        for (i, detection), index in zip(valid, grid.lookup(lon, lat).tolist(), strict=True):
+            out[i] = Routed(detection=detection,
+                            cell_id=cells[index].cell_id if index >= 0 else None)
+    return out  # type: ignore[return-value]
+
+
+# -- packed records: many detections in one record on the internal topics ----------------------
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """One detection inside a packed record: its cell, where it entered (the input
+    partition and offset, so a dead letter can name that record) and its JSON."""
+
+    cell_id: str
+    partition: int | None
+    offset: int | None
+    raw: str
+
+
+def pack(items: Iterable[Packed]) -> bytes:
+    """The value of a packed record: ``[[cell id, input partition, input offset, detection
+    JSON], ...]``."""
+    return json.dumps([[i.cell_id, i.partition, i.offset, i.raw] for i in items],
+                      ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# a packed record stays well under the producer's batch (256 KiB) and aiokafka's request
+# limit (1 MiB): a longer list is split over several records
+PACK_MAX_BYTES = 128 * 1024
+
+
+def packs(items: Sequence[Packed], max_bytes: int = PACK_MAX_BYTES) -> Iterator[bytes]:
+    """:func:`pack` over consecutive slices of ``items``, each record's value about
+    ``max_bytes`` at most (a single larger detection gets a record of its own)."""
+    start, size = 0, 0
+    for i, item in enumerate(items):
+        raw = item.raw  # JSON in JSON: each quote and backslash gets escaped
+        cost = len(raw) + raw.count('"') + raw.count("\\") + len(item.cell_id) + 32
+        if size and size + cost > max_bytes:
+            yield pack(items[start:i])
+            start, size = i, 0
+        size += cost
+    if start < len(items):
+        yield pack(items[start:])
+
+
+def unpack(value: bytes | str | None) -> list[Packed]:
+    """The detections of a packed record. Raises ``ValueError`` when the value is not a
+    list of ``[str, int|null, int|null, str]`` (each detection's JSON is checked later,
+    one by one)."""
+    if value is None:
+        raise ValueError("a packed record without a value")
+    rows = json.loads(value)
+    if not isinstance(rows, list):
+        raise ValueError(f"expected a list of detections, got {type(rows).__name__}")
+    out: list[Packed] = []
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 4 and isinstance(row[0], str)
+                and isinstance(row[3], str)
+                and all(v is None or (isinstance(v, int) and not isinstance(v, bool))
+                        for v in row[1:3])):
+            raise ValueError(f"expected [cell id, partition, offset, detection], got "
+                             f"{str(row)[:80]}")
+        out.append(Packed(row[0], row[1], row[2], row[3]))
+    return out
 
 
 def partition_for(cell_id: str, partitions: int) -> int:
@@ -281,12 +379,17 @@ def partition_for(cell_id: str, partitions: int) -> int:
 
 
 def dead_letter(raw: bytes | str | None, *, code: str, reason: str, topic: str,
-                partition: int | None, offset: int | None) -> bytes:
-    """The dead-letter record: why, where from, and the raw text."""
+                partition: int | None, offset: int | None,
+                via: Mapping[str, Any] | None = None) -> bytes:
+    """The dead-letter record: why, where from, and the raw text. A detection refused
+    inside a packed record names its input record (``topic``, ``partition``, ``offset``)
+    and, as ``via``, the packed record it was refused in."""
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-    return json.dumps({"code": code, "reason": reason, "raw": text, "topic": topic,
-                       "partition": partition, "offset": offset},
-                      ensure_ascii=False, sort_keys=True).encode()
+    letter: dict[str, Any] = {"code": code, "reason": reason, "raw": text, "topic": topic,
+                              "partition": partition, "offset": offset}
+    if via is not None:
+        letter["via"] = dict(via)
+    return json.dumps(letter, ensure_ascii=False, sort_keys=True).encode()
 
 
 # -- topics: declared at start ------------------------------------------------------------------
@@ -434,6 +537,8 @@ class Held:
     cell_id: str
     detection: Detection
     token: Any = None
+    # (input partition, offset) the detection entered through, when known
+    origin: tuple[int | None, int | None] | None = None
 
 
 class ReorderBuffer:
@@ -469,6 +574,19 @@ class ReorderBuffer:
 
     def __len__(self) -> int:
         return len(self.heap)
+
+
+def _unlocked(read: Callable[[], Any]) -> Any:
+    """``read()`` without the stage's lock: the metrics timer runs on the event loop, and
+    the lock is held by the worker thread for a whole batch (waiting for it stalled the
+    loop ~30 ms a call). Counters are read as they are; a dict that changed size while
+    being read is read again."""
+    for _ in range(4):
+        try:
+            return read()
+        except RuntimeError:  # dictionary changed size during iteration
+            continue
+    return read()
 
 
 # -- the cell worker: stream core + desk for the partitions this worker owns ------------------
@@ -593,11 +711,13 @@ class CellWorker:
         return order
 
     def hold(self, partition: int, cell_id: str, detection: Detection, token: Any = None,
-             *, direct: bool = False) -> None:
+             *, direct: bool = False,
+             origin: tuple[int | None, int | None] | None = None) -> None:
         """Put a detection in ``partition``'s reorder buffer (``direct``: it carried no
         watermark headers and advances the partition-local mark)."""
         with self._lock:
-            self._buffer(partition).hold(Held(cell_id, detection, token), direct=direct)
+            self._buffer(partition).hold(Held(cell_id, detection, token, origin),
+                                         direct=direct)
 
     def release(self, partition: int, *, everything: bool = False) -> list[Held]:
         """Take the held detections the watermark has passed (minus ``lateness_s``), in
@@ -638,20 +758,23 @@ class CellWorker:
     def metrics(self) -> dict[int, dict[str, Any]]:
         """Per owned by-cell partition: processed, duplicates, late, dead letters,
         forwarded (hot-spot kinds, to the hot-spot stage), held (waiting for the
-        watermark) and the watermark (event-time seconds)."""
-        with self._lock:
-            parts = sorted(set(self._processors) | set(self._order)
-                           | set(self.partition_counts))
-            return {p: {"processed": self.partition_counts.get(p, Counter())["processed"],
-                        "duplicates": self.partition_counts.get(p, Counter())["duplicates"],
-                        "late": self.partition_counts.get(p, Counter())["late"],
-                        "dead_letters":
-                            self.partition_counts.get(p, Counter())["dead_letters"],
-                        "forwarded": self.partition_counts.get(p, Counter())["forwarded"],
-                        "held": len(self._order[p]) if p in self._order else 0,
-                        "watermark":
-                            self._order[p].marks.value() if p in self._order else None}
-                    for p in parts}
+        watermark) and the watermark (event-time seconds). Read without the lock (see
+        :func:`_unlocked`)."""
+        return _unlocked(self._metrics)
+
+    def _metrics(self) -> dict[int, dict[str, Any]]:
+        parts = sorted(set(self._processors) | set(self._order)
+                       | set(self.partition_counts))
+        return {p: {"processed": self.partition_counts.get(p, Counter())["processed"],
+                    "duplicates": self.partition_counts.get(p, Counter())["duplicates"],
+                    "late": self.partition_counts.get(p, Counter())["late"],
+                    "dead_letters":
+                        self.partition_counts.get(p, Counter())["dead_letters"],
+                    "forwarded": self.partition_counts.get(p, Counter())["forwarded"],
+                    "held": len(self._order[p]) if p in self._order else 0,
+                    "watermark":
+                        self._order[p].marks.value() if p in self._order else None}
+                for p in parts}
 
     def count_dead_letter(self, partition: int) -> None:
         with self._lock:
@@ -773,9 +896,10 @@ class HotspotStage:
             self.order.marks.observe(source, high)
 
     def hold(self, cell_id: str, detection: Detection, token: Any = None, *,
-             direct: bool = False) -> None:
+             direct: bool = False,
+             origin: tuple[int | None, int | None] | None = None) -> None:
         with self._lock:
-            self.order.hold(Held(cell_id, detection, token), direct=direct)
+            self.order.hold(Held(cell_id, detection, token, origin), direct=direct)
 
     def release(self, *, everything: bool = False) -> list[Held]:
         with self._lock:
@@ -847,16 +971,141 @@ class HotspotStage:
 
     def metrics(self) -> dict[str, Any]:
         """Processed, duplicates (redelivered or re-sent), restored, checkpoints, held
-        (waiting for the watermark) and the watermark (event-time seconds)."""
-        with self._lock:
-            return {**{k: self.counts[k] for k in ("processed", "duplicates", "restored",
-                                                     "checkpoints")},
-                    "held": len(self.order), "watermark": self.order.marks.value()}
+        (waiting for the watermark) and the watermark (event-time seconds). Read without
+        the lock (see :func:`_unlocked`)."""
+        return _unlocked(self._metrics)
+
+    def _metrics(self) -> dict[str, Any]:
+        return {**{k: self.counts[k] for k in ("processed", "duplicates", "restored",
+                                                 "checkpoints")},
+                "held": len(self.order), "watermark": self.order.marks.value()}
 
     @property
     def active(self) -> bool:
         """Whether the stage holds state (it owns the partition and has processed)."""
         return self._processor is not None
+
+
+# -- acknowledgements in offset order ---------------------------------------------------------
+
+class _Slot:
+    """One delivered record in :class:`InOrderAcks`: acked to faust once it and every
+    record delivered before it on its partition are done."""
+
+    __slots__ = ("event", "done", "queue", "pending")
+
+    def __init__(self, event: Any, queue: deque[_Slot]) -> None:
+        self.event = event
+        self.done = False
+        self.queue = queue
+        self.pending = 1  # a packed record: one per detection it holds
+
+
+class InOrderAcks:
+    """Acknowledges the records of each partition to faust in the order they were
+    delivered, whatever order the stage finishes them in.
+
+    faust (0.15.3, ``Consumer._new_offset``) commits the run of consecutive acked offsets
+    that starts at the smallest acked one, and refuses only when that run starts MORE
+    than one past the committed offset (``min(acked) - committed > 1``; none at all while
+    the committed offset is 0 or unknown). The committed offset is the next record to
+    read, so a record AT it that is still unacked is committed past as soon as the record
+    after it is acked. The cells and hot-spot stages hold detections (unacked) in their
+    reorder buffers while markers and released detections behind them are acked: a
+    commit could then cover a held detection, and a kill or a revoke dropped it for good
+    (the next owner starts after it). Acking in delivery order keeps every acked run
+    starting at the committed offset, so a commit never passes a record not done.
+
+    Event-loop only (the agents and the rebalance callbacks), no lock.
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[tuple[str, int], deque[_Slot]] = {}
+
+    def take(self, event: Any) -> _Slot:
+        """Register a delivered record (in delivery order) and hold its ack: faust's
+        own ack (``take_events``) then only drops this extra reference."""
+        message = event.message
+        key = (message.topic, message.partition)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        message.incref()
+        slot = _Slot(event, queue)
+        queue.append(slot)
+        return slot
+
+    def expect(self, slot: _Slot, count: int) -> None:
+        """The record is done after ``count`` calls of :meth:`done` (a packed record:
+        one per detection it holds); 0: done now."""
+        slot.pending = count
+        if count <= 0:
+            slot.pending = 1
+            self.done(slot)
+
+    def done(self, slot: _Slot) -> None:
+        """The stage has finished with the record (a packed record: with one more of its
+        detections): once it is finished with all, ack it and every record after it that
+        is done, as far as the first that is not."""
+        slot.pending -= 1
+        if slot.pending > 0:
+            return
+        slot.done = True
+        queue = slot.queue
+        message = slot.event.message
+        if self._queues.get((message.topic, message.partition)) is not queue:
+            return  # revoked since: the next owner reads it again
+        while queue and queue[0].done:
+            queue.popleft().event.ack()
+
+    def revoke(self, tps: Iterable[Any]) -> None:
+        """Forget the records of revoked partitions without acking them."""
+        for tp in tps:
+            self._queues.pop((tp.topic, tp.partition), None)
+
+    def pending(self, topic: str, partition: int) -> int:
+        """Records delivered and not acked yet (done or not)."""
+        return len(self._queues.get((topic, partition), ()))
+
+
+# -- an opt-in trace of offsets (investigation aid) -------------------------------------------
+
+trace = logging.getLogger("gridwatch.trace")
+trace.propagate = False
+_tracing = False  # set by _trace_setup: the trace lines are built only then
+
+
+def _trace_setup(app: Any) -> None:
+    """With ``$GRIDWATCH_KAFKA_TRACE`` = a directory: one line per by-cell record read,
+    held, acked, and per commit, into ``<dir>/<pid>.trace`` (line-buffered: survives a
+    kill -9)."""
+    global _tracing
+    where = os.environ.get("GRIDWATCH_KAFKA_TRACE")
+    if not where or _tracing:
+        return
+    Path(where).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(Path(where) / f"{os.getpid()}.trace")
+    handler.setFormatter(logging.Formatter("%(created).3f %(message)s"))
+    trace.addHandler(handler)
+    trace.setLevel(logging.DEBUG)
+    _tracing = True
+
+
+def _trace_commits(app: Any) -> None:
+    if not _tracing:
+        return
+    consumer = app.consumer
+    if getattr(consumer, "_gw_traced", False):
+        return
+    original = consumer._commit
+
+    async def _commit(offsets: Mapping[Any, int]) -> bool:
+        trace.debug("commit %s", " ".join(f"{tp.topic[-7:]}/{tp.partition}={o}"
+                                           for tp, o in sorted(offsets.items())))
+        return await original(offsets)
+
+    consumer._commit = _commit
+    consumer._gw_traced = True
 
 
 # -- the faust app ------------------------------------------------------------------------------
@@ -921,6 +1170,9 @@ class Scaleout:
         # per by-cell partition: the released-until mark last announced to the hot-spot
         # stage (None: idle)
         self._hot_marks: dict[int, float | None] = {}
+        # by-cell and hot-spot records are acked in delivery order (see InOrderAcks)
+        self.acks = InOrderAcks()
+        self._cell_partition: dict[str, int] = {}  # cell id -> by-cell partition
         # live: the clock detections are checked against (clock_skew); None: no check
         self.skew_clock = skew_clock
         self.grid = grid
@@ -945,7 +1197,11 @@ class Scaleout:
             # the cells stage holds acks of detections waiting in its reorder buffer; a
             # rebalance must not wait for them (they are redelivered to the next owner)
             stream_wait_empty=False,
+            # batch the producer's records (a produce request carried ~2.5 records)
+            producer_linger=0.010,
+            producer_max_batch_size=256 * 1024,
         )
+        _trace_setup(self.app)
         self.detections_topic = self._raw_topic(TOPIC_DETECTIONS,
                                                 partitions=settings.input_partitions)
         self.by_cell_topic = self._raw_topic(TOPIC_BY_CELL, partitions=settings.partitions)
@@ -987,7 +1243,10 @@ class Scaleout:
     async def _on_revoked(self, _sender: Any, *args: Any, signal: Any = None,
                           **_: Any) -> None:
         revoked = args[0] if args else set()
+        if _tracing:
+            trace.debug("revoked %s", sorted((tp.topic[-7:], tp.partition) for tp in revoked))
         partitions = [tp.partition for tp in revoked if tp.topic == TOPIC_BY_CELL]
+        self.acks.revoke(revoked)
         for tp in revoked:
             if tp.topic == TOPIC_DETECTIONS:
                 self._high.pop(tp.partition, None)
@@ -1004,6 +1263,9 @@ class Scaleout:
 
     async def _on_assigned(self, _sender: Any, *args: Any, **_: Any) -> None:
         assigned = args[0] if args else set()
+        _trace_commits(self.app)
+        if _tracing:
+            trace.debug("assigned %s", sorted((tp.topic[-7:], tp.partition) for tp in assigned))
         for topic in (TOPIC_DETECTIONS, TOPIC_BY_CELL, TOPIC_HOTSPOT):
             log.info("assigned %s partitions %s", topic,
                      sorted(tp.partition for tp in assigned if tp.topic == topic))
@@ -1019,21 +1281,53 @@ class Scaleout:
             log.error("shutdown flush failed (%s); the next start restores the last "
                       "hourly checkpoints", exc or "timed out")
 
-    async def _read_record(self, event: Any) -> tuple[tuple[int, float | None] | None,
-                                                    tuple[str, Detection] | None, bool]:
-        """A by-cell or hot-spot record: (its watermark mark, its cell and detection,
-        whether it was dead-lettered). Unreadable watermark headers dead-letter the record,
-        mark and all; a marker record carries a mark and no detection."""
+    async def _read_record(self, event: Any) -> tuple[
+            tuple[int, float | None] | None,
+            list[tuple[str, Detection, tuple[int | None, int | None] | None]], int]:
+        """A by-cell or hot-spot record: (its watermark mark, its detections — (cell,
+        detection, (input partition, offset) or None) — and how many were
+        dead-lettered). Unreadable watermark headers dead-letter the record, mark and
+        all; a marker record carries a mark and no detection; a packed record
+        (:data:`HEADER_PACK`) carries many, each refused on its own (dead-lettered with
+        the input record it came from)."""
+        headers = event.headers
         try:
-            mark = read_mark(event.headers)
+            mark = read_mark(headers)
         except ValueError as exc:
             await self._dead_letter(event, "bad_headers",
                                     f"unreadable watermark headers: {exc}")
-            return None, None, True
-        if event.headers and HEADER_MARK in event.headers:
-            return mark, None, False
+            return None, [], 1
+        if headers and HEADER_MARK in headers:
+            return mark, [], 0
+        if headers and HEADER_PACK in headers:
+            return (mark, *await self._unpacked(event))
         keyed = await self._keyed_detection(event)
-        return mark, keyed, keyed is None
+        return mark, [] if keyed is None else [(*keyed, None)], keyed is None
+
+    async def _unpacked(self, event: Any) -> tuple[
+            list[tuple[str, Detection, tuple[int | None, int | None] | None]], int]:
+        try:
+            items = unpack(event.value)
+        except ValueError as exc:  # also JSONDecodeError
+            await self._dead_letter(event, "bad_pack", f"unreadable packed record: {exc}")
+            return [], 1
+        out: list[tuple[str, Detection, tuple[int | None, int | None] | None]] = []
+        rejected = 0
+        grid = self.grid
+        for item in items:
+            origin = (item.partition, item.offset)
+            if item.cell_id not in grid:
+                await self._dead_letter(event, "unknown_cell",
+                                        f"cell {item.cell_id!r} is not a cell of the grid",
+                                        item=item)
+                rejected += 1
+                continue
+            try:
+                out.append((item.cell_id, parse_detection(item.raw), origin))
+            except DetectionRejected as exc:
+                await self._dead_letter(event, exc.code.value, exc.reason, item=item)
+                rejected += 1
+        return out, rejected
 
     async def _keyed_detection(self, event: Any) -> tuple[str, Detection] | None:
         """The cell (the record key) and the detection of a by-cell or hot-spot record;
@@ -1049,16 +1343,31 @@ class Scaleout:
             await self._dead_letter(event, exc.code.value, exc.reason)
             return None
 
-    async def _dead_letter(self, event: Any, code: str, reason: str) -> None:
+    async def _dead_letter(self, event: Any, code: str, reason: str, *,
+                           item: Packed | None = None) -> None:
+        """Dead-letter a record, or (``item``) one detection of a packed record: then the
+        letter names the input record it entered through, and the packed record as
+        ``via``."""
         message = event.message
         self.counts[f"rejected:{code}"] += 1
         if message.topic == TOPIC_BY_CELL:
             self.worker.count_dead_letter(message.partition)
-        log.info("dead letter from %s[%s]@%s: %s", message.topic, message.partition,
-                 message.offset, reason)
-        await self.send(TOPIC_DEADLETTER, event.key, dead_letter(
-            event.value, code=code, reason=reason, topic=message.topic,
-            partition=message.partition, offset=message.offset))
+        if item is None:
+            log.info("dead letter from %s[%s]@%s: %s", message.topic, message.partition,
+                     message.offset, reason)
+            body = dead_letter(event.value, code=code, reason=reason, topic=message.topic,
+                               partition=message.partition, offset=message.offset)
+            key = event.key
+        else:
+            log.info("dead letter from %s[%s]@%s (in %s[%s]@%s): %s", TOPIC_DETECTIONS,
+                     item.partition, item.offset, message.topic, message.partition,
+                     message.offset, reason)
+            body = dead_letter(item.raw, code=code, reason=reason, topic=TOPIC_DETECTIONS,
+                               partition=item.partition, offset=item.offset,
+                               via={"topic": message.topic, "partition": message.partition,
+                                    "offset": message.offset})
+            key = item.cell_id.encode()
+        await self.send(TOPIC_DEADLETTER, key, body)
 
     # -- ingest -------------------------------------------------------------------------
 
@@ -1067,30 +1376,68 @@ class Scaleout:
         return {HEADER_SOURCE: str(source).encode(),
                 HEADER_HIGH: IDLE if high is None else repr(high).encode()}
 
+    def _partition_of(self, cell_id: str) -> int:
+        partition = self._cell_partition.get(cell_id)
+        if partition is None:
+            partition = self._cell_partition[cell_id] = partition_for(
+                cell_id, self.settings.partitions)
+        return partition
+
     async def _ingest(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
-        async for event in stream.events():
-            source = event.message.partition
-            self._last_read[source] = asyncio.get_running_loop().time()
-            clock = self.skew_clock
-            routed = route(event.value, self.grid, limits=self.worker.settings,
-                           now=None if clock is None else clock())
+        async for events in stream.take_events(self.settings.batch_max,
+                                               self.settings.batch_within_s):
+            for result in await self.ingest_batch(events):
+                yield result
+
+    async def ingest_batch(self, events: Sequence[Any]) -> list[dict[str, Any]]:
+        """Validate and route a batch of input records; send the routed detections as
+        ONE packed record per (input partition, by-cell partition) — explicit partition,
+        keyed by the partition number, the input partition's high mark in its headers —
+        and dead-letter the refused ones, each naming its record. One result per
+        record, in order."""
+        clock = self.skew_clock
+        routed_all = route_many([e.value for e in events], self.grid,
+                                limits=self.worker.settings,
+                                now=None if clock is None else clock())
+        now = asyncio.get_running_loop().time()
+        groups: dict[tuple[int, int], list[Packed]] = {}
+        results: list[dict[str, Any]] = []
+        high = self._high
+        for event, routed in zip(events, routed_all, strict=True):
+            message = event.message
+            source = message.partition
+            self._last_read[source] = now
             self.counts[routed.outcome] += 1
             if routed.detection is not None and routed.code is None:
                 # every valid detection moves its partition's event time on, forwarded
                 # or not (out of area): the cells stage waits for no partition longer
                 # than it must
                 ts = routed.detection.observed_at.timestamp()
-                if ts > self._high.get(source, float("-inf")):
-                    self._high[source] = ts
+                if ts > high.get(source, float("-inf")):
+                    high[source] = ts
             if routed.code is not None:
                 await self._dead_letter(event, routed.code, routed.reason or "")
             elif routed.cell_id is not None:
-                # the cell id is the record key: Kafka's key partitioner keeps a cell on
-                # one partition, so one worker holds all of its state
-                await self.send(TOPIC_BY_CELL, routed.cell_id.encode(),
-                                event.value.strip(), headers=self._mark_headers(source))
-            yield {"outcome": routed.outcome, "cell_id": routed.cell_id,
-                   "code": routed.code, "reason": routed.reason}
+                # all of a cell's detections on one partition (murmur2 of the cell id,
+                # as the key partitioner would), so one worker holds all of its state
+                raw = event.value
+                text = (raw.decode("utf-8", errors="replace") if isinstance(raw, bytes)
+                        else raw).strip()
+                groups.setdefault((source, self._partition_of(routed.cell_id)), []).append(
+                    Packed(routed.cell_id, source, message.offset, text))
+                if _tracing and routed.detection is not None:
+                    trace.debug("ingest in=%s@%s eid=%s cell=%s", source, message.offset,
+                                routed.detection.event_id, routed.cell_id)
+            results.append({"outcome": routed.outcome, "cell_id": routed.cell_id,
+                            "code": routed.code, "reason": routed.reason})
+        for (source, partition), items in groups.items():
+            # the mark after the whole batch: every detection of this input partition
+            # for this by-cell partition up to it is in this record or an earlier one
+            headers = {**self._mark_headers(source), HEADER_PACK: b"1"}
+            for value in packs(items):
+                await self.send(TOPIC_BY_CELL, str(partition).encode(), value,
+                                partition=partition, headers=headers)
+        return results
 
     def owned_input_partitions(self) -> list[int]:
         try:
@@ -1147,52 +1494,77 @@ class Scaleout:
     # -- cells ----------------------------------------------------------------------------
 
     async def _cells(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
-        worker = self.worker
         async for events in stream.take_events(self.settings.batch_max,
                                                self.settings.batch_within_s):
-            touched: set[int] = set()
-            rejected = 0
-            for event in events:
-                partition = event.message.partition
-                mark, keyed, bad = await self._read_record(event)
-                rejected += bad
-                if mark is not None:
-                    worker.mark(partition, *mark)
-                    touched.add(partition)
-                if keyed is None:
-                    continue  # dead-lettered, or a watermark marker
-                cell_id, detection = keyed
-                # held: not acked (so not committed) until released and written;
-                # take_events' own ack then only drops our extra reference
-                event.message.incref()
-                worker.hold(partition, cell_id, detection, event, direct=mark is None)
+            yield await self.cells_batch(events)
+
+    async def cells_batch(self, events: Sequence[Any]) -> dict[str, Any]:
+        """One batch of by-cell records: hold their detections in the reorder buffers,
+        release what the watermark passed, process and write it, forward hot-spot kinds,
+        then ack what is finished (a packed record once all its detections are)."""
+        worker = self.worker
+        touched: set[int] = set()
+        rejected = 0
+        # all at once, before any await: a revoke in between drops them together
+        slots = [self.acks.take(event) for event in events]
+        for event, slot in zip(events, slots, strict=True):
+            partition = event.message.partition
+            mark, keyed, bad = await self._read_record(event)
+            rejected += bad
+            if mark is not None:
+                worker.mark(partition, *mark)
                 touched.add(partition)
-            released = {p: worker.release(p) for p in sorted(touched)}
-            outputs: list[StreamOutput] = []
-            for partition, held in released.items():
-                if held:
-                    outputs += await self._until_stored(worker.process, partition, held)
-            tickets = await self._until_stored(worker.apply, outputs)
-            await self._forward_hotspots(sorted(touched))
-            processed = 0
-            for held in released.values():
-                for item in held:
-                    processed += 1
-                    if item.token is not None:
-                        item.token.ack()
-            yield {"outcome": "batch", "processed": processed, "rejected": rejected,
-                   "held": worker.held(), "tickets": tickets}
+            if _tracing:
+                trace.debug("cell-read p=%s@%s %s mark=%s", partition, event.message.offset,
+                            " ".join(f"eid={d.event_id}" for _, d, _ in keyed) or "marker",
+                            mark)
+            # held: not acked (so not committed) until released and written, nor is any
+            # record after it on the partition (InOrderAcks); a packed record when all
+            # its detections are
+            self.acks.expect(slot, len(keyed))
+            for cell_id, detection, origin in keyed:
+                worker.hold(partition, cell_id, detection, slot, direct=mark is None,
+                            origin=origin)
+                touched.add(partition)
+        released = {p: worker.release(p) for p in sorted(touched)}
+        outputs: list[StreamOutput] = []
+        for partition, held in released.items():
+            if held:
+                outputs += await self._until_stored(worker.process, partition, held)
+        tickets = await self._until_stored(worker.apply, outputs)
+        await self._forward_hotspots(sorted(touched))
+        processed = 0
+        for held in released.values():
+            for item in held:
+                processed += 1
+                if item.token is not None:
+                    if _tracing:
+                        trace.debug("cell-ack p=%s@%s eid=%s", item.token.event.message.partition,
+                                    item.token.event.message.offset, item.detection.event_id)
+                    self.acks.done(item.token)
+        return {"outcome": "batch", "processed": processed, "rejected": rejected,
+                "held": worker.held(), "tickets": tickets}
 
     async def _forward_hotspots(self, touched: Iterable[int]) -> None:
         """Publish the hot-spot-kind detections the batch released to the hot-spot
-        stage, stamped with their by-cell partition and how far it has released, then a
-        marker for each touched partition whose mark moved (so the stage's watermark
-        moves on partitions without hot-spot kinds too)."""
+        stage: ONE packed record per by-cell partition, stamped with that partition and
+        how far it has released; then a marker for each other touched partition whose
+        mark moved (so the stage's watermark moves on partitions without hot-spot kinds
+        too)."""
         worker = self.worker
+        groups: dict[int, list[Packed]] = {}
         for partition, held in worker.take_forwarded():
-            await self.send(TOPIC_HOTSPOT, held.cell_id.encode(),
-                            held.detection.to_json().encode(), partition=0,
-                            headers=self._hot_headers(partition))
+            source, offset = held.origin or (None, None)
+            groups.setdefault(partition, []).append(
+                Packed(held.cell_id, source, offset, held.detection.to_json()))
+        for partition, items in groups.items():
+            headers = {**self._hot_headers(partition), HEADER_PACK: b"1"}
+            for value in packs(items):
+                await self.send(TOPIC_HOTSPOT, str(partition).encode(), value,
+                                partition=0, headers=headers)
+            until = worker.released_until(partition)
+            if until != float("-inf"):
+                self._hot_marks[partition] = None if until == float("inf") else until
         for partition in touched:
             until = worker.released_until(partition)
             mark = None if until == float("inf") else until
@@ -1213,28 +1585,33 @@ class Scaleout:
     # -- hot spots ------------------------------------------------------------------------
 
     async def _hotspots(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
-        stage = self.hotspots
         async for events in stream.take_events(self.settings.batch_max,
                                                self.settings.batch_within_s):
-            rejected = 0
-            for event in events:
-                mark, keyed, bad = await self._read_record(event)
-                rejected += bad
-                if mark is not None:
-                    stage.mark(*mark)
-                if keyed is None:
-                    continue  # dead-lettered, or a watermark marker
-                cell_id, detection = keyed
-                event.message.incref()  # acked when released and written
-                stage.hold(cell_id, detection, event, direct=mark is None)
-            released = stage.release()
-            outputs = await self._until_stored(stage.process, released) if released else []
-            tickets = await self._until_stored(stage.apply, outputs)
-            for item in released:
-                if item.token is not None:
-                    item.token.ack()
-            yield {"outcome": "hotspots", "processed": len(released), "rejected": rejected,
-                   "held": stage.held(), "tickets": tickets}
+            yield await self.hotspots_batch(events)
+
+    async def hotspots_batch(self, events: Sequence[Any]) -> dict[str, Any]:
+        """One batch of hot-spot records (packed or single): hold, release by the
+        by-cell partitions' watermark, count, write, ack what is finished."""
+        stage = self.hotspots
+        rejected = 0
+        slots = [self.acks.take(event) for event in events]  # before any await
+        for event, slot in zip(events, slots, strict=True):
+            mark, keyed, bad = await self._read_record(event)
+            rejected += bad
+            if mark is not None:
+                stage.mark(*mark)
+            # acked when released and written (and all before it: InOrderAcks)
+            self.acks.expect(slot, len(keyed))
+            for cell_id, detection, origin in keyed:
+                stage.hold(cell_id, detection, slot, direct=mark is None, origin=origin)
+        released = stage.release()
+        outputs = await self._until_stored(stage.process, released) if released else []
+        tickets = await self._until_stored(stage.apply, outputs)
+        for item in released:
+            if item.token is not None:
+                self.acks.done(item.token)
+        return {"outcome": "hotspots", "processed": len(released), "rejected": rejected,
+                "held": stage.held(), "tickets": tickets}
 
     async def _until_stored(self, work: Callable[..., _T], *args: Any) -> _T:
         # the store is down: retry (seeding reads only; the desk path is idempotent)

@@ -4,6 +4,7 @@ name a variable that has none here."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -51,6 +52,7 @@ TESTED: dict[str, str] = {
         "SESSION_TIMEOUT_S", "HEARTBEAT_S", "REBALANCE_TIMEOUT_S", "EVENT_CLOCK",
         "LOG_REPEAT_S", "STOP_FLUSH_S", "STOP_S")},
     "GRIDWATCH_BRIDGE_MQTT_PASSWORD": "test_bridge_mqtt_password_from_the_environment",
+    "GRIDWATCH_KAFKA_TRACE": "test_kafka_trace_from_the_environment",
 }
 
 
@@ -377,3 +379,37 @@ def test_bridge_mqtt_password_from_the_environment(tmp_path: Path) -> None:
         assert "bridging MQTT" in bridge_log("s3cret")
         wrong = bridge_log("wrong")
         assert "refused the connection" in wrong and "bridging MQTT" not in wrong
+
+
+def test_kafka_trace_from_the_environment(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GRIDWATCH_KAFKA_TRACE=DIR``: each worker traces the records it ingests (and
+    reads, acks, commits) into ``DIR/<pid>.trace``."""
+    import asyncio
+
+    from gridwatch.commands.worker import scaleout_for
+    from gridwatch.config import load_config
+    from stream import faust_app
+    from stream.faust_app import TOPIC_DETECTIONS, ScaleoutSettings, trace
+    from tests.builders import line
+    from tests.stream.test_packing import Event, Recorder
+    from ticketing.store import SqliteTicketStore
+
+    monkeypatch.setenv("GRIDWATCH_KAFKA_TRACE", str(tmp_path / "trace"))
+    try:
+        scaleout = scaleout_for(ScaleoutSettings(partitions=4), load_config(), make_grid(),
+                                SqliteTicketStore(tmp_path / "t.sqlite3"),
+                                sender=Recorder(), received=None)
+        asyncio.run(scaleout.ingest_batch([Event(TOPIC_DETECTIONS, 1, 7,
+                                                 line(event_id="traced").encode(),
+                                                 acked=[])]))
+        for handler in trace.handlers:
+            handler.flush()
+        text = (tmp_path / "trace" / f"{os.getpid()}.trace").read_text()
+        assert "ingest in=1@7 eid=traced cell=C00" in text
+    finally:
+        for handler in list(trace.handlers):
+            if isinstance(handler, logging.FileHandler):
+                trace.removeHandler(handler)
+                handler.close()
+        faust_app._tracing = False

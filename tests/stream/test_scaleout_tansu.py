@@ -64,6 +64,8 @@ def worker_env(broker: TansuProcess, app_id: str, url: str, schema: str) -> dict
         "GRIDWATCH_TICKETS_URL": url,
         "GRIDWATCH_TICKETS_SCHEMA": schema,
     })
+    if os.environ.get("GRIDWATCH_KAFKA_TRACE"):  # an investigation aid (see faust_app)
+        env["GRIDWATCH_KAFKA_TRACE"] = os.environ["GRIDWATCH_KAFKA_TRACE"]
     return env
 
 
@@ -152,6 +154,12 @@ def test_two_workers_split_partitions_survive_a_kill_and_equal_replay(
         time.sleep(5)
         got = incident_tickets(url, schema)
     finally:
+        if os.environ.get("GRIDWATCH_KAFKA_TRACE"):
+            Path(os.environ["GRIDWATCH_KAFKA_TRACE"], "tickets.json").write_text(json.dumps(
+                {"expected": {k: v["event_ids"] for k, v in expected.items()},
+                 "got": {k: v["event_ids"] for k, v in
+                         incident_tickets(url, schema).items()},
+                 "killed": a.pid}))
         for proc in (a, b):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
