@@ -297,12 +297,9 @@ def route_many(raws: Sequence[bytes | str | None], grid: Grid, *,
         else:
             out.append(routed)
     if valid:
-        lon = np.fromiter((d.lon for _, d in valid), dtype=float, count=len(valid))
-        lat = np.fromiter((d.lat for _, d in valid), dtype=float, count=len(valid))
-        cells = grid.cells
-        for (i, detection), index in zip(valid, grid.lookup(lon, lat).tolist(), strict=True):
-            out[i] = Routed(detection=detection,
-                            cell_id=cells[index].cell_id if index >= 0 else None)
+        cell_ids = grid.lookup_ids((d.lon for _, d in valid), (d.lat for _, d in valid))
+        for (i, detection), cell_id in zip(valid, cell_ids, strict=True):
+            out[i] = Routed(detection=detection, cell_id=cell_id)
     return out  # type: ignore[return-value]
 
 
