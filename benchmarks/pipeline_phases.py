@@ -18,7 +18,7 @@ timed. Each phase is timed by wrapping the method that does it (wall time, this 
 
 What is left of ``total`` is intake (``submit_many``: dedup, queueing) and the worker's
 hand-offs. ``--service-gc``: the garbage collector set as a running ingest sets it
-(``gridwatch.mqtt_link.GC_THRESHOLDS``, start-up objects frozen); without it, CPython's
+(``gridwatch.gc_tuning.GC_THRESHOLDS``, start-up objects frozen); without it, CPython's
 defaults. Prints one line per batch size. A profiling aid: figures swing with the load of
 a shared machine, so compare sizes within one run.
 """
@@ -48,7 +48,7 @@ from geo.grid import Grid  # noqa: E402
 from geo.make import square_grid  # noqa: E402
 from gridwatch.config import load_config  # noqa: E402
 from gridwatch.embedded import EmbeddedPipeline  # noqa: E402
-from gridwatch.mqtt_link import GC_THRESHOLDS  # noqa: E402
+from gridwatch.gc_tuning import GC_THRESHOLDS  # noqa: E402
 from ticketing.store import SqliteTicketStore  # noqa: E402
 
 WARM_UP = 2000

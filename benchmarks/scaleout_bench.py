@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -86,12 +87,17 @@ def embedded_rate(lines: list[bytes], grid: Any, config: Any, workdir: Path,
                   forwarded: int) -> float:
     """In-area detections/s through the embedded pipeline (``gridwatch serve``'s) into a
     fresh SQLite store, deadline clocks on event time as the workers run: every line
-    submitted, timed until it drained."""
+    submitted, timed until it drained. The collector is tuned as ``gridwatch serve``'s
+    ingest tunes it while it runs (and the workers tune theirs)."""
     from gridwatch.embedded import EmbeddedPipeline
+    from gridwatch.gc_tuning import GC_THRESHOLDS
     from ticketing.store import SqliteTicketStore
 
     store = SqliteTicketStore(workdir / f"embedded-{uuid.uuid4().hex[:6]}.sqlite3")
     pipeline = EmbeddedPipeline(config, grid, store, received=None)
+    saved = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         start = time.perf_counter()
         for raw in lines:
@@ -100,6 +106,9 @@ def embedded_rate(lines: list[bytes], grid: Any, config: Any, workdir: Path,
         elapsed = time.perf_counter() - start
     finally:
         pipeline.close()
+        gc.set_threshold(*saved)
+        gc.unfreeze()
+        gc.collect()
     return forwarded / elapsed
 
 

@@ -83,7 +83,8 @@ from detectors.topics import (
     station_filter,
 )
 from gridwatch.embedded import EmbeddedPipeline
-from gridwatch.mqtt_link import GC_THRESHOLDS, ProcessLink, ThreadLink, Token
+from gridwatch.gc_tuning import GC_THRESHOLDS
+from gridwatch.mqtt_link import ProcessLink, ThreadLink, Token
 from gridwatch.pipeline import STORE_UNAVAILABLE
 from ticketing.evidence import EvidenceRejected, EvidenceStore
 

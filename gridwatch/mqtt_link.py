@@ -18,7 +18,6 @@ message.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -35,6 +34,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 
 from configs.mqtt import MqttConnection, make_client
+from gridwatch.gc_tuning import tune_process
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ Filters = list[tuple[str, int]]
 PUBLISH_DRAIN_S = 10.0  # at stop, how long the child waits for its queued publishes
 FLUSH_S = 0.001
 IDLE_MAX_S = 0.02
-# the garbage collector's thresholds on the centre's hot path (the MQTT child, and the
-# centre process while an ingest runs): collecting the young generation every 700
-# allocations, and every tracked object every 100 of those, cost ~10 µs a message
-GC_THRESHOLDS = (10_000, 10, 10)
 # what one read of the broker's socket takes at most (see ReadAheadSocket)
 READ_AHEAD_BYTES = 65_536
 
@@ -401,8 +397,7 @@ def _child_main(conn: Connection, connection: MqttConnection, client_id: str,
     """The MQTT process: receive → pipe in batches; pipe → acknowledge / publish."""
     # Ctrl-C reaches the whole process group: the parent decides when this one stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    gc.freeze()  # the modules just imported: never garbage, never walked again
-    gc.set_threshold(*GC_THRESHOLDS)
+    tune_process()  # the modules just imported: never garbage, never walked again
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s gridwatch-ingest-mqtt: %(message)s")
     inbox: deque[tuple[str, bytes | bytearray, int, int]] = deque()

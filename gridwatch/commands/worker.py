@@ -300,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import asyncio
 
+    from gridwatch.gc_tuning import tune_process
     from stream.faust_app import TopicMismatch, declare_topics
 
     install(settings.log_repeat_s)  # the CLI's handlers, until faust sets up its own
@@ -309,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     worker = quiet_worker(scaleout.app, loglevel=args.loglevel,
                           log_repeat_s=settings.log_repeat_s, stop_s=settings.stop_s)
+    tune_process()  # grid, config, store and app built: frozen out of the collector
     worker.execute_from_commandline()  # runs until a signal stops it
     return 0
 

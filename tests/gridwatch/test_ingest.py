@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from configs.mqtt import MqttConnection
+from gridwatch.gc_tuning import GC_THRESHOLDS
 from gridwatch.ingest import MqttIngest
-from gridwatch.mqtt_link import GC_THRESHOLDS
 from tests.support.mosquitto import free_port
 
 
@@ -52,3 +52,18 @@ def test_tune_gc_false_leaves_the_process_alone(own_thresholds: tuple[int, int, 
         assert gc.get_threshold() == own_thresholds
     finally:
         ingest.stop()
+
+
+def test_a_hot_path_process_freezes_its_start_up_objects(
+        own_thresholds: tuple[int, int, int]) -> None:
+    from gridwatch.gc_tuning import tune_process
+
+    built_at_start_up = [[n] for n in range(1000)]
+    frozen = gc.get_freeze_count()
+    try:
+        tune_process()  # what a worker, a bridge and the MQTT child call once
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() >= frozen + len(built_at_start_up)
+    finally:
+        gc.unfreeze()
+        gc.collect()
