@@ -33,7 +33,12 @@ sys.path.insert(0, str(ROOT))
 
 from gridwatch.config import load_config  # noqa: E402
 from gridwatch.replay import replay_lines  # noqa: E402
-from stream.faust_app import TOPIC_DETECTIONS, ScaleoutSettings, declare_topics  # noqa: E402
+from stream.faust_app import (  # noqa: E402
+    TOPIC_BY_CELL,
+    TOPIC_DETECTIONS,
+    ScaleoutSettings,
+    declare_topics,
+)
 from tests.support.tansu import TansuProcess  # noqa: E402
 
 SAMPLE = ROOT / "sample_data" / "detections.jsonl"
@@ -121,8 +126,8 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def assigned(log: Path) -> list[int]:
-    marker = "assigned gridwatch.detections.by_cell partitions "
+def assigned(log: Path, topic: str = "gridwatch.detections.by_cell") -> list[int]:
+    marker = f"assigned {topic} partitions "
     last: list[int] = []
     for row in log.read_text(errors="replace").splitlines():
         if marker in row:
@@ -163,7 +168,9 @@ def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list
                     [sys.executable, *profile, "-m", "gridwatch.cli", "worker"], env=env,
                     cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
         try:
-            while sorted(sum((assigned(p) for p in logs), [])) != list(range(args.partitions)):
+            # both groups: faust's (by-cell, hot-spot) and the input pump's
+            while any(sorted(sum((assigned(p, topic) for p in logs), [])) !=
+                      list(range(args.partitions)) for topic in (TOPIC_BY_CELL, TOPIC_DETECTIONS)):
                 time.sleep(0.2)
                 if time.monotonic() - started > 180:
                     raise RuntimeError(f"group did not form; see {logs}")
@@ -223,6 +230,8 @@ def main() -> None:
     parser.add_argument("--store-url", help="postgresql://... (default: a SQLite file)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run the workers under cProfile, one .prof per worker in DIR")
+    parser.add_argument("--workdir", type=Path,
+                        help="keep the workers' and the broker's logs in this directory")
     parser.add_argument("--kill", action="store_true",
                         help="also measure takeover after a kill -9 of one of two workers")
     args = parser.parse_args()
@@ -242,6 +251,9 @@ def main() -> None:
           f"{args.partitions} partitions")
     print(f"replay (in memory)       {replay_rate:8.0f} det/s")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.workdir:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.workdir)
         embedded = embedded_rate(lines, Grid.from_file(GRID), config, Path(tmp), forwarded)
         print(f"embedded (SQLite)        {embedded:8.0f} det/s")
         one = run_workers(1, args, lines, keys, forwarded, Path(tmp))

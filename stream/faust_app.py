@@ -65,6 +65,7 @@ from geo.grid import Grid
 from stream import hotspot_state
 from stream.dedup import EventIdFilter
 from stream.hotspot import HotspotEngine, HotspotSettings
+from stream.kafka_input import InputPump, input_group
 from stream.policy import Mode, PolicyBook, StreamSettings
 from stream.processor import StreamOutput, StreamProcessor, live_stream_settings
 from stream.retry import Backoff
@@ -1109,11 +1110,14 @@ def _trace_commits(app: Any) -> None:
 
 class Sender(Protocol):
     """``await sender(topic, key, value, partition=None, headers=None)`` publishes one
-    record (the faust topics in production; a recorder in tests)."""
+    record (the faust topics in production; a recorder in tests) and returns its delivery:
+    an awaitable that raises when the broker did not take the record (``None``: nothing
+    to wait for)."""
 
     def __call__(self, topic: str, key: bytes | None, value: bytes, *,
                  partition: int | None = None,
-                 headers: Mapping[str, bytes] | None = None) -> Awaitable[None]:
+                 headers: Mapping[str, bytes] | None = None
+                 ) -> Awaitable[Awaitable[Any] | None]:
         ...
 
 
@@ -1212,8 +1216,21 @@ class Scaleout:
         # last read from each (monotonic), to announce marks and idleness downstream
         self._high: dict[int, float] = {}
         self._last_read: dict[int, float] = {}
-        self.ingest_agent = self.app.agent(self.detections_topic, name="gridwatch.ingest")(
-            self._ingest)
+        # the input topic: read by our own consumer (one faust event per detection cost
+        # ~100 us of CPU), in the consumer group <app id>-input (kafka_input.InputPump)
+        self.input = InputPump(
+            topic=TOPIC_DETECTIONS, group_id=input_group(settings.app_id),
+            legacy_group=settings.app_id, ingest=self.ingest_batch,
+            on_revoked=self._input_revoked, batch_max=settings.batch_max,
+            wait_s=min(settings.batch_within_s, 0.5), flush_s=settings.stop_flush_s,
+            consumer_options={
+                "bootstrap_servers": bootstrap_servers(settings.broker_url),
+                "client_id": f"{settings.app_id}-input",
+                "session_timeout_ms": int(settings.session_timeout_s * 1000),
+                "heartbeat_interval_ms": int(settings.heartbeat_s * 1000),
+                "rebalance_timeout_ms": int(settings.rebalance_timeout_s * 1000),
+                "max_poll_records": settings.batch_max})
+        self.app.task(self._run_input)
         self.cell_agent = self.app.agent(self.by_cell_topic, name="gridwatch.cells")(
             self._cells)
         self.hotspot_agent = self.app.agent(self.hotspot_topic, name="gridwatch.hotspots")(
@@ -1232,10 +1249,19 @@ class Scaleout:
 
     async def _send_to_kafka(self, topic: str, key: bytes | None, value: bytes, *,
                              partition: int | None = None,
-                             headers: Mapping[str, bytes] | None = None) -> None:
-        # buffered by the producer; faust flushes it before committing offsets
-        await self._topics[topic].send(key=key, value=value, partition=partition,
-                                       headers=dict(headers) if headers else None)
+                             headers: Mapping[str, bytes] | None = None) -> Awaitable[Any]:
+        # buffered by the producer; faust flushes it before committing its offsets, the
+        # input pump awaits the returned delivery before committing the input's
+        return await self._topics[topic].send(key=key, value=value, partition=partition,
+                                              headers=dict(headers) if headers else None)
+
+    async def _run_input(self) -> None:
+        await self.input.run()
+
+    def _input_revoked(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            self._high.pop(partition, None)
+            self._last_read.pop(partition, None)
 
     async def _on_revoked(self, _sender: Any, *args: Any, signal: Any = None,
                           **_: Any) -> None:
@@ -1244,10 +1270,6 @@ class Scaleout:
             trace.debug("revoked %s", sorted((tp.topic[-7:], tp.partition) for tp in revoked))
         partitions = [tp.partition for tp in revoked if tp.topic == TOPIC_BY_CELL]
         self.acks.revoke(revoked)
-        for tp in revoked:
-            if tp.topic == TOPIC_DETECTIONS:
-                self._high.pop(tp.partition, None)
-                self._last_read.pop(tp.partition, None)
         if partitions:
             log.info("partitions %s of %s revoked; dropping their state", partitions,
                      TOPIC_BY_CELL)
@@ -1263,12 +1285,13 @@ class Scaleout:
         _trace_commits(self.app)
         if _tracing:
             trace.debug("assigned %s", sorted((tp.topic[-7:], tp.partition) for tp in assigned))
-        for topic in (TOPIC_DETECTIONS, TOPIC_BY_CELL, TOPIC_HOTSPOT):
+        for topic in (TOPIC_BY_CELL, TOPIC_HOTSPOT):
             log.info("assigned %s partitions %s", topic,
                      sorted(tp.partition for tp in assigned if tp.topic == topic))
 
     async def _on_shutdown(self, _sender: Any, **_: Any) -> None:
-        # after the consumer stopped, before the producer's last flush
+        # after faust's consumer stopped, before the producer's last flush
+        await self.input.stop()
         try:
             tickets = await asyncio.wait_for(asyncio.to_thread(self.hotspots.shutdown), 5.0)
             log.info("shutdown flush: hot-spot stage %s, %d tickets written",
@@ -1341,7 +1364,7 @@ class Scaleout:
             return None
 
     async def _dead_letter(self, event: Any, code: str, reason: str, *,
-                           item: Packed | None = None) -> None:
+                           item: Packed | None = None) -> Awaitable[Any] | None:
         """Dead-letter a record, or (``item``) one detection of a packed record: then the
         letter names the input record it entered through, and the packed record as
         ``via``."""
@@ -1364,7 +1387,7 @@ class Scaleout:
                                via={"topic": message.topic, "partition": message.partition,
                                     "offset": message.offset})
             key = item.cell_id.encode()
-        await self.send(TOPIC_DEADLETTER, key, body)
+        return await self.send(TOPIC_DEADLETTER, key, body)
 
     # -- ingest -------------------------------------------------------------------------
 
@@ -1380,18 +1403,16 @@ class Scaleout:
                 cell_id, self.settings.partitions)
         return partition
 
-    async def _ingest(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
-        async for events in stream.take_events(self.settings.batch_max,
-                                               self.settings.batch_within_s):
-            for result in await self.ingest_batch(events):
-                yield result
-
-    async def ingest_batch(self, events: Sequence[Any]) -> list[dict[str, Any]]:
-        """Validate and route a batch of input records; send the routed detections as
-        ONE packed record per (input partition, by-cell partition) — explicit partition,
-        keyed by the partition number, the input partition's high mark in its headers —
-        and dead-letter the refused ones, each naming its record. One result per
-        record, in order."""
+    async def ingest_batch(self, events: Sequence[Any],
+                           deliveries: list[Awaitable[Any]] | None = None
+                           ) -> list[dict[str, Any]]:
+        """Validate and route a batch of input records (:class:`InputEvent`); send the
+        routed detections as ONE packed record per (input partition, by-cell partition)
+        — explicit partition, keyed by the partition number, the input partition's high
+        mark in its headers — and dead-letter the refused ones, each naming its record.
+        One result per record, in order; each send's delivery is appended to
+        ``deliveries`` (the input pump commits the batch once all are confirmed)."""
+        sent: list[Awaitable[Any]] = [] if deliveries is None else deliveries
         clock = self.skew_clock
         routed_all = route_many([e.value for e in events], self.grid,
                                 limits=self.worker.settings,
@@ -1413,7 +1434,9 @@ class Scaleout:
                 if ts > high.get(source, float("-inf")):
                     high[source] = ts
             if routed.code is not None:
-                await self._dead_letter(event, routed.code, routed.reason or "")
+                delivery = await self._dead_letter(event, routed.code, routed.reason or "")
+                if delivery is not None:
+                    sent.append(delivery)
             elif routed.cell_id is not None:
                 # all of a cell's detections on one partition (murmur2 of the cell id,
                 # as the key partitioner would), so one worker holds all of its state
@@ -1432,16 +1455,14 @@ class Scaleout:
             # for this by-cell partition up to it is in this record or an earlier one
             headers = {**self._mark_headers(source), HEADER_PACK: b"1"}
             for value in packs(items):
-                await self.send(TOPIC_BY_CELL, str(partition).encode(), value,
-                                partition=partition, headers=headers)
+                delivery = await self.send(TOPIC_BY_CELL, str(partition).encode(), value,
+                                           partition=partition, headers=headers)
+                if delivery is not None:
+                    sent.append(delivery)
         return results
 
     def owned_input_partitions(self) -> list[int]:
-        try:
-            assignment = self.app.consumer.assignment()
-        except Exception:  # noqa: BLE001 - no consumer yet (starting, stopping)
-            return []
-        return sorted(tp.partition for tp in assignment if tp.topic == TOPIC_DETECTIONS)
+        return sorted(self.input.assigned)
 
     async def _announce(self) -> None:
         """Tell every by-cell partition how far each owned input partition has got (or
@@ -1469,6 +1490,7 @@ class Scaleout:
         for partition, row in parts.items():
             row["lag"] = self._lag(partition)
         return {"ingest": dict(sorted(self.counts.items())),
+                "input": {str(p): row for p, row in self.input.lag().items()},
                 "partitions": {str(p): row for p, row in parts.items()},
                 "hotspots": self.hotspots.metrics()}
 

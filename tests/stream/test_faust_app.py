@@ -39,6 +39,7 @@ from stream.faust_app import (
     partition_for,
     unpack,
 )
+from stream.kafka_input import InputEvent
 from tests.builders import T0, line, make_grid, make_grid_geojson
 from ticketing.models import TicketStatus
 from ticketing.store import SqliteTicketStore, SqlTicketStore
@@ -96,12 +97,28 @@ def make_scaleout(store: SqlTicketStore, recorder: Recorder | None = None) -> Sc
                         store, sender=recorder or Recorder(), received=None)
 
 
+async def ingest_records(scaleout: Scaleout,
+                         records: list[tuple[bytes | None, bytes | None, int]]
+                         ) -> dict[int, Any]:
+    """(value, key, input partition) records through ingest as the input pump hands
+    them over: in batches of ``batch_max``, offsets counted per partition."""
+    offsets: Counter[int] = Counter()
+    events = []
+    for value, key, partition in records:
+        events.append(InputEvent(TOPIC_DETECTIONS, partition, offsets[partition], key, value))
+        offsets[partition] += 1
+    results: dict[int, Any] = {}
+    size = scaleout.settings.batch_max
+    for start in range(0, len(events), size):
+        for i, result in enumerate(await scaleout.ingest_batch(events[start:start + size])):
+            results[start + i] = result
+    return results
+
+
 async def ingest(scaleout: Scaleout, lines: list[str | bytes]) -> dict[int, Any]:
-    async with scaleout.ingest_agent.test_context() as agent:
-        for i, raw in enumerate(lines):
-            value = raw.encode() if isinstance(raw, str) else raw
-            await agent.put(value, key=f"st/{i}".encode())
-        return dict(agent.results)
+    return await ingest_records(scaleout, [
+        (raw.encode() if isinstance(raw, str) else raw, f"st/{i}".encode(), 0)
+        for i, raw in enumerate(lines)])
 
 
 async def cells(scaleout: Scaleout, records: list[Record]) -> dict[int, Any]:
@@ -198,12 +215,7 @@ def test_an_invalid_message_is_dead_lettered_with_its_reason(
     recorder = Recorder()
     scaleout = make_scaleout(SqliteTicketStore(tmp_path / "t.sqlite3"), recorder)
 
-    async def go() -> dict[int, Any]:
-        async with scaleout.ingest_agent.test_context() as agent:
-            await agent.put(raw, key=b"st1/smoke-1")
-            return dict(agent.results)
-
-    results = asyncio.run(go())
+    results = asyncio.run(ingest_records(scaleout, [(raw, b"st1/smoke-1", 0)]))
     assert results[0]["outcome"] == "rejected" and results[0]["code"] == code
     assert recorder.on(TOPIC_BY_CELL) == []
     [(topic, key, value)] = recorder.records
@@ -710,10 +722,10 @@ def test_results_do_not_depend_on_which_input_partition_drains_first(tmp_path: P
     scaleout.worker.sources = 2
 
     async def ingest_two() -> None:
-        async with scaleout.ingest_agent.test_context() as agent:
-            for i, raw in enumerate(lines):  # round-robin keys: two input partitions
-                await agent.put(raw.encode(), key=f"rr{i}".encode(), partition=i % 2)
-            await scaleout.announce([0, 1])  # marks; the timer does this every tick_s
+        # round-robin keys: two input partitions
+        await ingest_records(scaleout, [(raw.encode(), f"rr{i}".encode(), i % 2)
+                                        for i, raw in enumerate(lines)])
+        await scaleout.announce([0, 1])  # marks; the timer does this every tick_s
 
     asyncio.run(ingest_two())
     stamped = list(zip(recorder.records, recorder.headers, strict=True))

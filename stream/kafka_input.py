@@ -1,0 +1,340 @@
+"""The input topic read straight from aiokafka, not through a faust agent.
+
+faust delivers each record through its conductor, a channel queue and the agent's stream
+(~100 µs of a worker's CPU per record, measured in ``benchmarks/scaleout_bench.py``), and
+the input topic has one record per detection. :class:`InputPump` reads it with
+``getmany`` in batches instead, hands each batch to ingest, and commits a batch's offsets
+only after the broker acknowledged every record ingest sent for it:
+
+* **a consumer group of its own**, ``<app id>-input`` (:func:`input_group`): faust's group
+  keeps the by-cell and hot-spot topics. The first time the new group owns a partition
+  with no commit of its own, it starts where faust's group (``<app id>``, versions before
+  this one) had committed, so an upgrade does not re-read the topic;
+* **commits in order**: a batch whose records were not all delivered stops every later
+  commit; the pump reads again from the last commit (a new *generation*: whatever was
+  read before the failure is never committed);
+* **a revoke waits** (at most ``stop_flush_s``) for the commits of the batches already
+  ingested, so the next owner does not read them again; batches it could not commit are
+  read again by the next owner (duplicates the event-id filter and the idempotent desk
+  drop).
+
+Imported by :mod:`stream.faust_app` only (it imports aiokafka, which faust brings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from stream.retry import Backoff
+
+log = logging.getLogger(__name__)
+trace = logging.getLogger("gridwatch.trace")
+
+MAX_IN_FLIGHT = 4  # batches ingested whose deliveries are not confirmed yet
+
+
+def input_group(app_id: str) -> str:
+    """The consumer group that reads the input topic: ``<app id>-input``."""
+    return f"{app_id}-input"
+
+
+@dataclass(frozen=True, slots=True)
+class InputEvent:
+    """One input record, shaped as ingest reads a faust event (``.key``, ``.value``,
+    ``.headers``, ``.message.topic/.partition/.offset``)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Mapping[str, bytes] = field(default_factory=dict)
+
+    @property
+    def message(self) -> InputEvent:
+        return self
+
+
+Ingest = Callable[[Sequence[InputEvent], list[Awaitable[Any]]], Awaitable[Any]]
+
+
+@dataclass
+class _Batch:
+    generation: int
+    offsets: dict[TopicPartition, int]  # next offset to read, per partition
+    deliveries: list[Awaitable[Any]]
+
+
+class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Reads ``topic`` in batches for ``ingest`` and commits what was delivered.
+
+    Args:
+        topic: the input topic.
+        group_id: this pump's consumer group (:func:`input_group`).
+        legacy_group: where to start a partition this group never committed (faust's
+            group of earlier versions); ``None``: the topic's beginning.
+        ingest: ``await ingest(events, deliveries)`` sends what the batch produces and
+            appends each send's delivery (an awaitable raising when not delivered).
+        on_revoked: called with the input partitions this worker no longer owns.
+        consumer_factory: builds the consumer (tests pass a fake); the default is
+            :class:`aiokafka.AIOKafkaConsumer` with ``consumer_options``.
+        batch_max: records per batch at most.
+        wait_s: how long one read waits for records.
+        flush_s: how long a revoke or a stop waits for outstanding deliveries.
+    """
+
+    retry = Backoff(0.5, 30.0)
+
+    def __init__(self, *, topic: str, group_id: str, legacy_group: str | None,
+                 ingest: Ingest, on_revoked: Callable[[set[int]], None],
+                 consumer_factory: Callable[[], Any] | None = None,
+                 consumer_options: Mapping[str, Any] | None = None, batch_max: int = 2000,
+                 wait_s: float = 0.2, flush_s: float = 3.0) -> None:
+        self.topic = topic
+        self.group_id = group_id
+        self.legacy_group = legacy_group
+        self._ingest = ingest
+        self._on_revoked = on_revoked
+        self._options = dict(consumer_options or {})
+        self._factory = consumer_factory or self._aiokafka
+        self.batch_max = batch_max
+        self.wait_s = wait_s
+        self.flush_s = flush_s
+        self.consumer: Any = None
+        self.assigned: frozenset[int] = frozenset()
+        self.read: dict[int, int] = {}  # partition -> last offset read
+        self.committed: dict[int, int | None] = {}  # partition -> committed offset
+        self.counts = {"batches": 0, "records": 0, "commits": 0, "rewinds": 0}
+        self._generation = 0
+        self._rewind = False
+        self._stopping = False
+        self._queue: asyncio.Queue[_Batch] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._committer: asyncio.Task[None] | None = None
+
+    def _aiokafka(self) -> Any:
+        return AIOKafkaConsumer(group_id=self.group_id, enable_auto_commit=False,
+                                auto_offset_reset="earliest", **self._options)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Join the group and pump until :meth:`stop`."""
+        self._queue = asyncio.Queue(MAX_IN_FLIGHT)
+        self.consumer = self._factory()
+        self.consumer.subscribe([self.topic], listener=self)
+        delays = self.retry.delays()
+        while not self._stopping:
+            try:
+                await self.consumer.start()
+                break
+            except KafkaError as exc:
+                delay = next(delays)
+                log.warning("the input consumer cannot reach the broker (%s); retrying in "
+                            "%.1f s", exc, delay)
+                await asyncio.sleep(delay)
+        self._committer = asyncio.create_task(self._commit_loop())
+        self._task = asyncio.current_task()
+        try:
+            while not self._stopping:
+                await self._pump_once()
+        finally:
+            self._task = None
+
+    async def _pump_once(self) -> None:
+        if self._rewind:
+            self._rewind = False
+            await self._seek_committed()
+        generation = self._generation
+        batch = await self.consumer.getmany(timeout_ms=int(self.wait_s * 1000),
+                                            max_records=self.batch_max)
+        events = [InputEvent(r.topic, r.partition, r.offset, r.key, r.value,
+                             dict(r.headers or ()))
+                  for records in batch.values() for r in records]
+        if not events or self._stopping:
+            return  # a stop: what was read and not ingested is read again next start
+        deliveries: list[Awaitable[Any]] = []
+        await self._ingest(events, deliveries)
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+        for tp, records in batch.items():
+            if records:
+                self.read[tp.partition] = records[-1].offset
+        self.counts["batches"] += 1
+        self.counts["records"] += len(events)
+        assert self._queue is not None
+        await self._queue.put(_Batch(generation, offsets, deliveries))
+
+    async def stop(self) -> None:
+        """Stop reading, commit what was delivered (waiting ``flush_s`` at most), leave
+        the group."""
+        self._stopping = True
+        if self._task is not None and self._task is not asyncio.current_task():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._wait_pump()), self.wait_s + 5)
+            except TimeoutError:
+                pass
+        await self._flush()
+        if self._committer is not None:
+            self._committer.cancel()
+        if self.consumer is not None:
+            try:
+                await self.consumer.stop()
+            except KafkaError as exc:  # the broker is gone: the group times us out
+                log.warning("the input consumer did not leave its group cleanly: %s", exc)
+
+    async def _wait_pump(self) -> None:
+        while self._task is not None:
+            await asyncio.sleep(0.01)
+
+    async def _flush(self) -> None:
+        if self._queue is None or self._committer is None:
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), self.flush_s)
+        except TimeoutError:
+            log.warning("input offsets of %d batches not committed within %.1f s (the "
+                        "broker did not confirm their records); they are read again",
+                        self._queue.qsize(), self.flush_s)
+
+    # -- commits --------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            batches = [await queue.get()]
+            while not queue.empty():
+                batches.append(queue.get_nowait())
+            try:
+                await self._commit(batches)
+            finally:
+                for _ in batches:
+                    queue.task_done()
+
+    async def _commit(self, batches: list[_Batch]) -> None:
+        """Commit the batches' offsets in order, each once all its records are
+        delivered; what is already delivered is committed before waiting for more."""
+        offsets: dict[TopicPartition, int] = {}
+        for batch in batches:
+            if batch.generation != self._generation:
+                continue  # read before a failed delivery: read again, never committed
+            if offsets and not all(asyncio.isfuture(d) and d.done()
+                                   for d in batch.deliveries):
+                await self._commit_offsets(offsets)
+                offsets = {}
+            try:
+                for delivery in batch.deliveries:
+                    await delivery
+            except Exception as exc:  # noqa: BLE001 - any failed send: read it again
+                self._generation += 1
+                self._rewind = True
+                self.counts["rewinds"] += 1
+                log.warning("a record sent for input %s was not delivered (%s); reading "
+                            "the input again from the last commit", ", ".join(
+                                f"{tp.partition}@<{o}" for tp, o in sorted(
+                                    batch.offsets.items())), exc)
+                break
+            offsets.update(batch.offsets)
+        await self._commit_offsets(offsets)
+
+    async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
+        owned = self.consumer.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in owned}
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:  # rebalancing: the next owner reads them again
+            log.warning("input offsets not committed (%s); they are read again", exc)
+            return
+        self.counts["commits"] += 1
+        for tp, offset in offsets.items():
+            self.committed[tp.partition] = offset
+        trace.debug("input-commit %s", " ".join(
+            f"in/{tp.partition}={o}" for tp, o in sorted(offsets.items())))
+
+    async def _seek_committed(self) -> None:
+        for tp in self.consumer.assignment():
+            offset = self.committed.get(tp.partition)
+            if offset is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+            self.read.pop(tp.partition, None)
+
+    # -- the group ------------------------------------------------------------------------
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        revoked = set(revoked)
+        if not revoked:
+            return
+        await self._flush()  # commit what was ingested while it is still ours
+        partitions = {tp.partition for tp in revoked}
+        for partition in partitions:
+            self.read.pop(partition, None)
+            self.committed.pop(partition, None)
+        self.assigned = self.assigned - partitions
+        trace.debug("input-revoked %s", sorted(partitions))
+        self._on_revoked(partitions)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        assigned = set(assigned)
+        legacy: dict[TopicPartition, int] | None = None
+        for tp in assigned:
+            offset = await self.consumer.committed(tp)
+            if offset is None and self.legacy_group:
+                if legacy is None:
+                    legacy = await self._legacy_offsets()
+                offset = legacy.get(tp)
+                if offset is not None:
+                    self.consumer.seek(tp, offset)
+                    log.info("%s[%d]: no commit of %s yet; starting at %d, where %s had "
+                             "committed", self.topic, tp.partition, self.group_id, offset,
+                             self.legacy_group)
+            self.committed[tp.partition] = offset
+        self.assigned = frozenset(tp.partition for tp in self.consumer.assignment())
+        log.info("assigned %s partitions %s", self.topic, sorted(self.assigned))
+        trace.debug("input-assigned %s", sorted(self.assigned))
+
+    async def _legacy_offsets(self) -> dict[TopicPartition, int]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        options = {k: v for k, v in self._options.items()
+                   if k in ("bootstrap_servers", "client_id", "request_timeout_ms")}
+        admin = AIOKafkaAdminClient(**options)
+        try:
+            await asyncio.wait_for(admin.start(), 5)
+            found = await asyncio.wait_for(
+                admin.list_consumer_group_offsets(self.legacy_group), 5)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.warning("could not read %s's committed offsets (%s); partitions without "
+                        "a commit of %s start at the beginning", self.legacy_group, exc,
+                        self.group_id)
+            return {}
+        finally:
+            await admin.close()
+        return {tp: meta.offset for tp, meta in found.items()
+                if tp.topic == self.topic and meta.offset is not None and meta.offset >= 0}
+
+    def lag(self) -> dict[int, dict[str, int | None]]:
+        """Per owned input partition: last offset read, committed offset, records not
+        read yet (from the consumer's high water; ``None`` when unknown)."""
+        out: dict[int, dict[str, int | None]] = {}
+        for partition in sorted(self.assigned):
+            read = self.read.get(partition)
+            high = None
+            try:
+                high = self.consumer.highwater(TopicPartition(self.topic, partition))
+            except Exception:  # noqa: BLE001 - not fetched yet, stopping
+                high = None
+            lag = None if high is None or read is None else max(0, high - read - 1)
+            out[partition] = {"read": read, "committed": self.committed.get(partition),
+                              "lag": lag}
+        return out

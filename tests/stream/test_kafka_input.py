@@ -1,0 +1,218 @@
+"""The input pump (``stream.kafka_input.InputPump``) over a fake consumer: what it commits,
+when, and what it reads again after a record was not delivered. The real consumer on a
+real broker is ``tests/stream/test_scaleout_tansu.py``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
+
+from stream.kafka_input import InputEvent, InputPump, input_group
+
+TOPIC = "in"
+
+
+@dataclass
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[()] = ()
+
+
+class FakeConsumer:
+    """Two partitions of ``TOPIC`` with ``records`` records each; seek moves the read
+    position, commit records what was committed."""
+
+    def __init__(self, records: int, committed: dict[int, int] | None = None) -> None:
+        self.records = records
+        self.position = {0: 0, 1: 0}
+        self.commits: list[dict[int, int]] = []
+        self.seeks: list[tuple[int, int]] = []
+        self.stored = dict(committed or {})
+        self.listener: Any = None
+        self.tps = {TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)}
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self.listener = listener
+
+    async def start(self) -> None:
+        await self.listener.on_partitions_assigned(self.tps)
+        for tp in self.tps:
+            self.position[tp.partition] = self.stored.get(tp.partition, 0)
+
+    async def stop(self) -> None:
+        pass
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.tps)
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.stored.get(tp.partition)
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition,
+                                                                       list[Rec]]:
+        out: dict[TopicPartition, list[Rec]] = {}
+        for tp in sorted(self.tps, key=lambda t: t.partition):
+            start = self.position[tp.partition]
+            end = min(self.records, start + max_records // 2)
+            if end > start:
+                out[tp] = [Rec(TOPIC, tp.partition, o, None, b"%d" % o)
+                           for o in range(start, end)]
+                self.position[tp.partition] = end
+        if not out:
+            await asyncio.sleep(timeout_ms / 1000)
+        return out
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append({tp.partition: o for tp, o in offsets.items()})
+        self.stored.update({tp.partition: o for tp, o in offsets.items()})
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp.partition, offset))
+        self.position[tp.partition] = offset
+
+    async def seek_to_beginning(self, tp: TopicPartition) -> None:
+        self.seek(tp, 0)
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.records
+
+
+def make_pump(consumer: FakeConsumer, ingest: Any, revoked: list[set[int]] | None = None
+              ) -> InputPump:
+    return InputPump(topic=TOPIC, group_id=input_group("app"), legacy_group=None,
+                     ingest=ingest, on_revoked=(revoked if revoked is not None else []).append,
+                     consumer_factory=lambda: consumer, batch_max=4, wait_s=0.01,
+                     flush_s=2.0)
+
+
+async def run_until(pump: InputPump, done: Any, timeout_s: float = 5.0) -> None:
+    task = asyncio.create_task(pump.run())
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not done():
+        assert asyncio.get_running_loop().time() < deadline, "the pump did not get there"
+        await asyncio.sleep(0.01)
+    await pump.stop()
+    await asyncio.wait_for(task, 5)
+
+
+def test_a_batch_is_committed_only_once_its_records_are_delivered() -> None:
+    consumer = FakeConsumer(records=6)
+    seen: list[tuple[int, int]] = []
+    gates: list[asyncio.Future[None]] = []
+
+    async def ingest(events: Sequence[InputEvent], deliveries: list[Awaitable[Any]]) -> None:
+        seen.extend((e.message.partition, e.message.offset) for e in events)
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        gates.append(gate)
+        deliveries.append(gate)
+
+    async def go() -> None:
+        pump = make_pump(consumer, ingest)
+        task = asyncio.create_task(pump.run())
+        while len(gates) < 3:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert consumer.commits == []  # nothing delivered yet: nothing committed
+        gates[0].set_result(None)
+        await asyncio.sleep(0.05)
+        assert consumer.stored == {0: 2, 1: 2}
+        for gate in gates[1:]:
+            gate.set_result(None)
+        await asyncio.sleep(0.05)
+        await pump.stop()
+        await asyncio.wait_for(task, 5)
+        assert pump.counts["records"] == 12
+        assert pump.lag() == {0: {"read": 5, "committed": 6, "lag": 0},
+                              1: {"read": 5, "committed": 6, "lag": 0}}
+
+    asyncio.run(go())
+    assert sorted(seen) == [(p, o) for p in (0, 1) for o in range(6)]
+    assert consumer.stored == {0: 6, 1: 6}
+
+
+def test_after_a_failed_delivery_nothing_later_is_committed_and_the_input_is_read_again(
+        ) -> None:
+    consumer = FakeConsumer(records=6)
+    # each batch as ingest saw it, with how many commits had happened by then
+    batches: list[tuple[list[tuple[int, int]], int]] = []
+
+    async def ingest(events: Sequence[InputEvent], deliveries: list[Awaitable[Any]]) -> None:
+        batches.append(([(e.partition, e.offset) for e in events], len(consumer.commits)))
+        if len(batches) == 3:  # queued while the committer waits for the second batch
+            await asyncio.sleep(0.03)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if len(batches) == 2:  # the second batch's pack never reached the broker; the
+            # producer says so only after the third batch was read and delivered
+            asyncio.get_running_loop().call_later(
+                0.1, future.set_exception, KafkaTimeoutError("expired"))
+        else:
+            future.set_result(None)
+        deliveries.append(future)
+
+    async def go() -> InputPump:
+        pump = make_pump(consumer, ingest)
+        await run_until(pump, lambda: consumer.stored == {0: 6, 1: 6} and
+                        pump.counts["rewinds"] == 1)
+        return pump
+
+    pump = asyncio.run(go())
+    failed = batches[1][0]
+    assert failed == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    # read again from the last commit (2, after the first batch)
+    assert {(0, 2), (1, 2)} <= set(consumer.seeks)
+    reread_at = next(commits for events, commits in batches[2:] if events == failed)
+    # no commit went past the failed records before they were read again
+    past = [i for i, c in enumerate(consumer.commits) if max(c.values()) > 2]
+    assert past and past[0] >= reread_at
+    pairs = zip(consumer.commits, consumer.commits[1:], strict=False)
+    assert all(a[p] <= b.get(p, a[p]) for a, b in pairs for p in a)  # never backwards
+    assert pump.counts["rewinds"] == 1
+
+
+def test_a_revoke_commits_what_was_delivered_then_hands_the_partitions_back() -> None:
+    consumer = FakeConsumer(records=4)
+    revoked: list[set[int]] = []
+
+    async def ingest(events: Sequence[InputEvent], deliveries: list[Awaitable[Any]]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.05, future.set_result, None)
+        deliveries.append(future)
+
+    async def go() -> None:
+        pump = make_pump(consumer, ingest, revoked)
+        task = asyncio.create_task(pump.run())
+        while pump.counts["batches"] < 2:
+            await asyncio.sleep(0.005)
+        await pump.on_partitions_revoked({TopicPartition(TOPIC, 1)})
+        # the revoke waited for the outstanding deliveries and committed them first
+        assert consumer.stored == {0: 4, 1: 4}
+        assert pump.assigned == frozenset({0})
+        await pump.stop()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(go())
+    assert revoked == [{1}]
+
+
+def test_a_partition_already_committed_starts_there() -> None:
+    consumer = FakeConsumer(records=6, committed={0: 4, 1: 6})
+    read: list[tuple[int, int]] = []
+
+    async def ingest(events: Sequence[InputEvent], deliveries: list[Awaitable[Any]]) -> None:
+        read.extend((e.partition, e.offset) for e in events)
+
+    async def go() -> None:
+        pump = make_pump(consumer, ingest)
+        await run_until(pump, lambda: consumer.stored == {0: 6, 1: 6} and len(read) == 2)
+
+    asyncio.run(go())
+    assert read == [(0, 4), (0, 5)]
