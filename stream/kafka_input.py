@@ -114,6 +114,8 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         self.counts = {"batches": 0, "records": 0, "commits": 0, "rewinds": 0}
         self._generation = 0
         self._rewind = False
+        self._seeks: dict[TopicPartition, int] = {}  # applied before the next read
+        self._ready: set[TopicPartition] = set()  # assigned, and where to start is known
         self._stopping = False
         self._queue: asyncio.Queue[_Batch] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -152,9 +154,17 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         if self._rewind:
             self._rewind = False
             await self._seek_committed()
+        self._apply_seeks()
         generation = self._generation
         batch = await self.consumer.getmany(timeout_ms=int(self.wait_s * 1000),
                                             max_records=self.batch_max)
+        # aiokafka fetches a new partition while our listener still looks up where it
+        # starts: what it read before we were ready is read again from there
+        early = [tp for tp, records in batch.items() if records and tp not in self._ready]
+        for tp in early:
+            self._seeks.setdefault(tp, batch.pop(tp)[0].offset)
+        if self._seeks:
+            batch = {tp: records for tp, records in batch.items() if tp not in self._seeks}
         events = [InputEvent(r.topic, r.partition, r.offset, r.key, r.value,
                              dict(r.headers or ()))
                   for records in batch.values() for r in records]
@@ -170,6 +180,13 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         self.counts["records"] += len(events)
         assert self._queue is not None
         await self._queue.put(_Batch(generation, offsets, deliveries))
+
+    def _apply_seeks(self) -> None:
+        seeks, self._seeks = self._seeks, {}
+        owned = self.consumer.assignment()
+        for tp, offset in seeks.items():
+            if tp in owned:
+                self.consumer.seek(tp, offset)
 
     async def stop(self) -> None:
         """Stop reading, commit what was delivered (waiting ``flush_s`` at most), leave
@@ -277,6 +294,7 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
             return
         await self._flush()  # commit what was ingested while it is still ours
         partitions = {tp.partition for tp in revoked}
+        self._ready -= revoked
         for partition in partitions:
             self.read.pop(partition, None)
             self.committed.pop(partition, None)
@@ -286,42 +304,48 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = set(assigned)
-        legacy: dict[TopicPartition, int] | None = None
-        for tp in assigned:
-            offset = await self.consumer.committed(tp)
-            if offset is None and self.legacy_group:
-                if legacy is None:
-                    legacy = await self._legacy_offsets()
-                offset = legacy.get(tp)
-                if offset is not None:
-                    self.consumer.seek(tp, offset)
-                    log.info("%s[%d]: no commit of %s yet; starting at %d, where %s had "
-                             "committed", self.topic, tp.partition, self.group_id, offset,
-                             self.legacy_group)
+        offsets = {tp: await self.consumer.committed(tp) for tp in assigned}
+        never = [tp for tp, offset in offsets.items() if offset is None]
+        if never and self.legacy_group:
+            for tp, offset in (await self._legacy_offsets(never)).items():
+                # seeking here is undone: aiokafka resets a partition without a commit
+                # (auto_offset_reset) after the listener; the pump seeks before it reads
+                self._seeks[tp] = offset
+                offsets[tp] = offset
+                log.info("%s[%d]: no commit of %s yet; starting at %d, where %s had "
+                         "committed", self.topic, tp.partition, self.group_id, offset,
+                         self.legacy_group)
+        for tp, offset in offsets.items():
             self.committed[tp.partition] = offset
+        self._ready |= assigned
         self.assigned = frozenset(tp.partition for tp in self.consumer.assignment())
         log.info("assigned %s partitions %s", self.topic, sorted(self.assigned))
         trace.debug("input-assigned %s", sorted(self.assigned))
 
-    async def _legacy_offsets(self) -> dict[TopicPartition, int]:
-        from aiokafka.admin import AIOKafkaAdminClient
-
+    async def _legacy_offsets(self, tps: Iterable[TopicPartition]
+                              ) -> dict[TopicPartition, int]:
+        # a consumer of the old group, assigned (not subscribed: it never joins), reads
+        # its commits through the group coordinator (Tansu 0.6 answers the admin
+        # client's requests in a form aiokafka cannot parse)
         options = {k: v for k, v in self._options.items()
-                   if k in ("bootstrap_servers", "client_id", "request_timeout_ms")}
-        admin = AIOKafkaAdminClient(**options)
+                   if k in ("bootstrap_servers", "request_timeout_ms")}
+        old = AIOKafkaConsumer(group_id=self.legacy_group, enable_auto_commit=False,
+                               **options)
+        old.assign(list(tps))
+        found: dict[TopicPartition, int] = {}
         try:
-            await asyncio.wait_for(admin.start(), 5)
-            found = await asyncio.wait_for(
-                admin.list_consumer_group_offsets(self.legacy_group), 5)
+            await asyncio.wait_for(old.start(), 10)
+            for tp in tps:
+                offset = await asyncio.wait_for(old.committed(tp), 10)
+                if offset is not None and offset >= 0:
+                    found[tp] = offset
         except (KafkaError, TimeoutError, OSError) as exc:
             log.warning("could not read %s's committed offsets (%s); partitions without "
                         "a commit of %s start at the beginning", self.legacy_group, exc,
                         self.group_id)
-            return {}
         finally:
-            await admin.close()
-        return {tp: meta.offset for tp, meta in found.items()
-                if tp.topic == self.topic and meta.offset is not None and meta.offset >= 0}
+            await old.stop()
+        return found
 
     def lag(self) -> dict[int, dict[str, int | None]]:
         """Per owned input partition: last offset read, committed offset, records not

@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
+from stream.faust_app import TOPIC_DETECTIONS, ScaleoutSettings, declare_topics
 from stream.kafka_input import InputEvent, InputPump, input_group
+from tests.support.tansu import TansuProcess
 
 TOPIC = "in"
 
@@ -216,3 +220,47 @@ def test_a_partition_already_committed_starts_there() -> None:
 
     asyncio.run(go())
     assert read == [(0, 4), (0, 5)]
+
+
+# -- on a real broker ---------------------------------------------------------------------------
+
+@pytest.mark.services
+def test_a_new_input_group_starts_where_the_faust_group_had_committed(tmp_path: Path) -> None:
+    """An upgrade from a version whose faust agent read the input (group ``<app id>``):
+    the pump's own group has no commit yet and starts at the old group's offsets, not at
+    the beginning of the topic (Tansu, the real consumer and admin client)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    with TansuProcess(log_path=tmp_path / "tansu.log") as broker:
+        async def go() -> list[tuple[int, int]]:
+            settings = ScaleoutSettings(broker_url=broker.url, partitions=1,
+                                        input_partitions=1)
+            await declare_topics(settings)
+            producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+            await producer.start()
+            for n in range(10):
+                await producer.send_and_wait(TOPIC_DETECTIONS, b"%d" % n, partition=0)
+            await producer.stop()
+            old = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="app",
+                                   enable_auto_commit=False)
+            old.assign([TopicPartition(TOPIC_DETECTIONS, 0)])
+            await old.start()
+            await old.commit({TopicPartition(TOPIC_DETECTIONS, 0): 6})
+            await old.stop()
+
+            read: list[tuple[int, int]] = []
+
+            async def ingest(events: Sequence[InputEvent],
+                             deliveries: list[Awaitable[Any]]) -> None:
+                read.extend((e.partition, e.offset) for e in events)
+
+            pump = InputPump(topic=TOPIC_DETECTIONS, group_id=input_group("app"),
+                             legacy_group="app", ingest=ingest, on_revoked=lambda _: None,
+                             consumer_options={"bootstrap_servers": broker.bootstrap,
+                                               "session_timeout_ms": 6000,
+                                               "heartbeat_interval_ms": 500})
+            await run_until(pump, lambda: len(read) >= 4, timeout_s=60)
+            return read
+
+        read = asyncio.run(go())
+    assert read == [(0, 6), (0, 7), (0, 8), (0, 9)]
