@@ -45,11 +45,62 @@ SAMPLE = ROOT / "sample_data" / "detections.jsonl"
 GRID = ROOT / "sample_data" / "grid.geojson"
 
 
-def copies_of_sample(copies: int) -> tuple[list[bytes], list[bytes]]:
-    """(lines, station keys): the sample ``copies`` times, ids made unique per copy."""
+# one cell of sample_data/grid.geojson, in degrees (--spread moves copies by whole cells)
+CELL_DLON, CELL_DLAT = 0.0048809, 0.0044916
+
+
+def spread_shifts(copies: int, partitions: int, grid: Any) -> list[tuple[int, int]]:
+    """(rows, columns) to move each copy by, so that the copies fall on other cells and
+    the by-cell partitions get about the same number of detections: among the shifts that
+    keep every in-area detection of the sample in the grid, greedily the one that keeps
+    the partitions most even (the sample alone puts 55 % on one of four)."""
+    from stream.faust_app import partition_for, route_many
+
+    rows = []
+    for raw in SAMPLE.read_bytes().splitlines():
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and all(type(row.get(k)) in (int, float)
+                                         for k in ("lon", "lat")):
+            rows.append(row)
+
+    def per_partition(dr: int, dc: int) -> list[int] | None:
+        moved = [json.dumps({**r, "lon": r["lon"] + dc * CELL_DLON,
+                             "lat": r["lat"] + dr * CELL_DLAT}) for r in rows]
+        cells = [r.cell_id for r in route_many(moved, grid)]
+        if sum(c is not None for c in cells) < inside:
+            return None
+        counts = [0] * partitions
+        for c in cells:
+            if c is not None:
+                counts[partition_for(c, partitions)] += 1
+        return counts
+
+    inside = sum(r.cell_id is not None for r in route_many([json.dumps(r) for r in rows], grid))
+    candidates = {(dr, dc): c for dr in range(-2, 3) for dc in range(-1, 4)
+                  if (c := per_partition(dr, dc)) is not None}
+    totals = [0] * partitions
+    chosen: list[tuple[int, int]] = []
+    for _ in range(copies):
+        unused = {k: v for k, v in candidates.items() if k not in chosen} or candidates
+        shift, counts = min(unused.items(), key=lambda kv: max(
+            t + c for t, c in zip(totals, kv[1], strict=True)) - min(
+            t + c for t, c in zip(totals, kv[1], strict=True)))
+        chosen.append(shift)
+        totals = [t + c for t, c in zip(totals, counts, strict=True)]
+    return chosen
+
+
+def copies_of_sample(copies: int, shifts: list[tuple[int, int]] | None = None
+                     ) -> tuple[list[bytes], list[bytes]]:
+    """(lines, station keys): the sample ``copies`` times, ids made unique per copy, each
+    copy moved by ``shifts[n]`` (rows, columns of cells) when given."""
     lines: list[bytes] = []
     keys: list[bytes] = []
     for n in range(copies):
+        dr, dc = shifts[n] if shifts else (0, 0)
         for raw in SAMPLE.read_bytes().splitlines():
             try:
                 row = json.loads(raw)
@@ -61,6 +112,9 @@ def copies_of_sample(copies: int) -> tuple[list[bytes], list[bytes]]:
                 row["event_id"] += f":copy{n}"
                 if isinstance(row.get("station_id"), str):
                     row["station_id"] += f"-{n}"
+                if (dr or dc) and all(type(row.get(k)) in (int, float) for k in ("lon", "lat")):
+                    row["lon"] += dc * CELL_DLON
+                    row["lat"] += dr * CELL_DLAT
             lines.append(json.dumps(row).encode())
             keys.append(str(row.get("station_id", "x") if isinstance(row, dict)
                             else "x").encode())
@@ -230,13 +284,19 @@ def main() -> None:
     parser.add_argument("--store-url", help="postgresql://... (default: a SQLite file)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run the workers under cProfile, one .prof per worker in DIR")
+    parser.add_argument("--spread", action="store_true",
+                        help="a balanced input: move each copy onto other cells so the "
+                             "by-cell partitions get about the same share")
     parser.add_argument("--workdir", type=Path,
                         help="keep the workers' and the broker's logs in this directory")
     parser.add_argument("--kill", action="store_true",
                         help="also measure takeover after a kill -9 of one of two workers")
     args = parser.parse_args()
-    lines, keys = copies_of_sample(args.copies)
     from geo.grid import Grid
+
+    shifts = (spread_shifts(args.copies, args.partitions, Grid.from_file(GRID))
+              if args.spread else None)
+    lines, keys = copies_of_sample(args.copies, shifts)
 
     config = load_config()
     config = config.model_copy(update={"stream": config.stream.model_copy(
@@ -248,7 +308,8 @@ def main() -> None:
     forwarded = s.read - sum(s.rejected.values()) - s.stream.out_of_area
     replay_rate = forwarded / replay_s
     print(f"input: {len(lines)} lines, {forwarded} in-area detections, "
-          f"{args.partitions} partitions")
+          f"{args.partitions} partitions"
+          + (f", copies moved by (rows, columns) {shifts}" if shifts else ""))
     print(f"replay (in memory)       {replay_rate:8.0f} det/s")
     with tempfile.TemporaryDirectory() as tmp:
         if args.workdir:
