@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         store_url = getattr(store_url, "url", "?")
         print(f"app id        {settings.app_id}")
         print(f"broker        {settings.broker_url}")
-        print(f"consumes      {TOPIC_DETECTIONS}")
+        print(f"consumes      {TOPIC_DETECTIONS} (consumer group {settings.app_id}-input)")
         print(f"by cell       {TOPIC_BY_CELL} ({settings.partitions} partitions, "
               f"key = cell id)")
         print(f"input         {settings.input_partitions} partitions, lateness "

@@ -313,7 +313,14 @@ def test_the_cells_stage_forwards_hot_spot_kinds_packed_with_their_input_record(
     letter = json.loads(recorder.on(TOPIC_DEADLETTER)[-1][1])
     assert (letter["topic"], letter["partition"], letter["offset"], letter["via"]) == (
         TOPIC_DETECTIONS, 0, 7, {"topic": TOPIC_HOTSPOT, "partition": 0, "offset": 3})
+    # counted, but acknowledged only once a checkpoint holds the counts
+    assert hot_acked == [] and scaleout.hotspots.unsaved == 3
+    asyncio.run(scaleout.checkpoint_hotspots())  # the marks timer: not due yet
+    assert hot_acked == []
+    scaleout.hotspots.checkpoint_max_s = 0.0
+    asyncio.run(scaleout.checkpoint_hotspots())
     assert hot_acked == [(TOPIC_HOTSPOT, 0, 3)]
+    assert scaleout.hotspots.unsaved == 0 and scaleout.hotspots.counts["checkpoints"] == 1
 
 
 # -- acknowledgements in offset order -----------------------------------------------------------
