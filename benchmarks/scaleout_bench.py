@@ -238,9 +238,17 @@ def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list
                     [sys.executable, *profile, "-m", "gridwatch.cli", "worker"], env=env,
                     cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
         try:
-            # both groups: faust's (by-cell, hot-spot) and the input pump's
-            while any(sorted(sum((assigned(p, topic) for p in logs), [])) !=
-                      list(range(args.partitions)) for topic in (TOPIC_BY_CELL, TOPIC_DETECTIONS)):
+            # both groups (faust's: by-cell and hot-spot; the input pump's), every worker
+            # a member of each: all partitions assigned, none to nobody
+            def formed_now() -> bool:
+                for topic in (TOPIC_BY_CELL, TOPIC_DETECTIONS):
+                    shares = [assigned(p, topic) for p in logs]
+                    if not all(shares) or sorted(sum(shares, [])) != list(
+                            range(args.partitions)):
+                        return False
+                return True
+
+            while not formed_now():
                 time.sleep(0.2)
                 if time.monotonic() - started > 180:
                     raise RuntimeError(f"group did not form; see {logs}")
