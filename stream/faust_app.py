@@ -622,7 +622,10 @@ class CellWorker:
         self._processors: dict[int, StreamProcessor] = {}
         self._ids: dict[int, EventIdFilter] = {}
         self._seeded: dict[int, set[str]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # processors, filters, sink (the worker thread)
+        # the reorder buffers: the event loop holds and releases while the worker thread
+        # processes and writes (a batch's store writes held up the whole loop before)
+        self._order_lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self._hot_kinds: dict[str, bool] = {}
         # hot-spot-kind detections processed, not yet taken by the agent: (partition, held)
@@ -701,7 +704,7 @@ class CellWorker:
 
     def mark(self, partition: int, source: int, high: float | None) -> None:
         """Input partition ``source`` has got to event time ``high`` (``None``: idle)."""
-        with self._lock:
+        with self._order_lock:
             self._buffer(partition).marks.observe(source, high)
 
     def _buffer(self, partition: int) -> ReorderBuffer:
@@ -715,14 +718,14 @@ class CellWorker:
              origin: tuple[int | None, int | None] | None = None) -> None:
         """Put a detection in ``partition``'s reorder buffer (``direct``: it carried no
         watermark headers and advances the partition-local mark)."""
-        with self._lock:
+        with self._order_lock:
             self._buffer(partition).hold(Held(cell_id, detection, token, origin),
                                          direct=direct)
 
     def release(self, partition: int, *, everything: bool = False) -> list[Held]:
         """Take the held detections the watermark has passed (minus ``lateness_s``), in
         event-time order (ties in arrival order); ``everything``: all of them."""
-        with self._lock:
+        with self._order_lock:
             order = self._order.get(partition)
             if order is None:
                 return []
@@ -732,7 +735,7 @@ class CellWorker:
         """Event time up to which ``partition`` has released (what the hot-spot stage's
         watermark hears: ``inf`` when every input partition is idle, ``-inf`` before
         every one has been heard of)."""
-        with self._lock:
+        with self._order_lock:
             order = self._order.get(partition)
             return float("-inf") if order is None else order.until(self.lateness_s)
 
@@ -750,7 +753,7 @@ class CellWorker:
 
     def held(self, partition: int | None = None) -> int:
         """Detections waiting in the reorder buffer (of one partition, or all)."""
-        with self._lock:
+        with self._order_lock:
             if partition is not None:
                 return len(self._order.get(partition, ()))
             return sum(map(len, self._order.values()))
@@ -799,7 +802,7 @@ class CellWorker:
     def revoke(self, partitions: Iterable[int]) -> None:
         """Forget the state of partitions this worker no longer owns; whoever gets them
         seeds from the tickets and takes the redelivered detections on from there."""
-        with self._lock:
+        with self._lock, self._order_lock:
             for partition in partitions:
                 self._processors.pop(partition, None)
                 self._ids.pop(partition, None)
@@ -864,7 +867,10 @@ class HotspotStage:
         self.unsaved = 0  # detections counted since the last checkpoint
         self._saved_at = float("-inf")  # monotonic time of the last checkpoint
         self._unsaved_since = 0.0  # monotonic time the first of them was counted
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # processors, filters, sink (the worker thread)
+        # the reorder buffers: the event loop holds and releases while the worker thread
+        # processes and writes (a batch's store writes held up the whole loop before)
+        self._order_lock = threading.Lock()
 
     @property
     def processor(self) -> StreamProcessor:
@@ -923,21 +929,21 @@ class HotspotStage:
 
     def mark(self, source: int, high: float | None) -> None:
         """By-cell partition ``source`` has released up to ``high`` (``None``: idle)."""
-        with self._lock:
+        with self._order_lock:
             self.order.marks.observe(source, high)
 
     def hold(self, cell_id: str, detection: Detection, token: Any = None, *,
              direct: bool = False,
              origin: tuple[int | None, int | None] | None = None) -> None:
-        with self._lock:
+        with self._order_lock:
             self.order.hold(Held(cell_id, detection, token, origin), direct=direct)
 
     def release(self, *, everything: bool = False) -> list[Held]:
-        with self._lock:
+        with self._order_lock:
             return self.order.release(self.lateness_s, everything=everything)
 
     def held(self) -> int:
-        with self._lock:
+        with self._order_lock:
             return len(self.order)
 
     def process(self, released: Sequence[Held]) -> list[StreamOutput]:
@@ -990,7 +996,7 @@ class HotspotStage:
     def revoke(self) -> None:
         """Checkpoint (with a state sink) and forget everything: the partition's next
         owner restores the checkpoint and takes the redelivered records on from there."""
-        with self._lock:
+        with self._lock, self._order_lock:
             try:
                 if self.state is not None:
                     self._checkpoint()
