@@ -270,7 +270,9 @@ def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list
                         procs[0].poll() is None:
                     procs[0].send_signal(signal.SIGKILL)
                     killed_at = time.monotonic()
-                    while assigned(logs[1]) != list(range(args.partitions)):
+                    # both groups: the by-cell partitions (faust) and the input (the pump)
+                    while any(assigned(logs[1], topic) != list(range(args.partitions))
+                              for topic in (TOPIC_BY_CELL, TOPIC_DETECTIONS)):
                         time.sleep(0.1)
                     takeover = time.monotonic() - killed_at
                     break
@@ -366,7 +368,7 @@ def main() -> None:
                   f"{run['broker_us']:.0f} µs")
         if args.kill:
             killed = run_workers(2, args, lines, keys, forwarded, Path(tmp), kill=True)
-            print(f"kill -9 of one of two    survivor owned every partition "
+            print(f"kill -9 of one of two    survivor owned every partition of both groups "
                   f"{killed['takeover_s']:.1f} s after the kill")
 
 
