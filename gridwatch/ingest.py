@@ -83,7 +83,7 @@ from detectors.topics import (
     station_filter,
 )
 from gridwatch.embedded import EmbeddedPipeline
-from gridwatch.gc_tuning import GC_THRESHOLDS
+from gridwatch.gc_tuning import tune_process
 from gridwatch.mqtt_link import ProcessLink, ThreadLink, Token
 from gridwatch.pipeline import STORE_UNAVAILABLE
 from ticketing.evidence import EvidenceRejected, EvidenceStore
@@ -123,8 +123,7 @@ class _GcTuning:
                 self._saved = gc.get_threshold()
                 # objects someone else froze (a pre-fork server) stay frozen after us
                 self._unfreeze = gc.get_freeze_count() == 0
-                gc.freeze()
-                gc.set_threshold(*GC_THRESHOLDS)
+                tune_process()
 
     def release(self) -> None:
         with self._lock:

@@ -1273,8 +1273,7 @@ class Scaleout:
                 "client_id": f"{settings.app_id}-input",
                 "session_timeout_ms": int(settings.session_timeout_s * 1000),
                 "heartbeat_interval_ms": int(settings.heartbeat_s * 1000),
-                "rebalance_timeout_ms": int(settings.rebalance_timeout_s * 1000),
-                "max_poll_records": settings.batch_max})
+                "rebalance_timeout_ms": int(settings.rebalance_timeout_s * 1000)})
         self.app.task(self._run_input)
         self.cell_agent = self.app.agent(self.by_cell_topic, name="gridwatch.cells")(
             self._cells)
