@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import functools
 import re
+import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,7 +97,18 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     # let SQLAlchemy's "begin" event issue BEGIN itself (IMMEDIATE for writers)
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    # WAL is a property of the file: set once, read after. Setting it takes an exclusive
+    # lock, and two processes opening a new file at once (two workers starting) can get
+    # "database is locked" at once, without the busy timeout: a few tries, spaced
+    for attempt in range(20):
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 19:
+                raise
+            time.sleep(0.05 * (attempt + 1))
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
