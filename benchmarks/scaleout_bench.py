@@ -37,6 +37,7 @@ from gridwatch.replay import replay_lines  # noqa: E402
 from stream.faust_app import (  # noqa: E402
     TOPIC_BY_CELL,
     TOPIC_DETECTIONS,
+    TOPIC_HOTSPOT,
     ScaleoutSettings,
     declare_topics,
 )
@@ -196,9 +197,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def assigned(log: Path, topic: str = "gridwatch.detections.by_cell") -> list[int]:
+def assigned(log: Path, topic: str = "gridwatch.detections.by_cell") -> list[int] | None:
+    """The partitions of ``topic`` a worker's log last said it owns; None before its
+    first assignment (a member of the group may own none: see spare_hotspot_owner)."""
     marker = f"assigned {topic} partitions "
-    last: list[int] = []
+    last: list[int] | None = None
     for row in log.read_text(errors="replace").splitlines():
         if marker in row:
             last = json.loads(row.split(marker, 1)[1])
@@ -239,13 +242,19 @@ def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list
                     cwd=ROOT, stdout=out, stderr=subprocess.STDOUT))
         try:
             # both groups (faust's: by-cell and hot-spot; the input pump's), every worker
-            # a member of each: all partitions assigned, none to nobody
+            # a member of each: all partitions assigned, none to nobody (the hot-spot
+            # stage's owner owns no by-cell partition while there is another worker)
             def formed_now() -> bool:
-                for topic in (TOPIC_BY_CELL, TOPIC_DETECTIONS):
+                for topic in (TOPIC_BY_CELL, TOPIC_DETECTIONS, TOPIC_HOTSPOT):
                     shares = [assigned(p, topic) for p in logs]
-                    if not all(shares) or sorted(sum(shares, [])) != list(
-                            range(args.partitions)):
+                    if any(share is None for share in shares):
                         return False
+                    owned = sorted(sum((share or [] for share in shares), []))
+                    if owned != list(range(1 if topic == TOPIC_HOTSPOT else args.partitions)):
+                        return False
+                    if topic == TOPIC_DETECTIONS and n > 1 and any(
+                            assigned(p, TOPIC_HOTSPOT) and assigned(p, topic) for p in logs):
+                        return False  # the hot-spot stage's owner is still reading input
                 return True
 
             while not formed_now():
@@ -271,8 +280,9 @@ def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list
                     procs[0].send_signal(signal.SIGKILL)
                     killed_at = time.monotonic()
                     # both groups: the by-cell partitions (faust) and the input (the pump)
-                    while any(assigned(logs[1], topic) != list(range(args.partitions))
-                              for topic in (TOPIC_BY_CELL, TOPIC_DETECTIONS)):
+                    while any(assigned(logs[1], topic) != list(range(
+                            1 if topic == TOPIC_HOTSPOT else args.partitions))
+                              for topic in (TOPIC_BY_CELL, TOPIC_DETECTIONS, TOPIC_HOTSPOT)):
                         time.sleep(0.1)
                     takeover = time.monotonic() - killed_at
                     break

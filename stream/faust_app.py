@@ -60,7 +60,16 @@ from urllib.parse import urlsplit
 
 import faust
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from faust.assignor import PartitionAssignor
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from detectors.schema import Detection, DetectionRejected, parse_detection
 from geo.grid import Grid
@@ -124,8 +133,17 @@ class ScaleoutSettings(BaseModel):
     idle_s: float = Field(5.0, gt=0)
     tick_s: float = Field(1.0, gt=0)  # how often ingest announces its partitions' marks
     metrics_s: float = Field(10.0, gt=0)  # how often the worker logs its metrics line
-    batch_max: int = Field(2000, ge=1)  # by-cell records per batch write
+    batch_max: int = Field(2000, ge=1)  # input / hot-spot records per batch
+    # packed by-cell records (up to PACK_MAX_BYTES of detections each) per cells batch
+    # (at most batch_max): small, so the hot-spot stage behind it gets work as it comes
+    cells_batch_max: int = Field(16, ge=1)
     batch_within_s: float = Field(0.2, gt=0)
+    # catching up a backlog, an input partition more than this far (event time) ahead of
+    # the slowest with records left waits for it (0: off; see kafka_input.InputPump)
+    align_s: float = Field(600.0, ge=0)
+    # the worker that owns the hot-spot stage gets no by-cell partition while there are
+    # other workers (see spare_hotspot_owner)
+    spare_hotspot_owner: bool = True
     # while the broker is down: the first of each repeated Kafka-client warning or error,
     # then at most one line (with the count held back) per this many seconds
     log_repeat_s: float = Field(30.0, gt=0)
@@ -173,6 +191,9 @@ class ScaleoutSettings(BaseModel):
         "idle_s": "GRIDWATCH_KAFKA_IDLE_S",
         "tick_s": "GRIDWATCH_KAFKA_TICK_S",
         "batch_max": "GRIDWATCH_KAFKA_BATCH_MAX",
+        "cells_batch_max": "GRIDWATCH_KAFKA_CELLS_BATCH_MAX",
+        "spare_hotspot_owner": "GRIDWATCH_KAFKA_SPARE_HOTSPOT_OWNER",
+        "align_s": "GRIDWATCH_KAFKA_ALIGN_S",
         "metrics_s": "GRIDWATCH_KAFKA_METRICS_S",
         "log_repeat_s": "GRIDWATCH_KAFKA_LOG_REPEAT_S",
         "stop_flush_s": "GRIDWATCH_KAFKA_STOP_FLUSH_S",
@@ -331,25 +352,31 @@ def pack(items: Iterable[Packed]) -> bytes:
 PACK_MAX_BYTES = 128 * 1024
 
 
-def packs(items: Sequence[Packed], max_bytes: int = PACK_MAX_BYTES) -> Iterator[bytes]:
-    """:func:`pack` over consecutive slices of ``items``, each record's value about
-    ``max_bytes`` at most (a single larger detection gets a record of its own)."""
+def packs(items: Sequence[Packed], max_bytes: int = PACK_MAX_BYTES, *,
+          inline: bool = False) -> Iterator[bytes]:
+    """:func:`pack` (``inline``: :func:`pack_inline`) over consecutive slices of
+    ``items``, each record's value about ``max_bytes`` at most (a single larger
+    detection gets a record of its own)."""
+    write = pack_inline if inline else pack
     start, size = 0, 0
     for i, item in enumerate(items):
         raw = item.raw  # JSON in JSON: each quote and backslash gets escaped
-        cost = len(raw) + raw.count('"') + raw.count("\\") + len(item.cell_id) + 32
+        cost = len(raw) + len(item.cell_id) + 32
+        if not inline:
+            cost += raw.count('"') + raw.count("\\")
         if size and size + cost > max_bytes:
-            yield pack(items[start:i])
+            yield write(items[start:i])
             start, size = i, 0
         size += cost
     if start < len(items):
-        yield pack(items[start:])
+        yield write(items[start:])
 
 
 def unpack(value: bytes | str | None) -> list[Packed]:
-    """The detections of a packed record. Raises ``ValueError`` when the value is not a
-    list of ``[str, int|null, int|null, str]`` (each detection's JSON is checked later,
-    one by one)."""
+    """The detections of a packed record (either form: :func:`pack`, or
+    :func:`pack_inline` — an inline detection comes back as compact JSON). Raises
+    ``ValueError`` when the value is not a list of ``[str, int|null, int|null, str or
+    object]`` (each detection is checked later, one by one)."""
     if value is None:
         raise ValueError("a packed record without a value")
     rows = json.loads(value)
@@ -358,13 +385,44 @@ def unpack(value: bytes | str | None) -> list[Packed]:
     out: list[Packed] = []
     for row in rows:
         if not (isinstance(row, list) and len(row) == 4 and isinstance(row[0], str)
-                and isinstance(row[3], str)
+                and isinstance(row[3], (str, dict))
                 and all(v is None or (isinstance(v, int) and not isinstance(v, bool))
                         for v in row[1:3])):
             raise ValueError(f"expected [cell id, partition, offset, detection], got "
                              f"{str(row)[:80]}")
-        out.append(Packed(row[0], row[1], row[2], row[3]))
+        raw = row[3] if isinstance(row[3], str) else json.dumps(
+            row[3], ensure_ascii=False, separators=(",", ":"))
+        out.append(Packed(row[0], row[1], row[2], raw))
     return out
+
+
+# HEADER_PACK of a record written by pack_inline (b"1": pack)
+PACK_INLINE = b"2"
+
+
+def pack_inline(items: Iterable[Packed]) -> bytes:
+    """A packed record whose detections are inline JSON objects, not strings:
+    ``[[cell id, input partition, input offset, {detection}], ...]`` — each item's
+    ``raw`` must be one JSON object, as :meth:`Detection.to_json` writes it. Nothing is
+    escaped on the way in, and :func:`unpack_inline` validates a whole record in one
+    call (the hot-spot stage reads every hot-spot-kind detection of the grid)."""
+    def number(value: int | None) -> str:
+        return "null" if value is None else str(int(value))
+
+    return ("[" + ",".join(
+        f"[{json.dumps(i.cell_id, ensure_ascii=False)},{number(i.partition)},"
+        f"{number(i.offset)},{i.raw}]" for i in items) + "]").encode()
+
+
+_INLINE = TypeAdapter(list[tuple[str, StrictInt | None, StrictInt | None, Detection]])
+
+
+def unpack_inline(value: bytes | str) -> list[tuple[str, int | None, int | None, Detection]]:
+    """The rows of a :func:`pack_inline` record, every detection validated as
+    :func:`~detectors.schema.parse_detection` does. Raises pydantic's
+    ``ValidationError`` if any part is not (then read it with :func:`unpack`, item by
+    item, to refuse only the bad ones)."""
+    return _INLINE.validate_json(value)
 
 
 def partition_for(cell_id: str, partitions: int) -> int:
@@ -938,6 +996,15 @@ class HotspotStage:
         with self._order_lock:
             self.order.hold(Held(cell_id, detection, token, origin), direct=direct)
 
+    def hold_many(self, keyed: Iterable[tuple[str, Detection,
+                                              tuple[int | None, int | None] | None]],
+                  token: Any = None, *, direct: bool = False) -> None:
+        """:meth:`hold` for each (cell, detection, origin) of one record."""
+        with self._order_lock:
+            hold = self.order.hold
+            for cell_id, detection, origin in keyed:
+                hold(Held(cell_id, detection, token, origin), direct=direct)
+
     def release(self, *, everything: bool = False) -> list[Held]:
         with self._order_lock:
             return self.order.release(self.lateness_s, everything=everything)
@@ -1174,6 +1241,7 @@ class _App(faust.App):
     committed (faust commits after flushing), so they are delivered again."""
 
     stop_flush_s = 3.0
+    spare_hotspot_owner = True  # read by _Assignor
 
     async def _producer_flush(self, logger: Any) -> None:
         if not self.should_stop:  # a rebalance: wait as faust does
@@ -1185,6 +1253,43 @@ class _App(faust.App):
             logger.warning("the broker did not take the producer's buffer within %.1f s; "
                            "stopping without it (the uncommitted input is delivered "
                            "again)", self.stop_flush_s)
+
+
+def spare_hotspot_owner(assignments: Mapping[str, Any]) -> None:
+    """Move the by-cell partitions of the member that owns the hot-spot partition to the
+    other members (each to the one with the fewest, then by member id), when there are
+    others: the hot-spot stage is one process's work over the whole grid — as much as
+    the cells stage's over all of it — and the worker that runs it otherwise sets the
+    pace of the group. ``assignments``: faust's ``ClientAssignment`` per member, changed
+    in place."""
+    owners = [m for m, a in assignments.items() if a.actives.get(TOPIC_HOTSPOT)]
+    others = sorted(m for m in assignments if m not in owners)
+    if not owners or not others:
+        return
+    load = {m: len(assignments[m].actives.get(TOPIC_BY_CELL, ())) for m in others}
+    for owner in owners:
+        for partition in sorted(assignments[owner].actives.get(TOPIC_BY_CELL, ())):
+            to = min(others, key=lambda m: (load[m], m))
+            assignments[to].actives.setdefault(TOPIC_BY_CELL, []).append(partition)
+            load[to] += 1
+        assignments[owner].actives[TOPIC_BY_CELL] = []
+    for member in others:
+        assignments[member].actives[TOPIC_BY_CELL] = sorted(
+            assignments[member].actives.get(TOPIC_BY_CELL, []))
+
+
+class _Assignor(PartitionAssignor):  # type: ignore[misc]
+    """faust's assignor, then :func:`spare_hotspot_owner` (unless the app's
+    ``spare_hotspot_owner`` is off)."""
+
+    def _global_table_standby_assignments(self, assignments: Any,
+                                          partitions_by_topic: Mapping[str, int]) -> Any:
+        # faust's last step over the members' ClientAssignments before they are encoded
+        assignments = super()._global_table_standby_assignments(assignments,
+                                                                partitions_by_topic)
+        if getattr(self.app, "spare_hotspot_owner", True):
+            spare_hotspot_owner(assignments)
+        return assignments
 
 
 class Scaleout:
@@ -1246,7 +1351,9 @@ class Scaleout:
             # batch the producer's records (a produce request carried ~2.5 records)
             producer_linger=0.010,
             producer_max_batch_size=256 * 1024,
+            PartitionAssignor=_Assignor,
         )
+        self.app.spare_hotspot_owner = settings.spare_hotspot_owner
         _trace_setup(self.app)
         self.detections_topic = self._raw_topic(TOPIC_DETECTIONS,
                                                 partitions=settings.input_partitions)
@@ -1268,6 +1375,7 @@ class Scaleout:
             legacy_group=settings.app_id, ingest=self.ingest_batch,
             on_revoked=self._input_revoked, batch_max=settings.batch_max,
             wait_s=min(settings.batch_within_s, 0.5), flush_s=settings.stop_flush_s,
+            align_s=settings.align_s or None, high_of=self._high.get,
             consumer_options={
                 "bootstrap_servers": bootstrap_servers(settings.broker_url),
                 "client_id": f"{settings.app_id}-input",
@@ -1333,6 +1441,11 @@ class Scaleout:
         for topic in (TOPIC_BY_CELL, TOPIC_HOTSPOT):
             log.info("assigned %s partitions %s", topic,
                      sorted(tp.partition for tp in assigned if tp.topic == topic))
+        # the hot-spot stage's owner, spared the by-cell partitions (so there is another
+        # worker), leaves the input to the others too
+        topics = {tp.topic for tp in assigned}
+        self.input.spare(self.settings.spare_hotspot_owner and TOPIC_HOTSPOT in topics
+                         and TOPIC_BY_CELL not in topics)
 
     async def _on_shutdown(self, _sender: Any, **_: Any) -> None:
         # after faust's consumer stopped, before the producer's last flush
@@ -1371,6 +1484,16 @@ class Scaleout:
 
     async def _unpacked(self, event: Any) -> tuple[
             list[tuple[str, Detection, tuple[int | None, int | None] | None]], int]:
+        if (event.headers or {}).get(HEADER_PACK) == PACK_INLINE and event.value is not None:
+            try:
+                rows = unpack_inline(event.value)
+            except ValidationError:
+                pass  # a bad detection, or not a pack at all: item by item, below
+            else:
+                grid = self.grid
+                if all(row[0] in grid for row in rows):
+                    return [(cell_id, detection, (partition, offset))
+                            for cell_id, partition, offset, detection in rows], 0
         try:
             items = unpack(event.value)
         except ValueError as exc:  # also JSONDecodeError
@@ -1559,7 +1682,8 @@ class Scaleout:
     # -- cells ----------------------------------------------------------------------------
 
     async def _cells(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
-        async for events in stream.take_events(self.settings.batch_max,
+        async for events in stream.take_events(min(self.settings.cells_batch_max,
+                                                   self.settings.batch_max),
                                                self.settings.batch_within_s):
             yield await self.cells_batch(events)
 
@@ -1570,6 +1694,7 @@ class Scaleout:
         worker = self.worker
         touched: set[int] = set()
         rejected = 0
+
         # all at once, before any await: a revoke in between drops them together
         slots = [self.acks.take(event) for event in events]
         for event, slot in zip(events, slots, strict=True):
@@ -1623,8 +1748,8 @@ class Scaleout:
             groups.setdefault(partition, []).append(
                 Packed(held.cell_id, source, offset, held.detection.to_json()))
         for partition, items in groups.items():
-            headers = {**self._hot_headers(partition), HEADER_PACK: b"1"}
-            for value in packs(items):
+            headers = {**self._hot_headers(partition), HEADER_PACK: PACK_INLINE}
+            for value in packs(items, inline=True):
                 await self.send(TOPIC_HOTSPOT, str(partition).encode(), value,
                                 partition=0, headers=headers)
             until = worker.released_until(partition)
@@ -1667,8 +1792,7 @@ class Scaleout:
                 stage.mark(*mark)
             # acked when released and written (and all before it: InOrderAcks)
             self.acks.expect(slot, len(keyed))
-            for cell_id, detection, origin in keyed:
-                stage.hold(cell_id, detection, slot, direct=mark is None, origin=origin)
+            stage.hold_many(keyed, slot, direct=mark is None)
         released = stage.release()
         outputs = await self._until_stored(stage.process, released) if released else []
         tickets = await self._until_stored(stage.apply, outputs)

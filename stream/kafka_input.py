@@ -16,7 +16,13 @@ only after the broker acknowledged every record ingest sent for it:
 * **a revoke waits** (at most ``stop_flush_s``) for the commits of the batches already
   ingested, so the next owner does not read them again; batches it could not commit are
   read again by the next owner (duplicates the event-id filter and the idempotent desk
-  drop).
+  drop);
+* **a backlog is read in event-time step** (``align_s``): while catching up, a partition
+  more than ``align_s`` of event time ahead of the slowest owned partition with records
+  left is paused until that one catches up. Downstream stages release a detection only
+  once every input partition has passed its time, so a backlog read one partition after
+  another was held in their reorder buffers whole and processed in one burst at the end
+  (and a hot-spot stage behind them sat idle until then).
 
 Imported by :mod:`stream.faust_app` only (it imports aiokafka, which faust brings).
 """
@@ -25,11 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from aiokafka.errors import KafkaError
 
 from stream.retry import Backoff
@@ -43,6 +57,38 @@ MAX_IN_FLIGHT = 4  # batches ingested whose deliveries are not confirmed yet
 def input_group(app_id: str) -> str:
     """The consumer group that reads the input topic: ``<app id>-input``."""
     return f"{app_id}-input"
+
+
+SPARED = b"spared"  # a member's user data: give it no partition while others can read
+
+
+def sparing_assignor(spared: Callable[[], bool]) -> type[AbstractPartitionAssignor]:
+    """Round robin, except that members whose ``spared()`` was true when they joined get
+    no partition while the group has a member that is not (the worker that runs the
+    hot-spot stage: see :func:`stream.faust_app.spare_hotspot_owner`). Offered before
+    plain round robin, which a group with an older member falls back to."""
+
+    class SparingAssignor(RoundRobinPartitionAssignor):  # type: ignore[misc]
+        name = "gridwatch-sparing"
+        version = 0
+
+        @classmethod
+        def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+            return ConsumerProtocolMemberMetadata(cls.version, sorted(topics),
+                                                  SPARED if spared() else b"")
+
+        @classmethod
+        def assign(cls, cluster: Any, members: Mapping[str, Any]) -> dict[str, Any]:
+            busy = {m: meta for m, meta in members.items() if meta.user_data != SPARED}
+            if not busy or len(busy) == len(members):
+                return super().assign(cluster, members)  # type: ignore[no-any-return]
+            out: dict[str, Any] = super().assign(cluster, busy)
+            for member in members:
+                if member not in busy:
+                    out[member] = ConsumerProtocolMemberAssignment(cls.version, [], b"")
+            return out
+
+    return SparingAssignor
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +134,11 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         batch_max: records per batch at most.
         wait_s: how long one read waits for records.
         flush_s: how long a revoke or a stop waits for outstanding deliveries.
+        align_s: event-time seconds a partition may run ahead of the slowest one with
+            records left, while the slowest is more than that behind the wall clock (a
+            backlog); ``None``: no alignment.
+        high_of: a partition's event-time high mark so far (ingest's; ``None`` before
+            any valid detection), for ``align_s``.
     """
 
     retry = Backoff(0.5, 30.0)
@@ -96,7 +147,8 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
                  ingest: Ingest, on_revoked: Callable[[set[int]], None],
                  consumer_factory: Callable[[], Any] | None = None,
                  consumer_options: Mapping[str, Any] | None = None, batch_max: int = 2000,
-                 wait_s: float = 0.2, flush_s: float = 3.0) -> None:
+                 wait_s: float = 0.2, flush_s: float = 3.0, align_s: float | None = None,
+                 high_of: Callable[[int], float | None] | None = None) -> None:
         self.topic = topic
         self.group_id = group_id
         self.legacy_group = legacy_group
@@ -107,11 +159,16 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         self.batch_max = batch_max
         self.wait_s = wait_s
         self.flush_s = flush_s
+        self.align_s = align_s
+        self._high_of = high_of
+        self.spared = False  # see spare()
+        self._assigned_at: dict[TopicPartition, float] = {}  # monotonic
         self.consumer: Any = None
         self.assigned: frozenset[int] = frozenset()
         self.read: dict[int, int] = {}  # partition -> last offset read
         self.committed: dict[int, int | None] = {}  # partition -> committed offset
-        self.counts = {"batches": 0, "records": 0, "commits": 0, "rewinds": 0}
+        self.counts = {"batches": 0, "records": 0, "commits": 0, "rewinds": 0,
+                       "aligned": 0}  # aligned: pauses of a partition ahead of the others
         self._generation = 0
         self._rewind = False
         self._seeks: dict[TopicPartition, int] = {}  # applied before the next read
@@ -122,8 +179,24 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         self._committer: asyncio.Task[None] | None = None
 
     def _aiokafka(self) -> Any:
-        return AIOKafkaConsumer(group_id=self.group_id, enable_auto_commit=False,
-                                auto_offset_reset="earliest", **self._options)
+        return AIOKafkaConsumer(
+            group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            partition_assignment_strategy=(sparing_assignor(lambda: self.spared),
+                                           RoundRobinPartitionAssignor),
+            **self._options)
+
+    def spare(self, spared: bool) -> None:
+        """Ask for no input partition while another member can read them (``spared``),
+        or for a share again; rejoins the group when that changes."""
+        if spared == self.spared:
+            return
+        self.spared = spared
+        log.info("%s the input partitions (rejoining %s)",
+                 "leaving the other workers" if spared else "taking a share of",
+                 self.group_id)
+        coordinator = getattr(self.consumer, "_coordinator", None)  # aiokafka: no API
+        if coordinator is not None and hasattr(coordinator, "request_rejoin"):
+            coordinator.request_rejoin()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -180,6 +253,53 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         self.counts["records"] += len(events)
         assert self._queue is not None
         await self._queue.put(_Batch(generation, offsets, deliveries))
+        self._align()
+
+    # -- event-time alignment -------------------------------------------------------------
+
+    # a partition not read yet holds the others back this long after it was assigned (its
+    # first records set its mark); after that it no longer counts (empty, or unreadable)
+    align_wait_s = 2.0
+
+    def _pending(self, tp: TopicPartition) -> bool:
+        """Whether ``tp`` has records this pump has not read (unknown: yes)."""
+        try:
+            high = self.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - not fetched yet
+            high = None
+        read = self.read.get(tp.partition)
+        return high is None or (read is None and high > 0) or \
+            (read is not None and read + 1 < high)
+
+    def _align(self) -> None:
+        """Pause the owned partitions more than ``align_s`` ahead of the slowest one with
+        records left, while that one is more than ``align_s`` behind the wall clock;
+        resume the rest. The slowest is never paused, so reading always goes on; a
+        partition not read yet counts as the slowest for ``align_wait_s``."""
+        if self.align_s is None or self._high_of is None:
+            return
+        now = time.monotonic()
+        floor = math.inf
+        ahead: dict[TopicPartition, float] = {}
+        for tp in self.consumer.assignment():
+            if not self._pending(tp):
+                continue
+            high = self._high_of(tp.partition)
+            if high is None:
+                if now - self._assigned_at.get(tp, now) < self.align_wait_s:
+                    floor = -math.inf
+                continue
+            ahead[tp] = high
+            floor = min(floor, high)
+        catching_up = floor < time.time() - self.align_s
+        pause = {tp for tp, high in ahead.items()
+                 if catching_up and high > floor + self.align_s}
+        paused = set(self.consumer.paused())
+        if pause - paused:
+            self.consumer.pause(*(pause - paused))
+            self.counts["aligned"] += len(pause - paused)
+        if paused - pause:
+            self.consumer.resume(*(paused - pause))
 
     def _apply_seeks(self) -> None:
         seeks, self._seeks = self._seeks, {}
@@ -318,6 +438,9 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp, offset in offsets.items():
             self.committed[tp.partition] = offset
         self._ready |= assigned
+        now = time.monotonic()
+        self._assigned_at = {tp: self._assigned_at.get(tp, now)
+                             for tp in self.consumer.assignment()}
         self.assigned = frozenset(tp.partition for tp in self.consumer.assignment())
         log.info("assigned %s partitions %s", self.topic, sorted(self.assigned))
         trace.debug("input-assigned %s", sorted(self.assigned))

@@ -5,6 +5,7 @@ real broker is ``tests/stream/test_scaleout_tansu.py``."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class FakeConsumer:
         self.stored = dict(committed or {})
         self.listener: Any = None
         self.tps = {TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)}
+        self.stopped: set[TopicPartition] = set()  # paused
 
     def subscribe(self, topics: list[str], listener: Any) -> None:
         self.listener = listener
@@ -64,7 +66,7 @@ class FakeConsumer:
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition,
                                                                        list[Rec]]:
         out: dict[TopicPartition, list[Rec]] = {}
-        for tp in sorted(self.tps, key=lambda t: t.partition):
+        for tp in sorted(self.tps - self.stopped, key=lambda t: t.partition):
             start = self.position[tp.partition]
             end = min(self.records, start + max_records // 2)
             if end > start:
@@ -88,6 +90,15 @@ class FakeConsumer:
 
     def highwater(self, tp: TopicPartition) -> int:
         return self.records
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.stopped)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.stopped |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.stopped -= set(tps)
 
 
 def make_pump(consumer: FakeConsumer, ingest: Any, revoked: list[set[int]] | None = None
@@ -264,3 +275,38 @@ def test_a_new_input_group_starts_where_the_faust_group_had_committed(tmp_path: 
 
         read = asyncio.run(go())
     assert read == [(0, 6), (0, 7), (0, 8), (0, 9)]
+
+
+@pytest.mark.parametrize("backlog", [True, False])
+def test_a_backlog_is_read_in_event_time_step_across_partitions(backlog: bool) -> None:
+    """Partition 0's detections are 1,000 s apart, partition 1's 10 s: read as they come,
+    partition 0 would run days ahead (and every stage downstream hold it all, waiting
+    for partition 1). Catching up, it waits while more than ``align_s`` ahead; live (its
+    times near the wall clock), nothing waits."""
+    consumer = FakeConsumer(records=40)
+    start = time.time() - (86400 if backlog else 0)
+    high: dict[int, float] = {}
+    order: list[tuple[int, int]] = []
+
+    async def ingest(events: Sequence[InputEvent], deliveries: list[Awaitable[Any]]) -> None:
+        for e in events:
+            ts = start + e.offset * (1000 if e.partition == 0 else 10)
+            high[e.partition] = max(high.get(e.partition, ts), ts)
+            order.append((e.partition, e.offset))
+
+    pump = InputPump(topic=TOPIC, group_id=input_group("app"), legacy_group=None,
+                     ingest=ingest, on_revoked=lambda _: None,
+                     consumer_factory=lambda: consumer, batch_max=4, wait_s=0.01,
+                     align_s=500.0, high_of=high.get)
+    asyncio.run(run_until(pump, lambda: len(order) == 80))
+    assert sorted(order) == [(p, o) for p in (0, 1) for o in range(40)]  # none starved
+    first_later = order.index((0, 2))
+    if backlog:
+        # partition 0 paused after its first two records, until partition 1 had no
+        # records left (it never got 500 s ahead of partition 0's first)
+        assert pump.counts["aligned"] >= 1
+        assert {o for p, o in order[:first_later] if p == 1} == set(range(40))
+    else:
+        assert pump.counts["aligned"] == 0
+        assert order[:4] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert consumer.stopped == set()  # nothing left paused

@@ -27,6 +27,7 @@ from stream.faust_app import (
     HEADER_MARK,
     HEADER_PACK,
     HEADER_SOURCE,
+    PACK_INLINE,
     TOPIC_BY_CELL,
     TOPIC_DEADLETTER,
     TOPIC_DETECTIONS,
@@ -36,11 +37,13 @@ from stream.faust_app import (
     Scaleout,
     ScaleoutSettings,
     pack,
+    pack_inline,
     packs,
     partition_for,
     route,
     route_many,
     unpack,
+    unpack_inline,
 )
 from tests.builders import T0, line, make_grid
 from ticketing.store import SqliteTicketStore
@@ -121,6 +124,25 @@ def test_pack_and_unpack_round_trip_and_refuse_a_malformed_value() -> None:
             unpack(bad)
 
 
+def test_an_inline_pack_round_trips_and_validates_every_detection_at_once() -> None:
+    raws = [line(event_id="a"), line(event_id="b", kind="wrong_way_ebike")]
+    items = [Packed("C00", 1, 17, raws[0]), Packed("C21", None, None, raws[1])]
+    value = pack_inline(items)
+    assert json.loads(value)[0][3] == json.loads(raws[0])  # an object, not a string
+    rows = unpack_inline(value)
+    assert [(c, p, o, d.event_id) for c, p, o, d in rows] == [
+        ("C00", 1, 17, "a"), ("C21", None, None, "b")]
+    # read item by item (the fallback), each detection comes back as its JSON
+    assert [(i.cell_id, i.partition, i.offset) for i in unpack(value)] == [
+        ("C00", 1, 17), ("C21", None, None)]
+    assert [json.loads(i.raw) for i in unpack(value)] == [json.loads(r) for r in raws]
+    bad = pack_inline([items[0], Packed("C00", 2, 3, '{"kind": 3}')])
+    with pytest.raises(ValueError):  # pydantic's ValidationError
+        unpack_inline(bad)
+    with pytest.raises(ValueError):
+        unpack_inline(b'[["C00", true, 3, ' + raws[0].encode() + b"]]")  # not an offset
+
+
 def test_a_long_list_is_split_over_records_under_the_size_limit() -> None:
     items = [Packed("C00", 0, n, line(event_id=f"e-{n:04d}")) for n in range(600)]
     values = list(packs(items, max_bytes=20_000))
@@ -129,6 +151,10 @@ def test_a_long_list_is_split_over_records_under_the_size_limit() -> None:
     assert list(packs([], max_bytes=100)) == []
     [alone] = packs(items[:1], max_bytes=10)  # too big for the limit: on its own
     assert unpack(alone) == items[:1]
+    inline = list(packs(items, max_bytes=20_000, inline=True))
+    assert len(inline) > 1 and all(len(v) <= 20_000 for v in inline)
+    assert [(c, p, o) for v in inline for c, p, o, _ in unpack_inline(v)] == [
+        (i.cell_id, i.partition, i.offset) for i in items]
 
 
 def test_route_many_gives_what_route_gives() -> None:
@@ -297,6 +323,7 @@ def test_the_cells_stage_forwards_hot_spot_kinds_packed_with_their_input_record(
                                           if HEADER_PACK in r[3]]
     assert (key, partition, headers[HEADER_SOURCE]) == (str(p).encode(), 0,
                                                           str(p).encode())
+    assert headers[HEADER_PACK] == PACK_INLINE  # read with one validation per record
     items = unpack(value)
     assert [(i.cell_id, i.partition, i.offset) for i in items] == [("C00", 0, n)
                                                                    for n in range(3)]
@@ -321,6 +348,22 @@ def test_the_cells_stage_forwards_hot_spot_kinds_packed_with_their_input_record(
     asyncio.run(scaleout.checkpoint_hotspots())
     assert hot_acked == [(TOPIC_HOTSPOT, 0, 3)]
     assert scaleout.hotspots.unsaved == 0 and scaleout.hotspots.counts["checkpoints"] == 1
+
+    # an inline pack with a bad detection, or a cell the grid lacks: read item by item,
+    # the good ones counted, the bad ones refused alone
+    rows = [Packed("C00", 0, 20, line(event_id="ww-20", kind="wrong_way_ebike",
+                                      source_type="camera", source_id="cam-1",
+                                      observed_at=at(20))),
+            Packed("C00", 0, 21, '{"schema": "gridwatch.detection/1", "kind": 3}'),
+            Packed("NOPE", 0, 22, line(event_id="ww-22", kind="wrong_way_ebike"))]
+    event = Event(TOPIC_HOTSPOT, 0, 4, pack_inline(rows), key=key,
+                  headers={HEADER_PACK: PACK_INLINE}, acked=hot_acked)
+    result = asyncio.run(scaleout.hotspots_batch([event]))
+    event.take_events_ack()
+    assert (result["processed"], result["rejected"]) == (1, 2)
+    letters = [json.loads(v) for _, v, _, _ in recorder.on(TOPIC_DEADLETTER)[-2:]]
+    assert [(d["code"], d["offset"]) for d in letters] == [("missing_field", 21),
+                                                           ("unknown_cell", 22)]
 
 
 # -- acknowledgements in offset order -----------------------------------------------------------

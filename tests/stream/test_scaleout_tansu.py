@@ -27,7 +27,13 @@ import pytest
 
 from gridwatch.config import load_config
 from gridwatch.replay import replay_lines
-from stream.faust_app import TOPIC_DETECTIONS, ScaleoutSettings, declare_topics
+from stream.faust_app import (
+    TOPIC_BY_CELL,
+    TOPIC_DETECTIONS,
+    TOPIC_HOTSPOT,
+    ScaleoutSettings,
+    declare_topics,
+)
 from tests.support.tansu import TansuProcess
 
 pytestmark = pytest.mark.services
@@ -137,16 +143,27 @@ def test_two_workers_split_partitions_survive_a_kill_and_equal_replay(
     a = start_worker(env, logs[0])
     b = start_worker(env, logs[1])
     try:
-        # both joined and each owns by-cell partitions
+        # both joined: one runs the hot-spot stage and, spared, owns nothing else (no
+        # by-cell, no input partition); the other owns every by-cell and input partition
         def split() -> bool:
-            owned = [_last_assignment(p) for p in logs]
-            return all(owned) and sorted(sum(owned, [])) == list(range(PARTITIONS))
+            hot = [_last_assignment(p, HOT) for p in logs]
+            if sorted(map(len, hot)) != [0, 1]:
+                return False
+            busy = hot.index([])
+            return all(_last_assignment(logs[1 - busy], t) == [] for t in (BY_CELL, INPUT)) \
+                and _last_assignment(logs[busy]) == list(range(PARTITIONS)) \
+                and _last_assignment(logs[busy], INPUT) == list(range(INPUT_PARTITIONS))
         wait_for(split, timeout_s=90, what="two workers sharing the partitions", logs=logs)
         wait_for(lambda: len(incident_tickets(url, schema)) >= 1, timeout_s=90,
                  what="the first tickets", logs=logs)
+        # kill -9 the one with the by-cell and input partitions: they all move
+        busy = [_last_assignment(p, HOT) for p in logs].index([])
+        victim, logs = (a, b)[busy], [logs[busy], logs[1 - busy]]
+        a, b = victim, (a, b)[1 - busy]
         a.send_signal(signal.SIGKILL)
         a.wait(timeout=10)
-        wait_for(lambda: _last_assignment(logs[1]) == list(range(PARTITIONS)),
+        wait_for(lambda: _last_assignment(logs[1]) == list(range(PARTITIONS))
+                 and _last_assignment(logs[1], INPUT) == list(range(INPUT_PARTITIONS)),
                  timeout_s=60, what="the survivor taking over every partition", logs=logs)
         wait_for(lambda: set(incident_tickets(url, schema)) >= set(expected),
                  timeout_s=120, what="every ticket replay gives", logs=logs)
@@ -184,9 +201,13 @@ def _grid() -> Any:
     return Grid.from_file(GRID)
 
 
-def _last_assignment(log: Path) -> list[int]:
-    """The by-cell partitions the worker logged as assigned last (empty if none yet)."""
-    marker = "assigned gridwatch.detections.by_cell partitions "
+BY_CELL, HOT, INPUT = TOPIC_BY_CELL, TOPIC_HOTSPOT, TOPIC_DETECTIONS
+
+
+def _last_assignment(log: Path, topic: str = TOPIC_BY_CELL) -> list[int]:
+    """The partitions of ``topic`` the worker logged as assigned last (empty if none
+    yet)."""
+    marker = f"assigned {topic} partitions "
     last: list[int] = []
     if log.exists():
         for row in log.read_text(errors="replace").splitlines():
