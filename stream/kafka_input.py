@@ -191,6 +191,11 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         if spared == self.spared:
             return
         self.spared = spared
+        # a spared member owns partitions only when no other member could take them, and
+        # an unspared one that owns some got them since: a rejoin changes nothing then
+        # (a survivor of a kill -9 already got every input partition from its group)
+        if bool(self.assigned) != spared:
+            return
         log.info("%s the input partitions (rejoining %s)",
                  "leaving the other workers" if spared else "taking a share of",
                  self.group_id)
