@@ -50,7 +50,8 @@ TESTED: dict[str, str] = {
     **{f"GRIDWATCH_KAFKA_{name}": "test_scaleout_tuning_from_the_environment" for name in (
         "INPUT_PARTITIONS", "LATENESS_S", "IDLE_S", "TICK_S", "BATCH_MAX", "METRICS_S",
         "SESSION_TIMEOUT_S", "HEARTBEAT_S", "REBALANCE_TIMEOUT_S", "EVENT_CLOCK",
-        "LOG_REPEAT_S", "STOP_FLUSH_S", "STOP_S")},
+        "LOG_REPEAT_S", "STOP_FLUSH_S", "STOP_S", "ALIGN_S", "CELLS_BATCH_MAX",
+        "SPARE_HOTSPOT_OWNER")},
     "GRIDWATCH_BRIDGE_MQTT_PASSWORD": "test_bridge_mqtt_password_from_the_environment",
     "GRIDWATCH_KAFKA_TRACE": "test_kafka_trace_from_the_environment",
 }
@@ -343,6 +344,24 @@ def test_scaleout_tuning_from_the_environment(tmp_path: Path) -> None:
             settings.session_timeout_s, settings.heartbeat_s, settings.rebalance_timeout_s,
             settings.event_clock, settings.log_repeat_s, settings.stop_flush_s,
             settings.stop_s) == (0.5, 10, 2.0, 6.0, 0.5, 8.0, True, 60.0, 2.0, 9.0)
+
+    # and they reach what they tune: the input pump's alignment, the cells batches, the
+    # assignors' sparing of the hot-spot stage's owner
+    from gridwatch.commands.worker import scaleout_for
+    from gridwatch.config import load_config
+    from tests.builders import make_grid
+    from ticketing.store import SqliteTicketStore
+
+    settings = ScaleoutSettings.from_env({
+        "GRIDWATCH_KAFKA_ALIGN_S": "120", "GRIDWATCH_KAFKA_CELLS_BATCH_MAX": "4",
+        "GRIDWATCH_KAFKA_SPARE_HOTSPOT_OWNER": "0"})
+    assert (settings.align_s, settings.cells_batch_max, settings.spare_hotspot_owner) == (
+        120.0, 4, False)
+    scaleout = scaleout_for(settings, load_config(), make_grid(),
+                            SqliteTicketStore(tmp_path / "t.sqlite3"), received=None)
+    assert scaleout.input.align_s == 120.0
+    assert scaleout.app.spare_hotspot_owner is False
+    assert ScaleoutSettings.from_env({"GRIDWATCH_KAFKA_ALIGN_S": "0"}).align_s == 0  # off
 
 
 @pytest.mark.services
