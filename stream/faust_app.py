@@ -141,8 +141,8 @@ class ScaleoutSettings(BaseModel):
     # catching up a backlog, an input partition more than this far (event time) ahead of
     # the slowest with records left waits for it (0: off; see kafka_input.InputPump)
     align_s: float = Field(600.0, ge=0)
-    # the worker that owns the hot-spot stage gets no by-cell partition while there are
-    # other workers (see spare_hotspot_owner)
+    # the worker that owns the hot-spot stage gets no by-cell and no input partition
+    # while there are other workers (see spare_hotspot_owner)
     spare_hotspot_owner: bool = True
     # while the broker is down: the first of each repeated Kafka-client warning or error,
     # then at most one line (with the count held back) per this many seconds
@@ -993,8 +993,7 @@ class HotspotStage:
     def hold(self, cell_id: str, detection: Detection, token: Any = None, *,
              direct: bool = False,
              origin: tuple[int | None, int | None] | None = None) -> None:
-        with self._order_lock:
-            self.order.hold(Held(cell_id, detection, token, origin), direct=direct)
+        self.hold_many([(cell_id, detection, origin)], token, direct=direct)
 
     def hold_many(self, keyed: Iterable[tuple[str, Detection,
                                               tuple[int | None, int | None] | None]],
