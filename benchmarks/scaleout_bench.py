@@ -270,7 +270,7 @@ def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list
                 done = 0
                 for log in logs:
                     m = last_metrics(log)
-                    if m:  # the cells stage's own, then the hot-spot stage's (forwarded)
+                    if m:  # the cells stage's own, then the hot-spot stage's (from ingest)
                         done += sum(r["processed"] + r["duplicates"]
                                     for r in m["partitions"].values())
                         hot = m.get("hotspots") or {}

@@ -597,13 +597,14 @@ class Held:
     token: Any = None
     # (input partition, offset) the detection entered through, when known
     origin: tuple[int | None, int | None] | None = None
+    ts: float | None = None  # observed_at as a timestamp, once a reorder buffer has it
 
 
 class ReorderBuffer:
     """Detections held until the watermark of their upstream partitions has passed them
     (then released in event-time order, ties in arrival order). The cells stage keeps one
-    per by-cell partition (sources: the input partitions), the hot-spot stage one for its
-    topic (sources: the by-cell partitions). Not thread-safe: the owner locks."""
+    per by-cell partition, the hot-spot stage one for its topic (sources: the input
+    partitions, for both). Not thread-safe: the owner locks."""
 
     __slots__ = ("marks", "heap", "_seq")
 
@@ -613,7 +614,7 @@ class ReorderBuffer:
         self._seq = itertools.count()
 
     def hold(self, held: Held, *, direct: bool = False) -> None:
-        ts = held.detection.observed_at.timestamp()
+        ts = held.ts = held.detection.observed_at.timestamp()
         if direct:
             self.marks.observe_direct(ts)
         heapq.heappush(self.heap, (ts, next(self._seq), held))
@@ -652,9 +653,11 @@ def _unlocked(read: Callable[[], Any]) -> Any:
 class CellWorker:
     """One :class:`StreamProcessor` and event-id filter per owned by-cell partition for
     the incident kinds; outputs go to one :class:`TicketSink`. Detections of hot-spot
-    kinds are not counted here: :meth:`take_forwarded` hands them, in event-time order,
-    to the hot-spot stage (:class:`HotspotStage`, one for the whole grid), since the
-    occurrence deduper and the multiple-testing correction span cells of every partition.
+    kinds are not counted here: ingest sends them to the hot-spot stage
+    (:class:`HotspotStage`, one for the whole grid), since the occurrence deduper and the
+    multiple-testing correction span cells of every partition; one that reaches the cells
+    stage all the same (written to the by-cell topic directly) is handed on by
+    :meth:`take_forwarded`, in event-time order.
 
     Incident state is not checkpointed: it is seeded from the tickets (``held_event_ids``)
     the first time a partition sees a cell.
@@ -881,8 +884,8 @@ class CellWorker:
 class HotspotStage:
     """ONE :class:`StreamProcessor` for the hot-spot kinds of the whole grid (occurrence
     dedup, the :class:`HotspotEngine`, the multiple-testing correction over every cell),
-    fed by the cells stage through :data:`TOPIC_HOTSPOT` and ordered across the by-cell
-    partitions by a :class:`ReorderBuffer` (the watermark the cells stage announces).
+    fed by ingest through :data:`TOPIC_HOTSPOT` and ordered across the input partitions
+    by a :class:`ReorderBuffer` (the marks ingest stamps on each record and announces).
     Findings go to the same :class:`TicketSink`.
 
     With a ``state`` sink its state is durable (:mod:`stream.hotspot_state`, under
@@ -916,7 +919,7 @@ class HotspotStage:
         self.state = state
         self.state_name = state_name
         self.lateness_s = lateness_s
-        self.sources = sources  # partitions of the by-cell topic (watermark sources)
+        self.sources = sources  # partitions of the input topic (watermark sources)
         self.order = ReorderBuffer(sources)
         self.counts: Counter[str] = Counter()
         self._processor: StreamProcessor | None = None
@@ -1020,7 +1023,8 @@ class HotspotStage:
             outputs: list[StreamOutput] = []
             for held in released:
                 d = held.detection
-                if self._ids.seen(d.event_id, d.observed_at.timestamp()):
+                ts = d.observed_at.timestamp() if held.ts is None else held.ts
+                if self._ids.seen(d.event_id, ts):
                     self.counts["duplicates"] += 1
                     continue
                 self.counts["processed"] += 1
@@ -1028,7 +1032,7 @@ class HotspotStage:
                     self._unsaved_since = time.monotonic()
                 self.unsaved += 1
                 hour_before = processor.hotspots.open_hour
-                outputs.extend(processor.push(d, held.cell_id))
+                outputs.extend(processor.push(d, held.cell_id, ts=ts))
                 if hour_before is not None and processor.hotspots.open_hour != hour_before:
                     self._due = True
             return outputs
@@ -1314,10 +1318,8 @@ class Scaleout:
         self.settings = settings
         self.hotspots = hotspots or HotspotStage(
             stream=worker.settings, policies=worker.policies, hotspot=worker.hotspot,
-            grid=grid, sink=worker.sink, sources=settings.partitions)
-        # per by-cell partition: the released-until mark last announced to the hot-spot
-        # stage (None: idle)
-        self._hot_marks: dict[int, float | None] = {}
+            grid=grid, sink=worker.sink, lateness_s=settings.lateness_s,
+            sources=settings.input_partitions)
         # by-cell and hot-spot records are acked in delivery order (see InOrderAcks)
         self.acks = InOrderAcks()
         # hot-spot records counted but not in a checkpoint yet: acked once one holds them
@@ -1425,8 +1427,6 @@ class Scaleout:
             log.info("partitions %s of %s revoked; dropping their state", partitions,
                      TOPIC_BY_CELL)
             self.worker.revoke(partitions)
-            for partition in partitions:
-                self._hot_marks.pop(partition, None)
         if any(tp.topic == TOPIC_HOTSPOT for tp in revoked):
             log.info("%s revoked; checkpointing the hot-spot stage", TOPIC_HOTSPOT)
             self._hot_unsaved = []  # the next owner reads them again
@@ -1586,8 +1586,11 @@ class Scaleout:
                                 now=None if clock is None else clock())
         now = asyncio.get_running_loop().time()
         groups: dict[tuple[int, int], list[Packed]] = {}
+        hot: dict[int, list[Packed]] = {}  # per input partition: hot-spot kinds
+        is_hot = self.worker.is_hotspot_kind
         results: list[dict[str, Any]] = []
         high = self._high
+        before = dict(high)  # the marks already announced
         for event, routed in zip(events, routed_all, strict=True):
             message = event.message
             source = message.partition
@@ -1610,23 +1613,52 @@ class Scaleout:
                 raw = event.value
                 text = (raw.decode("utf-8", errors="replace") if isinstance(raw, bytes)
                         else raw).strip()
-                groups.setdefault((source, self._partition_of(routed.cell_id)), []).append(
-                    Packed(routed.cell_id, source, message.offset, text))
+                packed = Packed(routed.cell_id, source, message.offset, text)
+                if routed.detection is not None and is_hot(routed.detection.kind):
+                    # straight to the one hot-spot stage: the cells stage would only
+                    # order and forward it (a hop that cost more than the stage itself)
+                    hot.setdefault(source, []).append(packed)
+                else:
+                    groups.setdefault((source, self._partition_of(routed.cell_id)),
+                                      []).append(packed)
                 if _tracing and routed.detection is not None:
                     trace.debug("ingest in=%s@%s eid=%s cell=%s", source, message.offset,
                                 routed.detection.event_id, routed.cell_id)
             results.append({"outcome": routed.outcome, "cell_id": routed.cell_id,
                             "code": routed.code, "reason": routed.reason})
         for (source, partition), items in groups.items():
-            # the mark after the whole batch: every detection of this input partition
-            # for this by-cell partition up to it is in this record or an earlier one
-            headers = {**self._mark_headers(source), HEADER_PACK: b"1"}
-            for value in packs(items):
+            for value, headers in self._stamped(source, packs(items), b"1", before):
                 delivery = await self.send(TOPIC_BY_CELL, str(partition).encode(), value,
                                            partition=partition, headers=headers)
                 if delivery is not None:
                     sent.append(delivery)
+        for source, items in hot.items():
+            # each raw detection is one JSON object: it was just validated as one
+            for value, headers in self._stamped(source, packs(items, inline=True),
+                                                PACK_INLINE, before):
+                delivery = await self.send(TOPIC_HOTSPOT, str(source).encode(), value,
+                                           partition=0, headers=headers)
+                if delivery is not None:
+                    sent.append(delivery)
+            self.counts["hotspot"] += len(items)
         return results
+
+    def _stamped(self, source: int, values: Iterator[bytes], form: bytes,
+                 before: Mapping[int, float]) -> Iterator[tuple[bytes, dict[str, bytes]]]:
+        """The packed records of one input partition's detections for one topic
+        partition, with their watermark headers: the last carries the mark after the
+        whole batch (every detection of the input partition for that topic partition up
+        to it is in this record or an earlier one); one split off before it carries the
+        mark before the batch, since detections up to the new mark follow it."""
+        after = {**self._mark_headers(source), HEADER_PACK: form}
+        earlier = {**after, HEADER_HIGH: repr(before.get(source, float("-inf"))).encode()}
+        pending: bytes | None = None
+        for value in values:
+            if pending is not None:
+                yield pending, earlier
+            pending = value
+        if pending is not None:
+            yield pending, after
 
     def owned_input_partitions(self) -> list[int]:
         return sorted(self.input.assigned)
@@ -1648,6 +1680,7 @@ class Scaleout:
             for partition in range(self.settings.partitions):
                 await self.send(TOPIC_BY_CELL, None, b"", partition=partition,
                                 headers=headers)
+            await self.send(TOPIC_HOTSPOT, None, b"", partition=0, headers=headers)
 
     def metrics(self) -> dict[str, Any]:
         """What the worker has done: ingest outcomes; per owned by-cell partition
@@ -1721,7 +1754,7 @@ class Scaleout:
             if held:
                 outputs += await self._until_stored(worker.process, partition, held)
         tickets = await self._until_stored(worker.apply, outputs)
-        await self._forward_hotspots(sorted(touched))
+        await self._forward_hotspots()
         processed = 0
         for held in released.values():
             for item in held:
@@ -1734,42 +1767,22 @@ class Scaleout:
         return {"outcome": "batch", "processed": processed, "rejected": rejected,
                 "held": worker.held(), "tickets": tickets}
 
-    async def _forward_hotspots(self, touched: Iterable[int]) -> None:
+    async def _forward_hotspots(self) -> None:
         """Publish the hot-spot-kind detections the batch released to the hot-spot
-        stage: ONE packed record per by-cell partition, stamped with that partition and
-        how far it has released; then a marker for each other touched partition whose
-        mark moved (so the stage's watermark moves on partitions without hot-spot kinds
-        too)."""
-        worker = self.worker
+        stage: ONE packed record per by-cell partition, without watermark headers.
+        Ingest sends hot-spot kinds to the stage itself (with the input partitions'
+        marks), so these are only what a producer wrote to the by-cell topic directly
+        (or a worker of an earlier version routed there); the stage holds them until the
+        marks it has from ingest pass them, or, with none, until a later one does."""
         groups: dict[int, list[Packed]] = {}
-        for partition, held in worker.take_forwarded():
+        for partition, held in self.worker.take_forwarded():
             source, offset = held.origin or (None, None)
             groups.setdefault(partition, []).append(
                 Packed(held.cell_id, source, offset, held.detection.to_json()))
         for partition, items in groups.items():
-            headers = {**self._hot_headers(partition), HEADER_PACK: PACK_INLINE}
             for value in packs(items, inline=True):
                 await self.send(TOPIC_HOTSPOT, str(partition).encode(), value,
-                                partition=0, headers=headers)
-            until = worker.released_until(partition)
-            if until != float("-inf"):
-                self._hot_marks[partition] = None if until == float("inf") else until
-        for partition in touched:
-            until = worker.released_until(partition)
-            mark = None if until == float("inf") else until
-            if until == float("-inf") or (partition in self._hot_marks
-                                          and self._hot_marks[partition] == mark):
-                continue
-            self._hot_marks[partition] = mark
-            await self.send(TOPIC_HOTSPOT, None, b"", partition=0,
-                            headers={**self._hot_headers(partition), HEADER_MARK: b"1"})
-
-    def _hot_headers(self, partition: int) -> dict[str, bytes]:
-        until = self.worker.released_until(partition)
-        high = IDLE if until == float("inf") else repr(until).encode()
-        if until == float("-inf"):  # flushed without a watermark: no promise
-            high = b"-inf"
-        return {HEADER_SOURCE: str(partition).encode(), HEADER_HIGH: high}
+                                partition=0, headers={HEADER_PACK: PACK_INLINE})
 
     # -- hot spots ------------------------------------------------------------------------
 

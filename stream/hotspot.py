@@ -30,6 +30,7 @@ How it works (event time only; the same input always gives the same findings):
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -149,13 +150,14 @@ class _Trail:
     (``docs/hotspots.md``, Cost).
     """
 
-    __slots__ = ("hours", "sources", "ids", "snaps")
+    __slots__ = ("hours", "sources", "ids", "snaps", "ordered")
 
     def __init__(self) -> None:
         self.hours: deque[int] = deque()
         self.sources: deque[str] = deque()
         self.ids: deque[list[str]] = deque()
         self.snaps: deque[str | None] = deque()
+        self.ordered = True  # hours never decrease (nothing arrived late since emptied)
 
     def drop_until(self, oldest: int) -> None:
         """Forget the occurrences of hours up to ``oldest`` at the front."""
@@ -165,8 +167,12 @@ class _Trail:
             self.sources.popleft()
             self.ids.popleft()
             self.snaps.popleft()
+        if not hours:
+            self.ordered = True
 
     def append(self, hour: int, source: str, ids: list[str], snap: str | None) -> None:
+        if self.ordered and self.hours and hour < self.hours[-1]:
+            self.ordered = False
         self.hours.append(hour)
         self.sources.append(source)
         self.ids.append(ids)
@@ -174,8 +180,16 @@ class _Trail:
 
     def between(self, first: int, last: int) -> list[_Seen]:
         """The occurrences of hours ``first`` to ``last``, in arrival order."""
-        return [e for e in zip(self.hours, self.sources, self.ids, self.snaps, strict=True)
-                if first <= e[0] <= last]
+        hours = self.hours
+        if not self.ordered:
+            return [e for e in zip(hours, self.sources, self.ids, self.snaps, strict=True)
+                    if first <= e[0] <= last]
+        # in hour order: only the tail from the first hour of the window is read (a
+        # ticket's window is often a few hours of a busy cell's 72)
+        start = bisect_left(hours, first)
+        sources, ids, snaps = self.sources, self.ids, self.snaps
+        return [(h, sources[i], ids[i], snaps[i])
+                for i in range(start, len(hours)) if (h := hours[i]) <= last]
 
 
 class _KindState:
@@ -440,10 +454,13 @@ class HotspotEngine:
         own_sum = state.slot_sum.reshape(7, 24, n)
         own_weight = state.slot_weight.reshape(7, 24, n)
         cell_day = _day_type_ratio(own_sum, own_weight * base, a)
-        base *= cell_day[:, None, :]
-        cell_hod = (own_sum.sum(axis=0) + a) / ((own_weight * base).sum(axis=0) + a)
+        # the cell's own hour-of-day ratio, for this slot's hour (the only one used):
+        # (7, n) slices, the same products and sums as over the whole (7, 24, n) array
         day, hod = divmod(slot, 24)
-        prior = np.maximum(base[day, hod] * cell_hod[hod], 1e-6)
+        base_hod = base[:, hod, :] * cell_day
+        cell_hod = (own_sum[:, hod, :].sum(axis=0) + a) / \
+            ((own_weight[:, hod, :] * base_hod).sum(axis=0) + a)
+        prior = np.maximum(base_hod[day] * cell_hod, 1e-6)
         # prior weight in weeks: profile_prior_weeks plus profile_prior_count occurrences
         k = s.profile_prior_weeks + a / prior
         weeks = state.slot_weight[slot] + k
@@ -505,13 +522,17 @@ class HotspotEngine:
         in_hotspot = np.zeros(n_cells, dtype=bool)
         for spot in state.hotspots.values():
             in_hotspot[list(spot.members)] = True
+        # the ring's rows newest first: row k of a running sum is the window of k + 1
+        # hours, added in the order a sum over those rows adds them (so the same floats)
+        rows = [(hour - j) % self._ring_h for j in range(self._ring_h)]
+        observed_run = np.cumsum(state.observed_ring[rows], axis=0)
+        expected_run = np.cumsum(state.expected_ring[rows], axis=0)
+        var_run = np.cumsum(state.expected_var_ring[rows], axis=0)
         for wi, wh in enumerate(self._window_h):
-            rows = [(hour - j) % self._ring_h for j in range(wh)]
-            observed = state.observed_ring[rows].sum(axis=0).astype(np.float64)
-            expected = state.expected_ring[rows].sum(axis=0)
+            observed = observed_run[wh - 1].astype(np.float64)
+            expected = expected_run[wh - 1]
             phi = float(state.phi[wi])
-            baseline_var = level_var * expected * expected + \
-                state.expected_var_ring[rows].sum(axis=0)
+            baseline_var = level_var * expected * expected + var_run[wh - 1]
             variance = expected + phi * expected * expected + baseline_var
             window_counts.append((observed, expected))
             self._update_dispersion(state, wi, observed, expected, variance, baseline_var,

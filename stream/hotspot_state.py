@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import operator
 import struct
 import zlib
 from collections import deque
@@ -247,7 +248,9 @@ def _restore_trails(prefix: str, state: _KindState, arrays: Arrays) -> None:
     at = 0
     for idx, n in zip(arrays[f"{prefix}trail.cells"].tolist(), counts, strict=True):
         trail = state.evidence[idx] = _Trail()
-        trail.hours.extend(hours[at:at + n])
+        chunk = hours[at:at + n]
+        trail.hours.extend(chunk)
+        trail.ordered = all(map(operator.le, chunk, chunk[1:]))
         trail.sources.extend(sources[at:at + n])
         trail.ids.extend(ids[at:at + n])
         trail.snaps.extend(snaps[at:at + n])

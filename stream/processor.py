@@ -106,9 +106,12 @@ class StreamProcessor:
         self._policy_cache: dict[str, tuple[KindPolicy, bool]] = {}
         self._episodes: set[tuple[str, str, str]] = set()
 
-    def push(self, detection: Detection, cell_id: str | None) -> list[StreamOutput]:
-        """Take one valid detection and the cell it falls in (``None``: out of area)."""
-        ts = detection.observed_at.timestamp()
+    def push(self, detection: Detection, cell_id: str | None, *,
+             ts: float | None = None) -> list[StreamOutput]:
+        """Take one valid detection and the cell it falls in (``None``: out of area);
+        ``ts`` is ``detection.observed_at.timestamp()`` where the caller has it already."""
+        if ts is None:
+            ts = detection.observed_at.timestamp()
         stats = self.stats
         ids = self._ids
         if ids is not None and ids.seen(detection.event_id, ts):

@@ -167,7 +167,7 @@ def scaleout_for(settings: ScaleoutSettings, config: GridWatchConfig, grid: Grid
                             state=StoreCheckpoints(store)
                             if isinstance(store, SqlTicketStore) else None,
                             state_name=f"worker:{settings.app_id}:{HOTSPOT_STATE}",
-                            sources=settings.partitions)
+                            lateness_s=settings.lateness_s, sources=settings.input_partitions)
     # a live worker (a received clock) dead-letters detections whose clock is far off it
     return Scaleout(settings, grid=grid, worker=worker, hotspots=hotspots, sender=sender,
                     skew_clock=received)

@@ -518,7 +518,8 @@ def sample() -> tuple[Any, list[str]]:
 def hot_scaleout(store: SqlTicketStore, recorder: Recorder, *, grid: Any = None,
                  cfg: Any = None, partitions: int = PARTITIONS) -> Scaleout:
     # deadline clocks on event time, so runs compare with each other and with replay
-    return scaleout_for(ScaleoutSettings(partitions=partitions, batch_max=1),
+    return scaleout_for(ScaleoutSettings(partitions=partitions, input_partitions=partitions,
+                                         batch_max=1),
                         cfg or load_config(), grid if grid is not None else sample()[0],
                         store, sender=recorder, received=None)
 
@@ -544,17 +545,21 @@ async def hotspots(scaleout: Scaleout, sent: list[tuple[bytes | None, bytes, dic
 
 def feed_worker(scaleout: Scaleout, recorder: Recorder, lines: list[str] | list[str | bytes],
                 *, reverse: bool = False) -> None:
-    """Ingest, the cells stage (by-cell partitions drained one after the other, highest
-    first with ``reverse``), then the hot-spot stage with what the cells stage sent it."""
+    """Ingest (round-robin keys over the input partitions) and the cells stage, then the
+    hot-spot stage with what ingest sent it: its input partitions drained one after the
+    other, highest first with ``reverse``."""
     recorder.records.clear()
     recorder.hot.clear()
-    asyncio.run(ingest(scaleout, list(lines)))
-    records = recorder.on(TOPIC_BY_CELL)
+    n = scaleout.settings.input_partitions
+    asyncio.run(ingest_records(scaleout, [
+        (raw.encode() if isinstance(raw, str) else raw, f"rr{i}".encode(), i % n)
+        for i, raw in enumerate(lines)]))
+    asyncio.run(scaleout.announce(range(n)))  # the marks timer's last tick
+    asyncio.run(cells_on(scaleout, recorder.on(TOPIC_BY_CELL)))
+    sent = list(recorder.hot)
     if reverse:
-        records = sorted(records, key=lambda r: -partition_for(r[1].decode(),  # type: ignore[union-attr]
-                                                               scaleout.settings.partitions))
-    asyncio.run(cells_on(scaleout, records))
-    asyncio.run(hotspots(scaleout, list(recorder.hot)))
+        sent.sort(key=lambda r: -int(r[2]["gw-source"]))  # stable: in order per partition
+    asyncio.run(hotspots(scaleout, sent))
 
 
 async def cells_on(scaleout: Scaleout, records: list[Record]) -> dict[int, Any]:
@@ -570,9 +575,9 @@ async def cells_on(scaleout: Scaleout, records: list[Record]) -> dict[int, Any]:
 def test_hot_spot_tickets_equal_replays_whatever_the_keying_and_drain_order(
         tmp_path: Path, partitions: int, reverse: bool) -> None:
     """Issue 16 part 3: the sample data replayed raises one hot-spot ticket (the Lishui
-    bridge); the worker path gives exactly it, field for field, for one by-cell partition
-    or several drained one after the other (the hot-spot stage orders them by the
-    watermark the cells stage announces)."""
+    bridge); the worker path gives exactly it, field for field, for one input partition
+    or several drained one after the other (the hot-spot stage orders them by the marks
+    ingest stamps and announces)."""
     grid, lines = sample()
     expected = replayed_hot(lines, grid)
     assert [(t["kind"], t["cell_id"]) for t in expected] == [("wrong_way_ebike",
@@ -586,11 +591,12 @@ def test_hot_spot_tickets_equal_replays_whatever_the_keying_and_drain_order(
         assert stage.held() > 0  # held for the partitions not drained yet
     scaleout.hotspots.flush()  # the end of the input, as replay ends
     assert hot(store) == expected
-    # every hot-spot-kind detection went through the one stage, none through the cells
-    forwarded = sum(row["forwarded"] for row in scaleout.worker.metrics().values())
-    assert forwarded == sum(len(unpack(v)) for _, v, h in recorder.hot
-                            if HEADER_PACK in h) > 0
-    assert stage.counts["processed"] + stage.counts["duplicates"] == forwarded
+    # every hot-spot-kind detection went straight from ingest to the one stage, none
+    # through the cells stage
+    assert sum(row["forwarded"] for row in scaleout.worker.metrics().values()) == 0
+    sent = scaleout.metrics()["ingest"]["hotspot"]
+    assert sent == sum(len(unpack(v)) for _, v, h in recorder.hot if HEADER_PACK in h) > 0
+    assert stage.counts["processed"] + stage.counts["duplicates"] == sent
     assert all(p.hotspots.open_hour is None for p in scaleout.worker._processors.values())
 
 

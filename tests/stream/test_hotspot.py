@@ -421,3 +421,38 @@ def datetime_ts(year: int) -> float:
     from datetime import UTC, datetime
 
     return datetime(year, 1, 1, tzinfo=UTC).timestamp()
+
+
+def test_a_trail_reads_a_window_as_a_full_scan_does_in_order_or_after_a_late_arrival(
+) -> None:
+    """The evidence of a ticket: :meth:`_Trail.between` bisects a trail whose hours never
+    decreased and scans one that got a late occurrence; both give what a scan gives."""
+    import random
+
+    from stream.hotspot import _Trail
+
+    rng = random.Random(7)
+    late_seen = 0
+    for _ in range(300):
+        trail = _Trail()
+        kept: list[tuple[int, str, list[str], str | None]] = []
+        hour = 100
+        for i in range(rng.randrange(0, 80)):
+            hour += rng.choice((0, 0, 1, 3))
+            h = hour - rng.randrange(1, 6) if rng.random() < 0.05 else hour
+            entry = (h, f"st/{i % 3}", [f"e{i}"], None if i % 2 else f"s{i}")
+            trail.append(*entry)
+            kept.append(entry)
+            if rng.random() < 0.1:
+                oldest = hour - rng.randrange(5, 30)
+                trail.drop_until(oldest)
+                while kept and kept[0][0] <= oldest:  # the same rule: from the front
+                    kept.pop(0)
+        if trail.ordered:  # the flag never claims an order that is not there
+            assert [e[0] for e in kept] == sorted(e[0] for e in kept)
+        late_seen += not trail.ordered
+        for first in range(hour - 40, hour + 2, 3):
+            for last in (hour, first + 4):
+                assert trail.between(first, last) == [e for e in kept
+                                                      if first <= e[0] <= last]
+    assert late_seen > 10  # both paths were taken

@@ -69,6 +69,8 @@ def test_a_restored_processor_finds_what_the_original_finds() -> None:
     restored = processor()
     hotspot_state.restore(restored, data)
     assert hotspot_state.dump(restored) == data
+    trails = [t for state in restored.hotspots._kinds.values() for t in state.evidence.values()]
+    assert trails and all(t.ordered == (list(t.hours) == sorted(t.hours)) for t in trails)
     after = feed(restored, items[cut:]) + [
         json.dumps(f.as_ticket_hotspot() | {"cell": f.cell_id}, default=str)
         for f in restored.flush() if isinstance(f, HotspotFinding)]

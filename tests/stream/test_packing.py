@@ -40,6 +40,7 @@ from stream.faust_app import (
     pack_inline,
     packs,
     partition_for,
+    read_mark,
     route,
     route_many,
     unpack,
@@ -308,22 +309,89 @@ def test_an_unreadable_packed_record_is_dead_lettered_whole(tmp_path) -> None:
     assert acked == [(TOPIC_BY_CELL, 2, 9)]
 
 
+def hot_line(n: int, **fields: Any) -> str:
+    return line(event_id=f"ww-{n}", kind="wrong_way_ebike", source_type="camera",
+                source_id="cam-1", observed_at=at(n), **fields)
+
+
+def test_ingest_sends_hot_spot_kinds_straight_to_the_hot_spot_stage(tmp_path) -> None:
+    """One inline packed record per input partition on the hot-spot topic, with that
+    partition's mark; the by-cell topic gets only the incident kinds."""
+    recorder = Recorder()
+    scaleout = make(tmp_path, recorder, input_partitions=2)
+    acked: list[Any] = []
+    events = [Event(TOPIC_DETECTIONS, n % 2, n, hot_line(n).encode(), acked=acked)
+              for n in range(6)]
+    events.append(Event(TOPIC_DETECTIONS, 0, 6, line(event_id="smoke-6",
+                                                     observed_at=at(9)).encode(),
+                        acked=acked))
+    results = asyncio.run(scaleout.ingest_batch(events))
+    assert [r["outcome"] for r in results] == ["routed"] * 7
+    assert [json.loads(i.raw)["event_id"] for _, v, _, _ in recorder.on(TOPIC_BY_CELL)
+            for i in unpack(v)] == ["smoke-6"]
+    hot = recorder.on(TOPIC_HOTSPOT)
+    assert [(k, p, h[HEADER_SOURCE], h[HEADER_PACK]) for k, _, p, h in hot] == [
+        (b"0", 0, b"0", PACK_INLINE), (b"1", 0, b"1", PACK_INLINE)]
+    for source, (_, value, _, headers) in enumerate(hot):
+        rows = unpack_inline(value)  # one validation for the record
+        assert [(cell, part, off, d.event_id) for cell, part, off, d in rows] == [
+            ("C00", source, n, f"ww-{n}") for n in range(source, 6, 2)]
+        # the input partition's mark after the whole batch (the smoke detection too)
+        last = 9 if source == 0 else 5
+        assert float(headers[HEADER_HIGH]) == (T0 + timedelta(minutes=last)).timestamp()
+    assert scaleout.metrics()["ingest"]["hotspot"] == 6
+
+    # the marks timer tells the hot-spot stage too
+    asyncio.run(scaleout.announce([0, 1]))
+    marks = [h for _, _, _, h in recorder.on(TOPIC_HOTSPOT)[2:]]
+    assert [(h[HEADER_SOURCE], HEADER_MARK in h) for h in marks] == [(b"0", True),
+                                                                     (b"1", True)]
+
+    # the stage counts them once both partitions' marks pass them
+    processed = []
+    for offset, (key, value, _, headers) in enumerate(recorder.on(TOPIC_HOTSPOT)):
+        event = Event(TOPIC_HOTSPOT, 0, offset, value, key=key, headers=headers,
+                      acked=acked)
+        asyncio.run(scaleout.hotspots_batch([event]))
+        event.take_events_ack()
+        processed.append(scaleout.hotspots.counts["processed"])
+    assert processed == [0, 6, 6, 6]  # nothing before partition 1 is heard of
+    assert scaleout.hotspots.held() == 0
+
+
+def test_a_batch_split_over_records_marks_only_the_last_with_its_new_mark(
+        tmp_path) -> None:
+    """Detections up to the batch's mark follow a record split off before the last, so
+    that one carries the mark before the batch (or none yet: -inf)."""
+    recorder = Recorder()
+    scaleout = make(tmp_path, recorder)
+    asyncio.run(scaleout.ingest_batch([Event(TOPIC_DETECTIONS, 0, 0,
+                                             hot_line(0).encode(), acked=[])]))
+    after = scaleout._mark_headers(0)[HEADER_HIGH]
+    assert float(after) == T0.timestamp()
+    stamped = list(scaleout._stamped(0, iter([b"a", b"b", b"c"]), PACK_INLINE, {0: 5.0}))
+    assert [(v, h[HEADER_HIGH], h[HEADER_PACK]) for v, h in stamped] == [
+        (b"a", b"5.0", PACK_INLINE), (b"b", b"5.0", PACK_INLINE), (b"c", after, PACK_INLINE)]
+    [(_, h)] = scaleout._stamped(0, iter([b"a"]), b"1", {})
+    assert h[HEADER_HIGH] == after
+    first, _ = scaleout._stamped(0, iter([b"a", b"b"]), b"1", {})
+    assert first[1][HEADER_HIGH] == b"-inf"
+    assert read_mark(first[1]) == (0, float("-inf"))
+
+
 def test_the_cells_stage_forwards_hot_spot_kinds_packed_with_their_input_record(
         tmp_path) -> None:
+    """A hot-spot kind written to the by-cell topic directly still reaches the stage,
+    without watermark headers (the stage's marks are ingest's, over the input
+    partitions)."""
     recorder = Recorder()
     scaleout = make(tmp_path, recorder)
     p = partition_for("C00", PARTITIONS)
     acked: list[Any] = []
-    rows = [Packed("C00", 0, n, line(event_id=f"ww-{n}", kind="wrong_way_ebike",
-                                     source_type="camera", source_id="cam-1",
-                                     observed_at=at(n)))
-            for n in range(3)]
+    rows = [Packed("C00", 0, n, hot_line(n)) for n in range(3)]
     run_batch(scaleout, [packed_event(p, 0, rows, acked)])
-    [(key, value, partition, headers)] = [r for r in recorder.on(TOPIC_HOTSPOT)
-                                          if HEADER_PACK in r[3]]
-    assert (key, partition, headers[HEADER_SOURCE]) == (str(p).encode(), 0,
-                                                          str(p).encode())
-    assert headers[HEADER_PACK] == PACK_INLINE  # read with one validation per record
+    [(key, value, partition, headers)] = recorder.on(TOPIC_HOTSPOT)
+    assert (key, partition, headers) == (str(p).encode(), 0, {HEADER_PACK: PACK_INLINE})
     items = unpack(value)
     assert [(i.cell_id, i.partition, i.offset) for i in items] == [("C00", 0, n)
                                                                    for n in range(3)]
