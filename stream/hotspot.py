@@ -522,17 +522,13 @@ class HotspotEngine:
         in_hotspot = np.zeros(n_cells, dtype=bool)
         for spot in state.hotspots.values():
             in_hotspot[list(spot.members)] = True
-        # the ring's rows newest first: row k of a running sum is the window of k + 1
-        # hours, added in the order a sum over those rows adds them (so the same floats)
-        rows = [(hour - j) % self._ring_h for j in range(self._ring_h)]
-        observed_run = np.cumsum(state.observed_ring[rows], axis=0)
-        expected_run = np.cumsum(state.expected_ring[rows], axis=0)
-        var_run = np.cumsum(state.expected_var_ring[rows], axis=0)
         for wi, wh in enumerate(self._window_h):
-            observed = observed_run[wh - 1].astype(np.float64)
-            expected = expected_run[wh - 1]
+            rows = [(hour - j) % self._ring_h for j in range(wh)]
+            observed = state.observed_ring[rows].sum(axis=0).astype(np.float64)
+            expected = state.expected_ring[rows].sum(axis=0)
             phi = float(state.phi[wi])
-            baseline_var = level_var * expected * expected + var_run[wh - 1]
+            baseline_var = level_var * expected * expected + \
+                state.expected_var_ring[rows].sum(axis=0)
             variance = expected + phi * expected * expected + baseline_var
             window_counts.append((observed, expected))
             self._update_dispersion(state, wi, observed, expected, variance, baseline_var,
