@@ -694,7 +694,6 @@ class CellWorker:
         self._hot_kinds: dict[str, bool] = {}
         # hot-spot-kind detections processed, not yet taken by the agent: (partition, held)
         self._forward: list[tuple[int, Held]] = []
-        self._high: dict[int, float] = {}  # per partition: event time released up to
 
     def is_hotspot_kind(self, kind: str) -> bool:
         hot = self._hot_kinds.get(kind)
@@ -795,14 +794,6 @@ class CellWorker:
                 return []
             return order.release(self.lateness_s, everything=everything)
 
-    def released_until(self, partition: int) -> float:
-        """Event time up to which ``partition`` has released (what the hot-spot stage's
-        watermark hears: ``inf`` when every input partition is idle, ``-inf`` before
-        every one has been heard of)."""
-        with self._order_lock:
-            order = self._order.get(partition)
-            return float("-inf") if order is None else order.until(self.lateness_s)
-
     def process(self, partition: int, released: Sequence[Held]) -> list[StreamOutput]:
         """The stream stage for released detections of ``partition``, in order. Seeding
         reads the store first (may raise :class:`StoreUnavailable`: call again with the
@@ -874,7 +865,6 @@ class CellWorker:
                 # held detections were never acked: the next owner gets them again
                 self._order.pop(partition, None)
                 self.partition_counts.pop(partition, None)
-                self._high.pop(partition, None)
                 self._forward = [f for f in self._forward if f[0] != partition]
 
     @property
