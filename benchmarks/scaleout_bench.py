@@ -238,6 +238,7 @@ def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list
                     "GRIDWATCH_TICKETS_URL": args.store_url or str(store)})
         if args.store_url:
             env["GRIDWATCH_TICKETS_SCHEMA"] = f"bench_{uuid.uuid4().hex[:8]}"
+        env.update(item.split("=", 1) for item in args.worker_env)
         logs = [workdir / f"w{n}-{i}.log" for i in range(n)]
         started = time.monotonic()
         procs = []
@@ -339,6 +340,9 @@ def main() -> None:
                              "by-cell partitions get about the same share")
     parser.add_argument("--workdir", type=Path,
                         help="keep the workers' and the broker's logs in this directory")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the workers (repeatable), e.g. "
+                             "GRIDWATCH_KAFKA_ALIGN_S=0")
     parser.add_argument("--kill", action="store_true",
                         help="also measure takeover after a kill -9 of one of two workers")
     args = parser.parse_args()

@@ -18,8 +18,9 @@ only after the broker acknowledged every record ingest sent for it:
   read again by the next owner (duplicates the event-id filter and the idempotent desk
   drop);
 * **a backlog is read in event-time step** (``align_s``): while catching up, a partition
-  more than ``align_s`` of event time ahead of the slowest owned partition with records
-  left is paused until that one catches up. Downstream stages release a detection only
+  more than ``align_s`` of event time (or two of its batches, where those span more)
+  ahead of the slowest owned partition with records left is paused until that one
+  catches up. Downstream stages release a detection only
   once every input partition has passed its time, so a backlog read one partition after
   another was held in their reorder buffers whole and processed in one burst at the end
   (and a hot-spot stage behind them sat idle until then).
@@ -163,6 +164,8 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         self._high_of = high_of
         self.spared = False  # see spare()
         self._assigned_at: dict[TopicPartition, float] = {}  # monotonic
+        # per partition: the event time its latest batch spanned (see _align)
+        self._span: dict[int, float] = {}
         self.consumer: Any = None
         self.assigned: frozenset[int] = frozenset()
         self.read: dict[int, int] = {}  # partition -> last offset read
@@ -249,7 +252,13 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         if not events or self._stopping:
             return  # a stop: what was read and not ingested is read again next start
         deliveries: list[Awaitable[Any]] = []
+        before = {tp.partition: self._high_of(tp.partition)
+                  for tp in batch} if self._high_of is not None else {}
         await self._ingest(events, deliveries)
+        for partition, low in before.items():
+            high = self._high_of(partition) if self._high_of is not None else None
+            if low is not None and high is not None and high > low:
+                self._span[partition] = high - low
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
         for tp, records in batch.items():
             if records:
@@ -277,9 +286,14 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
             (read is not None and read + 1 < high)
 
     def _align(self) -> None:
-        """Pause the owned partitions more than ``align_s`` ahead of the slowest one with
+        """Pause the owned partitions more than the window ahead of the slowest one with
         records left, while that one is more than ``align_s`` behind the wall clock;
-        resume the rest. The slowest is never paused, so reading always goes on; a
+        resume the rest. The window is ``align_s``, or twice the event time a partition's
+        latest batch spanned where that is more (a sparse backlog: one batch of a
+        partition can span a day, and a window under it paused every partition after
+        every batch, dropping what aiokafka had fetched for it: the backlog was read in
+        lock-step with a fetch round trip a batch), so a partition runs at most about
+        two batches ahead. The slowest is never paused, so reading always goes on; a
         partition not read yet counts as the slowest for ``align_wait_s``."""
         if self.align_s is None or self._high_of is None:
             return
@@ -297,8 +311,10 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
             ahead[tp] = high
             floor = min(floor, high)
         catching_up = floor < time.time() - self.align_s
+        window = max([self.align_s, *(2 * self._span.get(tp.partition, 0.0)
+                                      for tp in ahead)])
         pause = {tp for tp, high in ahead.items()
-                 if catching_up and high > floor + self.align_s}
+                 if catching_up and high > floor + window}
         paused = set(self.consumer.paused())
         if pause - paused:
             self.consumer.pause(*(pause - paused))
@@ -423,6 +439,7 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         for partition in partitions:
             self.read.pop(partition, None)
             self.committed.pop(partition, None)
+            self._span.pop(partition, None)
         self.assigned = self.assigned - partitions
         trace.debug("input-revoked %s", sorted(partitions))
         self._on_revoked(partitions)

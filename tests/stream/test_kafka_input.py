@@ -310,3 +310,33 @@ def test_a_backlog_is_read_in_event_time_step_across_partitions(backlog: bool) -
         assert pump.counts["aligned"] == 0
         assert order[:4] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert consumer.stopped == set()  # nothing left paused
+
+
+def test_a_sparse_backlog_runs_up_to_two_batches_ahead_not_in_lock_step() -> None:
+    """Where one batch of a partition spans more event time than ``align_s`` (here 2,000 s
+    a batch of partition 0 against ``align_s`` 500), a window of ``align_s`` would pause
+    it after every batch (dropping what aiokafka had fetched for it); it may run two of
+    its batches ahead of the slowest, and no further."""
+    consumer = FakeConsumer(records=40)
+    start = time.time() - 86400
+    high: dict[int, float] = {}
+    gaps: list[float] = []
+
+    async def ingest(events: Sequence[InputEvent], deliveries: list[Awaitable[Any]]) -> None:
+        for e in events:
+            ts = start + e.offset * (1000 if e.partition == 0 else 100)
+            high[e.partition] = max(high.get(e.partition, ts), ts)
+        if len(high) == 2 and consumer.position[1] < consumer.records:
+            gaps.append(high[0] - high[1])
+
+    pump = InputPump(topic=TOPIC, group_id=input_group("app"), legacy_group=None,
+                     ingest=ingest, on_revoked=lambda _: None,
+                     consumer_factory=lambda: consumer, batch_max=4, wait_s=0.01,
+                     align_s=500.0, high_of=high.get)
+    asyncio.run(run_until(pump, lambda: all(consumer.position[p] == 40 for p in (0, 1))))
+    assert pump.counts["aligned"] >= 1  # still held back while far ahead
+    # ahead by more than align_s + one batch (what the align_s window allows) ...
+    assert max(gaps) > 500 + 2000
+    # ... and never by more than the window (two batches) + the batch that crossed it
+    assert max(gaps) <= 2 * 2000 + 2000
+    assert consumer.stopped == set()
