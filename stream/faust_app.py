@@ -1667,7 +1667,9 @@ class Scaleout:
         for source in sources:
             last = self._last_read.setdefault(source, now)
             headers = self._mark_headers(source)
-            if now - last >= self.settings.idle_s:
+            # a partition the pump holds back (aligning a backlog) has records to come
+            # behind its mark: never idle, or they would arrive behind the watermark
+            if now - last >= self.settings.idle_s and not self.input.held_back(source):
                 headers[HEADER_HIGH] = IDLE
             headers[HEADER_MARK] = b"1"
             for partition in range(self.settings.partitions):

@@ -492,6 +492,13 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
             await old.stop()
         return found
 
+    def held_back(self, partition: int) -> bool:
+        """Whether the pump has paused ``partition`` while aligning a backlog (it has
+        records left to read)."""
+        if self.consumer is None:
+            return False
+        return TopicPartition(self.topic, partition) in self.consumer.paused()
+
     def lag(self) -> dict[int, dict[str, int | None]]:
         """Per owned input partition: last offset read, committed offset, records not
         read yet (from the consumer's high water; ``None`` when unknown)."""

@@ -484,3 +484,24 @@ def test_in_order_acks_ack_a_partition_in_delivery_order_and_forget_it_on_revoke
     assert acked[3:] == [] and acks.pending(TOPIC_BY_CELL, 0) == 0
     acks.expect(acks.take(Event(TOPIC_BY_CELL, 2, 0, b"", acked=acked)), 0)
     assert acked[3:] == []  # the stream's own reference is still there
+
+
+def test_a_partition_held_back_while_aligning_is_never_announced_idle(tmp_path) -> None:
+    """Idle means nothing to come: a partition read nothing from for ``idle_s`` is
+    announced idle (the stages stop waiting for it), but not one the input pump paused
+    while aligning a backlog, whose records would then arrive behind the watermark."""
+    from aiokafka import TopicPartition
+
+    recorder = Recorder()
+    scaleout = make(tmp_path, recorder, input_partitions=2)
+    scaleout._high.update({0: T0.timestamp(), 1: T0.timestamp()})
+    scaleout._last_read.update({0: -1e9, 1: -1e9})  # long ago
+    scaleout.input.consumer = SimpleNamespace(
+        paused=lambda: {TopicPartition(TOPIC_DETECTIONS, 1)})
+    asyncio.run(scaleout.announce([0, 1]))
+    highs = {h[HEADER_SOURCE]: h[HEADER_HIGH] for _, _, _, h in recorder.on(TOPIC_HOTSPOT)}
+    assert highs == {b"0": b"idle", b"1": repr(T0.timestamp()).encode()}
+    by_cell = {(p, h[HEADER_SOURCE]): h[HEADER_HIGH] for _, _, p, h in
+               recorder.on(TOPIC_BY_CELL)}
+    assert len(by_cell) == 2 * PARTITIONS
+    assert {v for (_, s), v in by_cell.items() if s == b"1"} == {repr(T0.timestamp()).encode()}
