@@ -252,13 +252,14 @@ class InputPump(ConsumerRebalanceListener):  # type: ignore[misc]
         if not events or self._stopping:
             return  # a stop: what was read and not ingested is read again next start
         deliveries: list[Awaitable[Any]] = []
-        before = {tp.partition: self._high_of(tp.partition)
-                  for tp in batch} if self._high_of is not None else {}
+        high_of = self._high_of
+        before = {tp.partition: high_of(tp.partition) for tp in batch} if high_of else {}
         await self._ingest(events, deliveries)
-        for partition, low in before.items():
-            high = self._high_of(partition) if self._high_of is not None else None
-            if low is not None and high is not None and high > low:
-                self._span[partition] = high - low
+        if high_of is not None:  # the event time each partition's batch spanned
+            for partition, low in before.items():
+                high = high_of(partition)
+                if low is not None and high is not None and high > low:
+                    self._span[partition] = high - low
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
         for tp, records in batch.items():
             if records:
