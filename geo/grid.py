@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,11 @@ class Grid:
 
     Build it with :meth:`from_geojson` or :meth:`from_file`; the constructor takes cells
     and geometries already checked.
+
+    Safe to share between threads: the spatial queries run one at a time. GEOS builds a
+    prepared polygon's indexes on its first use and shapely releases the GIL around
+    queries, so two threads querying the same cells at once could crash the process
+    (a worker's stage threads building their neighbour tables did: a segfault in GEOS).
     """
 
     def __init__(self, cells: list[Cell], geometries: list[Polygon | MultiPolygon]) -> None:
@@ -77,6 +83,7 @@ class Grid:
         self._index = {cell.cell_id: i for i, cell in enumerate(cells)}
         shapely.prepare(self.geometries)
         self._tree = STRtree(self.geometries)
+        self._geos = threading.Lock()  # see the class
         self._neighbours: dict[str, frozenset[str]] | None = None
 
     # -- construction -------------------------------------------------------------------
@@ -147,7 +154,8 @@ class Grid:
         if lon.shape[0] == 0:
             return result
         points = shapely.points(lon, lat)
-        point_idx, cell_idx = self._tree.query(points, predicate="intersects")
+        with self._geos:
+            point_idx, cell_idx = self._tree.query(points, predicate="intersects")
         if point_idx.size:
             # keep the lowest cell index per point: sort by (point, cell), take the first
             order = np.lexsort((cell_idx, point_idx))
@@ -171,10 +179,13 @@ class Grid:
     def neighbours(self, cell_id: str) -> frozenset[str]:
         """Cells that share a border or a corner with ``cell_id`` (not the cell itself)."""
         if self._neighbours is None:
-            self._neighbours = self._build_neighbours()
+            with self._geos:
+                if self._neighbours is None:  # another thread may have built them
+                    self._neighbours = self._build_neighbours()
         return self._neighbours[cell_id]
 
     def _build_neighbours(self) -> dict[str, frozenset[str]]:
+        # under self._geos
         left, right = self._tree.query(self.geometries, predicate="touches")
         adjacency: dict[str, set[str]] = {cell.cell_id: set() for cell in self.cells}
         # overlapping cells (a sloppy grid) count as neighbours too

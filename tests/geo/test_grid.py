@@ -135,3 +135,46 @@ def test_optional_properties_and_extras_are_kept():
     cell = grid["C00"]
     assert (cell.district, cell.town, cell.village) == ("D1", "TownA", "V0")
     assert 0 < cell.lon_lat[0] < 1 and 0 < cell.lon_lat[1] < 1
+
+
+# Threads that build the neighbour table (a worker's stage threads each build a hot-spot
+# engine) and look points up at the same time, on one fresh grid, many times. Without the
+# grid's lock GEOS crashed the process (SIGSEGV) within the first rounds of every run; in a child
+# process so that a crash fails this test instead of ending the run.
+_THREADED_QUERIES = """
+import sys, threading
+import numpy as np
+from geo.grid import Grid
+for round_ in range(15):
+    grid = Grid.from_file(sys.argv[1])
+    start = threading.Barrier(5)
+    tables = []
+    def build():
+        start.wait()
+        first = grid.neighbours(grid.cells[0].cell_id)
+        grid._neighbours = None  # the next thread builds it again
+        tables.append((first, grid.neighbours(grid.cells[-1].cell_id)))
+    def look():
+        start.wait()
+        rng = np.random.default_rng(round_)
+        grid.lookup(rng.uniform(113.0, 113.3, 2000), rng.uniform(22.9, 23.2, 2000))
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    threads.append(threading.Thread(target=look))
+    for t in threads: t.start()
+    for t in threads: t.join()
+    assert len(tables) == 4 and len(set(tables)) == 1, tables
+print("ok")
+"""
+
+
+def test_threads_may_query_one_grid_at_once():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", _THREADED_QUERIES,
+                           str(root / "sample_data" / "grid.geojson")],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "ok"
