@@ -4,6 +4,7 @@ name a variable that has none here."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -51,7 +52,7 @@ TESTED: dict[str, str] = {
         "INPUT_PARTITIONS", "LATENESS_S", "IDLE_S", "TICK_S", "BATCH_MAX", "METRICS_S",
         "SESSION_TIMEOUT_S", "HEARTBEAT_S", "REBALANCE_TIMEOUT_S", "EVENT_CLOCK",
         "LOG_REPEAT_S", "STOP_FLUSH_S", "STOP_S", "ALIGN_S", "CELLS_BATCH_MAX",
-        "SPARE_HOTSPOT_OWNER")},
+        "SPARE_HOTSPOT_OWNER", "FETCH_WAIT_S")},
     "GRIDWATCH_BRIDGE_MQTT_PASSWORD": "test_bridge_mqtt_password_from_the_environment",
     "GRIDWATCH_KAFKA_TRACE": "test_kafka_trace_from_the_environment",
 }
@@ -354,13 +355,27 @@ def test_scaleout_tuning_from_the_environment(tmp_path: Path) -> None:
 
     settings = ScaleoutSettings.from_env({
         "GRIDWATCH_KAFKA_ALIGN_S": "120", "GRIDWATCH_KAFKA_CELLS_BATCH_MAX": "4",
-        "GRIDWATCH_KAFKA_SPARE_HOTSPOT_OWNER": "0"})
-    assert (settings.align_s, settings.cells_batch_max, settings.spare_hotspot_owner) == (
-        120.0, 4, False)
+        "GRIDWATCH_KAFKA_SPARE_HOTSPOT_OWNER": "0", "GRIDWATCH_KAFKA_FETCH_WAIT_S": "0.25"})
+    assert (settings.align_s, settings.cells_batch_max, settings.spare_hotspot_owner,
+            settings.fetch_wait_s) == (120.0, 4, False, 0.25)
     scaleout = scaleout_for(settings, load_config(), make_grid(),
                             SqliteTicketStore(tmp_path / "t.sqlite3"), received=None)
     assert scaleout.input.align_s == 120.0
     assert scaleout.app.spare_hotspot_owner is False
+    # the fetch wait reaches both consumers: the input pump's and faust's (whose own
+    # is a fixed 1.5 s)
+    assert scaleout.input._options["fetch_max_wait_ms"] == 250
+
+    async def faust_consumer_wait() -> int:
+        consumer = scaleout.app.consumer._thread._create_worker_consumer(
+            scaleout.app.transport)
+        try:
+            return int(consumer._fetch_max_wait_ms)
+        finally:
+            await consumer.stop()  # never started: only closes it
+
+    assert asyncio.run(faust_consumer_wait()) == 250
+    assert ScaleoutSettings.from_env({}).fetch_wait_s == 0.1
     assert ScaleoutSettings.from_env({"GRIDWATCH_KAFKA_ALIGN_S": "0"}).align_s == 0  # off
 
 
