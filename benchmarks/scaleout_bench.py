@@ -20,6 +20,7 @@ import gc
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -328,6 +329,25 @@ def run_workers(n: int, args: argparse.Namespace, lines: list[bytes], keys: list
                 "broker_us": 1e6 * broker_cpu / forwarded}
 
 
+def report(one: dict[str, Any], two: dict[str, Any], embedded: float,
+           replay_rate: float) -> None:
+    print(f"to 99 % processed: 1 worker {one['det_per_s_99']:.0f} det/s "
+          f"({one['det_per_s_99'] / embedded:.2f}x embedded), 2 workers "
+          f"{two['det_per_s_99']:.0f} det/s "
+          f"({two['det_per_s_99'] / one['det_per_s_99']:.2f}x one worker)")
+    print(f"1 worker                 {one['det_per_s']:8.0f} det/s  "
+          f"({one['det_per_s'] / embedded:.2f}x embedded, "
+          f"{one['det_per_s'] / replay_rate:.2f}x replay; group formed in "
+          f"{one['join_s']:.1f} s; SIGTERM took {one['sigterm_s']:.1f} s)")
+    print(f"2 workers                {two['det_per_s']:8.0f} det/s  "
+          f"({two['det_per_s'] / one['det_per_s']:.2f}x one worker; group formed in "
+          f"{two['join_s']:.1f} s; SIGTERM took {two['sigterm_s']:.1f} s)")
+    for name, run in (("1 worker", one), ("2 workers", two)):
+        print(f"CPU per detection, {name:9s} workers "
+              f"{' + '.join(f'{us:.0f}' for us in run['worker_us'])} µs, broker "
+              f"{run['broker_us']:.0f} µs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=8)
@@ -343,6 +363,10 @@ def main() -> None:
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the workers (repeatable), e.g. "
                              "GRIDWATCH_KAFKA_ALIGN_S=0")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run the embedded pipeline, one worker and two workers N "
+                             "times in turn (each pair on fresh brokers) and report the "
+                             "ratios of each run and their median")
     parser.add_argument("--kill", action="store_true",
                         help="also measure takeover after a kill -9 of one of two workers")
     args = parser.parse_args()
@@ -369,25 +393,22 @@ def main() -> None:
         if args.workdir:
             args.workdir.mkdir(parents=True, exist_ok=True)
             tmp = str(args.workdir)
-        embedded = embedded_rate(lines, Grid.from_file(GRID), config, Path(tmp), forwarded)
-        print(f"embedded (SQLite)        {embedded:8.0f} det/s")
-        one = run_workers(1, args, lines, keys, forwarded, Path(tmp))
-        two = run_workers(2, args, lines, keys, forwarded, Path(tmp))
-        print(f"to 99 % processed: 1 worker {one['det_per_s_99']:.0f} det/s "
-              f"({one['det_per_s_99'] / embedded:.2f}x embedded), 2 workers "
-              f"{two['det_per_s_99']:.0f} det/s "
-              f"({two['det_per_s_99'] / one['det_per_s_99']:.2f}x one worker)")
-        print(f"1 worker                 {one['det_per_s']:8.0f} det/s  "
-              f"({one['det_per_s'] / embedded:.2f}x embedded, "
-              f"{one['det_per_s'] / replay_rate:.2f}x replay; group formed in "
-              f"{one['join_s']:.1f} s; SIGTERM took {one['sigterm_s']:.1f} s)")
-        print(f"2 workers                {two['det_per_s']:8.0f} det/s  "
-              f"({two['det_per_s'] / one['det_per_s']:.2f}x one worker; group formed in "
-              f"{two['join_s']:.1f} s; SIGTERM took {two['sigterm_s']:.1f} s)")
-        for name, run in (("1 worker", one), ("2 workers", two)):
-            print(f"CPU per detection, {name:9s} workers "
-                  f"{' + '.join(f'{us:.0f}' for us in run['worker_us'])} µs, broker "
-                  f"{run['broker_us']:.0f} µs")
+        ratios: list[tuple[float, float]] = []  # (one worker / embedded, two / one)
+        for run in range(1, args.repeat + 1):
+            if args.repeat > 1:
+                print(f"-- run {run} of {args.repeat}")
+            embedded = embedded_rate(lines, Grid.from_file(GRID), config, Path(tmp),
+                                     forwarded)
+            print(f"embedded (SQLite)        {embedded:8.0f} det/s")
+            one = run_workers(1, args, lines, keys, forwarded, Path(tmp))
+            two = run_workers(2, args, lines, keys, forwarded, Path(tmp))
+            report(one, two, embedded, replay_rate)
+            ratios.append((one["det_per_s"] / embedded, two["det_per_s"] / one["det_per_s"]))
+        if args.repeat > 1:
+            for name, values in (("one worker x embedded", [r[0] for r in ratios]),
+                                 ("two workers x one    ", [r[1] for r in ratios])):
+                print(f"{name}  {', '.join(f'{v:.2f}' for v in values)} "
+                      f"(median {statistics.median(values):.2f})")
         if args.kill:
             killed = run_workers(2, args, lines, keys, forwarded, Path(tmp), kill=True)
             print(f"kill -9 of one of two    survivor owned every partition of both groups "
