@@ -1242,7 +1242,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[mi
         consumer = super()._create_worker_consumer(transport)
         # faust passes fetch_max_wait_ms=1500 and has no setting for it; the consumer
         # reads it when it starts (building its fetcher), after this
-        consumer._fetch_max_wait_ms = int(self.app.fetch_wait_s * 1000)
+        consumer._fetch_max_wait_ms = int(getattr(self.app, "fetch_wait_s", 1.5) * 1000)
         return consumer
 
 
