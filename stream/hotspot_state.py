@@ -114,11 +114,18 @@ def dump(processor: StreamProcessor) -> bytes:
         "dedup": _dump_dedup(processor._occurrences, engine),
         "episodes": sorted(list(e) for e in processor._episodes),
     }
-    arrays["meta"] = np.frombuffer(json.dumps(meta, separators=(",", ":"),
-                                              ensure_ascii=False).encode(), dtype=np.uint8)
+    return write(meta, arrays)
+
+
+def write(meta: dict[str, Any], arrays: Arrays, version: int = FORMAT) -> bytes:
+    """The bytes of a checkpoint holding ``meta`` and ``arrays`` as format ``version``
+    (what :func:`read` reads back)."""
+    body = dict(arrays)
+    body["meta"] = np.frombuffer(json.dumps(meta, separators=(",", ":"),
+                                            ensure_ascii=False).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
-    np.savez(buffer, allow_pickle=False, **arrays)
-    return MAGIC + struct.pack(">I", FORMAT) + zlib.compress(buffer.getvalue(), 1)
+    np.savez(buffer, allow_pickle=False, **body)
+    return MAGIC + struct.pack(">I", version) + zlib.compress(buffer.getvalue(), 1)
 
 
 def read(data: bytes) -> tuple[dict[str, Any], Arrays]:

@@ -3,14 +3,12 @@ format is versioned, upgraded step by step, and refuses what it cannot read."""
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import zlib
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 import pytest
 
 from detectors.schema import Detection, parse_detection
@@ -141,14 +139,9 @@ def test_a_newer_format_is_refused_and_an_older_one_upgraded(
 
 def _rewritten(data: bytes, version: int, edit: Any) -> bytes:
     """``data`` with its meta changed by ``edit`` and written as format ``version``."""
-    with np.load(io.BytesIO(zlib.decompress(data[8:])), allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
-    meta = json.loads(arrays.pop("meta").tobytes().decode())
+    meta, arrays = hotspot_state.read(data)
     edit(meta)
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    buffer = io.BytesIO()
-    np.savez(buffer, allow_pickle=False, **arrays)
-    return b"GWHS" + struct.pack(">I", version) + zlib.compress(buffer.getvalue(), 1)
+    return hotspot_state.write(meta, arrays, version)
 
 
 def _moved(d: Detection, event_id: str, by: timedelta, **fields: Any) -> Detection:

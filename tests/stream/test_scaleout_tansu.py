@@ -192,8 +192,9 @@ def test_two_workers_split_partitions_survive_a_kill_and_equal_replay(
                  timeout_s=60, what="the survivor taking over every partition", logs=logs)
         wait_for(lambda: set(incident_tickets(url, schema)) >= set(expected),
                  timeout_s=120, what="every ticket replay gives", logs=logs)
-        # the hot-spot stage (on the survivor, which never stopped) closes the sample's
-        # last hours once the closing sightings pass the watermark
+        # the hot-spot stage (on the survivor, restored from its checkpoint when the kill's
+        # rebalance revoked and gave back its partition) closes the sample's last hours
+        # once the closing sightings pass the watermark
         wait_for(lambda: hotspot_tickets(url, schema) == expected_hot, timeout_s=60,
                  what="replay's hot-spot ticket, as replay leaves it", logs=logs)
         # settle: nothing more arrives (a redelivered tail would show up as a change)
